@@ -1,0 +1,137 @@
+"""The Nosana jobs program, bytes in and bytes out: no I/O, no network.
+
+``chain.instructions.list`` (and friends) are the canonical builders; they are re-exported
+here with an ``_instruction`` suffix so importing them never shadows the builtin ``list``.
+"""
+
+from __future__ import annotations
+
+from . import accounts, addresses, instructions, logs, program
+from .accounts import (
+    ACCOUNT_DISCRIMINATORS,
+    JOB_ACCOUNT_SIZE,
+    JOB_ACCOUNT_SPACE,
+    JOB_MARKET_OFFSET,
+    JOB_NODE_OFFSET,
+    JOB_PAYER_OFFSET,
+    JOB_PROJECT_OFFSET,
+    JOB_STATE_OFFSET,
+    MARKET_ACCOUNT_BASE_SIZE,
+    MARKET_ACCOUNT_SPACE,
+    MARKET_QUEUE_CAPACITY,
+    RUN_ACCOUNT_SIZE,
+    RUN_ACCOUNT_SPACE,
+    RUN_JOB_OFFSET,
+    RUN_NODE_OFFSET,
+    AccountDecodeError,
+    JobAccount,
+    JobState,
+    JobType,
+    MarketAccount,
+    QueueType,
+    RunAccount,
+    account_discriminator,
+    decode_account,
+    job_state,
+)
+from .addresses import as_pubkey, market_vault, nos_ata, rewards_reflection, rewards_vault
+from .instructions import (
+    INSTRUCTION_ACCOUNTS,
+    INSTRUCTION_DISCRIMINATORS,
+    DecodedInstruction,
+    InstructionArgError,
+    InstructionDecodeError,
+    account_map,
+    decode_instruction,
+    instruction_discriminator,
+)
+from .instructions import assign as assign_instruction
+from .instructions import delist as delist_instruction
+from .instructions import end as end_instruction
+from .instructions import extend as extend_instruction
+from .instructions import list as list_instruction
+from .instructions import recover as recover_instruction
+from .logs import program_error_message
+from .program import (
+    ASSOCIATED_TOKEN_PROGRAM,
+    CLUSTERS,
+    DEVNET,
+    JOBS_PROGRAM_DEVNET,
+    JOBS_PROGRAM_MAINNET,
+    MAINNET,
+    NOS_DECIMALS,
+    NOS_MINT_DEVNET,
+    NOS_MINT_MAINNET,
+    REWARDS_PROGRAM,
+    SYSTEM_PROGRAM,
+    TOKEN_PROGRAM,
+    Cluster,
+    cluster,
+)
+
+__all__ = [
+    "ACCOUNT_DISCRIMINATORS",
+    "ASSOCIATED_TOKEN_PROGRAM",
+    "CLUSTERS",
+    "DEVNET",
+    "INSTRUCTION_ACCOUNTS",
+    "INSTRUCTION_DISCRIMINATORS",
+    "JOBS_PROGRAM_DEVNET",
+    "JOBS_PROGRAM_MAINNET",
+    "JOB_ACCOUNT_SIZE",
+    "JOB_ACCOUNT_SPACE",
+    "JOB_MARKET_OFFSET",
+    "JOB_NODE_OFFSET",
+    "JOB_PAYER_OFFSET",
+    "JOB_PROJECT_OFFSET",
+    "JOB_STATE_OFFSET",
+    "MAINNET",
+    "MARKET_ACCOUNT_BASE_SIZE",
+    "MARKET_ACCOUNT_SPACE",
+    "MARKET_QUEUE_CAPACITY",
+    "NOS_DECIMALS",
+    "NOS_MINT_DEVNET",
+    "NOS_MINT_MAINNET",
+    "REWARDS_PROGRAM",
+    "RUN_ACCOUNT_SIZE",
+    "RUN_ACCOUNT_SPACE",
+    "RUN_JOB_OFFSET",
+    "RUN_NODE_OFFSET",
+    "SYSTEM_PROGRAM",
+    "TOKEN_PROGRAM",
+    "AccountDecodeError",
+    "Cluster",
+    "DecodedInstruction",
+    "InstructionArgError",
+    "InstructionDecodeError",
+    "JobAccount",
+    "JobState",
+    "JobType",
+    "MarketAccount",
+    "QueueType",
+    "RunAccount",
+    "account_discriminator",
+    "account_map",
+    "accounts",
+    "addresses",
+    "as_pubkey",
+    "assign_instruction",
+    "cluster",
+    "decode_account",
+    "decode_instruction",
+    "delist_instruction",
+    "end_instruction",
+    "extend_instruction",
+    "instruction_discriminator",
+    "instructions",
+    "job_state",
+    "list_instruction",
+    "logs",
+    "market_vault",
+    "nos_ata",
+    "program",
+    "program_error_message",
+    "recover_instruction",
+    "rewards_reflection",
+    "rewards_vault",
+]
