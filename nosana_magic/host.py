@@ -1,0 +1,719 @@
+"""``HostClient``: the node API of the one host that runs one job (reference section 2).
+
+What it does differently from the Nosana CLI (reference section 6), on purpose:
+
+* every request carries a **fresh** owner-signed ``Authorization`` header with a timestamp, so
+  a late request (results at the end of a long job) is never refused as expired;
+* every retry loop is **bounded** (attempts and total time) and backs off from ~0.1 s to ~2 s
+  through one helper, :class:`Backoff`; giving up raises :class:`HostError` naming the host
+  and the route;
+* results are polled inside the host's 60 s window as soon as the caller sees ``endTime``;
+* the ``/log`` WebSocket reconnects without duplicating or losing lines (see :meth:`logs`);
+* bodies are parsed as JSON whatever their content type (the host labels JSON ``text/html``);
+* when a host answers 404 on the current ``/job/{id}/…`` paths, the legacy paths of
+  reference 2.6 are tried once and, if they answer, used for the rest of the client's life.
+
+Nothing this module raises or logs holds a request body (the definition body carries the
+job's secrets): messages name the host, the route and the host's short error string only,
+passed through the optional ``redact`` function as a backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+from pydantic import ValidationError
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .errors import NosanaError
+from .results import Endpoints, FlowState, InfoEvent, NodeLogEntry, ServiceUrl
+from .wallet import Wallet
+
+__all__ = [
+    "Backoff",
+    "HostClient",
+    "HostError",
+    "Retry",
+    "SseParser",
+]
+
+log = logging.getLogger(__name__)
+
+#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
+#: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
+PRIVATE_EXPOSE_ID_LENGTH = 45
+
+#: Error strings of the host (reference 2.3), matched as prefixes.
+_INVALID_JOB_ID = "invalid job id"
+_CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
+_CANNOT_GET_RESULTS = "cannot get job result at this time"
+_NO_EXPOSED_URL = "no exposed url"
+
+#: WebSocket close codes of the node (reference 2.5) that retrying cannot fix.
+_WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refused the path"}
+
+Kind = Literal["definition", "results", "endpoints", "stop"]
+
+#: Current routes (after 2025-10-02) and the legacy ones of reference 2.6, per operation.
+_ROUTES: dict[Kind, tuple[str, str, str]] = {
+    # kind: (method, current path, legacy path)
+    "definition": ("POST", "/job/{job}/job-definition", "/job-definition/{job}"),
+    "results": ("GET", "/job/{job}/results", "/job-result/{job}"),
+    "endpoints": ("GET", "/job/{job}/endpoints", "/service/url/{job}"),
+    "stop": ("POST", "/job/{job}/stop", "/service/stop/{job}"),
+}
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a retry loop backs off and when it gives up.
+
+    The pause before attempt *n+1* is ``min(cap, first * factor**n)``; the loop stops after
+    ``attempts`` attempts or ``total`` seconds, whichever comes first. A call that has its own
+    ``timeout`` uses that as ``total``.
+    """
+
+    first: float = 0.1
+    cap: float = 2.0
+    factor: float = 2.0
+    attempts: int = 200
+    total: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.first <= 0 or self.cap < self.first or self.factor < 1:
+            raise ValueError("Retry needs 0 < first <= cap and factor >= 1")
+        if self.attempts < 1 or self.total <= 0:
+            raise ValueError("Retry needs attempts >= 1 and total > 0")
+
+    def backoff(self, total: float | None = None) -> Backoff:
+        """A fresh loop state bounded by ``total`` seconds (default :attr:`total`)."""
+        return Backoff(self, total=self.total if total is None else total)
+
+
+@dataclass
+class Backoff:
+    """The state of one bounded retry loop. The only place this package sleeps between tries.
+
+    ::
+
+        backoff = retry.backoff(timeout)
+        while True:
+            ...try once; return on success...
+            if not await backoff.wait():
+                raise SomeError(f"gave up after {backoff.attempt} attempts")
+    """
+
+    retry: Retry
+    total: float
+    attempt: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._delay = self.retry.first
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.total - self.elapsed)
+
+    async def wait(self) -> bool:
+        """Count the attempt that just failed and sleep before the next one.
+
+        Returns ``False`` (without sleeping) when the bound is reached. The last pause is cut
+        so that one final attempt happens right at the time bound.
+        """
+        self.attempt += 1
+        remaining = self.remaining
+        if self.attempt >= self.retry.attempts or remaining <= 0:
+            return False
+        await asyncio.sleep(min(self._delay, remaining))
+        self._delay = min(self.retry.cap, self._delay * self.retry.factor)
+        return True
+
+    def reset(self) -> None:
+        """Progress was made (a stream delivered data): start the bounds over."""
+        self.attempt = 0
+        self.started = time.monotonic()
+        self._delay = self.retry.first
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class HostError(NosanaError):
+    """A host refused a request, or could not be reached within the retry bound.
+
+    The message names the host and the route, and holds at most the host's short error
+    string (never a request or response body).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        route: str,
+        problem: str,
+        *,
+        status: int | None = None,
+        host_message: str | None = None,
+    ) -> None:
+        super().__init__(f"host {host}: {route}: {problem}")
+        self.host = host
+        self.route = route
+        self.status = status
+        #: The host's own error text (short, redacted), if it sent one.
+        self.host_message = host_message
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+class SseParser:
+    """Incremental Server-Sent Events parser: feed lines, get the ``data`` of whole events.
+
+    Only ``data:`` matters to the node API; ``:`` comments (the host's ``: keep-alive``)
+    and the other fields (``event``, ``id``, ``retry``) are ignored.
+    """
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        """One line without its terminator; returns an event's data when a blank line ends it."""
+        if line == "":
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return data
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        return None
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _short(text: str, limit: int = 200) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+
+
+def _to_ws_url(base_url: str) -> str:
+    if base_url.startswith("https://"):
+        return "wss://" + base_url[len("https://") :]
+    if base_url.startswith("http://"):
+        return "ws://" + base_url[len("http://") :]
+    return base_url
+
+
+class HostClient:
+    """The node API of one host, for one job, signed by the job's owner.
+
+    ``base_url`` is the host's API root (``https://{node}.node.k8s.prd.nos.ci``, or the
+    devnode's ``http://127.0.0.1:P/node/{node}``). Pass ``http`` to share a connection pool;
+    otherwise the client owns one (close it with :meth:`aclose` or ``async with``).
+    ``redact`` is applied to every host text that may reach the user.
+    """
+
+    #: Seconds one HTTP request may take (connect, write, and each read).
+    request_timeout: float = 15.0
+    #: Seconds of silence after which an SSE stream is considered dead (the host sends a
+    #: keep-alive comment every 15 s).
+    sse_idle_timeout: float = 45.0
+
+    def __init__(
+        self,
+        base_url: str,
+        job: str,
+        wallet: Wallet,
+        *,
+        http: httpx.AsyncClient | None = None,
+        retry: Retry = Retry(),
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.job = job
+        self.wallet = wallet
+        self.retry = retry
+        self._redact = redact or (lambda text: text)
+        self._http = http or httpx.AsyncClient()
+        self._owns_http = http is None
+        #: ``None`` until a route answered; ``True`` once this host was found to speak only
+        #: the legacy paths of reference 2.6.
+        self.legacy: bool | None = None
+        #: Log entries received from ``/log`` so far (the replay cursor, see :meth:`logs`).
+        self.log_cursor = 0
+        #: Times a ``/log`` replay did not match what was seen before (history changed).
+        self.replay_mismatches = 0
+        #: ``/log`` connections opened (1 + reconnects).
+        self.log_connections = 0
+
+    def __repr__(self) -> str:
+        return f"HostClient({self.base_url!r}, job={self.job!r})"
+
+    async def __aenter__(self) -> HostClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _auth(self) -> str:
+        # The host checks the signer and the timestamp, not the message (reference 2.2);
+        # the job address is a message without ":" that says what the header is for.
+        return self.wallet.auth_header(self.job)
+
+    def _headers(self, *, legacy: bool = False) -> dict[str, str]:
+        header = self._auth()
+        headers = {"Authorization": header}
+        if legacy:
+            # Hosts before 2025-03-20 also required x-session-id (reference 2.6).
+            headers["x-session-id"] = header
+        return headers
+
+    def _route(self, kind: Kind, *, legacy: bool | None = None) -> tuple[str, str]:
+        method, current, old = _ROUTES[kind]
+        use_legacy = self.legacy if legacy is None else legacy
+        return method, (old if use_legacy else current).format(job=self.job)
+
+    def _route_name(self, kind: Kind) -> str:
+        method, path = self._route(kind)
+        return f"{method} {path}"
+
+    def _message(self, response: httpx.Response) -> str:
+        """The host's error string: short, one line, redacted; HTML pages are not shown."""
+        text = response.text.strip()
+        if text.startswith('"') and text.endswith('"'):
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, str):
+                text = decoded
+        if text.startswith("<"):
+            return f"HTTP {response.status_code}"
+        return self._redact(_short(text)) or f"HTTP {response.status_code}"
+
+    def _error(
+        self, kind: Kind | str, problem: str, response: httpx.Response | None = None
+    ) -> HostError:
+        route = self._route_name(kind) if kind in _ROUTES else str(kind)
+        if response is None:
+            return HostError(self.base_url, route, problem)
+        message = self._message(response)
+        return HostError(
+            self.base_url,
+            route,
+            f"{problem} ({response.status_code} {message})",
+            status=response.status_code,
+            host_message=message,
+        )
+
+    def _timeout(self, backoff: Backoff) -> httpx.Timeout:
+        # A request never outlives its loop's bound by much (0.5 s floor to get an answer).
+        return httpx.Timeout(min(self.request_timeout, max(0.5, backoff.remaining)))
+
+    async def _send(
+        self,
+        kind: Kind,
+        backoff: Backoff,
+        *,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """One attempt at ``kind``, trying the legacy path once if the current one is 404.
+
+        Network errors propagate (``httpx.TransportError``) for the caller's retry loop.
+        """
+        response = await self._once(kind, backoff, content=content, legacy=bool(self.legacy))
+        if response.status_code == 404 and self.legacy is None:
+            old = await self._once(kind, backoff, content=content, legacy=True)
+            if old.status_code != 404:
+                log.info("host %s answers only the legacy routes", self.base_url)
+                self.legacy = True
+                return old
+            return response
+        if self.legacy is None and response.status_code != 404:
+            self.legacy = False
+        return response
+
+    async def _once(
+        self, kind: Kind, backoff: Backoff, *, content: bytes | None, legacy: bool
+    ) -> httpx.Response:
+        method, path = self._route(kind, legacy=legacy)
+        headers = self._headers(legacy=legacy)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        return await self._http.request(
+            method,
+            self.base_url + path,
+            content=content,
+            headers=headers,
+            timeout=self._timeout(backoff),
+        )
+
+    # ------------------------------------------------------------------ REST
+
+    async def send_definition(self, body: bytes, *, timeout: float = 60.0) -> None:
+        """POST the real job definition (``body``: raw JSON bytes) until the host accepts it.
+
+        Retries, with backoff, while the host has not created the job's flow yet (400
+        "invalid job id"), on 5xx and on network errors; gives up after ``timeout`` seconds.
+        Any other 4xx raises :class:`HostError` at once with the host's message. If an earlier
+        attempt reached the host but its answer was lost, the host answers "cannot send job
+        definition at this time"; the stored definition is then checked to tell "already
+        received" (success) from "too late" (error).
+        """
+        backoff = self.retry.backoff(timeout)
+        last = "no attempt"
+        maybe_delivered = False
+        while True:
+            try:
+                response = await self._send("definition", backoff, content=body)
+            except httpx.TransportError as exc:
+                # The POST may have reached the host before the connection failed.
+                maybe_delivered = True
+                last = f"{type(exc).__name__}"
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                message = self._message(response)
+                if status == 400 and message.lower().startswith(_INVALID_JOB_ID):
+                    last = "the host has not taken up the job yet (400 invalid job id)"
+                elif status >= 500:
+                    maybe_delivered = True
+                    last = f"{status} {message}"
+                elif (
+                    status == 400
+                    and message.lower().startswith(_CANNOT_SEND_DEFINITION)
+                    and maybe_delivered
+                    and await self._definition_stored(backoff)
+                ):
+                    return
+                else:
+                    raise self._error("definition", "the host refused the definition", response)
+            if not await backoff.wait():
+                raise self._error(
+                    "definition",
+                    f"gave up after {backoff.attempt} attempts in {backoff.elapsed:.1f} s: {last}",
+                )
+
+    async def _definition_stored(self, backoff: Backoff) -> bool:
+        """Whether the host already holds a definition for the job (a lost 200 earlier)."""
+        if self.legacy:
+            return False  # legacy hosts have no GET for it: report the refusal
+        try:
+            response = await self._http.get(
+                f"{self.base_url}/job/{self.job}/job-definition",
+                headers=self._headers(),
+                timeout=self._timeout(backoff),
+            )
+        except httpx.TransportError:
+            return False
+        # The body is the real definition (with its secrets): only its status is looked at.
+        return response.status_code == 200
+
+    async def results(self, *, timeout: float = 60.0) -> FlowState:
+        """GET the job's private results; call it as soon as ``/info`` shows ``endTime``.
+
+        The host serves them only inside its results window (reference 5.3); before that it
+        answers 400 "cannot get job result at this time", which is retried quickly (pauses of
+        at most 0.25 s) until ``timeout``. The body is JSON whatever its content type. Note
+        the returned ``status`` is usually ``waiting-for-result``: see
+        :func:`results.final_status`.
+        """
+        quick = Retry(
+            first=self.retry.first,
+            cap=min(self.retry.cap, 0.25),
+            factor=self.retry.factor,
+            attempts=max(self.retry.attempts, 1000),
+            total=timeout,
+        )
+        backoff = quick.backoff()
+        last = "no attempt"
+        while True:
+            try:
+                response = await self._send("results", backoff)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            else:
+                status = response.status_code
+                if status == 200:
+                    return self._flow(response)
+                message = self._message(response)
+                lowered = message.lower()
+                if status == 400 and (
+                    lowered.startswith(_CANNOT_GET_RESULTS) or lowered.startswith(_INVALID_JOB_ID)
+                ):
+                    last = f"400 {message}"
+                elif status >= 500:
+                    last = f"{status} {message}"
+                else:
+                    raise self._error("results", "the host refused to give the results", response)
+            if not await backoff.wait():
+                raise self._error(
+                    "results",
+                    f"no results after {backoff.elapsed:.1f} s ({backoff.attempt} attempts): "
+                    f"{last}",
+                )
+
+    def _flow(self, response: httpx.Response) -> FlowState:
+        try:
+            data = json.loads(response.content)
+            if isinstance(data, str):  # a doubly encoded body
+                data = json.loads(data)
+            return FlowState.model_validate(data)
+        except (ValueError, ValidationError):
+            # Not shown: the body holds the job's logs and results.
+            raise self._error("results", "the host sent results that are not a FlowState") from None
+
+    async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:
+        """The job's service URLs, private ones included (``[]`` when it exposes none).
+
+        A service is private when its id has the 45 characters of a host-made random id.
+        """
+        backoff = self.retry.backoff(timeout)
+        last = "no attempt"
+        while True:
+            try:
+                response = await self._send("endpoints", backoff)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            else:
+                status = response.status_code
+                if status == 200:
+                    return self._service_urls(response)
+                message = self._message(response)
+                if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
+                    return []
+                if status < 500:
+                    raise self._error("endpoints", "the host refused the endpoints", response)
+                last = f"{status} {message}"
+            if not await backoff.wait():
+                raise self._error(
+                    "endpoints", f"gave up after {backoff.attempt} attempts: {last}"
+                )
+
+    def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
+        try:
+            data = json.loads(response.content)
+            if isinstance(data, str):
+                data = json.loads(data)
+            endpoints = Endpoints.model_validate(data)
+        except (ValueError, ValidationError):
+            raise self._error("endpoints", "the host sent endpoints in an unknown shape") from None
+        return [
+            ServiceUrl(
+                url=item.url,
+                port=item.port,
+                op_id=item.op_id,
+                private=len(expose_id) == PRIVATE_EXPOSE_ID_LENGTH,
+                status=item.status,
+                expose_id=expose_id,
+            )
+            for expose_id, item in endpoints.urls.items()
+        ]
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""
+        backoff = self.retry.backoff(timeout)
+        last = "no attempt"
+        while True:
+            try:
+                response = await self._send("stop", backoff)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                if status < 500:
+                    raise self._error("stop", "the host refused to stop the job", response)
+                last = f"{status} {self._message(response)}"
+            if not await backoff.wait():
+                raise self._error("stop", f"gave up after {backoff.attempt} attempts: {last}")
+
+    # ------------------------------------------------------------------ SSE /info
+
+    async def info(self, *, timeout: float | None = None) -> AsyncIterator[InfoEvent]:
+        """Follow ``GET /job/{job}/info``: the job's flow as it changes, until ``endTime``.
+
+        Yields each event (the host sends one at once, then one per change). Ends after the
+        event that carries ``endTime``. A dropped stream is reopened with bounded backoff (the
+        bound restarts whenever an event arrives); a reopened stream's first event repeats the
+        last one and is skipped. 404 (the host has no flow for the job yet) is retried the
+        same way. ``timeout`` bounds each streak of failures (default: the retry policy's).
+        """
+        route = f"GET /job/{self.job}/info"
+        url = f"{self.base_url}/job/{self.job}/info"
+        backoff = self.retry.backoff(timeout)
+        last_data: str | None = None
+        last = "no attempt"
+        while True:
+            try:
+                request_timeout = httpx.Timeout(
+                    self.request_timeout, read=self.sse_idle_timeout
+                )
+                async with self._http.stream(
+                    "GET",
+                    url,
+                    headers={**self._headers(), "Accept": "text/event-stream"},
+                    timeout=request_timeout,
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        if response.status_code == 404 or response.status_code >= 500:
+                            last = f"{response.status_code} {self._message(response)}"
+                        else:
+                            raise self._error(route, "the host refused the stream", response)
+                    else:
+                        parser = SseParser()
+                        async for line in response.aiter_lines():
+                            data = parser.feed(line)
+                            if data is None or data == last_data:
+                                continue
+                            last_data = data
+                            event = self._info_event(route, data)
+                            backoff.reset()
+                            yield event
+                            if event.end_time is not None:
+                                return
+                        last = "the stream closed before the job ended"
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            if not await backoff.wait():
+                raise self._error(
+                    route, f"gave up after {backoff.attempt} attempts to follow it: {last}"
+                )
+
+    def _info_event(self, route: str, data: str) -> InfoEvent:
+        try:
+            return InfoEvent.model_validate_json(data)
+        except ValidationError:
+            raise self._error(route, "the host sent an event that is not a flow") from None
+
+    # ------------------------------------------------------------------ WS /log
+
+    async def logs(self, *, since: int = 0) -> AsyncIterator[NodeLogEntry]:
+        """Follow the job's node log over the ``/log`` WebSocket (owner-signed).
+
+        Yields every entry once, in order: container output (``type == "log"``) and the
+        host's progress lines. It runs until the caller stops iterating (the stream has no
+        end of its own); a dropped socket is reopened with bounded backoff, and giving up
+        raises :class:`HostError`.
+
+        No duplicate, no loss across reconnects: the host replays the job's whole history, in
+        order, to every new subscriber, then streams new entries, with no marker between the
+        two. So the client keeps a cursor, :attr:`log_cursor`, the number of entries seen;
+        on a new connection it skips that many entries and checks that the last skipped one
+        has the ``(timestamp, log)`` of the last entry seen. If it does not (the host's
+        history changed, e.g. the host restarted), :attr:`replay_mismatches` is counted and the
+        entries from that point on are yielded: a possible repeat rather than a silent loss.
+        ``since`` starts the cursor further on (entries already seen by an earlier client).
+        """
+        url = _to_ws_url(self.base_url)
+        route = "WS /log"
+        self.log_cursor = since
+        last_key: tuple[int | None, str] | None = None
+        backoff = self.retry.backoff()
+        last = "no attempt"
+        while True:
+            try:
+                async with ws_connect(
+                    url,
+                    open_timeout=self.request_timeout,
+                    close_timeout=2,
+                    max_size=2**24,
+                ) as ws:
+                    self.log_connections += 1
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "path": "/log",
+                                "header": self._auth(),
+                                "body": {"jobAddress": self.job, "address": self.wallet.address},
+                            }
+                        )
+                    )
+                    index = 0  # position in this connection's stream (replay, then live)
+                    skip = self.log_cursor
+                    async for raw in ws:
+                        entry = self._log_entry(raw)
+                        if entry is None:
+                            continue
+                        index += 1
+                        key = (entry.timestamp, entry.log)
+                        if index < skip:
+                            continue
+                        if index == skip:
+                            if last_key is None or key == last_key:
+                                continue  # the replay is aligned with what we saw
+                            self.replay_mismatches += 1
+                            log.warning(
+                                "host %s replayed a different /log history; lines may repeat",
+                                self.base_url,
+                            )
+                        self.log_cursor = index
+                        last_key = key
+                        backoff.reset()
+                        yield entry
+                    last = "the host closed the log stream"
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                if code in _WS_FATAL_CODES:
+                    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                    raise HostError(
+                        self.base_url, route, f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
+                    ) from None
+                last = f"connection closed ({code})" if code else "connection lost"
+            except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
+                if isinstance(exc, InvalidURI):
+                    raise HostError(self.base_url, route, "not a WebSocket URL") from None
+                last = type(exc).__name__
+            if not await backoff.wait():
+                raise HostError(
+                    self.base_url,
+                    route,
+                    f"gave up after {backoff.attempt} attempts to reconnect: {last}",
+                )
+
+    def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(frame, dict) or frame.get("path") != "log":
+            return None
+        data = frame.get("data")
+        try:
+            if isinstance(data, str):
+                return NodeLogEntry.model_validate_json(data)
+            if isinstance(data, dict):
+                return NodeLogEntry.model_validate(data)
+        except ValidationError:
+            return None
+        return None
