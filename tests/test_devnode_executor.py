@@ -1,0 +1,598 @@
+"""The devnode executor: real processes in a temporary directory, short timings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nosana_magic.devnode.executor import MAX_LINE_CHARS, Executor
+from nosana_magic.devnode.services import ServiceRegistry
+from nosana_magic.results import FlowState, NodeLogEntry, OpState
+
+PY = sys.executable
+
+
+# ---------------------------------------------------------------- leak checks
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def processes_of(job: str) -> list[int]:
+    """Live processes started for ``job`` (the executor puts ``NOSANA_ID=<job>`` in their env)."""
+    marker = f"NOSANA_ID={job}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def job() -> Iterator[str]:
+    name = f"test-job-{uuid.uuid4().hex[:12]}"
+    yield name
+    deadline = time.monotonic() + 3
+    while processes_of(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_of(name) == [], "the executor left processes running"
+
+
+class Harness:
+    def __init__(self, job: str, workdir: Path, definition: dict[str, Any], **kw: Any) -> None:
+        self.entries: list[NodeLogEntry] = []
+        self.changes = 0
+        self.flow = FlowState(status="init")
+        self.services = ServiceRegistry(lambda: "http://127.0.0.1:1")
+        self.executor = Executor(
+            definition=definition,
+            job=job,
+            workdir=workdir,
+            flow=self.flow,
+            emit=self.entries.append,
+            changed=self._changed,
+            services=self.services,
+            **kw,
+        )
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    async def run(self, timeout: float = 15) -> str:
+        try:
+            return await asyncio.wait_for(self.executor.run(), timeout)
+        finally:
+            await self.services.aclose()
+
+    def op(self, op_id: str) -> OpState:
+        return next(state for state in self.flow.op_states if state.operation_id == op_id)
+
+    def text(self, op_id: str, stream: str | None = None) -> str:
+        return "".join(
+            log.log for log in self.op(op_id).logs if stream is None or log.type == stream
+        )
+
+    def node_lines(self) -> list[str]:
+        return [entry.log for entry in self.entries if entry.type != "log"]
+
+
+def definition(*ops: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"version": "0.1", "type": "container", "ops": list(ops), **top}
+
+
+def run_op(op_id: str, cmd: Any = None, **args: Any) -> dict[str, Any]:
+    extra = {key: args.pop(key) for key in ("results", "execution") if key in args}
+    body: dict[str, Any] = {"image": args.pop("image", "ubuntu")}
+    if cmd is not None:
+        body["cmd"] = cmd
+    body.update(args)
+    return {"type": "container/run", "id": op_id, "args": body, **extra}
+
+
+# ---------------------------------------------------------------- commands, env, dirs
+
+
+async def test_cmd_string_runs_in_a_shell_and_streams_both_outputs(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(run_op("hello", "echo out; echo err >&2; exit 0")))
+    assert await h.run() == "success"
+    state = h.op("hello")
+    assert state.status == "success" and state.exit_code == 0
+    assert state.group == "hello"
+    assert state.provider_id and state.provider_id.startswith("local-")
+    assert state.start_time and state.end_time and state.start_time <= state.end_time
+    assert h.text("hello", "stdout") == "out\n"
+    assert h.text("hello", "stderr") == "err\n"
+    assert all(isinstance(log.timestamp, str) and log.timestamp.endswith("Z") for log in state.logs)
+    lines = [entry for entry in h.entries if entry.type == "log"]
+    assert {(e.log, e.payload["stream"]) for e in lines} == {
+        ("out\n", "stdout"),
+        ("err\n", "stderr"),
+    }
+    assert all(e.method == "NodeRepository.displayLog" and e.job == job for e in lines)
+    assert all(e.payload["opId"] == "hello" and isinstance(e.timestamp, int) for e in lines)
+    assert h.flow.status == "success" and h.flow.end_time and h.flow.secrets == {}
+    assert any(
+        "Running op hello (image ubuntu; local executor: image not pulled)" in line
+        for line in h.node_lines()
+    )
+    assert any("exit code 0" in e.log for e in h.entries if e.type == "success")
+
+
+async def test_cmd_list_and_entrypoint_like_docker(tmp_path: Path, job: str):
+    script = "import sys; print(sys.argv[1:])"
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("argv", [script, "a", "__remove-if-empty__", "b c"], entrypoint=[PY, "-c"]),
+            run_op("plain", [PY, "-c", "print('plain')"]),
+            run_op("one", ["x y"], entrypoint="/bin/echo"),
+            # Docker takes a string entrypoint as one argv item: this cannot start.
+            run_op("spaced", ["1"], entrypoint="/bin/echo -n"),
+        ),
+    )
+    assert await h.run() == "success"
+    assert h.text("argv") == "['a', 'b c']\n"
+    assert h.text("plain") == "plain\n"
+    assert h.text("one") == "x y\n"
+    assert h.op("spaced").exit_code == 2 and h.op("spaced").status == "failed"
+
+
+async def test_global_defaults_and_gpu_note(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            {"type": "container/run", "id": "g", "args": {"cmd": ["print('from global')"]}},
+            run_op("own", ["-c", "print('own')"], entrypoint=PY, image="mine:1", gpu=True),
+            **{"global": {"image": "python:3.11", "entrypoint": [PY, "-c"], "gpu": False}},
+        ),
+    )
+    await h.run()
+    assert h.text("g") == "from global\n"
+    assert h.text("own") == "own\n"  # the op's own entrypoint wins
+    lines = h.node_lines()
+    assert any("(image python:3.11; local executor: image not pulled)" in x for x in lines)
+    assert any("(image mine:1; local executor: image not pulled)" in x for x in lines)
+    assert any("Op own asks for a GPU; none is attached locally" in x for x in lines)
+    assert not any("Op g asks for a GPU" in x for x in lines)
+
+
+async def test_env_precedence_nosana_id_and_no_leaks(
+    tmp_path: Path, job: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("DEVNODE_TEST_HOST_ONLY", "host-secret")
+    show = (
+        "import os, json; print(json.dumps({k: os.environ.get(k) for k in "
+        "['A', 'B', 'C', 'NOSANA_ID', 'HOME', 'DEVNODE_TEST_HOST_ONLY']})); "
+        "print('PATH' in os.environ)"
+    )
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("env", [PY, "-c", show], env={"B": "op", "C": "s3cret-value", "NOSANA_ID": "x"}),
+            **{"global": {"env": {"A": "global", "B": "global"}}},
+        ),
+    )
+    await h.run()
+    import json
+
+    first, second = h.text("env").splitlines()
+    assert json.loads(first) == {
+        "A": "global",
+        "B": "op",
+        "C": "s3cret-value",
+        "NOSANA_ID": job,
+        "HOME": str(tmp_path),
+        "DEVNODE_TEST_HOST_ONLY": None,
+    }
+    assert second == "True"
+    # Node log lines (everything but the op's own output) never carry env values.
+    assert not any("s3cret-value" in line or "global" in line for line in h.node_lines())
+
+
+async def test_work_dir_is_mapped_inside_the_job_directory(tmp_path: Path, job: str):
+    pwd = [PY, "-c", "import os; print(os.getcwd())"]
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("default", pwd),
+            run_op("absolute", pwd, work_dir="/workspace/app"),
+            run_op("relative", pwd, work_dir="rel/dir"),
+            run_op("escape", pwd, work_dir="../../etc"),
+            {"type": "container/run", "id": "glob", "args": {"image": "x", "cmd": pwd}},
+            **{"global": {"work_dir": "/from-global"}},
+        ),
+    )
+    await h.run()
+    root = tmp_path.resolve()
+    # ``default`` has no work_dir of its own, so the global one applies.
+    assert h.text("default").strip() == str(root / "from-global")
+    assert h.text("absolute").strip() == str(root / "workspace" / "app")
+    assert h.text("relative").strip() == str(root / "rel" / "dir")
+    assert h.text("glob").strip() == str(root / "from-global")
+    escape = h.op("escape")
+    assert escape.status == "failed" and escape.exit_code == 2
+    assert "leave the job's directory" in escape.errors[0]["message"]
+    assert not (tmp_path.parent.parent / "etc" / "placeholder").exists()
+
+
+async def test_volumes_are_created_and_mounted(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            {"type": "container/create-volume", "id": "vol", "args": {"name": "data"}},
+            run_op(
+                "write",
+                "echo payload > data/file.txt",
+                volumes=[{"name": "data", "dest": "/data"}],
+            ),
+        ),
+    )
+    assert await h.run() == "success"
+    assert h.op("vol").status == "success" and h.op("vol").exit_code == 0
+    assert (tmp_path / "volumes" / "data" / "file.txt").read_text() == "payload\n"
+    assert (tmp_path / "data").is_symlink()
+
+
+# ---------------------------------------------------------------- statuses and errors
+
+
+async def test_exit_codes_and_missing_executable(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("three", "exit 3"),
+            run_op("missing", ["/definitely/not/here", "--flag"]),
+            run_op("nocmd"),
+        ),
+    )
+    # A failing op does not fail the flow: the node reports success once every group ran.
+    assert await h.run() == "success"
+    assert (h.op("three").status, h.op("three").exit_code) == ("failed", 3)
+    missing = h.op("missing")
+    assert (missing.status, missing.exit_code) == ("failed", 2)
+    assert missing.errors and missing.errors[0]["event"] == "start"
+    assert "/definitely/not/here" in missing.errors[0]["message"]
+    assert [log.type for log in missing.logs] == ["nodeerr"]
+    assert any(
+        e.type == "error" and e.payload == {"opId": "missing", "stream": "nodeerr"}
+        for e in h.entries
+    )
+    assert h.op("nocmd").exit_code == 2
+    assert any("exit code 3" in e.log for e in h.entries if e.type == "error")
+
+
+async def test_results_extraction(tmp_path: Path, job: str):
+    script = (
+        "import sys\n"
+        "print('loss=0.5'); print('loss=0.25'); print('acc=0.9')\n"
+        "print('token: abc123', file=sys.stderr)\n"
+        "print('model saved to /out/model.bin')\n"
+    )
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op(
+                "train",
+                [PY, "-c", script],
+                results={
+                    "loss": r"loss=([\d.]+)",
+                    "acc": r"acc=[\d.]+",
+                    "token": {"regex": r"token: (\w+)", "logType": ["stderr"]},
+                    "token_stdout_only": {"regex": r"token: (\w+)", "logType": ["stdout"]},
+                    "token_default": r"token: (\w+)",
+                    "missing": "nothing-like-this",
+                    "broken": "(unclosed",
+                    "path": r"saved to (\S+)",
+                },
+            ),
+            run_op("plain", "echo x"),
+        ),
+    )
+    await h.run()
+    results = h.op("train").results
+    assert results == {
+        "loss": ["0.5", "0.25"],
+        "acc": "acc=0.9",
+        "token": "abc123",
+        "token_default": "abc123",
+        "path": "/out/model.bin",
+    }
+    assert any(err["event"] == "results" for err in h.op("train").errors)
+    assert h.op("plain").results is None
+
+
+async def test_log_cap_keeps_the_newest_lines(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(run_op("many", [PY, "-c", "for i in range(50): print(i)"])),
+        log_cap=10,
+    )
+    await h.run()
+    assert [log.log for log in h.op("many").logs] == [f"{i}\n" for i in range(40, 50)]
+    assert len([e for e in h.entries if e.type == "log"]) == 50  # the stream gets every line
+    assert h.changes < 15  # not once per log line
+
+
+async def test_long_lines_are_split(tmp_path: Path, job: str):
+    n = MAX_LINE_CHARS * 2 + 10
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op(
+                "long", [PY, "-c", f"import sys; sys.stdout.write('x' * {n}); print(); print('é')"]
+            )
+        ),
+    )
+    await h.run()
+    pieces = [log.log for log in h.op("long").logs]
+    assert [len(p) for p in pieces] == [MAX_LINE_CHARS, MAX_LINE_CHARS, 11, 2]
+    assert pieces[-1] == "é\n"
+
+
+async def test_op_ending_kills_what_it_left_behind(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(run_op("bg", "sleep 1000 & echo $! > bg.pid; echo ok")))
+    started = time.monotonic()
+    assert await h.run() == "success"
+    assert time.monotonic() - started < 5
+    pid = int((tmp_path / "bg.pid").read_text())
+    deadline = time.monotonic() + 2
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not _alive(pid)
+
+
+# ---------------------------------------------------------------- groups and depends_on
+
+
+async def test_groups_run_in_order_and_their_ops_together(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("a", "sleep 0.4", execution={"group": "first"}),
+            run_op("c", "true", execution={"group": "second"}),
+            run_op("b", "sleep 0.2", execution={"group": "first"}),
+        ),
+    )
+    assert await h.run() == "success"
+    a, b, c = h.op("a"), h.op("b"), h.op("c")
+    assert [s.operation_id for s in h.flow.op_states] == ["a", "c", "b"]  # ops order
+    assert (a.group, b.group, c.group) == ("first", "first", "second")
+    assert abs(a.start_time - b.start_time) < 300  # started together
+    assert c.start_time >= max(a.end_time, b.end_time)
+
+
+async def test_depends_on_waits_for_success(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("after", "echo after", execution={"group": "g", "depends_on": ["before"]}),
+            run_op("before", "sleep 0.3; echo before", execution={"group": "g"}),
+        ),
+    )
+    assert await h.run() == "success"
+    assert h.op("after").start_time >= h.op("before").end_time
+    assert h.op("after").status == "success"
+
+
+async def test_a_failed_dependency_means_not_run(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("setup", "exit 1", execution={"group": "g"}),
+            run_op("main", "touch ran", execution={"group": "g", "depends_on": ["setup"]}),
+            run_op("later", "echo later", execution={"group": "h", "depends_on": ["setup"]}),
+            run_op("independent", "echo yes", execution={"group": "h"}),
+        ),
+    )
+    assert await h.run() == "success"
+    main = h.op("main")
+    assert main.status == "stopped" and main.exit_code is None
+    assert main.errors == [
+        {"event": "dependency", "message": "not run: dependency 'setup' ended failed"}
+    ]
+    assert not (tmp_path / "ran").exists()
+    assert h.op("later").status == "stopped"  # an earlier group's op may be depended on
+    assert h.op("independent").status == "success"  # later groups still run
+
+
+async def test_invalid_plans_fail_before_running(tmp_path: Path, job: str):
+    for ops in (
+        [run_op("a", "touch ran", execution={"depends_on": ["b"]}), run_op("b", "true")],
+        [run_op("a", "touch ran", execution={"group": "g", "depends_on": ["a"]})],
+        [
+            run_op("a", "touch ran", execution={"group": "g", "depends_on": ["b"]}),
+            run_op("b", "touch ran", execution={"group": "g", "depends_on": ["a"]}),
+        ],
+    ):
+        h = Harness(job, tmp_path, definition(*ops))
+        assert await h.run() == "failed"
+        assert h.flow.errors and h.flow.end_time
+        assert all(state.status == "init" for state in h.flow.op_states)
+        assert not (tmp_path / "ran").exists()
+
+
+# ---------------------------------------------------------------- stop, expiry, quit
+
+
+SPAWNER = "sleep 1000 & echo $! >> pids; sleep 1000 & echo $! >> pids; echo ready; wait"
+
+
+async def _until(condition: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+async def _wait_for_file_lines(path: Path, count: int, timeout: float = 5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text().split()
+            if len(lines) >= count:
+                return [int(x) for x in lines]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} never got {count} lines")
+
+
+async def test_stop_kills_the_whole_process_group(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(run_op("spawner", SPAWNER), run_op("next", "touch ran")),
+        stop_grace=1.0,
+    )
+    task = asyncio.create_task(h.run())
+    pids = await _wait_for_file_lines(tmp_path / "pids", 2)
+    assert all(_alive(pid) for pid in pids)
+    started = time.monotonic()
+    await asyncio.wait_for(h.executor.stop("stopped"), 10)
+    assert time.monotonic() - started < 3
+    assert task.done() and task.result() == "stopped"
+    assert not any(_alive(pid) for pid in pids)
+    spawner = h.op("spawner")
+    assert spawner.status == "stopped" and spawner.exit_code == 128 + 15
+    assert spawner.diagnostics == {
+        "reason": {"hostShutDown": False, "jobStopped": True, "jobExpired": False}
+    }
+    # The op after it is reached after the stop: stop status, exit code 0, never run.
+    assert (h.op("next").status, h.op("next").exit_code) == ("stopped", 0)
+    assert not (tmp_path / "ran").exists()
+    assert h.flow.status == "stopped"
+
+
+async def test_stop_escalates_to_sigkill(tmp_path: Path, job: str):
+    stubborn = "trap '' TERM; sleep 1000 & echo $! >> pids; echo $$ >> pids; wait; wait"
+    h = Harness(job, tmp_path, definition(run_op("stubborn", stubborn)), stop_grace=0.3)
+    task = asyncio.create_task(h.run())
+    pids = await _wait_for_file_lines(tmp_path / "pids", 2)
+    await asyncio.wait_for(h.executor.stop("stopped"), 10)
+    assert await task == "stopped"
+    assert not any(_alive(pid) for pid in pids)
+    assert h.op("stubborn").exit_code == 128 + 9
+
+
+async def test_expiry_ends_ops_as_success(tmp_path: Path, job: str):
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("serve", "echo up; sleep 1000", results={"up": "up"}),
+            run_op("after", "touch ran", execution={"group": "later"}),
+        ),
+        stop_grace=0.5,
+    )
+    task = asyncio.create_task(h.run())
+    await _until(lambda: bool(h.flow.op_states) and bool(h.op("serve").logs))
+    await h.executor.stop("expired")
+    assert await task == "success"
+    serve = h.op("serve")
+    assert serve.status == "success"
+    assert serve.diagnostics["reason"]["jobExpired"] is True
+    assert serve.results == {"up": "up"}
+    assert (h.op("after").status, h.op("after").exit_code) == ("success", 0)
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_quit_fails_the_flow(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(run_op("long", "sleep 1000")), stop_grace=0.5)
+    task = asyncio.create_task(h.run())
+    await _until(lambda: bool(h.flow.op_states) and h.op("long").status == "running")
+    await h.executor.stop("quit")
+    assert await task == "failed"
+    assert h.op("long").status == "failed"
+    assert h.op("long").diagnostics["reason"]["hostShutDown"] is True
+
+
+async def test_stop_racing_run(tmp_path: Path, job: str):
+    # stop() before run(): nothing is started, every op gets the stop status.
+    h = Harness(job, tmp_path, definition(run_op("a", "touch ran")))
+    await h.executor.stop("stopped")
+    assert await h.run() == "stopped"
+    assert (h.op("a").status, h.op("a").exit_code) == ("stopped", 0)
+
+    # stop() while run() is spawning its first process.
+    for _ in range(5):
+        h = Harness(job, tmp_path, definition(run_op("b", "sleep 1000"), run_op("c", "touch ran")))
+        task = asyncio.create_task(h.run())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(h.executor.stop("stopped"), 10)
+        assert await asyncio.wait_for(task, 10) == "stopped"
+        assert {s.status for s in h.flow.op_states} == {"stopped"}
+    assert not (tmp_path / "ran").exists()
+
+    # stop() after the end changes nothing; a second stop keeps the first reason.
+    h = Harness(job, tmp_path, definition(run_op("d", "true")))
+    assert await h.run() == "success"
+    await h.executor.stop("quit")
+    assert h.flow.status == "success" and h.op("d").status == "success"
+
+
+async def test_cancelling_run_kills_processes(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(run_op("spawner", SPAWNER)))
+    task = asyncio.create_task(h.executor.run())
+    pids = await _wait_for_file_lines(tmp_path / "pids", 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await h.services.aclose()
+    deadline = time.monotonic() + 2
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not any(_alive(pid) for pid in pids)
+
+
+async def test_a_broken_listener_does_not_break_the_job(tmp_path: Path, job: str):
+    def boom(_entry: NodeLogEntry) -> None:
+        raise RuntimeError("listener bug")
+
+    flow = FlowState(status="init")
+    services = ServiceRegistry(lambda: "http://127.0.0.1:1")
+    executor = Executor(
+        definition=definition(run_op("a", "echo hi")),
+        job=job,
+        workdir=tmp_path,
+        flow=flow,
+        emit=boom,
+        changed=lambda: None,
+        services=services,
+    )
+    assert await executor.run() == "success"
+    assert flow.op_states[0].logs[0].log == "hi\n"
+    await services.aclose()
+    with pytest.raises(RuntimeError):
+        await executor.run()
