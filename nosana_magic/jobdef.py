@@ -327,17 +327,27 @@ class WebSocketHealthCheck(_Model):
     continuous: Bool
 
 
+class _UnknownHealthCheck(BaseModel):
+    # Reports only the bad `type` of a health check, not the fields of a guessed branch.
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Annotated[str, PlainValidator(_one_of("http", "websocket"))]
+
+
 def _health_tag(value: object) -> str:
     kind = _kind(value)
-    if kind == "WebSocketHealthCheck" or (
-            isinstance(value, dict) and value.get("type") == "websocket"):
-        return _T + "websocket"
-    return _T + "http"  # also the branch that reports a missing or unknown type
+    if kind in ("HttpHealthCheck", "WebSocketHealthCheck"):
+        return _T + kind
+    if isinstance(value, dict) and value.get("type") not in ("http", "websocket"):
+        return _T + "unknown"
+    if isinstance(value, dict) and value.get("type") == "websocket":
+        return _T + "WebSocketHealthCheck"
+    return _T + "HttpHealthCheck"  # also reports a value that is not an object
 
 
 HealthCheck = Annotated[
-    Annotated[HttpHealthCheck, Tag(_T + "http")]
-    | Annotated[WebSocketHealthCheck, Tag(_T + "websocket")],
+    Annotated[HttpHealthCheck, Tag(_T + "HttpHealthCheck")]
+    | Annotated[WebSocketHealthCheck, Tag(_T + "WebSocketHealthCheck")]
+    | Annotated[_UnknownHealthCheck, Tag(_T + "unknown")],
     Discriminator(_health_tag),
 ]
 
@@ -454,13 +464,19 @@ class OllamaResource(_Model):
     target: Str | None = None
 
 
+class _UnknownResource(BaseModel):
+    # Reports only the bad `type` of a resource, not the fields of a guessed branch.
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Annotated[str, PlainValidator(_one_of("S3", "HF", "Ollama"))]
+
+
 def _resource_tag(value: object) -> str:
     kind = _kind(value)
-    if kind == "object":
-        assert isinstance(value, dict)
+    if isinstance(value, dict):
         if "__spread__" in value:
             return _T + "spread"
-        return _T + {"HF": "HF", "Ollama": "Ollama"}.get(value.get("type"), "S3")  # type: ignore[arg-type]
+        rtype = value.get("type")
+        return _T + (rtype if rtype in ("S3", "HF", "Ollama") else "unknown")
     return _T + {"S3Resource": "S3", "HFResource": "HF", "OllamaResource": "Ollama",
                  "SpreadMarker": "spread", "string": "marker"}.get(kind, "bad")
 
@@ -471,6 +487,7 @@ ResourceItem = Annotated[
     | Annotated[OllamaResource, Tag(_T + "Ollama")]
     | Annotated[SpreadMarker, Tag(_T + "spread")]
     | Annotated[RemoveIfEmpty, Tag(_T + "marker")]
+    | Annotated[_UnknownResource, Tag(_T + "unknown")]
     | Annotated[object, PlainValidator(_fail("a resource object, a spread marker or "
                                              '"__remove-if-empty__"')), Tag(_T + "bad")],
     Discriminator(_resource_tag),
