@@ -1,0 +1,538 @@
+"""``JobView``: the live view of one confidential job in a notebook or a terminal.
+
+Two renderings of the same job handle:
+
+* **Widget view** (in a Jupyter kernel with ipywidgets): a header (status, address, market,
+  node, elapsed time, price), a log area and the service URLs. Log lines arrive on the
+  runner's loop thread (``job.subscribe``); they go into a bounded tail and the log area is
+  rewritten by *assigning* ``Output.outputs`` at most ~10 times per second. We never use
+  ``with out:`` (it captures by the current parent message, which is racy from threads) and
+  never ``print()`` from the loop thread (ipykernel routes such output to whichever cell it
+  guesses, and the guess changed across releases). Each assignment sends the whole tail, so
+  the tail is bounded (1,000 lines by default) and the full log stays on the job handle.
+* **Text view** (terminal IPython, plain Python, or no ipywidgets): lines are queued by the
+  listener and printed by the *main* thread, which calls :meth:`JobView.drain` between its
+  short timed waits on the job.
+
+Either way the view ends with a plain-text summary. In a kernel it is written through a
+display handle (``display(..., display_id=True)`` then ``update``), because a widget's content
+is not part of the cell's saved output: a notebook saved or rendered without widget state
+still shows how the job ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from .protocol import format_duration
+from .runner import call_soon, get_loop
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .job import ConfidentialJob, JobEvent, LogLine
+
+__all__ = [
+    "FLUSH_INTERVAL_S",
+    "JobView",
+    "Table",
+    "ViewMode",
+    "format_line",
+    "in_kernel",
+    "summary_text",
+]
+
+#: The shortest time between two updates of the log area: at most ~10 messages per second
+#: per view, whatever the log rate (each update resends the whole visible tail).
+FLUSH_INTERVAL_S = 0.1
+
+#: How often the header is re-rendered while nothing else happens (the elapsed time moves).
+#: A header update is sent only when its text changed, so at most one per second.
+_HEADER_EVERY_S = 1.0
+
+#: Text view: lines queued for the main thread beyond this are dropped (and counted), so a
+#: caller that stops draining cannot make the queue grow without bound.
+_TEXT_QUEUE_MAX = 20_000
+
+ViewMode = Literal["auto", "widget", "text"]
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (a ZMQ shell), where widgets and display handles work.
+
+    Checked by class name so that terminal IPython and plain Python never import ipykernel.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    shell = get_ipython()
+    return shell is not None and any(
+        cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__
+    )
+
+
+def _widgets_available() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
+    """The stream a log line is shown on, and its text (prefixed with its op, no newline).
+
+    Host messages (``node``) go to stdout with a ``·`` marker so they read as commentary;
+    container stderr stays on stderr, which frontends and terminals show distinctly.
+    """
+    text = line.text.rstrip("\n")
+    if line.stream == "node":
+        return "stdout", f"· {text}"
+    prefix = f"[{line.op_id}] " if line.op_id else ""
+    return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
+
+
+def _status_word(job: ConfidentialJob) -> str:
+    if job.done:
+        return str(job.status or job.phase)
+    return str(job.phase)
+
+
+def _price_text(job: ConfidentialJob) -> str:
+    market = job.market
+    if market is None or not market.price_per_second:
+        return ""
+    return f"{market.nos_per_hour:.4g} NOS/h"
+
+
+def _short(address: str | None, keep: int = 6) -> str:
+    if not address:
+        return "…"
+    return address if len(address) <= 2 * keep + 1 else f"{address[:keep]}…{address[-keep:]}"
+
+
+def summary_text(job: ConfidentialJob) -> str:
+    """A plain-text account of how the job ended (or where it is), a few lines long.
+
+    Everything comes from the job handle, whose logs, results and errors are already redacted;
+    no secret value is added here (URLs are the user's own, private ones are labelled).
+    """
+    head = f"nosana job {job.address or '(not listed)'} on {job.network_name}: "
+    head += _status_word(job)
+    if job.elapsed is not None:
+        head += f" after {format_duration(job.elapsed)}"
+    lines = [head]
+    details = []
+    if job.market is not None:
+        details.append(f"market {job.market.slug}")
+    if job.node:
+        details.append(f"node {job.node}")
+    if job.cost is not None:
+        details.append(f"cost {job.cost:.6g} NOS")
+    if details:
+        lines.append("  " + " · ".join(details))
+    for op_id, op in job.ops.items():
+        code = "" if op.exit_code is None else f", exit code {op.exit_code}"
+        lines.append(f"  op {op_id}: {op.status}{code}")
+    if job.results:
+        values = ", ".join(f"{name}={value!r}" for name, value in job.results.items())
+        lines.append(f"  results: {values}")
+    for url in job.urls:
+        tags = ["private" if url.private else "public", f"op {url.op_id}", f"port {url.port}"]
+        if url.status != "UNKNOWN":
+            tags.append(url.status)
+        lines.append(f"  url: {url.url} ({', '.join(tags)})")
+    if job.error is not None:
+        first = str(job.error).splitlines() or [""]
+        lines.append(f"  error: {first[0]}")
+    return "\n".join(lines)
+
+
+def _header_html(job: ConfidentialJob) -> str:
+    status = _status_word(job)
+    colour = {"success": "#1a7f37", "completed": "#1a7f37", "failed": "#cf222e",
+              "stopped": "#9a6700"}.get(status, "#0969da")
+    parts = [
+        f'<b style="color:{colour}">{html.escape(status)}</b>',
+        f'job <code title="{html.escape(job.address or "")}">'
+        f"{html.escape(_short(job.address))}</code>",
+        html.escape(job.network_name),
+    ]
+    if job.market is not None:
+        parts.append(f"market <code>{html.escape(job.market.slug)}</code>")
+    if job.node:
+        parts.append(f'node <code title="{html.escape(job.node)}">'
+                     f"{html.escape(_short(job.node))}</code>")
+    if job.elapsed is not None:
+        parts.append(html.escape(format_duration(job.elapsed)))
+    price = _price_text(job)
+    if price:
+        parts.append(html.escape(price))
+    return "<div>" + " · ".join(parts) + "</div>"
+
+
+def _urls_html(job: ConfidentialJob) -> str:
+    items = []
+    for url in job.urls:
+        badge = " <i>(private)</i>" if url.private else ""
+        status = "" if url.status == "UNKNOWN" else f" {html.escape(url.status)}"
+        items.append(
+            f'<li><a href="{html.escape(url.url)}" target="_blank" rel="noopener noreferrer">'
+            f"{html.escape(url.url)}</a>{badge} · op {html.escape(url.op_id)} · "
+            f"port {html.escape(str(url.port))}{status}</li>"
+        )
+    return f"<ul style='margin:0'>{''.join(items)}</ul>" if items else ""
+
+
+def _stream_outputs(lines: Iterable[tuple[str, str]], dropped: int) -> tuple[dict[str, str], ...]:
+    """Jupyter stream outputs for ``lines``, consecutive lines of one stream merged."""
+    outputs: list[dict[str, str]] = []
+    if dropped:
+        outputs.append({"output_type": "stream", "name": "stdout",
+                        "text": f"… {dropped:,} earlier lines not shown (job.logs has them all)\n"})
+    for stream, text in lines:
+        if outputs and outputs[-1]["name"] == stream:
+            outputs[-1]["text"] += text + "\n"
+        else:
+            outputs.append({"output_type": "stream", "name": stream, "text": text + "\n"})
+    return tuple(outputs)
+
+
+class JobView:
+    """The live view of one job. Create and :meth:`show` it on the main thread.
+
+    ``tail`` bounds the lines the widget holds (the handle keeps every line); ``quiet`` shows
+    the status only. ``mode`` forces the widget or text rendering (``auto`` picks widgets in
+    a kernel when ipywidgets is installed).
+    """
+
+    def __init__(self, job: ConfidentialJob, *, tail: int = 1000, quiet: bool = False,
+                 mode: ViewMode = "auto", stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:
+        if tail < 1:
+            raise ValueError(f"tail must be at least 1 line, got {tail}")
+        if mode == "auto":
+            mode = "widget" if in_kernel() and _widgets_available() else "text"
+        self.job = job
+        self.tail = tail
+        self.quiet = quiet
+        self.mode: Literal["widget", "text"] = mode
+        self._out = stdout
+        self._err = stderr
+        self._lock = threading.Lock()
+        # Widget view: the visible tail, lines that fell off it, and what changed since the
+        # last flush. Only the loop thread writes widgets while the job runs.
+        self._lines: deque[tuple[str, str]] = deque(maxlen=tail)
+        self._dropped = 0
+        self._logs_dirty = False
+        self._urls_dirty = False
+        self._header = ""
+        self._last_header_at = 0.0
+        self._ticking = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._finalised = False
+        # Text view: what the main thread still has to print.
+        self._pending: deque[tuple[str, str]] = deque()
+        self._skipped = 0
+        self._last_phase: str | None = None
+        self._summary_shown = False
+        self._background = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._post_run_hook: Callable[..., None] | None = None
+        self.widget: Any = None
+        self._header_w: Any = None
+        self._urls_w: Any = None
+        self._log_w: Any = None
+        self._summary_handle: Any = None
+        #: Number of times the log area was rewritten (for tests and benchmarks).
+        self.flushes = 0
+
+    # -- showing ------------------------------------------------------------------------
+
+    def show(self, *, background: bool = False) -> JobView:
+        """Display the view (main thread) and start following the job.
+
+        With ``background``, the view finishes on its own: the widget view writes the summary
+        when the job ends, the text view prints it after the first cell that runs once the job
+        is done (for instance the one calling ``job.wait()``).
+        """
+        self._background = background
+        if self.mode == "widget":
+            self._build_widgets()
+        else:
+            self._print(f"nosana job {self.job.address or '…'}: {_status_word(self.job)}")
+            self._last_phase = _status_word(self.job)
+        self._unsubscribe = self.job.subscribe(self._on_event)
+        if self.mode == "widget":
+            call_soon(self._start_ticking)
+        elif background:
+            self._print("running in background: the summary follows when the job ends "
+                        "(`.wait()` blocks until then)")
+            self._hook_post_run()
+        if self.job.done:
+            # Finished before we subscribed (or attached to a finished job).
+            if self.mode == "widget":
+                call_soon(self._finalise_widgets)
+            elif background:
+                self._hook_post_run()
+        return self
+
+    def _build_widgets(self) -> None:
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        self._header_w = widgets.HTML(_header_html(self.job))
+        self._urls_w = widgets.HTML(_urls_html(self.job))
+        children = [self._header_w, self._urls_w]
+        if not self.quiet:
+            self._log_w = widgets.Output(layout=widgets.Layout(
+                max_height="24em", overflow="auto", border="1px solid #ddd"))
+            children.append(self._log_w)
+        self.widget = widgets.VBox(children)
+        self._header = self._header_w.value
+        display(self.widget)  # type: ignore[no-untyped-call]
+        # The plain-text record of the outcome: updated in place when the job ends.
+        self._summary_handle = display(  # type: ignore[no-untyped-call]
+            {"text/plain": f"nosana job {self.job.address or ''}: {_status_word(self.job)} "
+                           "(a summary replaces this line when the job ends)"},
+            raw=True, display_id=True)
+
+    # -- events (runner loop thread) -----------------------------------------------------
+
+    def _on_event(self, event: JobEvent) -> None:
+        """Called on the loop thread for every job event: record, never write output here."""
+        if event.kind == "log" and event.line is not None:
+            if self.quiet:
+                return  # status only; the handle keeps every line
+            formatted = format_line(event.line)
+            with self._lock:
+                if self.mode == "widget":
+                    if len(self._lines) == self.tail:
+                        self._dropped += 1
+                    self._lines.append(formatted)
+                    self._logs_dirty = True
+                elif not self._background:
+                    if len(self._pending) >= _TEXT_QUEUE_MAX:
+                        self._skipped += 1
+                    else:
+                        self._pending.append(formatted)
+        elif event.kind == "urls":
+            self._urls_dirty = True
+        elif event.kind == "done" and self.mode == "widget":
+            self._finalise_widgets()
+
+    def _start_ticking(self) -> None:
+        if self._ticking or self._finalised:
+            return
+        self._ticking = True
+        self._tick()
+
+    def _tick(self) -> None:
+        """One coalescing step on the loop: flush what changed, then re-arm unless done."""
+        self._timer = None
+        if self._finalised:
+            return
+        if self.job.done:
+            self._finalise_widgets()
+            return
+        self._flush_widgets()
+        self._timer = get_loop().call_later(FLUSH_INTERVAL_S, self._tick)
+
+    def _flush_widgets(self, *, force_header: bool = False) -> None:
+        with self._lock:
+            logs_dirty, self._logs_dirty = self._logs_dirty, False
+            snapshot = list(self._lines) if logs_dirty else []
+            dropped = self._dropped
+        if logs_dirty and self._log_w is not None:
+            self._log_w.outputs = _stream_outputs(snapshot, dropped)
+            self.flushes += 1
+        if self._urls_dirty and self._urls_w is not None:
+            self._urls_dirty = False
+            self._urls_w.value = _urls_html(self.job)
+        now = time.monotonic()
+        if self._header_w is not None and (
+                force_header or now - self._last_header_at >= _HEADER_EVERY_S or logs_dirty):
+            header = _header_html(self.job)
+            self._last_header_at = now
+            if header != self._header:
+                self._header = header
+                self._header_w.value = header
+
+    def _finalise_widgets(self) -> None:
+        """The job ended: last flush, stop the timer, and (background) write the summary."""
+        with self._lock:
+            if self._finalised:
+                return
+            self._finalised = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._urls_dirty = True
+        self._flush_widgets(force_header=True)
+        if self._background:
+            self._write_summary()
+
+    # -- main thread ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Text view: print the queued lines and phase changes. Call from the main thread."""
+        if self.mode != "text":
+            return
+        with self._lock:
+            lines = list(self._pending)
+            self._pending.clear()
+            skipped, self._skipped = self._skipped, 0
+        phase = _status_word(self.job)
+        if phase != self._last_phase and not self.job.done:
+            self._last_phase = phase
+            node = f" (node {self.job.node})" if self.job.node and phase == "running" else ""
+            self._print(f"· {phase}{node}")
+        if skipped:
+            self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
+        for stream, text in lines:
+            self._print(text, err=stream == "stderr")
+        if self._urls_dirty and self.job.urls:
+            self._urls_dirty = False
+            for url in self.job.urls:
+                self._print(f"· service {url.url}{' (private)' if url.private else ''}")
+
+    def finish(self) -> None:
+        """The job ended (or the caller stops following it): last output, then the summary.
+
+        Main thread. Safe to call more than once; the summary is written once.
+        """
+        if self.mode == "widget":
+            done = threading.Event()
+
+            def _final() -> None:
+                try:
+                    if self.job.done:
+                        self._finalise_widgets()
+                    else:
+                        self._flush_widgets(force_header=True)
+                finally:
+                    done.set()
+
+            call_soon(_final)
+            done.wait(timeout=5)
+        else:
+            self.drain()
+        if self.job.done:
+            self._write_summary()
+            self.close()
+
+    def _write_summary(self) -> None:
+        with self._lock:
+            if self._summary_shown:
+                return
+            self._summary_shown = True
+        text = summary_text(self.job)
+        if self.mode == "widget" and self._summary_handle is not None:
+            self._summary_handle.update({"text/plain": text}, raw=True)
+        else:
+            self._print(text)
+
+    def close(self) -> None:
+        """Stop following the job (the widgets stay on screen with their last content)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.mode == "widget" and not self._finalised:
+            def _stop() -> None:
+                self._finalised = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            call_soon(_stop)
+        self._unhook_post_run()
+
+    # -- text view plumbing --------------------------------------------------------------
+
+    def _print(self, text: str, *, err: bool = False) -> None:
+        stream = (self._err or sys.stderr) if err else (self._out or sys.stdout)
+        print(text, file=stream, flush=True)
+
+    def _hook_post_run(self) -> None:
+        """Background text view: print the summary from the main thread, after a cell runs."""
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover
+            return
+        shell = get_ipython()
+        if shell is None or self._post_run_hook is not None:
+            return
+
+        def _after_cell(*_: object) -> None:
+            if self.job.done:
+                self._unhook_post_run()
+                self._write_summary()
+                self.close()
+
+        self._post_run_hook = _after_cell
+        shell.events.register("post_run_cell", _after_cell)
+
+    def _unhook_post_run(self) -> None:
+        hook, self._post_run_hook = self._post_run_hook, None
+        if hook is None:
+            return
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            with contextlib.suppress(ValueError):  # already gone
+                shell.events.unregister("post_run_cell", hook)
+
+    def __repr__(self) -> str:
+        return f"JobView({self.job!r}, mode={self.mode!r}, tail={self.tail}, quiet={self.quiet})"
+
+
+class Table:
+    """A small table that renders as HTML in a notebook and as aligned text elsewhere.
+
+    What ``%nosana jobs``, ``markets`` and ``config`` return: it lands in ``Out`` and shows
+    both ways, and the cells are plain strings (the caller decides what may be shown).
+    """
+
+    def __init__(self, columns: list[str], rows: list[list[str]], *, title: str = "",
+                 empty: str = "(none)") -> None:
+        self.columns = columns
+        self.rows = rows
+        self.title = title
+        self.empty = empty
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        lines = [self.title] if self.title else []
+        if not self.rows:
+            return "\n".join([*lines, self.empty])
+        widths = [max(len(str(c)) for c in column)
+                  for column in zip(self.columns, *self.rows, strict=True)]
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+        lines += [fmt(self.columns), fmt(["-" * w for w in widths])]
+        lines += [fmt(row) for row in self.rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
+        if not self.rows:
+            return f"{title}<p>{html.escape(self.empty)}</p>"
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>"
+                       for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'><code>{html.escape(str(c))}</code>"
+                             "</td>" for c in row) + "</tr>"
+            for row in self.rows)
+        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
