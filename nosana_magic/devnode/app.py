@@ -1,0 +1,326 @@
+"""The devnode: one loopback ASGI server holding the ledger, IPFS and the emulated hosts.
+
+``DevNode.start()`` serves on 127.0.0.1 from a background thread with its own event loop (so a
+notebook's or a test's loop is never blocked or shared); ``stop()`` kills every job process,
+closes every socket and joins that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from ..network.base import JobState
+from .config import DevNodeConfig
+from .host import EmulatedHost
+from .ipfs import IpfsStore, ipfs_routes
+from .ledger import Ledger, LedgerJob, ledger_routes
+from .node_api import NodeApi
+from .services import ServiceRegistry
+
+__all__ = ["DevNode"]
+
+_T = TypeVar("_T")
+
+
+class DevNode:
+    """An embedded local Nosana network on 127.0.0.1 (ledger + IPFS + emulated hosts).
+
+    Use it as a context manager (sync or async), or call :meth:`start` / :meth:`stop`.
+    The hosts run the ops of the jobs they take **as local processes on this machine**.
+    """
+
+    def __init__(self, config: DevNodeConfig | None = None, **overrides: Any) -> None:
+        base = config if config is not None else DevNodeConfig()
+        self.config: DevNodeConfig = dataclasses.replace(base, **overrides) if overrides else base
+        if not self.config.markets:
+            raise ValueError("a devnode needs at least one market")
+        self.ipfs = IpfsStore()
+        self.ledger = Ledger(self.config.markets, pickup_delay=lambda: self.config.pickup_delay)
+        self.url = ""
+        self.node_url_template = ""
+        self.services = ServiceRegistry(lambda: self.url)
+        self._workdir: Path | None = None
+        self._own_workdir = False
+        self.hosts: list[EmulatedHost] = []
+        markets = list(self.ledger.markets.values())
+        per_market = self.config.hosts_per_market
+        count = per_market * len(markets) if per_market is not None else self.config.hosts
+        for index in range(count):
+            market = markets[index // per_market if per_market else index % len(markets)]
+            host = EmulatedHost(
+                market=market,
+                ledger=self.ledger,
+                ipfs=self.ipfs,
+                services=self.services,
+                config=self.config,
+                workdir=self._job_root,
+            )
+            self.hosts.append(host)
+            self.ledger.hosts[host.address] = host
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: uvicorn.Server | None = None
+        self._closing: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1]) if self.url else 0
+
+    def node_url(self, node: str) -> str:
+        return self.node_url_template.format(node=node)
+
+    def host(self, address: str) -> EmulatedHost:
+        for host in self.hosts:
+            if host.address == address:
+                return host
+        raise KeyError(address)
+
+    @property
+    def workdir(self) -> Path | None:
+        return self._workdir
+
+    def start(self, timeout: float = 15.0) -> DevNode:
+        """Serve in a background thread; returns once the port is listening."""
+        if self._thread is not None:
+            raise RuntimeError("a DevNode can be started once")
+        if self.config.workdir is not None:
+            self._workdir = Path(self.config.workdir)
+            self._workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._workdir = Path(tempfile.mkdtemp(prefix="nosana-devnode-"))
+            self._own_workdir = True
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Loopback only: the hosts run job commands on this machine.
+            sock.bind(("127.0.0.1", self.config.port))
+        except OSError:
+            sock.close()
+            self._cleanup_workdir()
+            raise
+        port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.node_url_template = f"{self.url}/node/{{node}}"
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(sock,), name="nosana-devnode", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"the devnode did not start within {timeout} s")
+        if self._error is not None:
+            error = self._error
+            self.stop()
+            raise RuntimeError(f"the devnode failed to start: {error}") from error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Kill every job process, close every socket, join the thread. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        thread, loop = self._thread, self._loop
+        if thread is not None and loop is not None and thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout)
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise RuntimeError("the devnode thread did not stop")
+        self._cleanup_workdir()
+
+    def job(self, address: str) -> LedgerJob:
+        return self.ledger.job(address)
+
+    def wait_job(self, address: str, *states: JobState | str, timeout: float) -> LedgerJob:
+        """Block until the job is in one of ``states`` (default: done); ``TimeoutError``."""
+        wanted = {JobState(s) for s in states} or {JobState.COMPLETED, JobState.STOPPED}
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.ledger.jobs.get(address)
+            if job is not None and job.state in wanted:
+                return job
+            if time.monotonic() >= deadline:
+                state = job.state.value if job is not None else "unknown"
+                raise TimeoutError(f"job {address} is {state} after {timeout} s")
+            time.sleep(0.02)
+
+    def wait_idle(self, timeout: float) -> None:
+        """Block until no host has a job (queued jobs that nobody takes are ignored)."""
+        deadline = time.monotonic() + timeout
+        while any(host.busy for host in self.hosts):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"hosts still busy after {timeout} s")
+            time.sleep(0.02)
+
+    def __enter__(self) -> DevNode:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> DevNode:
+        return await _in_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await _in_thread(self.stop)
+
+    def __repr__(self) -> str:
+        return f"DevNode({self.url or 'not started'}, hosts={len(self.hosts)})"
+
+    # ------------------------------------------------------------------ the server thread
+
+    def _job_root(self) -> Path:
+        assert self._workdir is not None
+        return self._workdir
+
+    def _cleanup_workdir(self) -> None:
+        if self._own_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _build_app(self) -> Callable[[Scope, Receive, Send], Any]:
+        node_api = NodeApi(
+            hosts={host.address: host for host in self.hosts},
+            ledger=self.ledger,
+            config=self.config,
+            closing=lambda: self._closing,
+        )
+
+        async def index(request: Request) -> JSONResponse:
+            return JSONResponse({
+                "name": "nosana_magic devnode (embedded local Nosana network)",
+                "url": self.url,
+                "node_url_template": self.node_url_template,
+                "markets": [self.ledger.market_json(m) for m in self.ledger.markets.values()],
+                "hosts": [{"address": h.address, "market": h.market.slug} for h in self.hosts],
+            })
+
+        routes: list[BaseRoute] = [
+            Route("/", index, methods=["GET"]),
+            *ledger_routes(self.ledger),
+            *ipfs_routes(self.ipfs),
+            Mount("/service", app=self.services.asgi_app()),
+        ]
+        rest = Starlette(routes=routes)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] in ("http", "websocket") and path.startswith("/node/"):
+                await node_api(scope, receive, send)
+            else:
+                await rest(scope, receive, send)
+
+        return app
+
+    def _thread_main(self, sock: socket.socket) -> None:
+        try:
+            asyncio.run(self._serve(sock))
+        except BaseException as exc:  # reported to start(); the thread must end quietly
+            self._error = exc
+        finally:
+            sock.close()
+            self._ready.set()
+
+    async def _serve(self, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = asyncio.Event()
+        config = uvicorn.Config(
+            self._build_app(),
+            lifespan="off",
+            log_config=None,  # never touch the embedding process's logging setup
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+            ws_ping_interval=30.0,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        matcher = asyncio.get_running_loop().create_task(self.ledger.run_matcher(self._closing))
+        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if not serving.done():
+                self._ready.set()
+            await serving
+        finally:
+            self._closing.set()
+            matcher.cancel()
+            await asyncio.gather(matcher, return_exceptions=True)
+            # Anything a host left (it should not) must not outlive the loop.
+            for host in self.hosts:
+                await host.shutdown(timeout=self.config.stop_timeout)
+            await self.services.aclose()
+
+    async def _shutdown(self) -> None:
+        assert self._closing is not None
+        self._closing.set()
+        await asyncio.gather(
+            *(host.shutdown(timeout=self.config.stop_timeout) for host in self.hosts),
+            return_exceptions=True,
+        )
+        await self.services.aclose()
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+async def _in_thread(fn: Callable[[], _T]) -> _T:
+    """Run a blocking call on a short-lived thread of its own (not the loop's executor, whose
+    threads would outlive the call)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    thread = threading.Thread(target=target, name="nosana-devnode-control", daemon=True)
+    thread.start()
+    try:
+        return await future
+    finally:
+        # The thread's last act was settling the future: this join is immediate.
+        thread.join(timeout=1.0)

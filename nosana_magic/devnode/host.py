@@ -1,0 +1,674 @@
+"""An emulated Nosana host: its keypair, its flows, and the job lifecycle of reference 5.2.
+
+One :class:`EmulatedHost` runs at most one job at a time (a busy host takes no other job).
+For each job it keeps a :class:`JobRecord`: the flow (``FlowState``) the node API serves, the
+real job definition, the node log history and the node-state history the WebSocket routes
+replay. Ops are run by :class:`~nosana_magic.devnode.executor.Executor` as local processes.
+
+Everything here runs on the devnode's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from ..jobdef import JobDefinitionError, validate_job_definition
+from ..protocol import now_ms
+from ..results import FlowState, NodeLogEntry
+from ..wallet import Wallet
+from .config import DevNodeConfig
+from .executor import Executor
+from .ipfs import IpfsStore
+from .ledger import Ledger, LedgerJob, Market
+from .services import ServiceRegistry
+
+__all__ = ["EmulatedHost", "JobRecord", "LogHub", "Subscription"]
+
+_log = logging.getLogger(__name__)
+
+EndReason = Literal["stopped", "expired", "quit"]
+T = TypeVar("T")
+
+#: What the node pushes into ``errors`` when nobody collected the results in the window.
+NOT_COLLECTED = "Results were not collected before the timeout."
+
+#: Node op progress statuses (``GET /job/{id}/ops``) by op status.
+_PROGRESS = {
+    "init": "init",
+    "running": "running",
+    "success": "finished",
+    "failed": "failed",
+    "stopped": "stopped",
+}
+
+
+def compact_json(value: Any) -> str:
+    """JSON as JavaScript's ``JSON.stringify`` writes it (no spaces)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------- log streams
+
+
+class Subscription(Generic[T]):
+    """A live feed of one job's entries for one subscriber (bounded)."""
+
+    def __init__(self, cap: int) -> None:
+        self._items: deque[T] = deque()
+        self._cap = cap
+        self._event = asyncio.Event()
+        #: The subscriber fell more than ``cap`` entries behind: it must give up.
+        self.overflowed = False
+
+    def push(self, item: T) -> None:
+        if len(self._items) >= self._cap:
+            self.overflowed = True
+        else:
+            self._items.append(item)
+        self._event.set()
+
+    async def next_batch(self, timeout: float) -> list[T]:
+        """The entries that arrived since the last call (empty after ``timeout`` seconds)."""
+        if not self._items and not self.overflowed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+
+class LogHub(Generic[T]):
+    """Per-job history (bounded) plus live subscribers: replay, then stream."""
+
+    def __init__(self, history_cap: int, subscriber_cap: int = 50_000) -> None:
+        self._history: dict[str, deque[T]] = {}
+        self._subscribers: dict[str, set[Subscription[T]]] = {}
+        self._history_cap = history_cap
+        self._subscriber_cap = subscriber_cap
+
+    def publish(self, job: str, item: T) -> None:
+        self._history.setdefault(job, deque(maxlen=self._history_cap)).append(item)
+        for sub in self._subscribers.get(job, ()):
+            sub.push(item)
+
+    def subscribe(self, job: str) -> tuple[list[T], Subscription[T]]:
+        """The job's history so far and a subscription to what comes next (no gap: both are
+        taken in one step of the event loop)."""
+        sub: Subscription[T] = Subscription(self._subscriber_cap)
+        self._subscribers.setdefault(job, set()).add(sub)
+        return list(self._history.get(job, ())), sub
+
+    def unsubscribe(self, job: str, sub: Subscription[T]) -> None:
+        subs = self._subscribers.get(job)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[job]
+
+    def history(self, job: str) -> list[T]:
+        return list(self._history.get(job, ()))
+
+    def forget(self, job: str) -> None:
+        self._history.pop(job, None)
+
+
+# ---------------------------------------------------------------------- one job on one host
+
+
+class JobRecord:
+    """A host's record of one job: the flow and the phase gates of the node API."""
+
+    def __init__(self, job: LedgerJob, expiry_at: float) -> None:
+        self.job = job
+        self.placeholder: dict[str, Any] | None = None
+        #: The real definition as received (``POST /job/{id}/job-definition``).
+        self.definition: Any = None
+        self.definition_received = False
+        self.flow: FlowState | None = None
+        #: waiting | validating | running | finishing | window | done
+        self.phase = "claiming"
+        self.expiry_at = expiry_at
+        self.end_reason: EndReason | None = None
+        self.end_event = asyncio.Event()
+        self.definition_event = asyncio.Event()
+        self.results_collected = asyncio.Event()
+        self.expiry_changed = asyncio.Event()
+        self.executor: Executor | None = None
+        #: The ``/info`` payload when ``endTime`` was first set (the stream's last event).
+        self.final_info: str | None = None
+        self.service_url_announced = False
+        self._changed = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return self.job.address
+
+    @property
+    def running(self) -> bool:
+        """The node's TaskManager is registered (ops may run)."""
+        return self.phase == "running"
+
+    def end(self, reason: EndReason) -> None:
+        """Expiry, a stop or a quit: the first reason wins."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.end_event.set()
+
+    # -- change notification (SSE) --------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake every ``/info`` stream; take the final event at once when the flow ended."""
+        if self.flow is not None and self.flow.end_time is not None and self.final_info is None:
+            self.final_info = compact_json(self.info_payload())
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def change_event(self) -> asyncio.Event:
+        return self._changed
+
+    def info_payload(self) -> dict[str, Any]:
+        """The ``/info`` event: the flow without op logs/providerId, with ``operations``."""
+        assert self.flow is not None
+        payload = self.flow.model_dump(by_alias=True)
+        for op in payload.get("opStates") or []:
+            op.pop("logs", None)
+            op.pop("providerId", None)
+        payload["errors"] = payload.get("errors") or []
+        payload["operations"] = self.operations()
+        return payload
+
+    # -- operations (the TaskManager's view) ----------------------------------------------
+
+    def op_progress(self) -> dict[str, str]:
+        if self.flow is None:
+            return {}
+        return {op.operation_id: _PROGRESS.get(op.status, op.status) for op in self.flow.op_states}
+
+    def groups(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        progress = self.op_progress()
+        for op in self.flow.op_states if self.flow is not None else []:
+            out.setdefault(op.group or op.operation_id, {})[op.operation_id] = progress[
+                op.operation_id
+            ]
+        return out
+
+    def current_group(self) -> str | None:
+        groups = self.groups()
+        for name, ops in groups.items():
+            if any(status in ("init", "running") for status in ops.values()):
+                return name
+        return None
+
+    def operations(self) -> dict[str, Any] | None:
+        if not self.running:
+            return None
+        current = self.current_group()
+        statuses = self.groups().get(current or "", {})
+        group_status = "running" if any(s == "running" for s in statuses.values()) else "pending"
+        return {"all": self.op_progress(), "currentGroup": current, "currentGroupStatus":
+                group_status if current else None}
+
+
+# ---------------------------------------------------------------------- the host
+
+
+class EmulatedHost:
+    """One emulated node: keypair, market, flows, log streams and the job lifecycle."""
+
+    def __init__(
+        self,
+        *,
+        market: Market,
+        ledger: Ledger,
+        ipfs: IpfsStore,
+        services: ServiceRegistry,
+        config: DevNodeConfig,
+        workdir: Callable[[], Path],
+        wallet: Wallet | None = None,
+    ) -> None:
+        self.wallet = wallet or Wallet.generate()
+        self._market = market
+        self._ledger = ledger
+        self._ipfs = ipfs
+        self._services = services
+        self._config = config
+        self._workdir = workdir
+        self.records: OrderedDict[str, JobRecord] = OrderedDict()
+        self.current: JobRecord | None = None
+        self._idle_since = time.time()
+        self.node_logs: LogHub[str] = LogHub(config.log_history)
+        self.task_logs: LogHub[dict[str, Any]] = LogHub(config.log_history)
+        self.node_states: LogHub[dict[str, Any]] = LogHub(1_000)
+        self._state_index = 0
+        self._last_task_ts = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.started_at = time.time()
+
+    # -- identity (HostSlot) -------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self.wallet.address
+
+    @property
+    def market(self) -> Market:
+        return self._market
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    @property
+    def idle_since(self) -> float:
+        return self._idle_since
+
+    def record(self, job: str) -> JobRecord | None:
+        return self.records.get(job)
+
+    def __repr__(self) -> str:
+        return f"EmulatedHost({self.address}, market={self._market.slug!r}, busy={self.busy})"
+
+    # -- ledger events -------------------------------------------------------------------
+
+    def start_job(self, job: LedgerJob) -> None:
+        """The market matched this host with ``job`` (the run exists): start the lifecycle."""
+        started = job.started_at if job.started_at is not None else time.time()
+        record = JobRecord(job, expiry_at=started + job.timeout)
+        self.records[job.address] = record
+        self.records.move_to_end(job.address)
+        while len(self.records) > max(1, self._config.keep_flows):
+            old, _ = self.records.popitem(last=False)
+            self.node_logs.forget(old)
+            self.task_logs.forget(old)
+            self.node_states.forget(old)
+        self.current = record
+        self._spawn(self._lifecycle(record), f"job {job.address}")
+
+    def end_job(self, job: str) -> None:
+        """The project ended the job on the ledger."""
+        record = self.records.get(job)
+        if record is not None and record.phase not in ("window", "done"):
+            self._node_log(record, "Job stopped by its project", kind="stop")
+            record.end("stopped")
+
+    def job_extended(self, job: str) -> None:
+        record = self.records.get(job)
+        if record is not None and record.job.started_at is not None:
+            record.expiry_at = record.job.started_at + record.job.timeout
+            record.expiry_changed.set()
+
+    def stop_now(self, record: JobRecord) -> None:
+        """``POST /job/{id}/stop``: the job expires now (the flow ends ``success``)."""
+        record.expiry_at = time.time()
+        record.expiry_changed.set()
+
+    def definition_posted(self, record: JobRecord, definition: Any) -> None:
+        """``POST /job/{id}/job-definition`` accepted (the route checked the phase)."""
+        record.definition = definition
+        record.definition_received = True
+        record.phase = "validating"
+        record.definition_event.set()
+
+    def results_served(self, record: JobRecord) -> None:
+        record.results_collected.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """The devnode stops: kill every process, end every lifecycle (no results window)."""
+        self._closing = True
+        for record in list(self.records.values()):
+            record.end("quit")
+            record.notify()
+        tasks = list(self._tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+
+    # -- node log, task log and state streams ----------------------------------------------
+
+    def emit(self, record: JobRecord, entry: NodeLogEntry) -> None:
+        """A node log entry for ``record`` (from the executor or the host itself)."""
+        if entry.job is None:
+            entry.job = record.address
+        if entry.timestamp is None:
+            entry.timestamp = now_ms()
+        data = compact_json(entry.model_dump(by_alias=True, exclude_none=True))
+        self.node_logs.publish(record.address, data)
+        if record.running:
+            self._task_log(record, entry)
+
+    def _task_log(self, record: JobRecord, entry: NodeLogEntry) -> None:
+        payload = entry.payload if isinstance(entry.payload, dict) else {}
+        op_id = payload.get("opId")
+        if not isinstance(op_id, str):
+            return
+        group = op_id
+        if record.flow is not None:
+            for op in record.flow.op_states:
+                if op.operation_id == op_id:
+                    group = op.group or op_id
+                    break
+        kind = "container" if entry.type == "log" else (
+            "error" if entry.type in ("error", "nodeerr") else "info"
+        )
+        # The node's TaskLog timestamps are strictly increasing.
+        stamp = max(now_ms(), self._last_task_ts + 1)
+        self._last_task_ts = stamp
+        self.task_logs.publish(
+            record.address,
+            {"opId": op_id, "group": group, "type": kind, "timestamp": stamp,
+             "message": entry.log},
+        )
+
+    def _node_log(
+        self, record: JobRecord, text: str, *, kind: str = "info", method: str = "JobHandler"
+    ) -> None:
+        self.emit(record, NodeLogEntry(log=text, type=kind, method=method, job=record.address,
+                                       timestamp=now_ms(), pending=False))
+
+    def _state(self, record: JobRecord, status: str, **extra: Any) -> None:
+        self._state_index += 1
+        self.node_states.publish(
+            record.address,
+            {"status": status, "state": {"job": record.address, **extra},
+             "timestamp": now_ms(), "index": self._state_index},
+        )
+
+    # -- the lifecycle (reference 5.2) -----------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lifecycle(self, record: JobRecord) -> None:
+        expiry = asyncio.get_running_loop().create_task(self._expiry_timer(record))
+        try:
+            self._state(record, "claiming-job")
+            self._node_log(record, f"Claimed job {record.address}", kind="success")
+            self._state(record, "claiming-job-success")
+            if time.time() >= record.expiry_at:
+                # Already past its time: straight to finishing (an empty result).
+                record.flow = FlowState(status="failed", start_time=now_ms(), end_time=now_ms())
+                record.notify()
+            else:
+                await self._resolve_and_run(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must still end the job on the ledger
+            _log.exception("devnode host %s: job %s failed", self.address, record.address)
+            self._fail_flow(record, f"host error: {type(exc).__name__}: {exc}")
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+        try:
+            if not self._closing:
+                await self._finish(record)
+        finally:
+            record.phase = "done"
+            record.notify()
+            if self.current is record:
+                self.current = None
+                self._idle_since = time.time()
+                self._ledger.wake()
+
+    def _fail_flow(self, record: JobRecord, message: str) -> None:
+        if record.flow is None:
+            record.flow = FlowState(status="failed", start_time=now_ms(), op_states=[])
+        record.flow.errors.append(message)
+        if record.flow.end_time is None:
+            record.flow.status = "failed"
+            record.flow.end_time = now_ms()
+        self._node_log(record, message, kind="error")
+        record.notify()
+
+    async def _expiry_timer(self, record: JobRecord) -> None:
+        # Bounded by the job: it ends when the job expires or the lifecycle cancels it.
+        while not record.end_event.is_set():
+            remaining = record.expiry_at - time.time()
+            if remaining <= 0:
+                self._node_log(record, "Job expired", kind="stop")
+                record.end("expired")
+                return
+            record.expiry_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(record.expiry_changed.wait(), remaining)
+
+    def _fetch_placeholder(self, record: JobRecord) -> dict[str, Any]:
+        # The same process holds the IPFS store; still go by the CID the ledger holds.
+        self._node_log(record, "Resolving job definition", kind="process")
+        try:
+            document = self._ipfs.get_json(record.job.ipfs_job)
+        except KeyError:
+            raise LookupError(f"job definition {record.job.ipfs_job} not found on IPFS") from None
+        if not isinstance(document, dict):
+            raise LookupError(f"job definition {record.job.ipfs_job} is not a JSON object")
+        self._node_log(record, "Job definition retrieved successfully", kind="success")
+        return document
+
+    async def _resolve_and_run(self, record: JobRecord) -> None:
+        try:
+            placeholder = self._fetch_placeholder(record)
+        except LookupError as exc:
+            self._fail_flow(record, str(exc))
+            return
+        record.placeholder = placeholder
+        send = _logistics_type(placeholder, "send")
+        start = now_ms()
+        if send == "api-listen":
+            record.flow = FlowState(status="waiting-for-job-definition", start_time=start,
+                                    op_states=[])
+            record.phase = "waiting"
+            record.notify()
+            self._state(record, "awaiting-job-definition")
+            self._node_log(record, "Waiting for job definition", kind="process")
+            await _first(record.definition_event, record.end_event)
+            if not record.definition_event.is_set():
+                # Only expiry (or a stop) ends this wait; the status stays as it was.
+                self._state(record, "awaiting-job-definition-failed")
+                record.flow.end_time = now_ms()
+                record.notify()
+                return
+            self._state(record, "awaiting-job-definition-success")
+            self._node_log(record, "Job definition received", kind="success")
+            definition = record.definition
+        elif send is None:
+            # A public job: the pinned definition is the definition.
+            record.flow = FlowState(status="init", start_time=start, op_states=[])
+            definition = placeholder
+            record.definition = definition
+            record.definition_received = True
+        else:
+            record.flow = FlowState(status="logistics-error", start_time=start, op_states=[])
+            self._fail_flow(record, f"logistics.send.type {send!r} is not supported by the devnode")
+            record.flow.status = "logistics-error"
+            return
+
+        record.phase = "validating"
+        self._state(record, "job-validating")
+        self._node_log(record, "Validating job definition", kind="process")
+        try:
+            validate_job_definition(definition)
+        except JobDefinitionError as exc:
+            # The node pushes the whole typia error array as ONE element.
+            record.flow.errors.append(
+                [{"path": p.typia_path, "expected": p.message} for p in exc.problems]
+            )
+            record.flow.status = "validation-error"
+            record.flow.end_time = now_ms()
+            self._state(record, "job-validating-failed")
+            self._node_log(record, "Job definition validation failed", kind="error")
+            record.notify()
+            return
+        self._state(record, "job-validating-success")
+        self._node_log(record, "Job definition validated", kind="success")
+        await self._run(record, definition)
+
+    async def _run(self, record: JobRecord, definition: dict[str, Any]) -> None:
+        assert record.flow is not None
+        flow = record.flow
+        flow.status = "init"
+        workdir = self._workdir() / record.address
+        workdir.mkdir(parents=True, exist_ok=True)
+        executor = Executor(
+            definition=definition,
+            job=record.address,
+            workdir=workdir,
+            flow=flow,
+            emit=lambda entry: self.emit(record, entry),
+            changed=lambda: self._flow_changed(record),
+            services=self._services,
+            log_cap=self._config.op_log_cap,
+        )
+        record.executor = executor
+        record.phase = "running"
+        record.notify()
+        self._state(record, "job-running")
+        quitter = None
+        if self._config.faults.host_quits_after is not None:
+            quitter = asyncio.get_running_loop().create_task(
+                self._quit_after(record, self._config.faults.host_quits_after)
+            )
+        run = asyncio.get_running_loop().create_task(executor.run(), name=f"ops {record.address}")
+        try:
+            ended = asyncio.get_running_loop().create_task(record.end_event.wait())
+            try:
+                await asyncio.wait({run, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+            if not run.done():
+                reason = record.end_reason or "quit"
+                await asyncio.wait_for(executor.stop(reason), self._config.stop_timeout)
+                await asyncio.wait({run}, timeout=self._config.stop_timeout)
+            if not run.done():
+                run.cancel()
+                await asyncio.wait({run}, timeout=2.0)
+                self._fail_flow(record, "the job's processes did not stop in time")
+            elif run.exception() is not None:
+                self._fail_flow(record, f"executor error: {run.exception()}")
+        except BaseException:
+            # Cancelled (the devnode is going down): never leave processes behind.
+            if not run.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(executor.stop("quit"), self._config.stop_timeout)
+                run.cancel()
+            raise
+        finally:
+            if quitter is not None:
+                quitter.cancel()
+        if flow.end_time is None:
+            flow.end_time = now_ms()
+        flow.secrets = {}
+        record.phase = "finishing"
+        record.notify()
+        await self._services.close_job(record.address)
+        self._node_log(record, f"Job finished with status {flow.status}",
+                       kind="success" if flow.status == "success" else "info")
+
+    async def _quit_after(self, record: JobRecord, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._node_log(record, "Host is quitting", kind="stop")
+        record.job.host_quit = True
+        record.end("quit")
+
+    def _flow_changed(self, record: JobRecord) -> None:
+        flow = record.flow
+        if flow is not None and flow.end_time is None:
+            secrets = self._services.secrets(record.address)
+            flow.secrets = secrets
+            urls = secrets.get(record.address) if secrets else None
+            if urls and not record.service_url_announced:
+                record.service_url_announced = True
+                first = next(iter(urls.values()))
+                self._state(record, "service-url-ready", url=first.get("url"))
+        record.notify()
+
+    async def _finish(self, record: JobRecord) -> None:
+        """``finish``: the results window (``receive: api-listen``), the public result, the
+        ledger."""
+        flow = record.flow
+        if flow is None:
+            flow = record.flow = FlowState(status="failed", start_time=now_ms(),
+                                           end_time=now_ms())
+        if flow.end_time is None:
+            flow.end_time = now_ms()
+        record.phase = "finishing"
+        original = flow.status
+        receive = _logistics_type(record.placeholder, "receive") if record.placeholder else None
+        document: dict[str, Any]
+        if record.job.host_quit:
+            # The host is gone: nobody serves results; the ledger records a stopped job.
+            flow.errors.append("The host quit while the job ran.")
+            document = _blank(flow, original)
+        elif receive == "api-listen":
+            flow.status = "waiting-for-result"
+            record.phase = "window"
+            record.notify()
+            self._state(record, "awaiting-result-send")
+            self._node_log(record, "Waiting for the results to be collected", kind="process")
+            try:
+                await asyncio.wait_for(
+                    record.results_collected.wait(), max(0.0, self._config.results_window)
+                )
+            except asyncio.TimeoutError:
+                flow.errors.append(NOT_COLLECTED)
+                # Deviation (documented): the window closes for late GETs too.
+                flow.status = original
+                self._state(record, "awaiting-result-send-failed")
+                self._node_log(record, NOT_COLLECTED, kind="error")
+            else:
+                self._state(record, "awaiting-result-send-success")
+                self._node_log(record, "Results collected", kind="success")
+            document = _blank(flow, original)
+        elif receive is None:
+            # A public job: the whole result goes to IPFS.
+            document = flow.model_dump(by_alias=True)
+        else:
+            flow.errors.append(f"logistics.receive.type {receive!r} is not supported")
+            document = _blank(flow, original)
+        cid = self._ipfs.put_json(document)
+        self._ledger.complete(record.address, cid)
+        self._node_log(record, f"Job result published: {cid}", kind="success")
+
+
+def _blank(flow: FlowState, status: str) -> dict[str, Any]:
+    """The public result of a confidential job: no ops, logs, results or secrets."""
+    return {
+        "status": status,
+        "startTime": flow.start_time,
+        "endTime": flow.end_time,
+        "opStates": [],
+        "errors": list(flow.errors),
+    }
+
+
+def _logistics_type(definition: dict[str, Any] | None, which: str) -> str | None:
+    logistics = definition.get("logistics") if isinstance(definition, dict) else None
+    part = logistics.get(which) if isinstance(logistics, dict) else None
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set (each is bounded by the job's expiry)."""
+    waiters = [asyncio.get_running_loop().create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
