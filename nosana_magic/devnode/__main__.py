@@ -1,0 +1,90 @@
+"""``python -m nosana_magic.devnode``: serve an embedded local Nosana network until Ctrl-C.
+
+It binds 127.0.0.1 only, prints its base URL, markets and host addresses, and exits cleanly
+on Ctrl-C or SIGTERM (every job process is killed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from .app import DevNode
+from .config import DevNodeConfig
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nosana_magic.devnode",
+        description="An embedded local Nosana network (ledger, IPFS, emulated hosts) on "
+        "127.0.0.1. The hosts RUN JOB COMMANDS AS LOCAL PROCESSES ON THIS MACHINE.",
+    )
+    parser.add_argument("--port", type=int, default=8123, help="port (0: any free port)")
+    parser.add_argument("--hosts", type=int, default=2, help="emulated hosts (default 2)")
+    parser.add_argument("--results-window", type=float, default=60.0, metavar="S",
+                        help="seconds a host waits for GET /results (default 60)")
+    parser.add_argument("--pickup-delay", type=float, default=0.2, metavar="S",
+                        help="seconds before an idle host takes a queued job (default 0.2)")
+    parser.add_argument("--legacy-routes", action="store_true",
+                        help="also serve the pre-2025-10 node routes (/job-definition/:id …)")
+    parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                        help="where job working directories go (default: a temporary one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.hosts < 1:
+        print("--hosts must be at least 1", file=sys.stderr)
+        return 2
+    config = DevNodeConfig(
+        hosts=args.hosts,
+        results_window=args.results_window,
+        pickup_delay=args.pickup_delay,
+        legacy_routes=args.legacy_routes,
+        workdir=args.workdir,
+        port=args.port,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node = DevNode(config)
+    try:
+        try:
+            node.start()
+        except OSError as exc:
+            print(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"devnode listening on {node.url}")
+        print(f"node API URL template: {node.node_url_template}")
+        for market in node.ledger.markets.values():
+            print(f"market {market.slug}: {market.address} "
+                  f"({market.price} NOS base units/s, job timeout {market.job_timeout} s)")
+        for host in node.hosts:
+            print(f"host {host.address} in {host.market.slug}")
+        print("WARNING: the hosts run job commands as local processes on this machine.")
+        print("Ctrl-C to stop.", flush=True)
+        # Bounded waits so a signal is handled promptly on every platform.
+        while not stop.wait(0.5):
+            pass
+        print("stopping (killing job processes)…", flush=True)
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("devnode stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
