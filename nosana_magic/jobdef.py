@@ -18,11 +18,12 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -124,6 +125,24 @@ def check_body_size(body: bytes) -> None:
 # number" (JSON vocabulary, never the value) and so JSON types are strict: true is not 1.
 
 
+class _JsonNull:
+    """Stands in for an explicit JSON ``null`` in an optional field."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+_NULL = _JsonNull()
+_V = TypeVar("_V")
+# An optional field may be absent, but not null (typia: `T | undefined`). pydantic would take
+# None for "absent", so null is swapped for a sentinel that the field's own type then rejects.
+Opt = Annotated[_V | None, BeforeValidator(lambda v: _NULL if v is None else v)]
+
+
+def _type_name(value: object) -> str:
+    return "null" if isinstance(value, _JsonNull) else json_type_name(value)
+
+
 def _error(message: str) -> PydanticCustomError:
     return PydanticCustomError("nosana", "{m}", {"m": message})
 
@@ -131,25 +150,25 @@ def _error(message: str) -> PydanticCustomError:
 def _fail(expected: str, hint: Callable[[object], str] | None = None) -> Callable[[object], Any]:
     def fail(value: object) -> NoReturn:
         extra = hint(value) if hint else ""
-        raise _error(f"expected {expected}, got {json_type_name(value)}{extra}")
+        raise _error(f"expected {expected}, got {_type_name(value)}{extra}")
     return fail
 
 
 def _str(value: object) -> str:
     if not isinstance(value, str):
-        raise _error(f"expected a string, got {json_type_name(value)}")
+        raise _error(f"expected a string, got {_type_name(value)}")
     return value
 
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise _error(f"expected a boolean (true or false), got {json_type_name(value)}")
+        raise _error(f"expected a boolean (true or false), got {_type_name(value)}")
     return value
 
 
 def _number(value: object) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _error(f"expected a number, got {json_type_name(value)}")
+        raise _error(f"expected a number, got {_type_name(value)}")
     return value
 
 
@@ -159,7 +178,7 @@ def _one_of(*choices: str) -> Callable[[object], Any]:
 
     def check(value: object) -> str:
         if not isinstance(value, str):
-            raise _error(f"expected {expected}, got {json_type_name(value)}")
+            raise _error(f"expected {expected}, got {_type_name(value)}")
         if value not in choices:
             raise _error(f"expected {expected}")
         return value
@@ -213,7 +232,7 @@ def _kind(value: object) -> str:
     """JSON type of an input, or the class name of an already-built model (on serialization)."""
     if isinstance(value, BaseModel):
         return type(value).__name__
-    return json_type_name(value)
+    return _type_name(value)
 
 
 def _tag_json_type(value: object) -> str:
@@ -248,7 +267,7 @@ class _Model(BaseModel):
 class LogisticArgs(_Model):
     """``logistics.send.args`` / ``logistics.receive.args``."""
 
-    endpoint: Str | None = None
+    endpoint: Opt[Str] = None
 
 
 class Logistic(_Model):
@@ -287,19 +306,19 @@ class Meta(_Model):
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, MetaValue] = Field(init=False)
 
-    trigger: Str | None = None
-    system_resources: dict[str, StrOrNumber] | None = None
+    trigger: Opt[Str] = None
+    system_resources: Opt[dict[str, StrOrNumber]] = None
 
 
 class Global(_Model):
     """``global``: defaults the host applies to every op."""
 
-    image: Str | None = None
-    gpu: Bool | None = None
-    entrypoint: StrOrStrList | None = None
-    env: dict[str, Str] | None = None
-    work_dir: Str | None = None
-    variables: dict[str, Str] | None = None
+    image: Opt[Str] = None
+    gpu: Opt[Bool] = None
+    entrypoint: Opt[StrOrStrList] = None
+    env: Opt[dict[str, Str]] = None
+    work_dir: Opt[Str] = None
+    variables: Opt[dict[str, Str]] = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +333,7 @@ class HttpHealthCheck(_Model):
     method: Annotated[Literal["GET", "POST", "PUT", "DELETE"],
                       PlainValidator(_one_of("GET", "POST", "PUT", "DELETE"))]
     expected_status: Number
-    headers: dict[str, Str] | None = None
+    headers: Opt[dict[str, Str]] = None
     body: Any = None
     continuous: Bool
 
@@ -356,15 +375,15 @@ class ExposedPort(_Model):
     """An exposed port object: ``{port, type?, health_checks?}``."""
 
     port: Number
-    type: ServiceType | None = None
-    health_checks: list[HealthCheck] | None = None
+    type: Opt[ServiceType] = None
+    health_checks: Opt[list[HealthCheck]] = None
 
 
 class SpreadMarker(_Model):
     """``{"__spread__": "%%…%%"}``: a JSON array/object resolved on the host at run time."""
 
     spread: PlaceholderLiteral = Field(alias="__spread__")
-    chunked: Bool | None = None
+    chunked: Opt[Bool] = None
 
 
 def _expose_item_tag(value: object) -> str:
@@ -429,7 +448,7 @@ class S3Bucket(_Model):
     """One entry of an S3 resource's ``buckets``."""
 
     url: Str
-    files: list[Str] | None = None
+    files: Opt[list[Str]] = None
 
 
 class S3Resource(_Model):
@@ -437,12 +456,12 @@ class S3Resource(_Model):
 
     type: Annotated[Literal["S3"], PlainValidator(_one_of("S3", "HF", "Ollama"))]
     target: Str
-    url: Str | None = None
-    files: list[Str] | None = None
-    allow_write: Bool | None = Field(default=None, alias="allowWrite")
-    bucket: Str | None = None
-    buckets: list[S3Bucket] | None = None
-    iam: S3Auth | None = Field(default=None, alias="IAM")
+    url: Opt[Str] = None
+    files: Opt[list[Str]] = None
+    allow_write: Opt[Bool] = Field(default=None, alias="allowWrite")
+    bucket: Opt[Str] = None
+    buckets: Opt[list[S3Bucket]] = None
+    iam: Opt[S3Auth] = Field(default=None, alias="IAM")
 
 
 class HFResource(_Model):
@@ -451,9 +470,9 @@ class HFResource(_Model):
     type: Annotated[Literal["HF"], PlainValidator(_one_of("S3", "HF", "Ollama"))]
     target: Str
     repo: Str
-    revision: Str | None = None
-    files: list[Str] | None = None
-    access_token: Str | None = Field(default=None, alias="accessToken")
+    revision: Opt[Str] = None
+    files: Opt[list[Str]] = None
+    access_token: Opt[Str] = Field(default=None, alias="accessToken")
 
 
 class OllamaResource(_Model):
@@ -461,7 +480,7 @@ class OllamaResource(_Model):
 
     type: Annotated[Literal["Ollama"], PlainValidator(_one_of("S3", "HF", "Ollama"))]
     model: Str
-    target: Str | None = None
+    target: Opt[Str] = None
 
 
 class _UnknownResource(BaseModel):
@@ -504,23 +523,23 @@ class Volume(_Model):
 class DockerAuth(_Model):
     """Registry credentials (the password is a secret)."""
 
-    username: Str | None = None
-    password: Str | None = None
-    email: Str | None = None
-    server: Str | None = None
+    username: Opt[Str] = None
+    password: Opt[Str] = None
+    email: Opt[Str] = None
+    server: Opt[Str] = None
 
 
 class Authentication(_Model):
     """``args.authentication``."""
 
-    docker: DockerAuth | None = None
+    docker: Opt[DockerAuth] = None
 
 
 class RestartPolicyObject(_Model):
     """``{"policy": "on-failure", "restart_tries"?: n}``."""
 
     policy: Annotated[Literal["on-failure"], PlainValidator(_one_of("on-failure"))]
-    restart_tries: Number | None = None
+    restart_tries: Opt[Number] = None
 
 
 RestartPolicy = Annotated[
@@ -543,18 +562,18 @@ class ContainerRunArgs(_Model):
     """``args`` of a ``container/run`` op."""
 
     image: Str
-    cmd: StrOrStrList | None = None
-    entrypoint: StrOrStrList | None = None
-    env: dict[str, Str] | None = None
-    work_dir: Str | None = None
-    gpu: Bool | None = None
-    expose: Expose | None = None
-    private: Bool | None = None
-    aliases: StrOrStrList | None = None
-    volumes: list[Volume] | None = None
-    resources: list[ResourceItem] | None = None
-    authentication: Authentication | None = None
-    restart_policy: RestartPolicy | None = None
+    cmd: Opt[StrOrStrList] = None
+    entrypoint: Opt[StrOrStrList] = None
+    env: Opt[dict[str, Str]] = None
+    work_dir: Opt[Str] = None
+    gpu: Opt[Bool] = None
+    expose: Opt[Expose] = None
+    private: Opt[Bool] = None
+    aliases: Opt[StrOrStrList] = None
+    volumes: Opt[list[Volume]] = None
+    resources: Opt[list[ResourceItem]] = None
+    authentication: Opt[Authentication] = None
+    restart_policy: Opt[RestartPolicy] = None
 
 
 class CreateVolumeArgs(_Model):
@@ -605,9 +624,9 @@ ResultValue = Annotated[
 class Execution(_Model):
     """``execution``: grouping and dependencies."""
 
-    group: Str | None = None
-    depends_on: list[Str] | None = None
-    stop_if_dependent_stops: Bool | None = None
+    group: Opt[Str] = None
+    depends_on: Opt[list[Str]] = None
+    stop_if_dependent_stops: Opt[Bool] = None
 
 
 OpType = Annotated[Literal["container/run", "container/create-volume"],
@@ -617,8 +636,8 @@ OpType = Annotated[Literal["container/run", "container/create-volume"],
 class _OpBase(_Model):
     type: OpType
     id: OpId
-    results: dict[str, ResultValue] | None = None
-    execution: Execution | None = None
+    results: Opt[dict[str, ResultValue]] = None
+    execution: Opt[Execution] = None
 
 
 class RunOp(_OpBase):
@@ -660,13 +679,13 @@ class JobDefinition(_Model):
     version: Annotated[Literal["0.1"], PlainValidator(_one_of("0.1"))]
     type: Annotated[Literal["container"], PlainValidator(_one_of("container"))]
     ops: list[Op]
-    logistics: Logistics | None = None
-    deployment_id: Str | None = None
-    meta: Meta | None = None
-    global_: Global | None = Field(default=None, alias="global")
+    logistics: Opt[Logistics] = None
+    deployment_id: Opt[Str] = None
+    meta: Opt[Meta] = None
+    global_: Opt[Global] = Field(default=None, alias="global")
 
     _source: Any = PrivateAttr(default=None)
-    _doc: JsoncDocument | None = PrivateAttr(default=None)
+    _doc: Opt[JsoncDocument] = PrivateAttr(default=None)
     _warnings: list[Problem] = PrivateAttr(default_factory=list)
     _references: list[Reference] = PrivateAttr(default_factory=list)
 
@@ -869,7 +888,7 @@ def validate_job_definition(obj: object) -> JobDefinition:
 def _validate(obj: object, doc: JsoncDocument | None, *, check_size: bool = True
               ) -> JobDefinition:
     problems: list[Problem] = []
-    model: JobDefinition | None = None
+    model: Opt[JobDefinition] = None
     try:
         model = JobDefinition.model_validate(obj)
     except ValidationError as err:
@@ -933,9 +952,9 @@ def _translate(err: ValidationError, obj: object, doc: JsoncDocument | None) -> 
         elif kind == "nosana":
             out.append(_problem(doc, path, str(e["ctx"]["m"])))
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            out.append(_problem(doc, path, f"expected an object, got {json_type_name(value)}"))
+            out.append(_problem(doc, path, f"expected an object, got {_type_name(value)}"))
         elif kind in ("list_type", "tuple_type"):
-            out.append(_problem(doc, path, f"expected an array, got {json_type_name(value)}"))
+            out.append(_problem(doc, path, f"expected an array, got {_type_name(value)}"))
         else:  # not expected with the models above; pydantic's text never shows the input
             out.append(_problem(doc, path, e["msg"]))
     return out
