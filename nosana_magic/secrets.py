@@ -153,7 +153,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
                 missing.append(name)
                 problems.append(_problem(
                     path, positions,
-                    f"notebook variable {name} is a {type(obj).__name__}, which is not JSON "
+                    f"notebook variable {name} has type {type(obj).__name__}, which is not JSON "
                     "serializable"))
                 return ""
 
