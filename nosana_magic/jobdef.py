@@ -783,7 +783,7 @@ class JobDefinition(_Model):
             namespace=namespace or {}, positions=self._positions())
         # A ${var:…} value can make a field invalid (an op id with a space, say): check again,
         # against the original positions, before anything is sent.
-        _validate(resolved, self._doc, check_size=False)
+        _validate(resolved, self._doc, resolved=True)
         try:
             body = json.dumps(resolved, separators=(",", ":"), ensure_ascii=False).encode()
         except UnicodeEncodeError:  # a lone surrogate escape: keep it escaped
@@ -885,8 +885,10 @@ def validate_job_definition(obj: object) -> JobDefinition:
     return _validate(obj, None)
 
 
-def _validate(obj: object, doc: JsoncDocument | None, *, check_size: bool = True
+def _validate(obj: object, doc: JsoncDocument | None, *, resolved: bool = False
               ) -> JobDefinition:
+    """Validate ``obj``; ``resolved`` means references are already substituted (and the
+    caller checks the size of the exact body it sends)."""
     problems: list[Problem] = []
     model: Opt[JobDefinition] = None
     try:
@@ -894,9 +896,10 @@ def _validate(obj: object, doc: JsoncDocument | None, *, check_size: bool = True
     except ValidationError as err:
         problems.extend(_translate(err, obj, doc))
     problems.extend(_rule_problems(obj, doc))
-    refs, malformed = find_references(obj, doc.positions if doc else None)
+    refs, malformed = ([], []) if resolved else find_references(
+        obj, doc.positions if doc else None)
     problems.extend(malformed)
-    if check_size and isinstance(obj, dict) and not problems:
+    if not resolved and isinstance(obj, dict) and not problems:
         try:
             check_body_size(json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
                             .encode("utf-8", "surrogatepass"))
@@ -907,7 +910,8 @@ def _validate(obj: object, doc: JsoncDocument | None, *, check_size: bool = True
             problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise JobDefinitionError(_dedupe(problems))
     assert model is not None
-    model._source = copy.deepcopy(obj)
+    # Parsed text is ours alone; a caller's object is copied so later changes to it do not leak.
+    model._source = obj if doc is not None else copy.deepcopy(obj)
     model._doc = doc
     model._references = refs
     model._warnings = [*(doc.warnings if doc else []), *_warnings(obj, doc)]
