@@ -1,0 +1,231 @@
+"""IPFS for the real networks: pinning through Pinata's API, reads through Nosana's gateway.
+
+Only the public *placeholder* of a confidential job is ever pinned (the real definition goes
+to the host directly). The upload credential is a Pinata JWT, looked up in this order:
+
+1. the ``jwt`` argument;
+2. the ``NOSANA_PINATA_JWT`` environment variable (``PINATA_JWT`` is accepted too);
+3. ``pinata_jwt`` in the user's credentials file, ``~/.config/nosana_magic/credentials.json``
+   on Linux (the platform's user config dir; ``NOSANA_CREDENTIALS_FILE`` overrides the path).
+
+The JWT is kept in a private attribute and is never printed: not in the repr, not in an error
+message, not in a log line. Reads through the gateway are anonymous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..protocol import CidError, cid_to_digest
+from .base import NetworkError
+
+__all__ = [
+    "DEFAULT_GATEWAY",
+    "DEFAULT_PINATA_API",
+    "JWT_ENV_VARS",
+    "IpfsError",
+    "PinataClient",
+    "credentials_file",
+    "find_pinata_jwt",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PINATA_API = "https://api.pinata.cloud"
+DEFAULT_GATEWAY = "https://nosana.mypinata.cloud/ipfs"
+#: Environment variables that may hold the Pinata JWT, in the order they are read.
+JWT_ENV_VARS = ("NOSANA_PINATA_JWT", "PINATA_JWT")
+
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class IpfsError(NetworkError):
+    """Pinning or reading a document failed (after bounded retries), or no credential is set."""
+
+
+def credentials_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where the user's credentials file lives (it need not exist)."""
+    environ = os.environ if env is None else env
+    override = environ.get("NOSANA_CREDENTIALS_FILE", "").strip()
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("nosana_magic")) / "credentials.json"
+
+
+def find_pinata_jwt(env: Mapping[str, str] | None = None) -> str | None:
+    """The Pinata JWT from the environment or the credentials file, or ``None``."""
+    environ = os.environ if env is None else env
+    for name in JWT_ENV_VARS:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    path = credentials_file(environ)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # Say where, never what was read.
+        log.warning("credentials file %s is not readable JSON; ignored", path)
+        return None
+    found = data.get("pinata_jwt") if isinstance(data, dict) else None
+    return found.strip() if isinstance(found, str) and found.strip() else None
+
+
+def _no_credential_message() -> str:
+    return (
+        "no IPFS upload credential: set NOSANA_PINATA_JWT to a Pinata API JWT "
+        "(https://app.pinata.cloud/developers/api-keys), or put "
+        f'{{"pinata_jwt": "…"}} in {credentials_file()}'
+    )
+
+
+class PinataClient:
+    """Pin JSON documents with Pinata (``POST /pinning/pinJSONToIPFS``) and read them back.
+
+    ``jwt``: the upload credential; ``None`` looks it up (module docstring). Reads work
+    without one. ``http``: an ``httpx.AsyncClient`` to share (not closed by :meth:`aclose`).
+    Every request is bounded: ``timeout_s`` each, ``attempts`` tries with backoff.
+    """
+
+    def __init__(
+        self,
+        jwt: str | None = None,
+        *,
+        api_url: str = DEFAULT_PINATA_API,
+        gateway: str = DEFAULT_GATEWAY,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = 20.0,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.gateway = gateway.rstrip("/")
+        self._jwt = jwt.strip() if jwt and jwt.strip() else find_pinata_jwt(env)
+        self._http = http
+        self._own_http = http is None
+        self.timeout_s = timeout_s
+        self.attempts = max(1, attempts)
+        self.backoff_s = backoff_s
+
+    @property
+    def has_credential(self) -> bool:
+        return self._jwt is not None
+
+    def __repr__(self) -> str:
+        state = "set" if self._jwt else "unset"
+        return f"PinataClient(api={self.api_url!r}, gateway={self.gateway!r}, jwt={state})"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("a PinataClient holds a credential and cannot be pickled")
+
+    def require_credential(self) -> None:
+        """Raise :class:`IpfsError` now when no upload credential is set (before any money)."""
+        if self._jwt is None:
+            raise IpfsError(_no_credential_message())
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+        return self._http
+
+    def _clean(self, text: str) -> str:
+        """Server text made safe to show: one line, short, without the credential."""
+        if self._jwt:
+            text = text.replace(self._jwt, "***")
+        text = " ".join(text.split())
+        return text[:200]
+
+    async def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        last = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await self._client().request(
+                    method, url, timeout=self.timeout_s, **kwargs
+                )
+            except httpx.TimeoutException:
+                last = f"no answer within {self.timeout_s:g} s"
+                continue
+            except httpx.HTTPError as exc:
+                # The exception text may carry the URL; the class name is enough.
+                last = f"cannot connect ({type(exc).__name__})"
+                continue
+            if response.status_code in _RETRY_STATUSES:
+                last = f"HTTP {response.status_code}"
+                continue
+            return response
+        host = httpx.URL(url).host
+        raise IpfsError(f"{what} failed: {host} {last} (after {self.attempts} attempts)")
+
+    async def pin_json(self, document: Mapping[str, Any]) -> str:
+        """Pin ``document``; returns its CIDv0 (``Qm…``), checked to be one."""
+        self.require_credential()
+        body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        response = await self._request(
+            "POST",
+            f"{self.api_url}/pinning/pinJSONToIPFS",
+            "pinning the job definition to IPFS",
+            content=body,
+            headers={"Authorization": f"Bearer {self._jwt}", "Content-Type": "application/json"},
+        )
+        host = httpx.URL(self.api_url).host
+        if response.status_code in (401, 403):
+            raise IpfsError(
+                f"Pinata ({host}) refused the upload credential (HTTP {response.status_code}): "
+                "check NOSANA_PINATA_JWT (a Pinata API JWT with pinJSONToIPFS permission)"
+            )
+        if response.status_code >= 400:
+            raise IpfsError(
+                f"Pinata ({host}) refused the upload: HTTP {response.status_code} "
+                f"{self._clean(response.text)}"
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            raise IpfsError(f"Pinata ({host}) answered with something that is not JSON") from None
+        cid = answer.get("IpfsHash") if isinstance(answer, dict) else None
+        if not isinstance(cid, str):
+            raise IpfsError(f"Pinata ({host}) answered without an IpfsHash")
+        try:
+            cid_to_digest(cid)
+        except CidError:
+            raise IpfsError(
+                f"Pinata returned {cid[:60]!r}, not a CIDv0 (Qm…): the jobs program stores "
+                "only sha2-256 CIDv0 digests"
+            ) from None
+        return cid
+
+    async def get_json(self, cid: str) -> Any:
+        """The JSON document at ``cid``, read through the gateway."""
+        try:
+            cid_to_digest(cid)
+        except CidError as exc:
+            raise IpfsError(str(exc)) from None
+        response = await self._request("GET", f"{self.gateway}/{cid}", f"reading {cid} from IPFS")
+        if response.status_code >= 400:
+            raise IpfsError(
+                f"reading {cid} from IPFS failed: {httpx.URL(self.gateway).host} "
+                f"HTTP {response.status_code}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise IpfsError(f"{cid} is not a JSON document") from None
+
+    async def aclose(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
