@@ -253,6 +253,7 @@ class EmulatedHost:
         self._last_task_ts = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._closing_event = asyncio.Event()
         self.started_at = time.time()
 
     # -- identity (HostSlot) -------------------------------------------------------------
@@ -326,6 +327,7 @@ class EmulatedHost:
     async def shutdown(self, timeout: float) -> None:
         """The devnode stops: kill every process, end every lifecycle (no results window)."""
         self._closing = True
+        self._closing_event.set()
         for record in list(self.records.values()):
             record.end("quit")
             record.notify()
@@ -620,11 +622,12 @@ class EmulatedHost:
             record.notify()
             self._state(record, "awaiting-result-send")
             self._node_log(record, "Waiting for the results to be collected", kind="process")
-            try:
-                await asyncio.wait_for(
-                    record.results_collected.wait(), max(0.0, self._config.results_window)
-                )
-            except asyncio.TimeoutError:
+            # The devnode stopping ends the window too (it then publishes nothing).
+            await _first(record.results_collected, self._closing_event,
+                         timeout=max(0.0, self._config.results_window))
+            if self._closing:
+                return
+            if not record.results_collected.is_set():
                 flow.errors.append(NOT_COLLECTED)
                 # Deviation (documented): the window closes for late GETs too.
                 flow.status = original
@@ -663,11 +666,12 @@ def _logistics_type(definition: dict[str, Any] | None, which: str) -> str | None
     return kind if isinstance(kind, str) else None
 
 
-async def _first(*events: asyncio.Event) -> None:
-    """Until one of ``events`` is set (each is bounded by the job's expiry)."""
+async def _first(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Until one of ``events`` is set or ``timeout`` passes (without a timeout, the callers'
+    events include one that the job's expiry or the devnode's stop sets)."""
     waiters = [asyncio.get_running_loop().create_task(e.wait()) for e in events]
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
