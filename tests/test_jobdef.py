@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -253,16 +252,14 @@ def test_size_counts_utf8_bytes() -> None:
     assert "Nosana hosts accept at most 102,400" in info.value.message
 
 
-def test_parsing_a_100kb_cell_is_quick() -> None:
+def test_parsing_a_100kb_cell() -> None:
     ops = [{"type": "container/run", "id": f"op-{i}",
             "args": {"image": "ubuntu:22.04", "cmd": ["sh", "-c", f"echo {i}"],
                      "env": {f"K{j}": "v" * 8 for j in range(4)}, "expose": [9000 + i]}}
            for i in range(330)]
     text = json.dumps({"version": "0.1", "type": "container", "ops": ops}, indent=1)
     assert 80_000 < len(text) < 102_400
-    start = time.perf_counter()
-    d = parse_job_definition(text)
-    assert time.perf_counter() - start < 2.0
+    d = parse_job_definition(text)  # speed: benchmarks/bench_parse.py
     assert len(d.op_ids) == 330
 
 

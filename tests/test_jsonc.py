@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -171,7 +170,7 @@ def test_json_type_names() -> None:
         "null", "boolean", "number", "number", "string", "array", "object"]
 
 
-def test_fast_enough_for_a_100kb_body() -> None:
+def test_a_100kb_body() -> None:
     ops = [{"type": "container/run", "id": f"op-{i}",
             "args": {"image": "ubuntu:22.04", "cmd": ["python", "-c", f"print({i})"],
                      "env": {f"KEY_{j}": "v" * 12 for j in range(5)},
@@ -179,13 +178,5 @@ def test_fast_enough_for_a_100kb_body() -> None:
            for i in range(200)]
     text = json.dumps({"version": "0.1", "type": "container", "ops": ops}, indent=2)
     assert 90_000 < len(text) < 110_000
-    best = min(_timed(text) for _ in range(3))
-    # The target is < 50 ms; the bound is looser so a loaded CI machine does not flake.
-    assert best < 0.25
+    # Speed is measured by benchmarks/bench_parse.py, not asserted here.
     assert parse_jsonc(text).value["ops"] == ops
-
-
-def _timed(text: str) -> float:
-    start = time.perf_counter()
-    parse_jsonc(text)
-    return time.perf_counter() - start
