@@ -1,0 +1,280 @@
+"""The hosts' streams: ``/job/{id}/info`` SSE (2.4) and the WebSocket routes (2.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from nosana_magic.devnode import DevNode
+from nosana_magic.protocol import auth_header, now_ms
+from nosana_magic.wallet import Wallet
+
+from .devnode_fixtures import Project, definition, op
+
+
+@pytest.fixture
+def project(devnode: DevNode) -> Iterator[Project]:
+    with Project(devnode) as p:
+        yield p
+
+
+def ws_url(project: Project, job: str, path: str = "/") -> str:
+    node = project.node.job(job).node
+    return f"{project.node.url.replace('http', 'ws', 1)}/node/{node}{path}"
+
+
+async def frames(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(count):
+        out.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    return out
+
+
+async def close_code(ws: ClientConnection, timeout: float = 5.0) -> int | None:
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), timeout)
+    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
+@contextlib.asynccontextmanager
+async def info_stream(project: Project, job: str) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                                        httpx.Response]]:
+    """An open ``/info`` stream (and its client, to make other calls beside it)."""
+    async with httpx.AsyncClient(base_url=project.node.url, trust_env=False,
+                                 timeout=10) as client, client.stream(
+        "GET", project.node_path(job, "/info"), headers=project.header()
+    ) as response:
+        yield client, response
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[str]:
+    """Every non-empty line of the stream (``data: …`` events and ``: keep-alive``)."""
+    async for line in response.aiter_lines():
+        if line:
+            yield line
+
+
+# ---------------------------------------------------------------------- SSE /info
+
+
+async def test_info_stream_sends_changes_and_closes_at_end_time(project: Project) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    events: list[dict[str, Any]] = []
+    async with info_stream(project, job) as (client, response):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        async for line in sse_events(response):
+            assert line.startswith("data: ")
+            events.append(json.loads(line[6:]))
+            if len(events) == 1:
+                assert events[0]["status"] == "waiting-for-job-definition"
+                posted = await client.post(
+                    project.node_path(job, "/job-definition"), headers=project.header(),
+                    json=definition(op("hello", "sleep 0.3; echo hello")))
+                assert posted.status_code == 200
+    # The stream ended by itself: the last event carries endTime and the final status.
+    assert events[-1]["endTime"] is not None
+    assert events[-1]["status"] == "success"
+    assert all(e["endTime"] is None for e in events[:-1])
+    running = [e for e in events if e["status"] == "running"]
+    assert running and running[-1]["operations"]["all"] == {"hello": "running"}
+    for event in events:
+        assert event["errors"] == []
+        assert "secrets" in event
+        for state in event["opStates"]:
+            assert "logs" not in state and "providerId" not in state
+    final_ops = events[-1]["operations"]
+    assert final_ops is None or final_ops["all"] == {"hello": "finished"}
+
+
+async def test_info_keep_alive_comments(project: Project) -> None:
+    project.node.config.sse_keepalive = 0.2
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    lines: list[str] = []
+    async with info_stream(project, job) as (_client, response):
+        async for line in sse_events(response):
+            lines.append(line)
+            if len(lines) == 3:
+                break
+    assert lines[0].startswith("data: ")
+    assert lines[1:] == [": keep-alive", ": keep-alive"]
+
+
+async def test_info_stream_of_a_finished_job_is_one_event(project: Project) -> None:
+    job = project.submit(definition(op("x", "true")))
+    project.wait_flow(job, "waiting-for-result")
+    async with httpx.AsyncClient(base_url=project.node.url, trust_env=False,
+                                 timeout=10) as client:
+        response = await client.get(project.node_path(job, "/info"), headers=project.header())
+    events = [line for line in response.text.split("\n\n") if line]
+    assert len(events) == 1
+    final = json.loads(events[0][6:])
+    assert final["status"] == "success" and final["endTime"] is not None
+
+
+async def test_info_stream_ends_when_the_devnode_stops(project: Project) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    async with info_stream(project, job) as (_client, response):
+        lines = sse_events(response)
+        assert (await anext(lines)).startswith("data: ")
+        project.node.stop()
+        rest = [line async for line in lines]
+    assert all(line.startswith(("data: ", ":")) for line in rest)
+
+
+# ---------------------------------------------------------------------- WS /log
+
+
+def log_message(project: Project, job: str, header: str | None = None) -> str:
+    return json.dumps({
+        "path": "/log",
+        "header": header if header is not None else project.wallet.auth_header("nosana-auth"),
+        "body": {"jobAddress": job, "address": project.wallet.address},
+    })
+
+
+async def test_log_replays_history_then_streams(project: Project) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    history = project.node.host(project.node.job(job).node or "").node_logs.history(job)
+    async with connect(ws_url(project, job, "/log"), proxy=None) as ws:
+        await ws.send(log_message(project, job))
+        replay = await frames(ws, len(history))
+        assert [f["path"] for f in replay] == ["log"] * len(history)
+        assert [f["data"] for f in replay] == history
+        first = json.loads(replay[0]["data"])
+        assert {"log", "type", "timestamp", "job"} <= set(first) and first["job"] == job
+        posted = project.send_definition(job, definition(op("hello", "echo hello-from-op")))
+        assert posted.status_code == 200
+        live: list[dict[str, Any]] = []
+        while not any(e.get("type") == "log" for e in live):
+            (frame,) = await frames(ws, 1)
+            live.append(json.loads(frame["data"]))
+    texts = [e["log"] for e in live]
+    assert "Job definition received" in texts
+    container = next(e for e in live if e["type"] == "log")
+    assert container["log"] == "hello-from-op\n"
+    assert container["method"] == "NodeRepository.displayLog"
+
+
+async def test_log_accepts_the_cli_header_without_time_on_the_root_path(
+    project: Project,
+) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    header = auth_header(project.wallet.keypair, "Hello Nosana Node!", include_time=False)
+    async with connect(ws_url(project, job, "/"), proxy=None) as ws:
+        await ws.send(log_message(project, job, header))
+        (frame,) = await frames(ws, 1)
+    assert frame["path"] == "log"
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("this is not json", 1011),
+        (json.dumps({"path": "/nope", "body": {"jobAddress": "JOB"}}), 3003),
+        (json.dumps({"path": "/log", "header": "HEADER", "body": {}}), 1007),
+        (json.dumps({"path": "/log", "header": "HEADER",
+                     "body": {"jobAddress": "11111111111111111111111111111111"}}), 1007),
+        (json.dumps({"path": "/log", "header": "garbage", "body": {"jobAddress": "JOB"}}), 3000),
+        (json.dumps({"path": "/log", "body": {"jobAddress": "JOB"}}), 3000),
+        (json.dumps({"path": "/log", "header": "EXPIRED", "body": {"jobAddress": "JOB"}}), 3000),
+        (json.dumps({"path": "/flog", "body": {"jobAddress": "JOB"}}), 1008),
+    ],
+)
+async def test_websocket_close_codes(project: Project, message: str, code: int) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    expired = auth_header(project.wallet.keypair, "m", timestamp_ms=now_ms() - 301_000)
+    message = (message.replace("JOB", job).replace("HEADER", project.wallet.auth_header("m"))
+               .replace("EXPIRED", expired))
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(message)
+        assert await close_code(ws) == code
+
+
+async def test_wrong_signature_is_silently_ignored(project: Project) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    stranger = Wallet.generate()
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(log_message(project, job, stranger.auth_header("nosana-auth")))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.4)
+        # Still open: the right header on the same socket subscribes.
+        await ws.send(log_message(project, job))
+        (frame,) = await frames(ws, 1)
+        assert frame["path"] == "log"
+
+
+# ---------------------------------------------------------------------- WS /flog and /status
+
+
+async def test_flog_is_unauthenticated_and_filters(project: Project) -> None:
+    job = project.submit(definition(
+        op("one", "echo one-a; echo one-b; sleep 30", execution={"group": "g"}),
+        op("two", "echo two-a; sleep 30", execution={"group": "g"}),
+    ))
+    record = project.wait_flow(job, "running")
+    host = project.node.host(project.node.job(job).node or "")
+    deadline = asyncio.get_running_loop().time() + 5
+    while len([t for t in host.task_logs.history(job) if t["type"] == "container"]) < 3:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(json.dumps({"path": "/flog",
+                                  "body": {"jobAddress": job, "opId": "one",
+                                           "type": "container"}}))
+        raw = await frames(ws, 2)
+        assert {f["path"] for f in raw} == {"flog"}
+        got = [json.loads(f["data"]) for f in raw]
+    assert [g["message"] for g in got] == ["one-a\n", "one-b\n"]
+    assert all(g["opId"] == "one" and g["group"] == "g" and g["type"] == "container"
+               for g in got)
+    stamps = [t["timestamp"] for t in host.task_logs.history(job)]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert record.running
+    project.post(job, "/stop")
+
+
+async def test_status_stream_for_owner_and_node(project: Project) -> None:
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    host = project.node.host(project.node.job(job).node or "")
+    for signer in (project.wallet, host.wallet):
+        async with connect(ws_url(project, job), proxy=None) as ws:
+            await ws.send(json.dumps({"path": "/status", "header": signer.auth_header("x"),
+                                      "body": {"jobAddress": job}}))
+            got = await frames(ws, 3)
+        assert {f["path"] for f in got} == {"state"}
+        states = [json.loads(f["data"]) for f in got]
+        assert [s["status"] for s in states] == [
+            "claiming-job", "claiming-job-success", "awaiting-job-definition"]
+        assert all({"status", "state", "timestamp", "index"} <= set(s) for s in states)
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(json.dumps({"path": "/status",
+                                  "header": Wallet.generate().auth_header("x"),
+                                  "body": {"jobAddress": job}}))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+
+
+async def test_unknown_host_refuses_the_upgrade(project: Project) -> None:
+    url = project.node.url.replace("http", "ws", 1) + "/node/nobody/"
+    with pytest.raises(Exception):  # noqa: B017 - the handshake is refused (HTTP 403)
+        async with connect(url, proxy=None, open_timeout=3):
+            pass
