@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -217,6 +218,18 @@ def _short(text: str, limit: int = 200) -> str:
     return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
 
 
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (then no proxy from the environment applies:
+    a corporate ``HTTP_PROXY`` must not swallow requests to the local network)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def http_client_for(url: str) -> httpx.AsyncClient:
+    """A new client for ``url``: environment proxies are honoured except on loopback."""
+    return httpx.AsyncClient(trust_env=not is_loopback(url))
+
+
 def _to_ws_url(base_url: str) -> str:
     if base_url.startswith("https://"):
         return "wss://" + base_url[len("https://") :]
@@ -255,7 +268,7 @@ class HostClient:
         self.wallet = wallet
         self.retry = retry
         self._redact = redact or (lambda text: text)
-        self._http = http or httpx.AsyncClient()
+        self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
         #: ``None`` until a route answered; ``True`` once this host was found to speak only
         #: the legacy paths of reference 2.6.
@@ -648,6 +661,7 @@ class HostClient:
                     open_timeout=self.request_timeout,
                     close_timeout=2,
                     max_size=2**24,
+                    proxy=None if is_loopback(url) else True,
                 ) as ws:
                     self.log_connections += 1
                     await ws.send(

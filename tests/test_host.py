@@ -1,13 +1,35 @@
-"""HostClient: pure parts (retry policy, SSE parsing) here; the loopback tests follow below."""
+"""HostClient: the retry policy and SSE parsing, then every method over loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import json as _json
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from nosana_magic.host import Backoff, HostError, Retry, SseParser
+from nosana_magic.devnode import DevNode
+from nosana_magic.host import Backoff, HostClient, HostError, Retry, SseParser
+from nosana_magic.network.api import ApiNetwork
+from nosana_magic.results import NodeLogEntry
+from nosana_magic.wallet import Wallet
+
+from .client_fixtures import (
+    definition,
+    list_placeholder,
+    network_for,
+    op,
+    running_node,
+    serve_app,
+)
 
 # --------------------------------------------------------------------------- retry policy
 
@@ -87,5 +109,461 @@ def test_host_error_is_one_line_naming_host_and_route() -> None:
     assert err._render_traceback_() == [f"HostError: {err}"]
 
 
-def test_asyncio_is_importable() -> None:  # keeps the import used before loopback tests land
-    assert asyncio.iscoroutinefunction(Backoff.wait)
+# =========================================================================== loopback tests
+# Against a real devnode on 127.0.0.1 (conftest's ``devnode`` fixture), or, where the devnode
+# cannot show a behaviour (a host without the current routes, a lost answer, a different
+# replay), a tiny starlette app on loopback.
+
+
+
+
+
+FAST_RETRY = Retry(first=0.05, cap=0.2, attempts=100, total=5)
+
+
+@pytest.fixture
+async def network(devnode: DevNode) -> AsyncIterator[ApiNetwork]:
+    net = network_for(devnode)
+    yield net
+    await net.aclose()
+
+
+async def _host_for(
+    devnode: DevNode, network: ApiNetwork, **kw: Any
+) -> tuple[HostClient, str]:
+    job = await list_placeholder(network, **kw)
+    node = await running_node(network, job)
+    return HostClient(devnode.node_url(node), job, network.wallet, retry=FAST_RETRY), job
+
+
+def _body(document: dict[str, Any]) -> bytes:
+    return _json.dumps(document).encode()
+
+
+async def _all_logs(host: HostClient, until: str, timeout: float = 10) -> list[NodeLogEntry]:
+    """Follow /log until an entry's text starts with ``until``."""
+    got: list[NodeLogEntry] = []
+
+    async def follow() -> None:
+        async for entry in host.logs():
+            got.append(entry)
+            if entry.log.startswith(until):
+                return
+
+    await asyncio.wait_for(follow(), timeout)
+    return got
+
+
+def _history(devnode: DevNode, node: str, job: str) -> list[NodeLogEntry]:
+    return [
+        NodeLogEntry.model_validate_json(item)
+        for item in devnode.host(node).node_logs.history(job)
+    ]
+
+
+async def test_full_protocol_definition_info_logs_results(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, job = await _host_for(devnode, network)
+    lines = "; ".join(f"echo line{i}" for i in range(10))
+    body = _body(
+        definition(op("train", f"{lines}; echo 'acc=0.93'; echo oops >&2",
+                      results={"acc": "acc=([0-9.]+)"}))
+    )
+    await host.send_definition(body, timeout=5)
+
+    events = [event async for event in host.info(timeout=5)]
+    assert events[-1].end_time is not None
+    assert all(e.end_time is None for e in events[:-1])
+    assert events[-1].status == "success"
+
+    flow = await host.results(timeout=5)
+    # The quirk of reference 5.3: the status served with the results is not the final one.
+    assert flow.status == "waiting-for-result"
+    [train] = flow.op_states
+    assert train.exit_code == 0 and train.results == {"acc": "0.93"}
+    assert [e.log for e in train.logs if e.type == "stdout"][:2] == ["line0\n", "line1\n"]
+
+    node = devnode.job(job).node
+    assert node is not None
+    got = await _all_logs(host, "Job result published")
+    assert [(e.timestamp, e.log) for e in got] == [
+        (e.timestamp, e.log) for e in _history(devnode, node, job)
+    ][: len(got)]
+    assert [e.log for e in got if e.type == "log"][:3] == ["line0\n", "line1\n", "line2\n"]
+    assert host.log_connections == 1
+    await host.aclose()
+
+
+async def test_every_request_carries_a_fresh_timestamped_header(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, job = await _host_for(devnode, network)
+    first = host._headers()["Authorization"]
+    await asyncio.sleep(0.01)
+    second = host._headers()["Authorization"]
+    assert first != second  # a new timestamp each time
+    message, _sig, stamp = second.split(":")
+    assert message == job and int(stamp) > int(first.split(":")[2])
+    await host.aclose()
+
+
+async def test_definition_retries_through_500s(devnode: DevNode, network: ApiNetwork) -> None:
+    host, job = await _host_for(devnode, network)
+    devnode.config.faults.fail_routes = "job-definition$"
+    devnode.config.faults.fail_requests = 3
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    assert devnode.config.faults.fail_requests == 0
+    record = devnode.host(devnode.job(job).node or "").record(job)
+    assert record is not None and record.definition_received
+    await host.aclose()
+
+
+async def test_definition_refused_at_once_on_other_4xx(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, job = await _host_for(devnode, network)
+    stranger = HostClient(host.base_url, job, Wallet.generate(), retry=FAST_RETRY)
+    start = time.monotonic()
+    with pytest.raises(HostError) as info:
+        await stranger.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    assert time.monotonic() - start < 0.5
+    assert info.value.status == 401
+    assert str(info.value).startswith(f"host {host.base_url}: POST /job/{job}/job-definition:")
+    assert "Unauthorized Request" in str(info.value)
+    # A second definition for the same job: the host is past that phase.
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    with pytest.raises(HostError, match="cannot send job definition at this time"):
+        await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    await host.aclose()
+    await stranger.aclose()
+
+
+async def test_definition_gives_up_within_its_bound_when_no_host_takes_the_job(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    devnode.config.pickup_delay = None  # never picked up: the host has no flow for it
+    job = await list_placeholder(network)
+    some_host = devnode.hosts[0].address
+    host = HostClient(devnode.node_url(some_host), job, network.wallet, retry=FAST_RETRY)
+    start = time.monotonic()
+    with pytest.raises(HostError) as info:
+        await host.send_definition(_body(definition(op("a", "true"))), timeout=0.6)
+    elapsed = time.monotonic() - start
+    assert 0.6 <= elapsed < 1.5
+    message = str(info.value)
+    assert "gave up after" in message and "invalid job id" in message
+    assert f"POST /job/{job}/job-definition" in message
+    assert "\n" not in message
+    await host.aclose()
+
+
+async def test_results_polled_quickly_until_the_window_opens(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, _job = await _host_for(devnode, network)
+    await host.send_definition(_body(definition(op("a", "sleep 0.4; echo done"))), timeout=5)
+    flow = await host.results(timeout=10)
+    in_hand = time.time()
+    assert flow.end_time is not None
+    assert in_hand - flow.end_time / 1000 < 1.0
+    assert flow.op_states[0].logs[-1].log == "done\n"
+    await host.aclose()
+
+
+async def test_results_give_up_with_a_clear_error(devnode: DevNode, network: ApiNetwork) -> None:
+    devnode.config.faults.results_never_served = True
+    host, job = await _host_for(devnode, network)
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    with pytest.raises(HostError) as info:
+        await host.results(timeout=0.5)
+    assert f"GET /job/{job}/results" in str(info.value)
+    assert "cannot get job result at this time" in str(info.value)
+    await host.aclose()
+
+
+async def test_results_bodies_are_json_whatever_the_content_type(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, job = await _host_for(devnode, network)
+    await host.send_definition(_body(definition(op("a", "echo hi"))), timeout=5)
+    flow = await host.results(timeout=5)
+    # The devnode labels it text/html as Express does; we parsed it anyway.
+    raw = httpx.get(
+        f"{host.base_url}/job/{job}/results", headers=host._headers(), timeout=5
+    )
+    assert raw.headers["content-type"].startswith("text/html")
+    assert flow.op_states[0].operation_id == "a"
+    await host.aclose()
+
+
+async def test_endpoints_private_url_reachable_and_none(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    from .client_fixtures import free_port
+
+    port = free_port()
+    host, _job = await _host_for(devnode, network)
+    server = op("web", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                expose=port, private=True)
+    await host.send_definition(_body(definition(server)), timeout=5)
+    urls: list[Any] = []
+    for _ in range(100):
+        urls = await host.endpoints()
+        if urls:
+            break
+        await asyncio.sleep(0.05)
+    [url] = urls
+    assert url.private and len(url.expose_id) == 45 and url.op_id == "web"
+    assert url.port == port
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for _ in range(100):
+            response = await client.get(url.url + "/")
+            if response.status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+    assert response.status_code == 200
+    await host.stop()
+    await host.aclose()
+
+    plain, _ = await _host_for(devnode, network)
+    await plain.send_definition(_body(definition(op("a", "sleep 0.3"))), timeout=5)
+    assert await plain.endpoints() == []
+    await plain.aclose()
+
+
+async def test_stop_ends_a_running_job_and_results_stay_collectable(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, _job = await _host_for(devnode, network)
+    await host.send_definition(_body(definition(op("a", "echo started; sleep 30"))), timeout=5)
+    await asyncio.sleep(0.3)
+    start = time.monotonic()
+    await host.stop()
+    events = [event async for event in host.info(timeout=5)]
+    assert events[-1].end_time is not None
+    flow = await host.results(timeout=5)
+    assert time.monotonic() - start < 3
+    assert flow.op_states[0].logs[0].log == "started\n"
+    await host.aclose()
+
+
+async def test_info_reconnects_through_500s(devnode: DevNode, network: ApiNetwork) -> None:
+    host, _job = await _host_for(devnode, network)
+    await host.send_definition(_body(definition(op("a", "sleep 0.2"))), timeout=5)
+    devnode.config.faults.fail_routes = "/info$"
+    devnode.config.faults.fail_requests = 2
+    events = [event async for event in host.info(timeout=5)]
+    assert events[-1].end_time is not None
+    assert devnode.config.faults.fail_requests == 0
+    await host.aclose()
+
+
+async def test_dropped_log_socket_reconnects_without_duplicate_or_lost_line(
+    devnode: DevNode, network: ApiNetwork
+) -> None:
+    host, job = await _host_for(devnode, network)
+    faults = devnode.config.faults
+    faults.drop_ws_after_frames = 7
+    stop = asyncio.Event()
+
+    async def drop_mid_stream() -> None:
+        # Each new subscription replays the history first; drop it 7 frames past what the
+        # client has seen, so every connection makes progress and is then cut mid-stream.
+        seen = 0
+        while not stop.is_set():
+            if host.log_connections != seen:
+                seen = host.log_connections
+                faults.drop_ws_after_frames = host.log_cursor + 7 if seen < 6 else None
+            await asyncio.sleep(0.002)
+
+    dropper = asyncio.create_task(drop_mid_stream())
+    script = "for i in $(seq 1 40); do echo line$i; sleep 0.005; done"
+    await host.send_definition(_body(definition(op("a", script))), timeout=5)
+    got = await _all_logs(host, "Job result published", timeout=20)
+    stop.set()
+    await dropper
+    node = devnode.job(job).node or ""
+    history = _history(devnode, node, job)
+    assert [(e.timestamp, e.log) for e in got] == [(e.timestamp, e.log) for e in history]
+    assert [e.log for e in got if e.type == "log"] == [f"line{i}\n" for i in range(1, 41)]
+    assert host.log_connections >= 4
+    assert host.replay_mismatches == 0
+    assert host.log_cursor == len(history)
+    await host.aclose()
+
+
+# --------------------------------------------------------------------------- tiny hosts
+
+
+def _legacy_app(calls: list[str]) -> Starlette:
+    """A host from before 2025-10: only the legacy routes (the current ones are 404)."""
+    flow = {"status": "waiting-for-result", "startTime": 1, "endTime": 2, "opStates": []}
+
+    async def record(request: Request) -> Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if not request.headers.get("authorization") or not request.headers.get("x-session-id"):
+            return PlainTextResponse("Unauthorized Request", status_code=401)
+        path = request.url.path
+        if path.startswith("/job-definition/"):
+            return PlainTextResponse("Job definition received")
+        if path.startswith("/job-result/"):
+            return PlainTextResponse(_json.dumps(flow), media_type="text/html")
+        if path.startswith("/service/url/"):
+            return PlainTextResponse("No exposed url for job id", status_code=400)
+        return PlainTextResponse("job stopped successfully")
+
+    async def missing(request: Request) -> Response:
+        calls.append(f"{request.method} {request.url.path}")
+        return Response(
+            f"<pre>Cannot {request.method} {request.url.path}</pre>",
+            status_code=404,
+            media_type="text/html",
+        )
+
+    return Starlette(
+        routes=[
+            Route("/job-definition/{job}", record, methods=["POST"]),
+            Route("/job-result/{job}", record, methods=["GET"]),
+            Route("/service/url/{job}", record, methods=["GET"]),
+            Route("/service/stop/{job}", record, methods=["POST"]),
+            Route("/{rest:path}", missing, methods=["GET", "POST"]),
+        ]
+    )
+
+
+async def test_legacy_routes_are_used_after_a_404_and_remembered() -> None:
+    calls: list[str] = []
+    async with serve_app(_legacy_app(calls)) as url:
+        host = HostClient(url, "JOB1", Wallet.generate(), retry=FAST_RETRY)
+        await host.send_definition(b'{"ops": []}', timeout=2)
+        assert host.legacy is True
+        assert calls == ["POST /job/JOB1/job-definition", "POST /job-definition/JOB1"]
+        flow = await host.results(timeout=2)
+        assert flow.status == "waiting-for-result"
+        assert await host.endpoints() == []
+        await host.stop()
+        # Once known, the legacy paths are used directly.
+        assert calls[2:] == ["GET /job-result/JOB1", "GET /service/url/JOB1",
+                             "POST /service/stop/JOB1"]
+        await host.aclose()
+
+
+async def test_a_404_on_both_paths_is_an_error_naming_the_route() -> None:
+    async def missing(request: Request) -> Response:
+        return PlainTextResponse("Cannot GET", status_code=404)
+
+    app = Starlette(routes=[Route("/{rest:path}", missing, methods=["GET", "POST"])])
+    async with serve_app(app) as url:
+        host = HostClient(url, "JOB1", Wallet.generate(), retry=FAST_RETRY)
+        with pytest.raises(HostError, match=r"POST /job/JOB1/job-definition: .*404"):
+            await host.send_definition(b"{}", timeout=1)
+        assert host.legacy is None
+        await host.aclose()
+
+
+async def test_a_lost_answer_to_an_accepted_definition_counts_as_accepted() -> None:
+    """The first POST reaches the host but its answer is lost (a 502 from a proxy); the
+    retry is told 'cannot send job definition at this time': the stored definition says
+    it was received."""
+    state = {"stored": False, "posts": 0}
+
+    async def post(request: Request) -> Response:
+        state["posts"] += 1
+        if not state["stored"]:
+            state["stored"] = True
+            return PlainTextResponse("Bad Gateway", status_code=502)
+        return PlainTextResponse("cannot send job definition at this time", status_code=400)
+
+    async def get(request: Request) -> Response:
+        if state["stored"]:
+            return PlainTextResponse('{"secret": "not shown"}')
+        return PlainTextResponse("The job definition has not yet been set.", status_code=400)
+
+    app = Starlette(routes=[
+        Route("/job/{job}/job-definition", post, methods=["POST"]),
+        Route("/job/{job}/job-definition", get, methods=["GET"]),
+    ])
+    async with serve_app(app) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        await host.send_definition(b"{}", timeout=2)
+        assert state["posts"] == 2
+        await host.aclose()
+
+
+async def test_error_messages_are_redacted_and_never_hold_the_body() -> None:
+    secret = "hf_supersecretvalue"
+
+    async def post(request: Request) -> Response:
+        body = (await request.body()).decode()
+        return PlainTextResponse(f"bad definition: {body}", status_code=422)
+
+    app = Starlette(routes=[Route("/job/{job}/job-definition", post, methods=["POST"])])
+    async with serve_app(app) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY,
+                          redact=lambda t: t.replace(secret, "[secret:HF]"))
+        with pytest.raises(HostError) as info:
+            await host.send_definition(_json.dumps({"token": secret}).encode(), timeout=2)
+        assert secret not in str(info.value) and "[secret:HF]" in str(info.value)
+        await host.aclose()
+
+
+def _ws_app(histories: list[list[str]], close_code: int | None = None) -> Starlette:
+    """A /log server: connection *n* replays ``histories[n]`` then closes (1001 / a code)."""
+    connections = {"n": 0}
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        first = _json.loads(await websocket.receive_text())
+        assert first["path"] == "/log" and first["header"].count(":") == 2
+        if close_code is not None:
+            await websocket.close(code=close_code, reason="Unauthorized Request: expired")
+            return
+        n = min(connections["n"], len(histories) - 1)
+        connections["n"] += 1
+        for i, text in enumerate(histories[n]):
+            entry = {"log": text, "type": "log", "timestamp": 1000 + i, "job": "J"}
+            await websocket.send_text(_json.dumps({"path": "log", "data": _json.dumps(entry)}))
+        await websocket.close(code=1001)
+
+    return Starlette(routes=[WebSocketRoute("/", ws)])
+
+
+async def test_log_replay_mismatch_is_counted_and_lines_are_not_lost() -> None:
+    # The second connection replays a different history (the host restarted).
+    histories = [["a", "b"], ["x", "y", "z"], ["x", "y", "z"]]
+    async with serve_app(_ws_app(histories)) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        got: list[str] = []
+
+        async def follow() -> None:
+            async for entry in host.logs():
+                got.append(entry.log)
+                if entry.log == "z":
+                    return
+
+        await asyncio.wait_for(follow(), 5)
+        assert got == ["a", "b", "y", "z"]  # "x" sits at the cursor: seen as the replay
+        assert host.replay_mismatches == 1
+        await host.aclose()
+
+
+async def test_log_socket_unauthorized_close_is_an_error_at_once() -> None:
+    async with serve_app(_ws_app([[]], close_code=3000)) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        start = time.monotonic()
+        with pytest.raises(HostError, match=r"WS /log: the host refused our signature \(3000"):
+            async for _ in host.logs():
+                pass
+        assert time.monotonic() - start < 1
+        await host.aclose()
+
+
+async def test_log_reconnects_are_bounded() -> None:
+    async with serve_app(_ws_app([[]])) as url:
+        host = HostClient(url, "J", Wallet.generate(),
+                          retry=Retry(first=0.01, cap=0.02, attempts=5, total=2))
+        with pytest.raises(HostError, match="gave up after 5 attempts to reconnect"):
+            async for _ in host.logs():
+                pass
+        await host.aclose()

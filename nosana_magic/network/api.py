@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from ..host import Retry
+from ..host import Retry, http_client_for
 from ..wallet import Wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 
@@ -105,7 +105,7 @@ class ApiNetwork:
         # Kept private and out of the repr: a Pinata JWT is a credential.
         self._pin_token = pin_token
         self._domain = domain
-        self._http = http or httpx.AsyncClient()
+        self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
 
     def __repr__(self) -> str:
