@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import statistics
 import struct
@@ -78,7 +77,7 @@ from .markets import (
     estimate,
     format_nos,
     format_sol,
-    rent_exempt_lamports,
+    priority_fee_lamports,
 )
 
 __all__ = [
@@ -109,8 +108,11 @@ NODE_DOMAINS: Mapping[str, str] = {
 #: Priority fee bounds when it is chosen from recent fees (micro-lamports per compute unit).
 MIN_PRIORITY_FEE = 10_000
 MAX_PRIORITY_FEE = 1_000_000
-#: Compute units granted per instruction when none are requested (what the fee is paid on).
-_COMPUTE_UNITS = 200_000
+#: Compute units granted when none are requested (what the priority fee is paid on): 200 000
+#: for a program's instruction, 3 000 for a builtin one such as the compute-budget instruction.
+_PROGRAM_UNITS = 200_000
+_BUILTIN_UNITS = 3_000
+_COMPUTE_UNITS = _PROGRAM_UNITS + _BUILTIN_UNITS
 
 _COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
 _SYSTEM = Pubkey.default()
@@ -485,6 +487,10 @@ class SolanaNetwork:
         or a job assigned to a node.
         """
         fee = await self.priority_fee([Pubkey.from_string(market.address)])
+        return await self._estimate(market, timeout_s, node=node, fee=fee)
+
+    async def _estimate(self, market: Market, timeout_s: int, *, node: str | None,
+                        fee: int) -> Estimate:
         return estimate(
             market.price_per_second,
             timeout_s,
@@ -545,11 +551,18 @@ class SolanaNetwork:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair],
-                    what: str, *, job: str | None = None) -> str:
-        """Prepend the priority fee, sign, send (bounded), confirm (bounded); the signature."""
+    async def _priority(self, instructions: Sequence[Instruction]) -> tuple[int, int]:
+        """``(micro-lamports per compute unit, lamports)``: the priority fee a transaction of
+        ``instructions`` (plus the compute-budget instruction) pays."""
         writable = [m.pubkey for ix in instructions for m in ix.accounts if m.is_writable]
-        fee = await self.priority_fee(writable[:128])
+        price = await self.priority_fee(writable[:128])
+        units = _BUILTIN_UNITS + _PROGRAM_UNITS * len(instructions)
+        return price, priority_fee_lamports(price, units)
+
+    async def _send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair],
+                    what: str, *, fee: int, job: str | None = None) -> str:
+        """Prepend the priority fee (``fee`` micro-lamports per compute unit), sign, send
+        (bounded), confirm (bounded); returns the signature."""
         ixs = [set_compute_unit_price(fee), *instructions]
         blockhash = (await self._call(
             "reading the latest blockhash", lambda c: c.get_latest_blockhash(self.commitment)
@@ -660,7 +673,8 @@ class SolanaNetwork:
             price_per_second=acc.job_price, job_timeout=acc.job_timeout,
             idle_hosts=acc.idle_nodes, network_fee_pct=market.network_fee_pct,
         )
-        cost = await self.estimate(fresh, timeout_s, node=node)
+        fee = await self.priority_fee([market_key])
+        cost = await self._estimate(fresh, timeout_s, node=node, fee=fee)
         await self.check_funds(
             lamports=cost.lamports,
             nos_units=cost.nos_units if acc.job_price else 0,
@@ -686,7 +700,7 @@ class SolanaNetwork:
         job = str(job_kp.pubkey())
         signature = await self._send(
             [ix], [self.wallet.keypair, job_kp, run_kp],
-            f"listing the job in {market.slug}", job=job,
+            f"listing the job in {market.slug}", fee=fee, job=job,
         )
         self._runs[job] = run_kp.pubkey()
         return Listing(job=job, run=str(run_kp.pubkey()), tx=signature)
@@ -876,12 +890,15 @@ class SolanaNetwork:
                 authority=self.wallet.public_key, program_id=program,
             ))
             what = "ending the job"
+        price, priority = await self._priority(ixs)
+        # Creating the node's NOS account (when it has none) costs its rent.
+        rent = await self._rent_for(_TOKEN_ACCOUNT_LEN) if len(ixs) > 1 else 0
         await self.check_funds(
-            lamports=LAMPORTS_PER_SIGNATURE + math.ceil(MAX_PRIORITY_FEE * _COMPUTE_UNITS / 1e6)
-            + (rent_exempt_lamports(_TOKEN_ACCOUNT_LEN) if len(ixs) > 1 else 0),
-            nos_units=0, doing=what,
+            lamports=LAMPORTS_PER_SIGNATURE + priority + rent, nos_units=0, doing=what,
+            detail=f"fees {format_sol(LAMPORTS_PER_SIGNATURE + priority)}"
+            + (f", rent of the node's NOS account {format_sol(rent)}" if rent else ""),
         )
-        await self._send(ixs, [self.wallet.keypair], what, job=address)
+        await self._send(ixs, [self.wallet.keypair], what, fee=price, job=address)
 
     async def extend(self, address: str, seconds: int) -> None:
         """Add ``seconds`` to the job's timeout (the program takes the new total)."""
@@ -896,13 +913,6 @@ class SolanaNetwork:
         acc = await self._market_account(str(job.market), str(job.market))
         ref = self._market_refs.get(str(job.market))
         fee_pct = ref[2] if ref is not None and ref[2] is not None else DEFAULT_NETWORK_FEE_PCT
-        cost = estimate(job.price, seconds, network_fee_pct=fee_pct, creates_run_account=False,
-                        signatures=1)
-        await self.check_funds(
-            lamports=cost.signature_fees + math.ceil(MAX_PRIORITY_FEE * _COMPUTE_UNITS / 1e6),
-            nos_units=cost.nos_units if job.price else 0,
-            doing=f"extending the job by {format_duration(seconds)}",
-        )
         mint, me = self.cluster.nos_mint, self.wallet.public_key
         ix = chain.extend_instruction(
             job=Pubkey.from_string(address.strip()), market=job.market,
@@ -912,7 +922,15 @@ class SolanaNetwork:
             authority=me, payer=me, timeout=job.timeout + seconds,
             rewards_program=self.cluster.rewards_program, program_id=self.cluster.jobs_program,
         )
-        await self._send([ix], [self.wallet.keypair], "extending the job", job=address)
+        price, priority = await self._priority([ix])
+        cost = estimate(job.price, seconds, network_fee_pct=fee_pct, creates_run_account=False,
+                        signatures=1)
+        await self.check_funds(
+            lamports=cost.signature_fees + priority,
+            nos_units=cost.nos_units if job.price else 0,
+            doing=f"extending the job by {format_duration(seconds)}",
+        )
+        await self._send([ix], [self.wallet.keypair], "extending the job", fee=price, job=address)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
