@@ -10,7 +10,8 @@ WebSocket ``accountSubscribe`` / ``accountUnsubscribe`` with ``accountNotificati
 and ``signatureSubscribe``.
 
 Faults for tests: :meth:`FakeRpc.fail` makes the next calls of a method answer with an HTTP
-status, :attr:`FakeRpc.disabled` lists methods answered with "disabled" errors.
+status, :attr:`FakeRpc.disabled` lists methods answered with "disabled" errors,
+:attr:`FakeRpc.unconfirmed` hides transaction statuses.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class FakeRpc:
         self.chain = fake
         self.calls: Counter[str] = Counter()
         self.disabled: set[str] = set()
+        #: Transactions land but their status is never reported (a confirmation that hangs).
+        self.unconfirmed = False
         self.priority_fees = priority_fees if priority_fees is not None else [0, 5000, 20000]
         self._faults: dict[str, list[int]] = {}
         self._faults_lock = threading.Lock()
@@ -95,6 +98,10 @@ class FakeRpc:
         """The next ``times`` calls of ``method`` (or ``"*"``) answer HTTP ``status``."""
         with self._faults_lock:
             self._faults.setdefault(method, []).extend([status] * times)
+
+    def faults_left(self, method: str) -> int:
+        with self._faults_lock:
+            return len(self._faults.get(method, []))
 
     def _fault(self, method: str) -> int | None:
         with self._faults_lock:
@@ -179,7 +186,7 @@ class FakeRpc:
         values: list[Any] = []
         for signature in params[0]:
             status = self.chain.statuses.get(signature)
-            if status is None:
+            if status is None or self.unconfirmed:
                 values.append(None)
             else:
                 slot, err = status
