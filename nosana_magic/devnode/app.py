@@ -177,6 +177,21 @@ class DevNode:
                 raise TimeoutError(f"hosts still busy after {timeout} s")
             time.sleep(0.02)
 
+    def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
+        """Run ``fn`` on the devnode's event loop and return its result (thread-safe).
+
+        The ledger and the hosts live on that loop; code on other threads that must change
+        them (e.g. a bridge mirroring jobs listed on another ledger) goes through here.
+        """
+        loop = self._loop
+        if loop is None or self._stopped or not loop.is_running():
+            raise RuntimeError("the devnode is not running")
+
+        async def run() -> _T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)
+
     def __enter__(self) -> DevNode:
         return self.start()
 
