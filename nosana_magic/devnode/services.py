@@ -57,6 +57,8 @@ _HOP_BY_HOP = frozenset(
         "host",
     }
 )
+# Headers httpx adds to every request unless the caller set them.
+_CLIENT_DEFAULTS = ("accept", "accept-encoding", "connection", "user-agent")
 # Headers the WebSocket client library sets itself on the upstream handshake.
 _WS_OWN_HEADERS = frozenset(
     {
@@ -291,7 +293,7 @@ class ServiceRegistry:
 
     def asgi_app(self) -> ASGIApp:
         """The ASGI app the devnode mounts at ``/service``: ``/{expose_id}/{path...}``."""
-        return self._asgi
+        return _App(self._asgi)
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # mounted apps see none; served alone, it has no state
@@ -324,10 +326,8 @@ class ServiceRegistry:
         return self._services.get(service_id), rest
 
     async def _proxy_http(self, request: Request, service: ExposedPort, rest: str) -> Response:
-        url = httpx.URL(
-            f"http://127.0.0.1:{service.port}/{rest}",
-            query=request.scope.get("query_string", b""),
-        )
+        query: bytes = request.scope.get("query_string", b"")
+        url = httpx.URL(f"http://127.0.0.1:{service.port}/{rest}", query=query or None)
         headers = [
             (key, value) for key, value in request.headers.items() if key.lower() not in _HOP_BY_HOP
         ]
@@ -345,6 +345,11 @@ class ServiceRegistry:
             content=request.stream() if has_body else None,
             timeout=httpx.Timeout(self.proxy_timeout, connect=5.0),
         )
+        # httpx adds its own defaults (Accept-Encoding, User-Agent, ...); the service should
+        # see the caller's request, e.g. no compressed body for a caller that did not ask.
+        for name in _CLIENT_DEFAULTS:
+            if name not in request.headers:
+                upstream_request.headers.pop(name, None)
         try:
             upstream = await self._http().send(upstream_request, stream=True)
         except httpx.TimeoutException:
@@ -380,7 +385,7 @@ class ServiceRegistry:
         if first["type"] != "websocket.connect":
             return
         if service is None:
-            await send({"type": "websocket.close", "code": 4404, "reason": "service not found"})
+            await _deny(scope, send, 404, "service not found")
             return
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"ws://127.0.0.1:{service.port}/{rest}" + (f"?{query}" if query else "")
@@ -400,8 +405,12 @@ class ServiceRegistry:
                 max_size=None,
             )
         except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
-            code = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
-            await send({"type": "websocket.close", "code": 1011, "reason": f"upstream {code}"})
+            detail = (
+                f"answered {exc.response.status_code}"
+                if isinstance(exc, InvalidStatus)
+                else f"nothing answers ({type(exc).__name__})"
+            )
+            await _deny(scope, send, 502, f"service unavailable: port {service.port} {detail}")
             return
         accept: MutableMapping[str, Any] = {"type": "websocket.accept"}
         if upstream.subprotocol:
@@ -443,6 +452,37 @@ class ServiceRegistry:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await upstream.close()
+
+
+async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer where the server supports it (ASGI
+    ``websocket.http.response``); otherwise a close before accepting (servers answer 403)."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = text.encode("utf-8")
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": text[:100]})
+
+
+class _App:
+    """An ASGI 3 app object (servers detect the interface from an ``async __call__``; a
+    bound method would be taken for ASGI 2)."""
+
+    def __init__(self, handler: ASGIApp) -> None:
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handler(scope, receive, send)
 
 
 async def _raw_body(upstream: httpx.Response) -> Any:
