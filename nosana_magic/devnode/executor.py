@@ -22,7 +22,10 @@ Execution order (a documented choice, close to the node's TaskManager):
   or it is *ready* (it exposes health-checked ports and all of their startup checks passed,
   the node's "startup success" that lets a client start beside its server). A dependency that
   ends otherwise (``failed``/``stopped``) means the dependent is not run: it ends ``stopped``,
-  with no exit code, and an error saying which dependency ended how.
+  with no exit code, and an error saying which dependency ended how. (The node itself starts
+  dependents on "startup success" only, which for an op without health checks is as soon as
+  its container runs; waiting for success there makes ``depends_on`` useful for pipelines
+  and keeps local runs deterministic.)
 * a dependency must be in the same group or an earlier one (the node rejects cross-group
   dependencies; an earlier group has simply finished). A dependency on a later group, on an
   unknown op, on itself or a cycle fails the flow before anything runs.
@@ -32,6 +35,9 @@ Execution order (a documented choice, close to the node's TaskManager):
 Stops (``stop(reason)``) map as the node does (5.2): ``expired`` → ops ``success`` with
 ``diagnostics.reason.jobExpired``, flow ``success``; ``stopped`` → ``stopped``; ``quit`` →
 ``failed``. Ops that had not started by then get that status with exit code 0, as on the node.
+
+Not emulated: ``%%…%%`` literals (left as written), ``resources``, ``restart_policy``,
+``aliases`` and image defaults (an op needs a ``cmd`` or ``entrypoint`` to run locally).
 """
 
 from __future__ import annotations
