@@ -279,6 +279,8 @@ class HostClient:
         self.replay_mismatches = 0
         #: ``/log`` connections opened (1 + reconnects).
         self.log_connections = 0
+        #: Whether a ``/log`` connection is open and subscribed right now.
+        self.log_connected = False
 
     def __repr__(self) -> str:
         return f"HostClient({self.base_url!r}, job={self.job!r})"
@@ -664,6 +666,7 @@ class HostClient:
                     proxy=None if is_loopback(url) else True,
                 ) as ws:
                     self.log_connections += 1
+                    self.log_connected = True
                     await ws.send(
                         json.dumps(
                             {
@@ -708,6 +711,8 @@ class HostClient:
                 if isinstance(exc, InvalidURI):
                     raise HostError(self.base_url, route, "not a WebSocket URL") from None
                 last = type(exc).__name__
+            finally:
+                self.log_connected = False
             if not await backoff.wait():
                 raise HostError(
                     self.base_url,

@@ -78,7 +78,7 @@ FINAL_PHASES = frozenset({"completed", "failed", "stopped"})
 RESULTS_TIMEOUT_S = 70.0
 #: How long the results GET tries when only the ledger says the job ended (the window may
 #: be over, or there may be none: a host that quit).
-LATE_RESULTS_TIMEOUT_S = 5.0
+LATE_RESULTS_TIMEOUT_S = 2.0
 #: How long to wait for the ledger to show COMPLETED/STOPPED once the results are in hand.
 LEDGER_DONE_TIMEOUT_S = 30.0
 #: How long the definition POST retries after the host took the job (it must first fetch
@@ -88,7 +88,7 @@ SEND_TIMEOUT_S = 300.0
 EXPIRY_MARGIN_S = 120.0
 #: Log drain at the end: stop following ``/log`` after this much silence (bounded below).
 LOG_IDLE_S = 0.3
-LOG_DRAIN_MAX_S = 3.0
+LOG_DRAIN_MAX_S = 5.0
 #: The node a job shows on chain when it was stopped before any host took it.
 SYSTEM_ADDRESS = "11111111111111111111111111111111"
 
@@ -743,12 +743,6 @@ class ConfidentialJob:
         the private results when the job ends (inside the host's window). The real definition
         is not known here, so secret values cannot be redacted from what the host sends back.
         """
-        try:
-            existing = find_job(address)
-        except JobNotFound:
-            existing = None
-        if existing is not None and existing.address == address and not existing.done:
-            return existing.wait() if wait else existing
         net, owns = _open(network, on_notice=on_notice)
         job = cls(None, net, owns_network=owns, address=address, results_timeout=results_timeout)
         job.start()
@@ -932,7 +926,8 @@ class ConfidentialJob:
         self.timings.setdefault("running", time.time())
         self._precompute_urls(definition)
         host = self._host_client()
-        tasks.append(asyncio.create_task(self._follow_logs(host)))
+        log_task = asyncio.create_task(self._follow_logs(host))
+        tasks.append(log_task)
         tasks.append(asyncio.create_task(self._follow_info(host)))
 
         if definition is not None and not self._ledger_done():
@@ -976,10 +971,15 @@ class ConfidentialJob:
             self.status = self._reported_status or self._flow_status or self.status
         # The ledger's final state (the host completes the job after the window), bounded.
         await self._until(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
-        await self._drain_logs()
+        await self._drain_logs(log_task)
 
     async def _collect(self) -> FlowState | None:
-        """The private results (or, for send-only jobs, the public ones on IPFS)."""
+        """The private results (or, for send-only jobs, the public ones on IPFS).
+
+        Polled from the moment the end is seen, inside the host's window. The window closes
+        before the ledger shows the job done, so once the ledger says done the polling gets
+        only a short grace (a host that quit never opens a window at all).
+        """
         if not self._receive:
             return await self._public_result()
         host = self._host_client()
@@ -989,13 +989,29 @@ class ConfidentialJob:
             if self._info_end is not None or not self._ledger_done()
             else LATE_RESULTS_TIMEOUT_S
         )
+        fetch = asyncio.create_task(host.results(timeout=timeout))
+        fetch.add_done_callback(lambda _task: self._pulse())
         try:
-            flow = await host.results(timeout=timeout)
+            await self._until(lambda: fetch.done() or self._ledger_done(), timeout + 1)
+            if not fetch.done():
+                await asyncio.wait({fetch}, timeout=LATE_RESULTS_TIMEOUT_S)
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+                raise HostError(
+                    host.base_url,
+                    f"GET /job/{self.address}/results",
+                    f"the job ended ({self.state}) without the host serving its results",
+                )
+            flow = fetch.result()
         except HostError as exc:
             if self._stop_requested or self.state is JobState.STOPPED:
                 self.warnings.append(f"no results: {exc}")
                 return None
             raise
+        finally:
+            if not fetch.done():
+                fetch.cancel()
         self.timings["results"] = time.time()
         return flow
 
@@ -1023,7 +1039,11 @@ class ConfidentialJob:
         if self._redactor:
             flow = FlowState.model_validate(_redact_tree(flow.to_wire(), redact))
         self.result = flow
-        self.status = final_status(flow, reported=self._reported_status)
+        # A host's flow "success" means its task manager finished, not that every op
+        # succeeded (an op exiting 3 leaves it "success"): only a more specific final status
+        # the host reported (validation-error, stopped, failed…) overrides the op states.
+        reported = self._reported_status
+        self.status = final_status(flow, reported=None if reported == "success" else reported)
         ops: dict[str, OpResult] = {}
         merged: dict[str, Any] = {}
         owners: dict[str, list[str]] = {}
@@ -1132,14 +1152,30 @@ class ConfidentialJob:
             stream = "node"
         return LogLine(op_id if isinstance(op_id, str) else None, stream, text, stamp)
 
-    async def _drain_logs(self) -> None:
-        """Let the log stream catch up (idle for ``LOG_IDLE_S``), bounded by ``LOG_DRAIN_MAX_S``."""
+    async def _drain_logs(self, log_task: asyncio.Task[Any] | None) -> None:
+        """Let the ``/log`` stream catch up before it is closed, bounded by ``LOG_DRAIN_MAX_S``.
+
+        Caught up means: connected (not between reconnects), every container line the
+        results hold has arrived, and nothing new for ``LOG_IDLE_S`` (the host's closing
+        progress lines).
+        """
+        host = self._host
+        if host is None or log_task is None:
+            return
+        flow = self.result
+        expected = 0
+        if flow is not None:
+            expected = sum(
+                1 for op in flow.op_states for entry in op.logs
+                if entry.type in ("stdout", "stderr")
+            )
         deadline = time.monotonic() + LOG_DRAIN_MAX_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not log_task.done():
+            received = sum(1 for line in self._logs if line.stream != "node")
             idle = time.monotonic() - self._last_log_at
-            if idle >= LOG_IDLE_S:
+            if host.log_connected and received >= expected and idle >= LOG_IDLE_S:
                 return
-            await asyncio.sleep(LOG_IDLE_S - idle)
+            await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
 
     # -- URLs ----------------------------------------------------------------------------
 

@@ -1,0 +1,507 @@
+"""Whole confidential jobs through ConfidentialJob against the in-process devnode.
+
+These run the way a notebook does: the job's machine on the package's loop thread, the
+devnode on its own thread, the test in the main thread using the synchronous handle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from nosana_magic import runner
+from nosana_magic.devnode import DevNode
+from nosana_magic.job import (
+    ConfidentialJob,
+    JobEvent,
+    JobFailed,
+    JobInterrupted,
+    JobStopped,
+    find_job,
+    jobs,
+    run_confidential,
+)
+from nosana_magic.jobdef import JobDefinition, JobDefinitionError
+from nosana_magic.network.api import ApiNetwork
+from nosana_magic.network.base import JobState
+from nosana_magic.results import NodeLogEntry
+from nosana_magic.secrets import ResolvedDefinition, SecretError
+from nosana_magic.settings import Settings
+from nosana_magic.wallet import Wallet
+
+from .client_fixtures import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
+
+log = logging.getLogger(__name__)
+
+ENV = {"HF_TOKEN": SECRET}
+
+
+@pytest.fixture
+def net(devnode: DevNode) -> Iterator[ApiNetwork]:
+    network = network_for(devnode)
+    yield network
+    runner.run_sync(network.aclose(), timeout=10)
+
+
+def _run(net: ApiNetwork, doc: dict[str, Any] | str, **kw: Any) -> ConfidentialJob:
+    kw.setdefault("env", ENV)
+    kw.setdefault("timeout", 60)
+    source = doc if isinstance(doc, str) else text(doc)
+    return run_confidential(source, network=net, **kw)
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def _host_history(devnode: DevNode, job: ConfidentialJob) -> list[NodeLogEntry]:
+    assert job.address and job.node
+    return [
+        NodeLogEntry.model_validate_json(item)
+        for item in devnode.host(job.node).node_logs.history(job.address)
+    ]
+
+
+def _everything_shown(job: ConfidentialJob) -> str:
+    """Every text the handle can show or hand out."""
+    parts = [
+        repr(job),
+        job._repr_html_(),
+        str(job.error),
+        job.stdout,
+        job.stderr,
+        "\n".join(line.text for line in job.logs),
+        json.dumps(job.result.to_wire()) if job.result else "",
+        repr(job.ops),
+        json.dumps(job.results, default=str),
+        repr(job.urls),
+        repr(job.warnings),
+    ]
+    try:
+        job.raise_for_status()
+    except BaseException as exc:  # noqa: BLE001 - the message is what we look at
+        parts.append(str(exc))
+        render = getattr(exc, "_render_traceback_", None)
+        if render is not None:
+            parts.extend(render())
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- success
+
+
+TRAIN = op(
+    "train",
+    "echo loading; echo token=$HF_TOKEN; echo 'metrics {\"acc\": 0.93}'; echo 'loss=0.25';"
+    " echo warn >&2",
+    env={"HF_TOKEN": "${env:HF_TOKEN}"},
+    results={"metrics": "metrics (.*)", "loss": "loss=([0-9.]+)", "tok": "token=(.*)"},
+)
+EVAL = op("eval", "echo 'loss=0.5'; echo 'label=cat'",
+          results={"loss": "loss=([0-9.]+)", "label": "label=(.*)"},
+          execution={"depends_on": ["train"]})
+
+
+def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(TRAIN, EVAL))
+    assert job.done and job.ok, job.error
+    assert job.phase == "completed" and job.status == "success"
+    assert job.state is JobState.COMPLETED
+    assert job.market is not None and job.market.slug == "local-cpu"
+    assert job.node in {h.address for h in devnode.hosts}
+
+    train = job.ops["train"]
+    assert train.exit_code == 0 and train.status == "success"
+    assert train.results["metrics"] == {"acc": 0.93}  # JSON-decoded
+    assert [line.text for line in train.logs if line.stream == "stdout"] == [
+        "loading", "token=[secret:HF_TOKEN]", 'metrics {"acc": 0.93}', "loss=0.25"
+    ]
+    assert [line.text for line in train.logs if line.stream == "stderr"] == ["warn"]
+    # Names clash across ops: qualified by op id; unique names stay plain.
+    assert job.results == {
+        "metrics": {"acc": 0.93},
+        "train.loss": 0.25,
+        "eval.loss": 0.5,
+        "tok": "[secret:HF_TOKEN]",
+        "label": "cat",
+    }
+    assert job.stdout.splitlines()[:2] == ["loading", "token=[secret:HF_TOKEN]"]
+    assert "warn" in job.stderr
+    assert any(line.text == "Job definition received" for line in job.node_logs)
+    assert all(line.stream == "node" for line in job.node_logs)
+    assert {line.op_id for line in job.logs if line.stream == "stdout"} == {"train", "eval"}
+    assert job.raise_for_status() is job
+    assert job.price == pytest.approx(20 / 1e6)
+    assert job.cost is not None and job.cost >= 0
+    assert job.elapsed is not None and job.elapsed < 10
+    assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")  # type: ignore[index]
+    assert repr(job).endswith("local-cpu COMPLETED node " + f"{job.node[:2]}… success>")  # type: ignore[index]
+    assert job in jobs() and find_job(job.address[:10]) is job  # type: ignore[index]
+
+
+def test_logs_equal_the_hosts_line_for_line(devnode: DevNode, net: ApiNetwork) -> None:
+    script = "for i in $(seq 1 30); do echo line$i; done"
+    job = _run(net, definition(op("a", script)))
+    assert job.ok
+    history = _host_history(devnode, job)
+    assert [(line.text, line.timestamp) for line in job.logs] == [
+        (entry.log.rstrip("\n"), entry.timestamp / 1000) for entry in history  # type: ignore[operator]
+    ]
+    assert job.stdout == "\n".join(f"line{i}" for i in range(1, 31))
+
+
+def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwork) -> None:
+    """Correctness bound (catches a return to multi-second polling), not a benchmark."""
+    job = _run(net, definition(op("a", "echo hi")))
+    assert job.ok
+    history = _host_history(devnode, job)
+    waiting = next(e.timestamp for e in history if e.log == "Waiting for job definition")
+    received = next(e.timestamp for e in history if e.log == "Job definition received")
+    assert waiting is not None and received is not None
+    to_definition = (received - waiting) / 1000
+    assert job.result is not None and job.result.end_time is not None
+    to_results = job.timings["results"] - job.result.end_time / 1000
+    log.info("waiting-for-job-definition -> definition received: %.3f s", to_definition)
+    log.info("endTime -> results in hand: %.3f s", to_results)
+    print(f"\nwaiting-for-definition->received {to_definition:.3f}s, "
+          f"endTime->results {to_results:.3f}s")
+    assert to_definition < 1.0
+    assert to_results < 1.0
+
+
+def test_private_service_url_is_known_and_reachable(devnode: DevNode, net: ApiNetwork) -> None:
+    port = free_port()
+    serve_once = (
+        "import http.server as h\n"
+        f"s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n"
+        "s.timeout = 20\n"
+        "s.handle_request()\n"
+        "print('served')\n"
+    )
+    web = op("web", ["python3", "-c", serve_once], expose=port, private=True)
+    job = _run(net, definition(web), wait=False)
+    _until(lambda: bool(job.urls) or job.done)
+    [url] = job.urls
+    assert url.private and url.op_id == "web" and url.port == port
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        for _ in range(200):
+            try:
+                response = client.get(url.url + "/")
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code == 200:
+                break
+            time.sleep(0.05)
+    assert response is not None and response.status_code == 200
+    job.wait(30)
+    assert job.ok, job._error_line()
+    assert job.ops["web"].logs[-1].text == "served"
+    assert job.urls == [url] or job.urls[0].url == url.url  # kept after the flow cleared them
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_failing_op(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(op("train", "echo before; exit 3"), op("after", "echo never",
+                                   execution={"depends_on": ["train"]})))
+    assert job.done and not job.ok
+    assert job.status == "failed" and job.phase == "failed"
+    assert job.ops["train"].exit_code == 3
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    assert str(info.value) == f"job {job.address} failed: op train exited with 3"
+    assert info.value._render_traceback_() == [f"JobFailed: {info.value}"]
+
+
+def test_definition_failing_the_hosts_validation(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our own validator agrees with the host's, so make the body invalid after it passed.
+    from nosana_magic.secrets import Redactor
+
+    def bad_resolve(self: JobDefinition, **kw: Any) -> ResolvedDefinition:
+        body = definition({"type": "container/run", "id": "x", "args": {"cmd": "true"}})
+        return ResolvedDefinition(json.dumps(body).encode(), Redactor.empty())
+
+    monkeypatch.setattr(JobDefinition, "resolve", bad_resolve)
+    job = _run(net, definition(op("x", "true")))
+    assert job.done and job.status == "validation-error" and job.phase == "failed"
+    assert job.ops == {}
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    message = str(info.value)
+    assert message.startswith(f"job {job.address} failed: the host rejected the job definition")
+    assert "image" in message
+
+
+def test_missing_secret_posts_nothing(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(TRAIN), env={})
+    assert job.done and job.phase == "failed" and job.address is None
+    assert isinstance(job.error, SecretError)
+    assert "HF_TOKEN" in str(job.error)
+    with pytest.raises(SecretError):
+        job.raise_for_status()
+    assert devnode.ledger.jobs == {} and len(devnode.ipfs) == 0
+
+
+def test_invalid_definition_posts_nothing(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, '{"version": "0.1", "type": "container", "ops": [{"type": "container/run",'
+                    ' "id": "a", "args": {}}]}')
+    assert isinstance(job.error, JobDefinitionError)
+    assert "ops[0].args.image" in str(job.error)
+    with pytest.raises(JobDefinitionError):
+        job.raise_for_status()
+    assert devnode.ledger.jobs == {} and len(devnode.ipfs) == 0
+
+
+def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwork) -> None:
+    faults = devnode.config.faults
+    faults.fail_requests = 4  # spread over whichever node routes come first
+    faults.drop_ws_after_frames = 6
+    stop = threading.Event()
+
+    def drop_mid_stream() -> None:
+        # Every new /log subscription is cut 6 frames past what the client has seen.
+        seen = 0
+        while not stop.is_set():
+            job = next(iter(jobs()[-1:]), None)
+            host = job._host if job is not None else None
+            if host is not None and host.log_connections != seen:
+                seen = host.log_connections
+                faults.drop_ws_after_frames = host.log_cursor + 6 if seen < 5 else None
+            time.sleep(0.002)
+
+    dropper = threading.Thread(target=drop_mid_stream, daemon=True)
+    dropper.start()
+    try:
+        script = "for i in $(seq 1 40); do echo line$i; sleep 0.005; done"
+        job = _run(net, definition(op("a", script)))
+    finally:
+        stop.set()
+        dropper.join(2)
+    assert job.ok, job._error_line()
+    assert faults.fail_requests == 0
+    assert job._host is not None and job._host.log_connections >= 3
+    history = _host_history(devnode, job)
+    assert [line.text for line in job.logs] == [e.log.rstrip("\n") for e in history]
+    assert job.stdout == "\n".join(f"line{i}" for i in range(1, 41))
+
+
+def test_host_quits_mid_run(devnode: DevNode, net: ApiNetwork) -> None:
+    devnode.config.faults.host_quits_after = 0.3
+    job = _run(net, definition(op("a", "echo started; sleep 20")))
+    assert job.done and not job.ok
+    assert job.state is JobState.STOPPED and job.phase == "stopped"
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    assert not isinstance(info.value, JobStopped)
+    assert "ended STOPPED on the ledger" in str(info.value)
+    assert any(line.text == "Host is quitting" for line in job.node_logs)
+
+
+def test_slow_pickup(devnode: DevNode, net: ApiNetwork) -> None:
+    devnode.config.pickup_delay = 1.0
+    phases: list[str] = []
+    job = _run(net, definition(op("a", "echo hi")), wait=False)
+    job.subscribe(lambda event: phases.append(event.job.phase) if event.kind == "phase" else None)
+    job.wait(20)
+    assert job.ok
+    assert job.timings["running"] - job.timings["listed"] >= 0.9
+    assert phases[-1] == "completed"
+
+
+# --------------------------------------------------------------------------- stop, Ctrl-C
+
+
+def test_stop_while_queued(devnode: DevNode, net: ApiNetwork) -> None:
+    devnode.config.pickup_delay = None
+    job = _run(net, definition(op("a", "echo never")), wait=False)
+    _until(lambda: job.phase == "queued")
+    job.stop()
+    job.wait(10)
+    assert job.phase == "stopped" and job.state is JobState.STOPPED and job.status == "stopped"
+    assert job.node is None and not job.ok and job.cost == 0.0
+    with pytest.raises(JobStopped, match=f"^job {job.address} stopped$"):
+        job.raise_for_status()
+
+
+def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(op("a", "echo started; sleep 30")), wait=False)
+    _until(lambda: any(line.text == "started" for line in job.logs))
+    start = time.monotonic()
+    job.stop()
+    job.wait(15)
+    assert time.monotonic() - start < 5
+    assert job.phase == "stopped" and job.status == "stopped" and not job.ok
+    assert job.result is not None
+    assert job.ops["a"].logs[0].text == "started"
+
+
+def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    job = _run(net, definition(op("a", "echo started; sleep 30")), wait=False)
+    _until(lambda: job.phase == "running")
+
+    timer = threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(JobInterrupted) as info:
+        job.wait()
+    assert time.monotonic() - start < 3
+    assert str(info.value) == f"job {job.address} stopped"
+    assert info.value._render_traceback_() == [f"job {job.address} stopped"]
+    assert isinstance(info.value, KeyboardInterrupt)
+    job.wait(15)
+    assert job.phase == "stopped" and job.status == "stopped"
+
+
+def test_ctrl_c_while_queued_delists(devnode: DevNode, net: ApiNetwork) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    devnode.config.pickup_delay = None
+    job = _run(net, definition(op("a", "echo never")), wait=False)
+    _until(lambda: job.phase == "queued")
+    threading.Timer(0.1, signal.raise_signal, args=(signal.SIGINT,)).start()
+    with pytest.raises(JobInterrupted):
+        job.wait()
+    job.wait(10)
+    assert job.state is JobState.STOPPED and job.node is None
+
+
+# --------------------------------------------------------------------------- extend, attach
+
+
+def test_extend(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(op("a", "sleep 30")), wait=False)
+    _until(lambda: job.phase == "running")
+    job.extend("1m")
+    assert job.timeout == 120
+    assert job.address is not None and devnode.job(job.address).timeout == 120
+    job.extend(30)  # an int is seconds
+    assert devnode.job(job.address).timeout == 150
+    job.stop()
+    job.wait(15)
+    with pytest.raises(JobFailed, match="is not running"):
+        job.extend("1m")
+
+
+def test_attach_streams_the_history_and_collects_the_results(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    script = "for i in $(seq 1 10); do echo line$i; done; sleep 1; echo 'acc=0.9'"
+    original = _run(net, definition(op("a", script, results={"acc": "acc=(.*)"})),
+                    wait=False, receive=True)
+    _until(lambda: any(line.text == "line10" for line in original.logs))
+    assert original.address is not None
+    # Another kernel: the same wallet, a new network object, no knowledge of the definition.
+    other = network_for(devnode, wallet=net.wallet)
+    attached = ConfidentialJob.attach(original.address, other)
+    assert attached is not original
+    attached.wait(20)
+    original.wait(20)
+    assert attached.ok and attached.results == {"acc": 0.9}
+    assert [line.text for line in attached.logs][:5] == [
+        line.text for line in original.logs
+    ][:5]
+    assert "line1" in attached.stdout and "acc=0.9" in attached.stdout
+
+
+def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork) -> None:
+    devnode.config.pickup_delay = None
+    job = _run(net, definition(op("a", "true")), wait=False)
+    _until(lambda: job.phase == "queued")
+    stranger = network_for(devnode)
+    attached = ConfidentialJob.attach(job.address or "", stranger)
+    attached.wait(10)
+    assert attached.phase == "failed"
+    assert "not by this wallet" in str(attached.error)
+    job.stop()
+    job.wait(10)
+
+
+# --------------------------------------------------------------------------- variants, API
+
+
+def test_send_only_reads_the_public_result(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(op("a", "echo public-out", results={"o": "(public-.*)"})),
+               receive=False)
+    assert job.ok, job._error_line()
+    assert job.results == {"o": "public-out"}
+    pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
+    assert {"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
+            "logistics": {"send": {"type": "api-listen", "args": {}}}, "ops": []} in pinned
+
+
+def test_listeners_get_events_and_cannot_break_the_job(devnode: DevNode, net: ApiNetwork) -> None:
+    events: list[JobEvent] = []
+    threads: set[str] = set()
+
+    def listen(event: JobEvent) -> None:
+        events.append(event)
+        threads.add(threading.current_thread().name)
+
+    def broken(event: JobEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    job = _run(net, definition(op("a", "echo hi")), wait=False)
+    job.subscribe(broken)
+    unsubscribe = job.subscribe(listen)
+    job.wait(20)
+    assert job.ok
+    kinds = [event.kind for event in events]
+    assert kinds[-1] == "done" and "log" in kinds and "state" in kinds
+    assert threads == {"nosana-magic-loop"}
+    assert [e.line.text for e in events if e.kind == "log" and e.line][-1] == job.logs[-1].text
+    unsubscribe()
+
+
+def test_run_confidential_opens_the_configured_local_network(
+    devnode: DevNode, tmp_path: Any
+) -> None:
+    settings = Settings.from_env({}, devnode_url=devnode.url, data_dir=str(tmp_path))
+    job = run_confidential(text(definition(op("a", "echo hi"))), settings=settings,
+                           network="local", timeout="2m")
+    assert job.ok and job.timeout == 120 and job.network_name == "local"
+
+
+def test_secrets_never_leave_the_machine(devnode: DevNode, net: ApiNetwork) -> None:
+    leaky = op(
+        "leak",
+        f"echo start $HF_TOKEN; echo \"{{\\\"t\\\": \\\"$HF_TOKEN\\\"}}\"; "
+        "echo $HF_TOKEN >&2; exit 7",
+        env={"HF_TOKEN": "${env:HF_TOKEN}"},
+        results={"t": "start (.*)"},
+    )
+    job = _run(net, definition(leaky))
+    assert job.done and job.status == "failed"
+    shown = _everything_shown(job)
+    assert SECRET not in shown
+    assert "[secret:HF_TOKEN]" in shown
+    # The public side: only the CLI's placeholder and the blank result were pinned.
+    for content in devnode.ipfs.all().values():
+        assert SECRET.encode() not in content
+    pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
+    assert PLACEHOLDER in pinned
+    # The handle keeps no reference to the environment once done.
+    assert job._env is None and job._namespace is None
+
+
+def test_wallet_of_the_network_signs(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition(op("a", "true")))
+    assert job.address is not None
+    assert devnode.job(job.address).project == net.wallet.address
+    assert isinstance(net.wallet, Wallet)
