@@ -34,7 +34,7 @@ SECRET = "s3cr3t-HF-token-0123456789"
 
 def op(op_id: str, cmd: str | list[str], **args: Any) -> dict[str, Any]:
     """A ``container/run`` op; ``results``/``execution`` go to the op, the rest to args."""
-    extra = {k: args.pop(k) for k in ("results", "execution") if k in args}
+    extra: dict[str, Any] = {k: args.pop(k) for k in ("results", "execution") if k in args}
     return {
         "type": "container/run",
         "id": op_id,

@@ -91,7 +91,7 @@ def _everything_shown(job: ConfidentialJob) -> str:
     ]
     try:
         job.raise_for_status()
-    except BaseException as exc:  # noqa: BLE001 - the message is what we look at
+    except BaseException as exc:
         parts.append(str(exc))
         render = getattr(exc, "_render_traceback_", None)
         if render is not None:
@@ -146,9 +146,10 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job.price == pytest.approx(20 / 1e6)
     assert job.cost is not None and job.cost >= 0
     assert job.elapsed is not None and job.elapsed < 10
-    assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")  # type: ignore[index]
-    assert repr(job).endswith("local-cpu COMPLETED node " + f"{job.node[:2]}… success>")  # type: ignore[index]
-    assert job in jobs() and find_job(job.address[:10]) is job  # type: ignore[index]
+    assert job.address is not None and job.node is not None
+    assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")
+    assert repr(job).endswith(f"local-cpu COMPLETED node {job.node[:2]}… success>")
+    assert job in jobs() and find_job(job.address[:10]) is job
 
 
 def test_logs_equal_the_hosts_line_for_line(devnode: DevNode, net: ApiNetwork) -> None:
@@ -481,7 +482,7 @@ def test_run_confidential_opens_the_configured_local_network(
 def test_secrets_never_leave_the_machine(devnode: DevNode, net: ApiNetwork) -> None:
     leaky = op(
         "leak",
-        f"echo start $HF_TOKEN; echo \"{{\\\"t\\\": \\\"$HF_TOKEN\\\"}}\"; "
+        "echo start $HF_TOKEN; echo \"{\\\"t\\\": \\\"$HF_TOKEN\\\"}\"; "
         "echo $HF_TOKEN >&2; exit 7",
         env={"HF_TOKEN": "${env:HF_TOKEN}"},
         results={"t": "start (.*)"},
