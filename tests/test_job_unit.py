@@ -1,0 +1,199 @@
+"""ConfidentialJob's pure parts: results extraction, URLs, messages, reprs (no server)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from nosana_magic.job import (
+    ConfidentialJob,
+    JobFailed,
+    JobNotFound,
+    JobStopped,
+    LogLine,
+    OpResult,
+    _decode,
+    _timestamp_s,
+    _urls_from_secrets,
+    _validation_summary,
+    find_job,
+)
+from nosana_magic.network.base import JobInfo, JobState, Market
+from nosana_magic.results import FlowState, NodeLogEntry, ServiceUrl
+from nosana_magic.secrets import Redactor
+from nosana_magic.wallet import Wallet
+
+
+class _Net:
+    """Just enough of a Network for a handle that is never started."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.wallet = Wallet.generate()
+
+    def service_domain(self) -> str | None:
+        return None
+
+
+def _job(**kw: Any) -> ConfidentialJob:
+    return ConfidentialJob(None, _Net(), **kw)  # type: ignore[arg-type]
+
+
+def _done(job: ConfidentialJob, phase: str, status: str | None) -> None:
+    job.phase = phase  # type: ignore[assignment]
+    job.status = status
+    job._done.set()
+
+
+def _flow(**kw: Any) -> FlowState:
+    return FlowState.model_validate({"status": "waiting-for-result", "startTime": 1,
+                                     "endTime": 2, **kw})
+
+
+def test_decode_results_values() -> None:
+    assert _decode("0.93") == 0.93
+    assert _decode('{"acc": 1}') == {"acc": 1}
+    assert _decode("cat") == "cat"
+    assert _decode(["1", "x", "true"]) == [1, "x", True]
+
+
+def test_timestamps_from_docker_iso_and_ms() -> None:
+    stamp = _timestamp_s("2024-01-02T03:04:05.123456789Z")
+    want = datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc).timestamp()
+    assert stamp == pytest.approx(want)
+    assert _timestamp_s(1_700_000_000_500) == 1_700_000_000.5
+    assert abs(_timestamp_s(None) - time.time()) < 1
+    assert abs(_timestamp_s("not a date") - time.time()) < 1
+
+
+def test_urls_from_the_flows_secrets() -> None:
+    private_id, public_id = "p" * 45, "q" * 44
+    secrets = {
+        "JOB": {
+            private_id: {"opID": "web", "port": 8000, "url": "http://h/p", "status": "ONLINE"},
+            public_id: {"opID": "api", "port": 80, "url": "http://h/q", "status": "weird"},
+            "bad": "not a service",
+        },
+        "urlmode": "private",
+    }
+    urls = _urls_from_secrets(secrets, "JOB")
+    assert urls == [
+        ServiceUrl("http://h/p", 8000, "web", True, "ONLINE", private_id),
+        ServiceUrl("http://h/q", 80, "api", False, "UNKNOWN", public_id),
+    ]
+    assert _urls_from_secrets({}, "JOB") == [] and _urls_from_secrets(secrets, "OTHER") == []
+
+
+def test_validation_summary_never_shows_values() -> None:
+    errors = [[
+        {"path": "$input.ops[0].args.image", "expected": "string", "value": "hf_SECRET"},
+        {"path": "$input.ops[0].args.gpu", "expected": "boolean", "value": 3},
+        {"path": "$input.meta", "expected": "object", "value": None},
+        {"path": "$input.global", "expected": "object", "value": None},
+    ]]
+    summary = _validation_summary(errors)
+    assert summary == ("ops[0].args.image: expected string; ops[0].args.gpu: expected boolean; "
+                       "meta: expected object (+1 more)")
+    assert "SECRET" not in summary
+
+
+def test_results_per_op_and_merged_with_clashes_qualified() -> None:
+    job = _job(address="JOB")
+    job._redactor = Redactor({"TOKEN": "tok-value-123"})
+    job._reported_status = "success"  # a host's "success" does not hide a failed op
+    flow = _flow(opStates=[
+        {"operationId": "a", "status": "success", "exitCode": 0,
+         "results": {"loss": "0.5", "tag": ["x", "2"]},
+         "logs": [{"log": "hi tok-value-123\n", "type": "stdout",
+                   "timestamp": "2024-01-02T03:04:05.000000001Z"},
+                  {"log": "oops\n", "type": "nodeerr", "timestamp": None}]},
+        {"operationId": "b", "status": "failed", "exitCode": 1, "results": {"loss": "0.7"}},
+    ])
+    job._apply_result(flow)
+    assert job.status == "failed"
+    assert job.results == {"a.loss": 0.5, "b.loss": 0.7, "tag": ["x", 2]}
+    a = job.ops["a"]
+    assert a.results == {"loss": 0.5, "tag": ["x", 2]}
+    assert [(line.stream, line.text) for line in a.logs] == [
+        ("stdout", "hi [secret:TOKEN]"), ("stderr", "oops")
+    ]
+    assert a.stdout == "hi [secret:TOKEN]" and a.stderr == "oops"
+    assert job.result is not None and "tok-value-123" not in job.result.model_dump_json()
+    _done(job, "failed", job.status)
+    with pytest.raises(JobFailed, match=r"^job JOB failed: op b exited with 1$"):
+        job.raise_for_status()
+
+
+def test_reported_specific_status_wins() -> None:
+    job = _job(address="JOB")
+    job._reported_status = "validation-error"
+    job._apply_result(_flow(errors=[[{"path": "$input.ops", "expected": "array"}]]))
+    assert job.status == "validation-error"
+    _done(job, "failed", job.status)
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    assert str(info.value) == (
+        "job JOB failed: the host rejected the job definition: ops: expected array"
+    )
+
+
+def test_log_lines_from_node_entries() -> None:
+    job = _job(address="JOB")
+    job._redactor = Redactor({"T": "secret-value"})
+    container = NodeLogEntry(log="x secret-value\n", type="log", timestamp=1500,
+                             payload={"opId": "a", "stream": "stderr"})
+    node = NodeLogEntry(log="Job definition received", type="success", timestamp=2000)
+    assert job._log_line(container) == LogLine("a", "stderr", "x [secret:T]", 1.5)
+    assert job._log_line(node) == LogLine(None, "node", "Job definition received", 2.0)
+    bare = NodeLogEntry(log="plain\r\n", type="log", timestamp=None)
+    line = job._log_line(bare)
+    assert line.stream == "stdout" and line.text == "plain" and line.op_id is None
+
+
+def test_repr_html_and_messages() -> None:
+    job = _job()
+    assert repr(job) == "<ConfidentialJob (not listed) VALIDATING>"
+    job.address = "7xKXabcdefq3"
+    job.market = Market(address="M", slug="local-gpu", price_per_second=115)
+    job.state = JobState.RUNNING
+    job.node = "9fNode"
+    job.price = 115 / 1e6
+    job.started_at = time.time() - 5
+    job.urls = [ServiceUrl('http://h/"><script>', 80, "web", True)]
+    assert repr(job) == "<ConfidentialJob 7xKX…q3 local-gpu RUNNING node 9f…>"
+    html = job._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "(private)" in html and "at most" in html
+    assert job.cost == pytest.approx(115 / 1e6 * 1800)
+    # Done: the real cost from the ledger's times.
+    job.ledger = JobInfo(address="7xKXabcdefq3", state=JobState.COMPLETED, time_start=100,
+                         time_end=160, price=115)
+    _done(job, "stopped", "stopped")
+    job._stop_requested = True
+    assert job.cost == pytest.approx(60 * 115 / 1e6)
+    with pytest.raises(JobStopped, match=r"^job 7xKXabcdefq3 stopped$"):
+        job.raise_for_status()
+
+
+def test_op_result_record() -> None:
+    line = LogLine("a", "stdout", "hello", 1.0)
+    result = OpResult("a", "success", 0, [line], {"x": 1})
+    assert result.stdout == "hello" and str(line) == "hello"
+
+
+def test_find_job_needs_a_unique_prefix() -> None:
+    with pytest.raises(JobNotFound, match="no job reference"):
+        find_job(" ")
+    with pytest.raises(JobNotFound, match="no job of this session matches 'zzzz-none'"):
+        find_job("zzzz-none")
+
+
+def test_wait_on_an_unstarted_handle_times_out() -> None:
+    job = _job()
+    with pytest.raises(TimeoutError, match=r"still validating after 0\.05 s"):
+        job.wait(0.05)
+    assert job.raise_for_status() is job  # not done: nothing to raise
