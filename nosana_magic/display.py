@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from .protocol import format_duration
-from .runner import call_soon, get_loop
+from .runner import call_soon, get_loop, in_runner_thread, run_sync
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,6 +62,10 @@ _HEADER_EVERY_S = 1.0
 _TEXT_QUEUE_MAX = 20_000
 
 ViewMode = Literal["auto", "widget", "text"]
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 def in_kernel() -> bool:
@@ -117,6 +121,17 @@ def _short(address: str | None, keep: int = 6) -> str:
     if not address:
         return "…"
     return address if len(address) <= 2 * keep + 1 else f"{address[:keep]}…{address[-keep:]}"
+
+
+def _phase_line(job: ConfidentialJob, phase: str) -> str:
+    """One line of the text view for a phase change."""
+    if phase == "queued" or (phase != "running" and job.address):
+        market = f" on market {job.market.slug}" if job.market is not None else ""
+        price = _price_text(job)
+        return f"· {phase}: job {job.address}{market}" + (f" ({price})" if price else "")
+    if phase == "running" and job.node:
+        return f"· running on node {job.node}"
+    return f"· {phase}"
 
 
 def summary_text(job: ConfidentialJob) -> str:
@@ -268,9 +283,15 @@ class JobView:
         if self.mode == "widget":
             self._build_widgets()
         else:
-            self._print(f"nosana job {self.job.address or '…'}: {_status_word(self.job)}")
             self._last_phase = _status_word(self.job)
-        self._unsubscribe = self.job.subscribe(self._on_event)
+            if self.job.address:
+                self._print(_phase_line(self.job, self._last_phase))
+            else:
+                self._print(f"nosana: confidential job on {self.job.network_name}")
+        if in_runner_thread():
+            self._follow()
+        else:
+            run_sync(_call(self._follow), timeout=10)
         if self.mode == "widget":
             call_soon(self._start_ticking)
         elif background:
@@ -310,24 +331,41 @@ class JobView:
     def _on_event(self, event: JobEvent) -> None:
         """Called on the loop thread for every job event: record, never write output here."""
         if event.kind == "log" and event.line is not None:
-            if self.quiet:
-                return  # status only; the handle keeps every line
-            formatted = format_line(event.line)
-            with self._lock:
-                if self.mode == "widget":
-                    if len(self._lines) == self.tail:
-                        self._dropped += 1
-                    self._lines.append(formatted)
-                    self._logs_dirty = True
-                elif not self._background:
-                    if len(self._pending) >= _TEXT_QUEUE_MAX:
-                        self._skipped += 1
-                    else:
-                        self._pending.append(formatted)
+            self._record(event.line)
         elif event.kind == "urls":
             self._urls_dirty = True
         elif event.kind == "done" and self.mode == "widget":
             self._finalise_widgets()
+
+    def _record(self, line: LogLine) -> None:
+        if self.quiet:
+            return  # status only; the handle keeps every line
+        formatted = format_line(line)
+        with self._lock:
+            if self.mode == "widget":
+                if len(self._lines) == self.tail:
+                    self._dropped += 1
+                self._lines.append(formatted)
+                self._logs_dirty = True
+            elif not self._background:
+                if len(self._pending) >= _TEXT_QUEUE_MAX:
+                    self._skipped += 1
+                else:
+                    self._pending.append(formatted)
+
+    def _follow(self) -> None:
+        """On the loop thread: take the lines so far and subscribe, with nothing in between.
+
+        Jobs append log lines on the loop thread and do not replay them to new listeners, so
+        doing both here means no line is missed or shown twice (a job that started a moment
+        ago, or one re-attached with ``%nosana attach``).
+        """
+        backlog = self.job.logs
+        self._unsubscribe = self.job.subscribe(self._on_event)
+        for line in backlog:
+            self._record(line)
+        if self.job.urls:
+            self._urls_dirty = True
 
     def _start_ticking(self) -> None:
         if self._ticking or self._finalised:
@@ -393,8 +431,7 @@ class JobView:
         phase = _status_word(self.job)
         if phase != self._last_phase and not self.job.done:
             self._last_phase = phase
-            node = f" (node {self.job.node})" if self.job.node and phase == "running" else ""
-            self._print(f"· {phase}{node}")
+            self._print(_phase_line(self.job, phase))
         if skipped:
             self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
         for stream, text in lines:

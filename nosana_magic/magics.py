@@ -1,13 +1,526 @@
-"""IPython magics (the cell magic arrives with the job client)."""
+"""IPython magics: ``%%nosana_confidential`` (run a confidential job) and ``%nosana …``.
+
+Registered by ``%load_ext nosana_magic`` (``load_ipython_extension`` → :func:`register`), never
+at import time.
+
+Settings precedence, highest first:
+
+1. a flag on the magic line (``--market``, ``--timeout``, ``--network``, ``--node``);
+2. a ``%config NosanaMagics.<trait>`` value (or ``c.NosanaMagics.<trait>`` in a config file);
+3. the environment (``NOSANA_NETWORK``, ``NOSANA_MARKET``, ``NOSANA_TIMEOUT``,
+   ``NOSANA_DEVNODE_URL``, ``NOSANA_NODE_URL_TEMPLATE``, ``NOSANA_RPC_URL``, ``NOSANA_WALLET``);
+4. the defaults of :class:`~nosana_magic.settings.Settings` (the local network, 30 minutes).
+
+A trait left at ``None`` is *unset*, so the environment shows through it. Traits hold no
+secret (``%config NosanaMagics`` prints them): the wallet and API keys come only from the
+environment or key files, and ``%nosana config`` shows them only as set/unset.
+
+The cell body is data: the magic is ``@no_var_expand``, so neither the line nor the body goes
+through IPython's ``$var``/``{var}`` expansion (an expanded line would put values into argparse
+error messages). References are explicit: ``${env:NAME}`` (a secret) and ``${var:NAME}`` (a
+notebook variable, resolved against the shell's namespace).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from IPython.core import magic_arguments as _margs
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import (
+    Magics,
+    cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
+from traitlets import Bool, Int, TraitError, Unicode, validate
+
+from .display import JobView, Table, in_kernel
+from .errors import NosanaError
+from .protocol import DurationError, format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from .job import ConfidentialJob
+    from .network.base import Market
+    from .settings import Settings
+
+__all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
+
+#: How long the main thread blocks in one wait on a running job. Short, so a kernel interrupt
+#: (Ctrl-C) is handled at once and the text view's lines are printed promptly.
+_WAIT_SLICE_S = 0.1
+
+# Trait name -> environment variable read by Settings.from_env (for ``%nosana config``).
+_ENV_OF = {
+    "network": "NOSANA_NETWORK",
+    "market": "NOSANA_MARKET",
+    "timeout": "NOSANA_TIMEOUT",
+    "devnode_url": "NOSANA_DEVNODE_URL",
+    "node_url_template": "NOSANA_NODE_URL_TEMPLATE",
+    "rpc_url": "NOSANA_RPC_URL",
+    "wallet": "NOSANA_WALLET",
+    "pinata_jwt": "PINATA_JWT",
+    "data_dir": "NOSANA_DATA_DIR",
+}
+
+_SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: _F, /) -> _F: ...
+
+
+# Typed faces of IPython's (untyped) magic_arguments helpers.
+def magic_arguments() -> _Decorator:
+    return _margs.magic_arguments()  # type: ignore[no-untyped-call]
+
+
+def argument(*args: Any, **kwargs: Any) -> _Decorator:
+    return _margs.argument(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _cell_magic(fn: _F) -> _F:
+    # IPython's marker is typed as returning a union (it also takes a name); keep the method.
+    return cast("_F", cell_magic(fn))
+
+
+def _line_magic(fn: _F) -> _F:
+    return cast("_F", line_magic(fn))
+
+
+def parse_argstring(magic: Callable[..., Any], line: str) -> argparse.Namespace:
+    """Parse ``line`` for ``magic``; bad input raises ``UsageError`` (the exact class)."""
+    return _margs.parse_argstring(magic, line)  # type: ignore[no-untyped-call, no-any-return]
+
+
+class SpendNotConfirmed(NosanaError):
+    """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+@magics_class
+class NosanaMagics(Magics):
+    """``%%nosana_confidential`` and ``%nosana``; settings as ``%config NosanaMagics.*``."""
+
+    network = Unicode(
+        None, allow_none=True,
+        help="Default network: local (embedded devnode), devnet or mainnet. "
+             "Unset: NOSANA_NETWORK, else local.").tag(config=True)
+    market = Unicode(
+        None, allow_none=True,
+        help="Default market slug or address. Unset: NOSANA_MARKET, else the first local "
+             "market (required on devnet/mainnet).").tag(config=True)
+    timeout = Unicode(
+        None, allow_none=True,
+        help="Default job timeout: 90s, 30m, 2h (a bare number is minutes). "
+             "Unset: NOSANA_TIMEOUT, else 30m.").tag(config=True)
+    devnode_url = Unicode(
+        None, allow_none=True,
+        help="A running devnode to use for --network local instead of starting an embedded "
+             "one. Unset: NOSANA_DEVNODE_URL.").tag(config=True)
+    node_url_template = Unicode(
+        None, allow_none=True,
+        help="Node API base URL containing {node}. Unset: the network's own.").tag(config=True)
+    rpc_url = Unicode(
+        None, allow_none=True,
+        help="Solana RPC endpoint without credentials (a URL carrying an API key belongs in "
+             "NOSANA_RPC_URL, which is never printed).").tag(config=True)
+    log_tail = Int(
+        1000, help="Log lines the live view keeps on screen (the job handle keeps all)."
+    ).tag(config=True)
+    confirm_spend = Bool(
+        True, help="Ask before listing a job on devnet/mainnet (headless runs refuse "
+                   "unless --yes or this is False).").tag(config=True)
+
+    @validate("network")
+    def _check_network(self, proposal: dict[str, Any]) -> str | None:
+        from .settings import NETWORKS
+
+        value = proposal["value"]
+        if value is not None and value.lower() not in NETWORKS:
+            raise TraitError(f"network must be one of {', '.join(NETWORKS)}, got {value!r}")
+        return None if value is None else str(value).lower()
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: dict[str, Any]) -> str | None:
+        value = proposal["value"]
+        if value is not None:
+            try:
+                parse_duration(value)
+            except DurationError as err:
+                raise TraitError(str(err)) from None
+        return value  # type: ignore[no-any-return]
+
+    @validate("rpc_url")
+    def _check_rpc_url(self, proposal: dict[str, Any]) -> str | None:
+        from urllib.parse import urlsplit
+
+        value = proposal["value"]
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.username or parts.password or parts.query:
+                # %config NosanaMagics prints traits; a key in the URL would end up on screen.
+                raise TraitError("rpc_url must not carry credentials (user info or a query); "
+                                 "put such a URL in the NOSANA_RPC_URL environment variable")
+        return value  # type: ignore[no-any-return]
+
+    @validate("log_tail")
+    def _check_log_tail(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise TraitError(f"log_tail must be at least 1, got {value}")
+        return value
+
+    # -- settings ------------------------------------------------------------------------
+
+    def _trait_overrides(self) -> dict[str, Any]:
+        """The traits that are set (``None`` means unset: the environment shows through)."""
+        return {name: getattr(self, name)
+                for name in ("network", "market", "timeout", "devnode_url",
+                             "node_url_template", "rpc_url")
+                if getattr(self, name) is not None}
+
+    def settings(self, **flags: Any) -> Settings:
+        """The effective settings: flags > traits > environment > defaults."""
+        from .settings import Settings
+
+        overrides = self._trait_overrides()
+        overrides.update({k: v for k, v in flags.items() if v is not None})
+        return Settings.from_env(**overrides)
+
+    # -- %%nosana_confidential -----------------------------------------------------------
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("-m", "--market", help="Market slug or address (default: the configured one).")
+    @argument("-t", "--timeout",
+              help="Job timeout: 90s, 30m, 2h; a bare number is minutes (default 30m).")
+    @argument("--network", choices=["local", "devnet", "mainnet"],
+              help="Where to run: local (the embedded devnode, default), devnet, mainnet.")
+    @argument("-o", "--out", metavar="NAME",
+              help="Store the job handle in this notebook variable (as soon as it exists).")
+    @argument("-b", "--background", action="store_true",
+              help="Return the handle at once; the view keeps updating.")
+    @argument("-q", "--quiet", action="store_true",
+              help="Show the status only (the handle still collects every log line).")
+    @argument("--node", help="Run on this host (node address).")
+    @argument("--send-only", action="store_true",
+              help="Private input, public results: the host pins its results publicly.")
+    @argument("--receive-only", action="store_true",
+              help="Public input, private results: the definition itself is pinned publicly "
+                   "(it must hold no secret).")
+    @argument("-y", "--yes", action="store_true",
+              help="Do not ask before spending on devnet/mainnet.")
+    @_cell_magic
+    def nosana_confidential(self, line: str, cell: str) -> ConfidentialJob | None:
+        """Run the cell's Nosana job definition as a confidential job.
+
+        The public placeholder goes to IPFS; the real definition (``${env:NAME}`` and
+        ``${var:NAME}`` resolved only now) goes straight to the host that takes the job.
+        Logs stream into the cell; the cell returns the job handle (``.results``, ``.urls``,
+        ``.ops``, ``.logs``, ``.stop()``, ...).
+        """
+        from .job import run_confidential
+        from .jobdef import parse_job_definition
+
+        args = parse_argstring(self.nosana_confidential, line)
+        if args.send_only and args.receive_only:
+            raise UsageError("--send-only and --receive-only exclude each other")
+        if args.out is not None and not args.out.isidentifier():
+            raise UsageError(f"--out: {args.out!r} is not a Python identifier")
+        timeout = None
+        if args.timeout is not None:
+            try:
+                timeout = parse_duration(args.timeout)
+            except DurationError as err:
+                raise UsageError(f"--timeout: {err}") from None
+
+        if not cell.strip():
+            raise UsageError("the cell is empty: put a Nosana job definition (JSON) under "
+                             "the %%nosana_confidential line")
+        definition = parse_job_definition(cell)
+        for warning in definition.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        # Every reference must resolve before anything is pinned or listed.
+        definition.check_references(env=os.environ, namespace=namespace)
+
+        settings = self.settings(network=args.network, market=args.market, timeout=timeout)
+        if settings.network != "local":
+            self._confirm_spend(settings, assume_yes=args.yes)
+
+        notices = _Notices()
+        job = run_confidential(
+            definition, settings=settings, node=args.node,
+            send=not args.receive_only, receive=not args.send_only, wait=False,
+            env=os.environ, namespace=namespace, on_notice=notices)
+        notices.flush()
+        if args.out:
+            namespace[args.out] = job
+        view = JobView(job, tail=self.log_tail, quiet=args.quiet).show(
+            background=args.background)
+        if args.background:
+            return job
+        self._follow(job, view, notices)
+        if not job.ok:
+            job.raise_for_status()
+        return job
+
+    def _follow(self, job: ConfidentialJob, view: JobView, notices: _Notices) -> None:
+        """Block on the job in short waits; the main thread prints the text view meanwhile.
+
+        A ``KeyboardInterrupt`` (Ctrl-C, a kernel interrupt) means "stop the job", not just
+        "stop waiting": the job is stopped and one line, ``job X stopped``, is raised.
+        """
+        from .job import JobInterrupted
+
+        done = threading.Event()
+        unsubscribe = job.subscribe(lambda event: done.set() if event.kind == "done" else None)
+        try:
+            while not job.done:
+                notices.flush()
+                view.drain()
+                done.wait(_WAIT_SLICE_S)
+        except KeyboardInterrupt:
+            address = job.address or "(not listed)"
+            try:
+                job.stop()
+            except NosanaError as err:
+                raise JobInterrupted(
+                    f"job {address} could not be stopped: {_one_line(err)}", job) from None
+            finally:
+                unsubscribe()
+                view.finish()
+            raise JobInterrupted(f"job {address} stopped", job) from None
+        unsubscribe()
+        notices.flush()
+        view.finish()
+
+    def _confirm_spend(self, settings: Settings, *, assume_yes: bool) -> None:
+        """State what a paid job can cost; ask when someone can answer, refuse otherwise."""
+        if settings.market is None:
+            raise UsageError(f"--market is required on {settings.network}")
+        market = self._market_info(settings)
+        hours = settings.timeout / 3600
+        statement = (
+            f"{settings.network}: market {market.slug} at {market.nos_per_hour:.6g} NOS/h, "
+            f"timeout {format_duration(settings.timeout)} → at most "
+            f"{market.cost(settings.timeout):.6g} NOS ({hours:.3g} h, fees included)")
+        print(statement)
+        if assume_yes or not self.confirm_spend:
+            return
+        answer = self._ask("List the job and spend this? [y/N] ")
+        if answer is None:
+            raise SpendNotConfirmed(
+                f"not listed: nobody can confirm spending on {settings.network} in this "
+                "session; pass --yes or set %config NosanaMagics.confirm_spend = False")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise SpendNotConfirmed("not listed: spending was not confirmed")
+
+    def _ask(self, prompt: str) -> str | None:
+        """``input(prompt)`` when a person can answer; ``None`` in a headless run."""
+        if in_kernel():
+            kernel = getattr(self.shell, "kernel", None)
+            if kernel is not None and not getattr(kernel, "_allow_stdin", True):
+                return None
+        elif sys.stdin is None or not sys.stdin.isatty():
+            return None
+        try:
+            return input(prompt)
+        except (StdinNotImplementedError, EOFError):
+            return None
+
+    def _market_info(self, settings: Settings) -> Market:
+        from .network import open_network
+        from .runner import run_sync
+
+        async def fetch() -> Market:
+            network = open_network(settings)
+            try:
+                assert settings.market is not None
+                return await network.market(settings.market)
+            finally:
+                await network.aclose()
+
+        return run_sync(fetch(), timeout=60)
+
+    # -- %nosana -------------------------------------------------------------------------
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("command", choices=_SUBCOMMANDS, help="What to do.")
+    @argument("job", nargs="?", help="A job address, or a unique prefix of one.")
+    @argument("-b", "--background", action="store_true",
+              help="attach: return at once; the view keeps updating.")
+    @argument("-q", "--quiet", action="store_true", help="attach: status only.")
+    @argument("--network", choices=["local", "devnet", "mainnet"],
+              help="attach/markets: the network (default: the configured one).")
+    @_line_magic
+    def nosana(self, line: str) -> object:
+        """Jobs of this kernel and settings.
+
+        ``%nosana jobs`` · ``status JOB`` · ``logs JOB`` · ``stop JOB`` · ``attach JOB`` ·
+        ``markets`` · ``config``. ``JOB`` is an address or a unique prefix of one.
+        """
+        args = parse_argstring(self.nosana, line)
+        command: str = args.command
+        if command in ("status", "logs", "stop", "attach") and not args.job:
+            raise UsageError(f"%nosana {command} needs a JOB (an address or a unique prefix)")
+        if command == "jobs":
+            return self._jobs_table()
+        if command == "markets":
+            return self._markets_table(self.settings(network=args.network))
+        if command == "config":
+            return self._config_table()
+        if command == "attach":
+            return self._attach(args.job, network=args.network, background=args.background,
+                                quiet=args.quiet)
+        job = self._find(args.job)
+        if command == "status":
+            return job
+        if command == "logs":
+            for log_line in job.logs:
+                stream = sys.stderr if log_line.stream == "stderr" else sys.stdout
+                prefix = f"[{log_line.op_id}] " if log_line.op_id else ""
+                print(prefix + log_line.text.rstrip("\n"), file=stream)
+            return None
+        # stop
+        if job.done:
+            print(f"job {job.address} already ended: {job.status}")
+            return None
+        job.stop()
+        print(f"job {job.address} stopped")
+        return None
+
+    def _find(self, prefix: str) -> ConfidentialJob:
+        from .job import find_job
+
+        return find_job(prefix)  # JobNotFound: one line naming the reference
+
+    def _jobs_table(self) -> Table:
+        from .job import jobs
+
+        rows = []
+        for job in jobs():
+            rows.append([
+                job.address or "(not listed)", job.network_name,
+                job.market.slug if job.market is not None else "",
+                str(job.status or job.phase),
+                "" if job.elapsed is None else format_duration(job.elapsed),
+            ])
+        return Table(["job", "network", "market", "status", "elapsed"], rows,
+                     title="nosana jobs in this kernel", empty="no jobs yet in this kernel")
+
+    def _markets_table(self, settings: Settings) -> Table:
+        from .network import open_network
+        from .runner import run_sync
+
+        async def fetch() -> list[Market]:
+            network = open_network(settings)
+            try:
+                return await network.markets()
+            finally:
+                await network.aclose()
+
+        markets = run_sync(fetch(), timeout=60)
+        rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}", str(m.idle_hosts)]
+                for m in markets]
+        return Table(["market", "address", "NOS/h", "idle hosts"], rows,
+                     title=f"markets on {settings.network}")
+
+    def _config_table(self) -> Table:
+        settings = self.settings()
+        traits = self._trait_overrides()
+        rows = []
+        for name, shown in settings.describe().items():
+            if name in traits:
+                source = f"%config NosanaMagics.{name}"
+            elif os.environ.get(_ENV_OF.get(name, ""), "").strip():
+                source = f"env {_ENV_OF[name]}"
+            else:
+                source = "default"
+            if name == "wallet":
+                # Credentials only as set/unset: a key file path or the variable's name.
+                shown = "set" if settings.wallet else "unset (the Nosana CLI key file if any)"
+            rows.append([name, "" if shown is None else str(shown), source])
+        rows.append(["log_tail", str(self.log_tail), self._trait_source("log_tail")])
+        rows.append(["confirm_spend", str(self.confirm_spend), self._trait_source("confirm_spend")])
+        return Table(["setting", "value", "source"], rows, title="nosana settings")
+
+    def _trait_source(self, name: str) -> str:
+        default = self.trait_defaults(name)
+        return "default" if getattr(self, name) == default else f"%config NosanaMagics.{name}"
+
+    def _attach(self, ref: str, *, network: str | None, background: bool,
+                quiet: bool) -> ConfidentialJob:
+        """A new view on a job: one of this kernel's (by prefix), else any job by address."""
+        from .job import ConfidentialJob, JobNotFound, find_job
+
+        notices = _Notices()
+        try:
+            job = find_job(ref)
+        except JobNotFound:
+            # Started in another kernel (or before a restart) with the same wallet.
+            job = ConfidentialJob.attach(ref, self.settings(network=network), on_notice=notices)
+        notices.flush()
+        view = JobView(job, tail=self.log_tail, quiet=quiet).show(background=background)
+        if background:
+            return job
+        self._follow(job, view, notices)
+        job.raise_for_status()
+        return job
+
+
+class _Notices:
+    """One-line notices from the client (e.g. "started the local network at …").
+
+    The client may call this from its loop thread, where printing would land in whichever cell
+    ipykernel guesses; so notices are queued and the main thread prints them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            print(message)
+            return
+        with self._lock:
+            self._queue.append(message)
+
+    def flush(self) -> None:
+        with self._lock:
+            queued, self._queue = self._queue, []
+        for message in queued:
+            print(message)
 
 
 def register(shell: InteractiveShell) -> None:
-    """Register the magics with ``shell``."""
+    """Register the magics with ``shell`` (idempotent)."""
+    if any(isinstance(m, NosanaMagics) for m in shell.configurables):
+        return
+    shell.register_magics(NosanaMagics(shell=shell))
 
 
 def unregister(shell: InteractiveShell) -> None:
     """Undo :func:`register`."""
+    magics: Mapping[str, dict[str, Any]] = shell.magics_manager.magics
+    magics["cell"].pop("nosana_confidential", None)
+    magics["line"].pop("nosana", None)
+    shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NosanaMagics)]
+    shell.magics_manager.registry.pop("NosanaMagics", None)

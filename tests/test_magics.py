@@ -1,0 +1,478 @@
+"""The magics through a real ``InteractiveShell``: ``%%nosana_confidential`` and ``%nosana``.
+
+The shell has an in-memory history and loads the extension the way ``%load_ext`` does. Jobs
+run on one in-process devnode for the module, which the magic reaches through its
+``devnode_url`` setting (so no embedded network is started). Outside a kernel the view is the
+plain-text one, written by the main thread: ``capture_output`` sees everything it shows.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets import TraitError
+from traitlets.config import Config
+
+from nosana_magic.devnode import DevNode
+from nosana_magic.job import ConfidentialJob, JobFailed, JobInterrupted, JobNotFound, jobs
+from nosana_magic.jobdef import JobDefinitionError
+from nosana_magic.magics import NosanaMagics, SpendNotConfirmed
+from nosana_magic.network.base import Market
+from nosana_magic.secrets import SecretError
+
+MAGIC = "nosana_confidential"
+
+
+def cell(*ops: dict[str, Any]) -> str:
+    return json.dumps({"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
+                       "ops": list(ops)}, indent=2)
+
+
+def op(op_id: str, cmd: str | list[str], **args: Any) -> dict[str, Any]:
+    extra = {k: args.pop(k) for k in ("results", "execution") if k in args}
+    return {"type": "container/run", "id": op_id,
+            "args": {"image": "ubuntu:22.04", "cmd": cmd, **args}, **extra}
+
+
+HELLO = cell(op("hello", "echo hello; echo 'loss=0.25'; echo oops >&2",
+                results={"loss": "loss=([0-9.]+)"}))
+
+
+@pytest.fixture(scope="module")
+def devnode() -> Iterator[DevNode]:
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def shell(devnode: DevNode, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[InteractiveShell]:
+    InteractiveShell.clear_instance()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    ip = InteractiveShell.instance(config=config)
+    ip.extension_manager.load_extension("nosana_magic")
+    yield ip
+    ip.extension_manager.unload_extension("nosana_magic")
+    ip.history_manager.end_session()
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def magics(shell: InteractiveShell) -> NosanaMagics:
+    return next(m for m in shell.configurables if isinstance(m, NosanaMagics))
+
+
+@pytest.fixture(autouse=True)
+def isolated(devnode: DevNode, shell: InteractiveShell, magics: NosanaMagics,
+             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A clean environment and settings per test; the devnode back to its defaults."""
+    for var in ("NOSANA_NETWORK", "NOSANA_MARKET", "NOSANA_TIMEOUT", "NOSANA_WALLET",
+                "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NOSANA_DEVNODE_URL", devnode.url)
+    monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
+    for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url"):
+        setattr(magics, name, None)
+    magics.log_tail = 1000
+    magics.confirm_spend = True
+    devnode.config.pickup_delay = 0.05
+    yield
+    # Leave no job running, and let background views print their summaries now.
+    for job in jobs():
+        if not job.done:
+            job.stop()
+        job.wait(30)
+    with capture_output():
+        shell.run_cell("pass")
+
+
+def _until(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- the cell magic
+
+
+def test_cell_runs_the_job_and_returns_the_handle(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        job = shell.run_cell_magic(MAGIC, "-o run --timeout 2m", HELLO)
+    assert isinstance(job, ConfidentialJob)
+    assert shell.user_ns["run"] is job
+    assert job.ok and job.ops["hello"].exit_code == 0
+    assert job.results == {"loss": 0.25}
+    assert job.timeout == 120
+    assert "[hello] hello" in captured.stdout
+    assert "[hello] oops" in captured.stderr  # stderr stays on stderr
+    assert f"nosana job {job.address} on local: success" in captured.stdout
+    assert "  op hello: success, exit code 0" in captured.stdout
+
+
+def test_the_handle_lands_in_out(shell: InteractiveShell) -> None:
+    with capture_output():
+        result = shell.run_cell(f"%%{MAGIC}\n{HELLO}", store_history=True)
+    assert result.success, result.error_in_exec
+    assert isinstance(result.result, ConfidentialJob)
+    assert shell.user_ns["Out"][result.execution_count] is result.result
+    assert shell.user_ns["_"] is result.result
+
+
+def test_background_returns_at_once_and_prints_the_summary_later(
+        shell: InteractiveShell) -> None:
+    slow = cell(op("slow", "sleep 1; echo done"))
+    with capture_output() as captured:
+        start = time.monotonic()
+        result = shell.run_cell(f"%%{MAGIC} -b -o bg\n{slow}", store_history=True)
+        returned = time.monotonic() - start
+    job = result.result
+    assert isinstance(job, ConfidentialJob) and shell.user_ns["bg"] is job
+    assert returned < 1.0 and not job.done
+    assert "running in background" in captured.stdout
+    assert "done" not in captured.stdout  # the loop thread never prints
+    job.wait(30)
+    with capture_output() as later:
+        shell.run_cell("bg.ok", store_history=True)
+    assert f"nosana job {job.address} on local: success" in later.stdout
+
+
+def test_quiet_shows_status_only_but_the_handle_has_every_line(
+        shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        job = shell.run_cell_magic(MAGIC, "-q", HELLO)
+    assert "[hello]" not in captured.stdout and "oops" not in captured.stderr
+    assert {"hello", "loss=0.25", "oops"} <= {line.text for line in job.logs}
+    assert f"nosana job {job.address} on local: success" in captured.stdout
+
+
+def test_var_references_resolve_against_the_user_namespace(shell: InteractiveShell) -> None:
+    shell.user_ns["GREETING"] = "bonjour"
+    shell.user_ns["CONFIG"] = {"lr": 0.1}
+    job = shell.run_cell_magic(MAGIC, "-q", cell(op(
+        "hi", ["python3", "-c", "import sys; print(sys.argv[1], sys.argv[2])",
+               "${var:GREETING}", "${var:CONFIG}"])))
+    assert job.ok
+    assert any(line.text == 'bonjour {"lr": 0.1}' for line in job.logs)
+
+
+def test_definition_warnings_are_shown_once_before_posting(shell: InteractiveShell) -> None:
+    duplicated = HELLO.replace('"type": "container",',
+                               '"type": "container", "type": "container",', 1)
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-q", duplicated)
+    warnings = [line for line in captured.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "duplicate" in warnings[0].lower()
+
+
+def test_failing_job_raises_its_one_line_error_and_keeps_the_handle(
+        shell: InteractiveShell) -> None:
+    failing = cell(op("train", "echo before; exit 3"))
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC} -o failed\n{failing}")
+    err = result.error_in_exec
+    assert isinstance(err, JobFailed)
+    job = shell.user_ns["failed"]
+    assert str(err) == f"job {job.address} failed: op train exited with 3"
+    # What the user sees: the one rendered line, no traceback.
+    assert captured.stdout.strip().splitlines()[-1] == f"JobFailed: {err}"
+    assert "Traceback" not in captured.stdout
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("line", [
+    "--bogus",
+    "--timeout 5x",
+    "--timeout 0",
+    "--network moon",
+    "--send-only --receive-only",
+    "-o 1x",
+    "-m",
+])
+def test_bad_arguments_raise_the_exact_usage_error(
+        shell: InteractiveShell, devnode: DevNode, line: str) -> None:
+    before = len(devnode.ledger.jobs)
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic(MAGIC, line, HELLO)
+    assert type(info.value) is UsageError  # a subclass would print a full traceback
+    assert len(str(info.value).splitlines()) == 1
+    assert len(devnode.ledger.jobs) == before
+
+
+def test_the_line_is_not_expanded(shell: InteractiveShell) -> None:
+    shell.user_ns["tok"] = "sk-SECRET-VALUE"
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic(MAGIC, "--tokn $tok {tok}", HELLO)
+    assert "sk-SECRET-VALUE" not in str(info.value)
+    assert "$tok" in str(info.value)
+
+
+def test_bad_json_is_one_rendered_line(shell: InteractiveShell, devnode: DevNode) -> None:
+    before = len(devnode.ledger.jobs)
+    with capture_output() as captured:
+        result = shell.run_cell(f'%%{MAGIC}\n{{"version": "0.1",\n  "ops": [}}\n')
+    assert isinstance(result.error_in_exec, JobDefinitionError)
+    shown = captured.stdout.strip().splitlines()
+    assert len(shown) == 1 and shown[0].startswith("JobDefinitionError: line 2, column")
+    assert len(devnode.ledger.jobs) == before
+
+
+def test_missing_env_secret_posts_nothing(shell: InteractiveShell, devnode: DevNode,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_TOKEN", raising=False)
+    jobs_before, pinned_before = len(devnode.ledger.jobs), len(devnode.ipfs)
+    body = cell(op("a", "echo hi", env={"T": "${env:NOT_SET_TOKEN}"}))
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC}\n{body}")
+    assert isinstance(result.error_in_exec, SecretError)
+    assert "environment variable NOT_SET_TOKEN is not set" in captured.stdout
+    assert "Traceback" not in captured.stdout
+    assert len(devnode.ledger.jobs) == jobs_before and len(devnode.ipfs) == pinned_before
+
+
+def test_empty_cell_is_a_usage_error(shell: InteractiveShell) -> None:
+    with pytest.raises(UsageError):
+        shell.run_cell_magic(MAGIC, "", "   \n")
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: DevNode) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    body = cell(op("long", "echo started; sleep 60"))
+
+    def interrupt_once_running() -> None:
+        _until(lambda: any(j.phase == "running" and j.logs for j in _live_jobs()))
+        signal.raise_signal(signal.SIGINT)  # what a kernel interrupt does
+
+    timer = threading.Thread(target=interrupt_once_running, daemon=True)
+    timer.start()
+    with capture_output() as captured:
+        start = time.monotonic()
+        result = shell.run_cell(f"%%{MAGIC} -o stopped\n{body}")
+    timer.join(5)
+    job = shell.user_ns["stopped"]
+    assert isinstance(result.error_in_exec, JobInterrupted)
+    assert time.monotonic() - start < 20
+    assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
+    job.wait(15)
+    # The host ended it (the ledger records the run as finished, the flow as stopped).
+    assert job.done and job.phase == "stopped" and job.status == "stopped"
+    assert devnode.job(job.address).state.done
+
+
+def _live_jobs() -> list[ConfidentialJob]:
+    return [job for job in jobs() if not job.done]
+
+
+# --------------------------------------------------------------------------- %nosana
+
+
+def test_jobs_status_logs(shell: InteractiveShell) -> None:
+    with capture_output():
+        job = shell.run_cell_magic(MAGIC, "-q", HELLO)
+    table = shell.run_line_magic("nosana", "jobs")
+    assert job.address in repr(table) and job.address in table._repr_html_()
+    assert shell.run_line_magic("nosana", f"status {job.address[:12]}") is job
+    with capture_output() as captured:
+        shell.run_line_magic("nosana", f"logs {job.address[:12]}")
+    assert "[hello] hello" in captured.stdout and "[hello] oops" in captured.stderr
+
+
+def test_stop_a_background_job(shell: InteractiveShell) -> None:
+    with capture_output():
+        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("long", "echo up; sleep 60")))
+        _until(lambda: job.phase == "running")
+        shell.run_line_magic("nosana", f"stop {job.address[:10]}")
+    job.wait(15)
+    assert job.phase == "stopped"
+    with capture_output() as later:
+        shell.run_cell("pass")  # the first cell after the end prints the summary
+    assert f"nosana job {job.address} on local: stopped" in later.stdout
+
+
+def test_attach_follows_a_job_started_elsewhere(shell: InteractiveShell) -> None:
+    with capture_output():
+        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("w", "echo one; sleep 0.5; echo two")))
+    _until(lambda: job.address is not None)
+    with capture_output() as captured:
+        attached = shell.run_line_magic("nosana", f"attach {job.address}")
+    assert attached.done and attached.ok
+    assert "[w] two" in captured.stdout
+
+
+def test_attach_by_address_from_another_kernel(shell: InteractiveShell, devnode: DevNode) -> None:
+    # A job started by someone else with the same wallet: list it with the client, then forget
+    # it locally, as a fresh kernel would not know it.
+    with capture_output():
+        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("w", "echo one; sleep 1; echo two")))
+    _until(lambda: job.phase == "running")
+    from nosana_magic import job as job_module
+
+    monkey_jobs = [j for j in job_module.jobs() if j is not job]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(job_module, "jobs", lambda: monkey_jobs)
+        mp.setattr(job_module, "find_job", _not_found)
+        with capture_output() as captured:
+            attached = shell.run_line_magic("nosana", f"attach {job.address}")
+    assert attached is not job and attached.address == job.address
+    assert attached.ok
+    assert "[w] one" in captured.stdout and "[w] two" in captured.stdout
+
+
+def _not_found(prefix: str) -> ConfidentialJob:
+    raise JobNotFound(f"no job {prefix} in this kernel")
+
+
+def test_unknown_job_is_one_line(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        result = shell.run_cell("%nosana status ZZZZnotajob")
+    assert result.error_in_exec is not None
+    assert len(captured.stdout.strip().splitlines()) == 1
+
+
+def test_subcommand_needs_a_job(shell: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="needs a JOB"):
+        shell.run_line_magic("nosana", "logs")
+
+
+def test_markets(shell: InteractiveShell) -> None:
+    table = shell.run_line_magic("nosana", "markets")
+    assert "local-cpu" in repr(table) and "local-gpu" in table._repr_html_()
+
+
+def test_config_shows_sources_and_credentials_only_as_set(
+        shell: InteractiveShell, magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> None:
+    from solders.keypair import Keypair
+
+    secret = str(Keypair())
+    monkeypatch.setenv("NOSANA_WALLET", secret)
+    monkeypatch.setenv("NOSANA_MARKET", "local-gpu")
+    monkeypatch.setenv("PINATA_JWT", "jwt-SECRET-123")
+    shell.run_line_magic("config", "NosanaMagics.timeout = '45m'")
+    table = shell.run_line_magic("nosana", "config")
+    text, page = repr(table), table._repr_html_()
+    rows = {row[0]: row for row in table.rows}
+    assert rows["market"][1:] == ["local-gpu", "env NOSANA_MARKET"]
+    assert rows["timeout"][1:] == ["2700", "%config NosanaMagics.timeout"]
+    assert rows["network"][1:] == ["local", "default"]
+    assert rows["wallet"][1] == "set" and rows["pinata_jwt"][1] == "set"
+    for shown in (text, page):
+        assert secret not in shown and "jwt-SECRET-123" not in shown
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_precedence_flag_over_trait_over_env_over_default(
+        magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert magics.settings().market is None
+    monkeypatch.setenv("NOSANA_MARKET", "from-env")
+    assert magics.settings().market == "from-env"
+    magics.market = "from-trait"
+    assert magics.settings().market == "from-trait"
+    assert magics.settings(market="from-flag").market == "from-flag"
+
+
+def test_traits_refuse_bad_and_secret_bearing_values(magics: NosanaMagics) -> None:
+    with pytest.raises(TraitError):
+        magics.network = "moon"
+    with pytest.raises(TraitError):
+        magics.timeout = "soon"
+    with pytest.raises(TraitError):
+        magics.rpc_url = "https://rpc.example/?api-key=SECRET"
+    with pytest.raises(TraitError):
+        magics.log_tail = 0
+
+
+def test_config_traits_through_percent_config(shell: InteractiveShell,
+                                             magics: NosanaMagics) -> None:
+    shell.run_line_magic("config", "NosanaMagics.log_tail = 50")
+    assert magics.log_tail == 50
+    with capture_output() as captured:
+        shell.run_line_magic("config", "NosanaMagics")
+    assert "log_tail" in captured.stdout and "confirm_spend" in captured.stdout
+
+
+# --------------------------------------------------------------------------- spending
+
+
+@pytest.fixture
+def paid_market(magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """devnet with a known market, and a record of what reached the job client."""
+    market = Market("Mkt111", "nvidia-3090", price_per_second=100, network_fee_pct=10.0)
+    monkeypatch.setattr(NosanaMagics, "_market_info", lambda self, settings: market)
+    posted: list[str] = []
+
+    def fake_run(definition: Any, **kw: Any) -> Any:
+        posted.append(kw["settings"].network)
+        raise SpendNotConfirmed("(test) stopped before listing")
+
+    import nosana_magic.job as job_module
+
+    monkeypatch.setattr(job_module, "run_confidential", fake_run)
+    return posted
+
+
+def test_paid_network_headless_refuses_without_yes(
+        shell: InteractiveShell, paid_market: list[str]) -> None:
+    with capture_output() as captured, pytest.raises(SpendNotConfirmed) as info:
+        shell.run_cell_magic(MAGIC, "--network devnet -m nvidia-3090 -t 30m", HELLO)
+    assert "--yes" in str(info.value) and paid_market == []
+    statement = captured.stdout
+    assert "devnet: market nvidia-3090 at 0.36 NOS/h" in statement
+    assert "at most 0.198 NOS" in statement  # 100e-6 * 1800 * 1.1
+
+
+def test_paid_network_with_yes_goes_ahead(shell: InteractiveShell,
+                                          paid_market: list[str]) -> None:
+    with capture_output(), pytest.raises(SpendNotConfirmed, match=r"\(test\)"):
+        shell.run_cell_magic(MAGIC, "--network devnet -m nvidia-3090 --yes", HELLO)
+    assert paid_market == ["devnet"]
+
+
+def test_paid_network_asks_when_someone_can_answer(
+        shell: InteractiveShell, paid_market: list[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter(["n", "y"])
+    monkeypatch.setattr(NosanaMagics, "_ask", lambda self, prompt: next(answers))
+    with capture_output(), pytest.raises(SpendNotConfirmed, match="not confirmed"):
+        shell.run_cell_magic(MAGIC, "--network mainnet -m nvidia-3090", HELLO)
+    assert paid_market == []
+    with capture_output(), pytest.raises(SpendNotConfirmed, match=r"\(test\)"):
+        shell.run_cell_magic(MAGIC, "--network mainnet -m nvidia-3090", HELLO)
+    assert paid_market == ["mainnet"]
+
+
+def test_paid_network_needs_a_market(shell: InteractiveShell, paid_market: list[str]) -> None:
+    with pytest.raises(UsageError, match="--market is required on devnet"):
+        shell.run_cell_magic(MAGIC, "--network devnet --yes", HELLO)
+
+
+def test_unload_removes_the_magics(devnode: DevNode) -> None:
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    other = InteractiveShell(config=config)
+    try:
+        other.extension_manager.load_extension("nosana_magic")
+        assert "nosana_confidential" in other.magics_manager.magics["cell"]
+        other.extension_manager.unload_extension("nosana_magic")
+        assert "nosana_confidential" not in other.magics_manager.magics["cell"]
+        assert "nosana" not in other.magics_manager.magics["line"]
+    finally:
+        other.history_manager.end_session()
