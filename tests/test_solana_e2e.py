@@ -46,7 +46,7 @@ def cell(*ops: dict[str, Any]) -> str:
 
 
 def op(op_id: str, cmd: str | list[str], **args: Any) -> dict[str, Any]:
-    extra = {k: args.pop(k) for k in ("results", "execution") if k in args}
+    extra: dict[str, Any] = {k: args.pop(k) for k in ("results", "execution") if k in args}
     return {"type": "container/run", "id": op_id,
             "args": {"image": "pytorch/pytorch", "cmd": cmd, **args}, **extra}
 
@@ -124,6 +124,23 @@ def test_run_confidential_on_the_fake_mainnet(
     _check_on_chain(env, devnode, job)
 
 
+def test_send_only_reads_the_public_result_through_the_gateway(
+    mainnet: tuple[FakeSolana, DevNode, ChainBridge],
+) -> None:
+    env, devnode, _ = mainnet
+    network = env.network(node_url_template=devnode.node_url_template)
+    try:
+        job = run_confidential(cell(op("a", "echo public-out", results={"o": "(public-.*)"})),
+                               market="nvidia-4090", timeout=120, network=network,
+                               receive=False, env={})
+    finally:
+        runner.run_sync(network.aclose(), timeout=10)
+    assert job.ok, job.error
+    assert job.results == {"o": "public-out"}
+    assert job.ledger is not None and job.ledger.ipfs_result is not None
+    assert env.pinata.get(job.ledger.ipfs_result)["opStates"][0]["operationId"] == "a"
+
+
 def test_queued_job_waits_for_a_host_then_runs(
     mainnet: tuple[FakeSolana, DevNode, ChainBridge],
 ) -> None:
@@ -156,6 +173,7 @@ def shell() -> Iterator[InteractiveShell]:
     ip.run_line_magic("load_ext", "nosana_magic")
     yield ip
     ip.run_line_magic("unload_ext", "nosana_magic")
+    assert ip.history_manager is not None
     ip.history_manager.end_session()
     InteractiveShell.clear_instance()
 

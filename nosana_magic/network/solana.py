@@ -335,6 +335,10 @@ class SolanaNetwork:
     async def pin(self, document: dict[str, Any]) -> str:
         return await self.pinata.pin_json(document)
 
+    async def fetch(self, cid: str) -> Any:
+        """A pinned JSON document (e.g. a send-only job's public result) from the gateway."""
+        return await self.pinata.get_json(cid)
+
     # ------------------------------------------------------------------ RPC plumbing
 
     @property
