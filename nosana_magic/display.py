@@ -125,13 +125,23 @@ def _short(address: str | None, keep: int = 6) -> str:
 
 def _phase_line(job: ConfidentialJob, phase: str) -> str:
     """One line of the text view for a phase change."""
-    if phase == "queued" or (phase != "running" and job.address):
+    if phase == "queued":
         market = f" on market {job.market.slug}" if job.market is not None else ""
         price = _price_text(job)
-        return f"· {phase}: job {job.address}{market}" + (f" ({price})" if price else "")
+        return f"· queued: job {job.address}{market}" + (f" ({price})" if price else "")
     if phase == "running" and job.node:
         return f"· running on node {job.node}"
-    return f"· {phase}"
+    return f"· {phase.replace('-', ' ')}"
+
+
+def _elapsed_text(seconds: float) -> str:
+    return "under 1s" if seconds < 1 else format_duration(seconds)
+
+
+def _nos(amount: float) -> str:
+    """NOS with up to 6 decimals (1e-6 NOS is the smallest unit), no exponent."""
+    text = f"{amount:.6f}".rstrip("0").rstrip(".")
+    return text if text != "0" or amount == 0 else "<0.000001"
 
 
 def summary_text(job: ConfidentialJob) -> str:
@@ -143,7 +153,7 @@ def summary_text(job: ConfidentialJob) -> str:
     head = f"nosana job {job.address or '(not listed)'} on {job.network_name}: "
     head += _status_word(job)
     if job.elapsed is not None:
-        head += f" after {format_duration(job.elapsed)}"
+        head += f" after {_elapsed_text(job.elapsed)}"
     lines = [head]
     details = []
     if job.market is not None:
@@ -151,7 +161,7 @@ def summary_text(job: ConfidentialJob) -> str:
     if job.node:
         details.append(f"node {job.node}")
     if job.cost is not None:
-        details.append(f"cost {job.cost:.6g} NOS")
+        details.append(f"{'cost' if job.done else 'at most'} {_nos(job.cost)} NOS")
     if details:
         lines.append("  " + " · ".join(details))
     for op_id, op in job.ops.items():
@@ -187,7 +197,7 @@ def _header_html(job: ConfidentialJob) -> str:
         parts.append(f'node <code title="{html.escape(job.node)}">'
                      f"{html.escape(_short(job.node))}</code>")
     if job.elapsed is not None:
-        parts.append(html.escape(format_duration(job.elapsed)))
+        parts.append(html.escape(_elapsed_text(job.elapsed)))
     price = _price_text(job)
     if price:
         parts.append(html.escape(price))
@@ -258,6 +268,7 @@ class JobView:
         self._pending: deque[tuple[str, str]] = deque()
         self._skipped = 0
         self._last_phase: str | None = None
+        self._urls_shown: set[tuple[str, str]] = set()
         self._summary_shown = False
         self._background = False
         self._unsubscribe: Callable[[], None] | None = None
@@ -275,9 +286,13 @@ class JobView:
     def show(self, *, background: bool = False) -> JobView:
         """Display the view (main thread) and start following the job.
 
-        With ``background``, the view finishes on its own: the widget view writes the summary
-        when the job ends, the text view prints it after the first cell that runs once the job
-        is done (for instance the one calling ``job.wait()``).
+        With ``background`` the view finishes on its own. The widget view writes the summary
+        from the loop thread as soon as the job ends (live frontends apply a display update
+        by its id, whichever cell is running). Then, at the end of the first cell that runs
+        once the job is done (for instance the one calling ``job.wait()``), the main thread
+        writes the summary (text view) or sends the final widget state and summary again
+        (widget view): headless runs (nbclient) record only messages of the cell they are
+        executing, so this is what makes a saved notebook hold the outcome.
         """
         self._background = background
         if self.mode == "widget":
@@ -294,16 +309,13 @@ class JobView:
             run_sync(_call(self._follow), timeout=10)
         if self.mode == "widget":
             call_soon(self._start_ticking)
-        elif background:
-            self._print("running in background: the summary follows when the job ends "
-                        "(`.wait()` blocks until then)")
-            self._hook_post_run()
-        if self.job.done:
-            # Finished before we subscribed (or attached to a finished job).
-            if self.mode == "widget":
+            if self.job.done:  # finished before we subscribed: no "done" event will come
                 call_soon(self._finalise_widgets)
-            elif background:
-                self._hook_post_run()
+        if background:
+            if self.mode == "text":
+                self._print("running in background: the summary follows when the job ends "
+                            "(`.wait()` blocks until then)")
+            self._hook_post_run()
         return self
 
     def _build_widgets(self) -> None:
@@ -319,7 +331,11 @@ class JobView:
             children.append(self._log_w)
         self.widget = widgets.VBox(children)
         self._header = self._header_w.value
-        display(self.widget)  # type: ignore[no-untyped-call]
+        # The widget's own plain-text fallback is its repr (raw HTML of the header); a saved
+        # notebook opened without widget state shows this line instead.
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/plain"] = "nosana job view (live widget; the summary below is saved)"
+        display(bundle, raw=True)  # type: ignore[no-untyped-call]
         # The plain-text record of the outcome: updated in place when the job ends.
         self._summary_handle = display(  # type: ignore[no-untyped-call]
             {"text/plain": f"nosana job {self.job.address or ''}: {_status_word(self.job)} "
@@ -436,10 +452,14 @@ class JobView:
             self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
         for stream, text in lines:
             self._print(text, err=stream == "stderr")
-        if self._urls_dirty and self.job.urls:
+        if self._urls_dirty:
             self._urls_dirty = False
             for url in self.job.urls:
-                self._print(f"· service {url.url}{' (private)' if url.private else ''}")
+                # Once per URL and status (a health-checked service goes OFFLINE -> ONLINE).
+                if (url.url, url.status) not in self._urls_shown:
+                    self._urls_shown.add((url.url, url.status))
+                    kind = "private" if url.private else "public"
+                    self._print(f"· {kind} service of op {url.op_id}: {url.url} ({url.status})")
 
     def finish(self) -> None:
         """The job ended (or the caller stops following it): last output, then the summary.
@@ -498,7 +518,7 @@ class JobView:
         print(text, file=stream, flush=True)
 
     def _hook_post_run(self) -> None:
-        """Background text view: print the summary from the main thread, after a cell runs."""
+        """Background view: finish from the main thread after a cell, once the job is done."""
         try:
             from IPython import get_ipython
         except ImportError:  # pragma: no cover
@@ -508,13 +528,26 @@ class JobView:
             return
 
         def _after_cell(*_: object) -> None:
-            if self.job.done:
-                self._unhook_post_run()
-                self._write_summary()
-                self.close()
+            if not self.job.done:
+                return
+            self._unhook_post_run()
+            self.finish()
+            if self.mode == "widget":
+                self._resend_final_state()
 
         self._post_run_hook = _after_cell
         shell.events.register("post_run_cell", _after_cell)
+
+    def _resend_final_state(self) -> None:
+        """Main thread, job done: the widgets' last state and the summary, sent once more."""
+        # Only the content traits: the Output widget's full state also carries its (empty)
+        # msg_id, which nbclient's output-widget capture mishandles.
+        for widget, key in ((self._header_w, "value"), (self._urls_w, "value"),
+                            (self._log_w, "outputs")):
+            if widget is not None:
+                widget.send_state(key)
+        if self._summary_handle is not None:
+            self._summary_handle.update({"text/plain": summary_text(self.job)}, raw=True)
 
     def _unhook_post_run(self) -> None:
         hook, self._post_run_hook = self._post_run_hook, None

@@ -1,0 +1,206 @@
+"""notebooks/quickstart.ipynb executed headless by nbclient, and ``python -m nosana_magic demo``.
+
+The notebook runs in a real ipykernel with ipywidgets, so this is the path a notebook user
+takes: the embedded local network started by the first job, the widget view, the display
+handle summary. Assertions are on the outputs of tagged cells. The secret is a known value
+injected through the kernel's environment (the notebook keeps a value already set), so the
+test can prove it appears nowhere in the executed notebook: outputs, metadata, widget state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from nosana_magic.__main__ import QUICKSTART_DEFINITION, SERVE_PY, TRAIN_PY
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _environment(tmp: Path, token: str) -> dict[str, str]:
+    """The environment of the kernel / demo process: isolated state, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOSANA_")}
+    env["DEMO_API_TOKEN"] = token
+    env["NOSANA_DATA_DIR"] = str(tmp / "data")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # A kernelspec for this interpreter, found before any other "python3" one.
+    spec = tmp / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (test)", "language": "python"}))
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(tmp / "jupyter"),
+                                                        env.get("JUPYTER_PATH")]))
+    return env
+
+
+def _cells(nb: Any, tag: str) -> list[Any]:
+    return [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+
+
+def _cell(nb: Any, tag: str) -> Any:
+    [found] = _cells(nb, tag)
+    return found
+
+
+def _text(cell: Any, *, stream: str | None = None) -> str:
+    """Everything a cell shows as text (streams, plain-text results and displays)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out["output_type"] == "stream" and stream in (None, out["name"]):
+            parts.append(out["text"])
+        elif out["output_type"] in ("execute_result", "display_data") and stream is None:
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    tmp = tmp_path_factory.mktemp("notebook")
+    token = "tok-" + secrets.token_hex(12)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("NOSANA_")]:
+            mp.delenv(key)
+        for key, value in _environment(tmp, token).items():
+            mp.setenv(key, value)
+        client = NotebookClient(nb, timeout=180, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO)}})
+        client.execute()
+    yield nb, token
+
+
+def test_every_code_cell_ran_without_error(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.execution_count is not None
+            assert not [o for o in cell.outputs if o["output_type"] == "error"], cell.source
+
+
+def test_the_job_cell_shows_the_view_and_returns_the_handle(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    job = _cell(nb, "job")
+    kinds = [o["output_type"] for o in job.outputs]
+    assert "execute_result" in kinds  # the handle, in Out
+    result = next(o for o in job.outputs if o["output_type"] == "execute_result")
+    assert result["data"]["text/plain"].startswith("<ConfidentialJob ")
+    assert "text/html" in result["data"]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in job.outputs)  # the live view
+    assert "Started the local Nosana network" in _text(job, stream="stdout")
+
+
+def test_the_summary_survives_without_widget_state(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    # The display handle of the job cell was updated in place when the job ended (from a
+    # later cell's execution): plain text, readable with no widget manager.
+    summary = "\n".join(o["data"]["text/plain"] for o in _cell(nb, "job").outputs
+                        if o["output_type"] == "display_data"
+                        and "text/plain" in o["data"] and "nosana job" in o["data"]["text/plain"])
+    assert ": success after" in summary, summary
+    assert "op train: success, exit code 0" in summary
+    assert "results: loss=0.1342, accuracy=0.96" in summary
+    assert "(private, op serve, port 48731" in summary
+
+
+def test_the_private_service_was_fetched(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    shown = _text(_cell(nb, "service"), stream="stdout")
+    assert "private: True" in shown
+    assert "served: {'loss': 0.1342, 'accuracy': 0.96" in shown
+
+
+def test_results_and_ops(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    results = _text(_cell(nb, "results"))
+    assert "'loss': 0.1342" in results and "'accuracy': 0.96" in results
+    assert "'token_sha256': 'sha256:" in results
+    assert _text(_cell(nb, "ops")) == "{'train': ('success', 0), 'serve': ('success', 0)}"
+    checks = _text(_cell(nb, "checks"), stream="stdout")
+    assert checks.strip() == "ok: True | train exit code: 0 | token received: True"
+
+
+def test_no_secret_anywhere_in_the_executed_notebook(executed: tuple[Any, str]) -> None:
+    nb, token = executed
+    saved = nbformat.writes(nb)  # outputs, cell metadata, notebook metadata, widget state
+    assert "widgets" in nb.metadata  # the widget state was saved, and is checked too
+    assert token not in saved
+    assert token not in json.dumps(nb.metadata)
+
+
+def test_the_notebook_runs_the_demo_definition() -> None:
+    """``python -m nosana_magic demo`` and the notebook run the very same job."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    job = _cell(nb, "job").source
+    first, _, body = job.partition("\n")
+    assert first.startswith("%%nosana_confidential -o run --timeout 5m")
+    assert body == QUICKSTART_DEFINITION
+    namespace: dict[str, Any] = {}
+    exec(_cell(nb, "scripts").source, namespace)
+    assert namespace["TRAIN_PY"] == TRAIN_PY and namespace["SERVE_PY"] == SERVE_PY
+    # The secret cell displays nothing (an expression would put the token in Out).
+    assert _cell(nb, "secret").source.rstrip().splitlines()[-1].startswith("    os.environ[")
+
+
+def test_the_saved_notebook_has_no_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_demo_command(tmp_path: Path) -> None:
+    token = "tok-" + secrets.token_hex(12)
+    done = subprocess.run(
+        [sys.executable, "-m", "nosana_magic", "demo"], cwd=tmp_path,
+        env=_environment(tmp_path, token), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Started the local Nosana network" in done.stdout
+    assert "ok   the job received the token" in done.stdout
+    assert "ok   the private service served the metrics" in done.stdout
+    assert "results: loss=0.1342, accuracy=0.96" in done.stdout
+    assert token not in done.stdout + done.stderr
+
+
+def test_main_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "nosana_magic", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "demo" in done.stdout
+
+
+def test_a_failing_job_fails_the_headless_run(tmp_path: Path) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("%load_ext nosana_magic"),
+        nbformat.v4.new_code_cell(
+            '%%nosana_confidential -o run --timeout 2m\n{"version": "0.1", "type": "container",'
+            ' "ops": [{"type": "container/run", "id": "train",'
+            ' "args": {"image": "ubuntu", "cmd": "echo before; exit 3"}}]}'),
+        nbformat.v4.new_code_cell("print('never reached')"),
+    ])
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _environment(tmp_path, "unused").items():
+            mp.setenv(key, value)
+        client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO)}})
+        with pytest.raises(CellExecutionError) as info:
+            client.execute()
+    assert info.value.ename == "JobFailed"
+    [error] = [o for o in nb.cells[1].outputs if o["output_type"] == "error"]
+    assert error["traceback"] == [f"JobFailed: {info.value.evalue}"]
+    assert "op train exited with 3" in error["evalue"]
+    assert not nb.cells[2].get("outputs")
