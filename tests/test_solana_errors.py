@@ -7,6 +7,7 @@ down, a transaction the program rejects (its log text shown), no Pinata JWT, and
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -346,3 +347,15 @@ def test_market_cost_agrees_with_the_estimate() -> None:
     from nosana_magic.network.markets import estimate
 
     assert market.cost(7200) == pytest.approx(estimate(115, 7200, network_fee_pct=10).nos)
+
+
+async def test_the_rpc_key_is_masked_in_http_library_logs(
+    env: FakeSolana, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "key-0f9e8d7c6b5a"
+    net = env.network(rpc_url=f"{env.rpc_url}/?api-key={key}")
+    with caplog.at_level(logging.DEBUG):
+        assert (await net.market("nvidia-4090")).slug == "nvidia-4090"
+    assert "HTTP Request: POST" in caplog.text  # the library does log each request
+    assert key not in caplog.text
+    await net.aclose()

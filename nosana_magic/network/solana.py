@@ -159,6 +159,40 @@ def _ws_url(rpc_url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
+class _MaskSecrets(logging.Filter):
+    """Masks RPC URL keys in the records of the HTTP library, which logs every request URL
+    (query string included) at INFO level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        for secret in (parts.query, parts.username, parts.password):
+            if secret and len(secret) >= 4:
+                self.secrets.add(secret)
+
+    def _mask(self, value: object) -> object:
+        text = str(value)
+        if not any(secret in text for secret in self.secrets):
+            return value
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            if isinstance(record.args, tuple):
+                record.args = tuple(self._mask(arg) for arg in record.args)
+            record.msg = self._mask(record.msg)
+        return True
+
+
+_MASK = _MaskSecrets()
+logging.getLogger("httpx2").addFilter(_MASK)
+
+
 def _env_int(environ: Mapping[str, str], name: str) -> int | None:
     raw = environ.get(name, "").strip()
     if not raw or raw.lower() == "auto":
@@ -239,6 +273,8 @@ class SolanaNetwork:
         if urlsplit(self.rpc_url).scheme not in ("http", "https"):
             raise NetworkError(f"the Solana RPC URL must be http(s), got {_host(self.rpc_url)}")
         self.ws_url = ws_url or environ.get("NOSANA_WS_URL", "").strip() or _ws_url(self.rpc_url)
+        _MASK.add_url(self.rpc_url)
+        _MASK.add_url(self.ws_url)
         commitment = (commitment or environ.get("NOSANA_COMMITMENT", "").strip()
                       or "confirmed").lower()
         if commitment not in _COMMITMENT_RANK:
