@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
@@ -229,3 +230,14 @@ def test_placeholder_with_only_send_publishes_the_full_result(project: Project) 
     project.send_definition(job, definition(op("x", "echo visible")))
     result = public_result(project, job)
     assert result["opStates"][0]["logs"][0]["log"] == "visible\n"
+
+
+async def test_async_context_manager_and_idempotent_stop() -> None:
+    node = DevNode(DevNodeConfig(**FAST))  # type: ignore[arg-type]
+    async with node, httpx.AsyncClient(base_url=node.url, trust_env=False) as client:
+        assert (await client.get("/api/markets/")).status_code == 200
+    node.stop()
+    never_started = DevNode()
+    never_started.stop()
+    with pytest.raises(RuntimeError):
+        node.start()
