@@ -7,6 +7,7 @@ down, a transaction the program rejects (its log text shown), no Pinata JWT, and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -353,9 +354,18 @@ async def test_the_rpc_key_is_masked_in_http_library_logs(
     env: FakeSolana, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = "key-0f9e8d7c6b5a"
+    env.fund()
     net = env.network(rpc_url=f"{env.rpc_url}/?api-key={key}")
     with caplog.at_level(logging.DEBUG):
-        assert (await net.market("nvidia-4090")).slug == "nvidia-4090"
-    assert "HTTP Request: POST" in caplog.text  # the library does log each request
+        listing = await net.post(CID, await net.market("nvidia-4090"), 60)
+        async for info in net.watch(listing.job):  # opens the WebSocket, with the key
+            if env.rpc.calls["accountSubscribe"] and not info.state.done:
+                env.chain.node_finish(Pubkey.from_string(listing.job))
+            elif not info.state.done:
+                await asyncio.sleep(0.2)
+                env.chain.node_finish(Pubkey.from_string(listing.job))
+    assert env.rpc.calls["accountSubscribe"] == 1
+    assert "HTTP Request: POST" in caplog.text  # the libraries do log each request
+    assert "> GET /?*** HTTP/1.1" in caplog.text
     assert key not in caplog.text
     await net.aclose()

@@ -190,7 +190,9 @@ class _MaskSecrets(logging.Filter):
 
 
 _MASK = _MaskSecrets()
-logging.getLogger("httpx2").addFilter(_MASK)
+# httpx2 logs every request URL at INFO; websockets logs the request line at DEBUG.
+for _name in ("httpx2", "websockets.client"):
+    logging.getLogger(_name).addFilter(_MASK)
 
 
 def _env_int(environ: Mapping[str, str], name: str) -> int | None:
