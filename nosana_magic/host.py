@@ -21,8 +21,10 @@ passed through the optional ``redact`` function as a backstop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -225,9 +227,16 @@ def is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    # Building a verifying TLS context loads the CA bundle (~50 ms): once per process, not
+    # once per host client, so that taking a job up is not delayed by it.
+    return httpx.create_ssl_context()
+
+
 def http_client_for(url: str) -> httpx.AsyncClient:
     """A new client for ``url``: environment proxies are honoured except on loopback."""
-    return httpx.AsyncClient(trust_env=not is_loopback(url))
+    return httpx.AsyncClient(trust_env=not is_loopback(url), verify=_tls_context())
 
 
 def _to_ws_url(base_url: str) -> str:

@@ -87,7 +87,7 @@ SEND_TIMEOUT_S = 300.0
 #: Extra time past a job's expiry before the machine stops waiting for its end.
 EXPIRY_MARGIN_S = 120.0
 #: Log drain at the end: stop following ``/log`` after this much silence (bounded below).
-LOG_IDLE_S = 0.3
+LOG_IDLE_S = 0.2
 LOG_DRAIN_MAX_S = 5.0
 #: The node a job shows on chain when it was stopped before any host took it.
 SYSTEM_ADDRESS = "11111111111111111111111111111111"

@@ -35,7 +35,7 @@ def open_network(
 
         return local_network(settings, on_notice=on_notice)
     try:
-        from .solana import SolanaNetwork  # type: ignore[import-not-found, unused-ignore]
+        from .solana import SolanaNetwork
     except ImportError:
         raise NetworkError(
             f"{settings.network} support is not installed yet; use the local network"
