@@ -167,6 +167,7 @@ async def test_post_in_a_market_without_idle_nodes_then_a_node_takes_it(env: Fak
     net = env.network()
     listing = await net.post(CID, await net.market("nvidia-3090"), 600)
     assert (await net.job(listing.job)).state is JobState.QUEUED
+    assert listing.run is not None
     assert env.chain.get(Pubkey.from_string(listing.run)) is None  # no run account yet
     assert env.chain.market(market_key).queue == [Pubkey.from_string(listing.job)]
 
@@ -240,7 +241,7 @@ async def test_watch_follows_the_job_to_its_result(env: FakeSolana) -> None:
     assert seen[-1].node == str(node) and seen[-1].time_end is not None
     assert env.rpc.calls["accountSubscribe"] == 1
     # Node paid for the time used, the rest refunded to the poster.
-    assert env.nos() + (env.chain.nos(node) or 0) == 10 * NOS
+    assert (env.nos() or 0) + (env.chain.nos(node) or 0) == 10 * NOS
     await net.aclose()
 
 
@@ -314,7 +315,8 @@ async def test_stop_a_running_job_ends_it_and_pays_the_node(env: FakeSolana) -> 
     assert info.state is JobState.COMPLETED and info.ipfs_result is None
     paid = env.chain.nos(node)
     assert paid is not None and paid <= 100 * 2  # at most a second or two of work
-    assert env.nos() + paid == 10 * NOS
+    assert (env.nos() or 0) + paid == 10 * NOS
+    assert listing.run is not None
     assert env.chain.get(Pubkey.from_string(listing.run)) is None  # run closed
 
     # Ended by its project: watch waits (bounded) for the node's result.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from solders.pubkey import Pubkey
@@ -60,7 +61,7 @@ class ChainBridge:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="chain-bridge", daemon=True)
-        self._unsubscribe = lambda: None
+        self._unsubscribe: Callable[[], None] = lambda: None
 
     def start(self) -> ChainBridge:
         for key in self.hosts:
