@@ -369,3 +369,15 @@ async def test_the_rpc_key_is_masked_in_http_library_logs(
     assert "> GET /?*** HTTP/1.1" in caplog.text
     assert key not in caplog.text
     await net.aclose()
+
+
+async def test_watch_of_a_job_its_node_abandoned_is_bounded(env: FakeSolana) -> None:
+    env.fund()
+    net = env.network(overdue_grace_s=0.5, poll_interval_s=0.1)
+    listing = await net.post(CID, await net.market("nvidia-4090"), 1)
+    start = time.monotonic()
+    with pytest.raises(NetworkError, match=r"still RUNNING on mainnet \w+ after its timeout"):
+        async for _info in net.watch(listing.job):
+            pass
+    assert time.monotonic() - start < 5
+    await net.aclose()
