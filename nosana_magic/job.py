@@ -372,6 +372,9 @@ class ConfidentialJob:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._done = threading.Event()
+        #: Set after the "done" event reached every listener: what waiters wait for, so that
+        #: a waiter woken by the end sees what the listeners made of it.
+        self._settled = threading.Event()
         self._changed: asyncio.Event | None = None
         self._stop_requested = False
         self._info_end: InfoEvent | None = None
@@ -590,7 +593,7 @@ class ConfidentialJob:
             raise runner.RunnerError("wait() on the loop thread: use await job.wait_async()")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self._done.wait(0.1):
+            while not self._settled.wait(0.1):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"job {_short(self.address)} still {self.phase} after {timeout:g} s"
@@ -608,7 +611,7 @@ class ConfidentialJob:
     async def wait_async(self, timeout: float | None = None) -> ConfidentialJob:
         """``await`` the end of the job (from any event loop)."""
         loop = asyncio.get_running_loop()
-        done = self._done
+        done = self._settled
 
         async def poll() -> None:
             # A threading.Event is visible from every loop; waiting in short slices keeps
@@ -828,6 +831,7 @@ class ConfidentialJob:
         self._done.set()
         self._emit("phase")
         self._emit("done")
+        self._settled.set()
 
     # -- posting a new job ---------------------------------------------------------------
 
@@ -937,16 +941,24 @@ class ConfidentialJob:
             self._redactor = resolved.redactor
             send = asyncio.create_task(host.send_definition(resolved.body, timeout=SEND_TIMEOUT_S))
             del resolved
+            send.add_done_callback(lambda _task: self._pulse())
+
             # A job stopped or ended meanwhile makes the POST pointless: stop trying.
-            while not send.done():
-                await self._until(lambda: send.done() or self._ledger_done(), 1.0)
-                if self._ledger_done() and not send.done():
-                    send.cancel()
-                    await asyncio.gather(send, return_exceptions=True)
-                    break
+            def pointless() -> bool:
+                return self._stop_requested or self._ledger_done() or self._info_end is not None
+
+            await self._until(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
+            if not send.done():
+                send.cancel()
+                await asyncio.gather(send, return_exceptions=True)
             if not send.cancelled():
-                send.result()  # raises the HostError of a refused definition
-                self.timings["definition-sent"] = time.time()
+                try:
+                    send.result()  # raises the HostError of a refused definition
+                    self.timings["definition-sent"] = time.time()
+                except HostError:
+                    # Stopped before the host took the definition: that refusal is expected.
+                    if not self._stop_requested:
+                        raise
         self._set_phase("running")
 
         # running: until the host says the flow ended, the ledger says the job ended, or the

@@ -506,3 +506,16 @@ def test_wallet_of_the_network_signs(devnode: DevNode, net: ApiNetwork) -> None:
     assert job.address is not None
     assert devnode.job(job.address).project == net.wallet.address
     assert isinstance(net.wallet, Wallet)
+
+
+def test_stop_while_the_definition_is_being_sent(devnode: DevNode, net: ApiNetwork) -> None:
+    faults = devnode.config.faults
+    faults.stall_route = "job-definition$"
+    faults.stall_seconds = 1.0
+    job = _run(net, definition(op("a", "echo never")), wait=False)
+    _until(lambda: job.phase == "sending-definition")
+    job.stop()
+    job.wait(15)
+    assert job.phase == "stopped" and job.status == "stopped" and job.error is None
+    assert job.state is not None and job.state.done
+    assert not any(line.text == "never" for line in job.logs)
