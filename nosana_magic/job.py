@@ -381,6 +381,7 @@ class ConfidentialJob:
         self._reported_status: str | None = None
         self._flow_status: str | None = None
         self._last_log_at = 0.0
+        self._ledger_error: str | None = None
 
     # ------------------------------------------------------------------ public snapshot API
 
@@ -786,7 +787,8 @@ class ConfidentialJob:
             await self._abandon()
         except Exception as exc:  # a bug: keep the handle consistent, say what happened
             log.exception("job %s: unexpected error", self.address)
-            self._fail(JobFailed(f"internal error: {type(exc).__name__}: {exc}", self))
+            detail = self._redactor.redact(str(exc).splitlines()[0] if str(exc) else "")
+            self._fail(JobFailed(f"internal error: {type(exc).__name__}: {detail}", self))
             await self._abandon()
         finally:
             await self._finish(tasks)
@@ -921,9 +923,14 @@ class ConfidentialJob:
         assert self.address is not None
         # queued: until a host takes it (or it ends without running: stopped while queued).
         horizon = self.timeout + EXPIRY_MARGIN_S + 24 * 3600.0
-        running = await self._until(lambda: self.node is not None or self._ledger_done(), horizon)
+        running = await self._until(
+            lambda: self.node is not None or self._ledger_done() or self._ledger_error is not None,
+            horizon,
+        )
         if not running:
             raise JobFailed(f"job {self.address} was not taken by a host", self)
+        if self.node is None and not self._ledger_done() and self._ledger_error is not None:
+            raise JobFailed(f"lost track of job {self.address}: {self._ledger_error}", self)
         if self.node is None:
             # Ended before it ran (delisted): nothing to collect.
             return
@@ -1117,6 +1124,7 @@ class ConfidentialJob:
                 return
             except NetworkError as exc:
                 if not await backoff.wait():
+                    self._ledger_error = str(exc)
                     self.warnings.append(f"stopped following the ledger: {exc}")
                     self._pulse()
                     return

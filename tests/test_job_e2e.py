@@ -519,3 +519,21 @@ def test_stop_while_the_definition_is_being_sent(devnode: DevNode, net: ApiNetwo
     assert job.phase == "stopped" and job.status == "stopped" and job.error is None
     assert job.state is not None and job.state.done
     assert not any(line.text == "never" for line in job.logs)
+
+
+def test_losing_the_ledger_while_queued_fails_within_the_retry_bound(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    from nosana_magic.host import Retry
+
+    devnode.config.pickup_delay = None
+    job = ConfidentialJob(None, net, source=text(definition(op("a", "true"))), timeout=60,
+                          retry=Retry(first=0.05, cap=0.1, attempts=100, total=0.5))
+    job.start()
+    _until(lambda: job.phase == "queued")
+    assert job.address is not None
+    del devnode.ledger.jobs[job.address]  # the ledger forgets the job: 404 from now on
+    job.wait(10)
+    assert job.phase == "failed"
+    assert str(job.error).startswith(f"lost track of job {job.address}: local network: GET ")
+    assert "404 job not found" in str(job.error)
