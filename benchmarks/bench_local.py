@@ -1,0 +1,257 @@
+"""How fast the client reacts to the host, and how fast logs flow through it, on the local network.
+
+Run: python benchmarks/bench_local.py [--jobs 10] [--lines 15000]   (about 30 s)
+
+Three figures, against a devnode (ledger, IPFS and hosts on 127.0.0.1) started in a process of
+its own, so that the server does not compete with the client for this process's GIL:
+
+1. **host "Waiting for job definition" -> "Job definition received"**: how soon the client
+   notices that a host took the job and sends it the real definition. Both instants are the
+   host's own log timestamps (ms), as the client received them in ``job.node_logs``.
+2. **endTime -> results in hand**: from the end the host records in the flow to the moment
+   the client holds the private results (both wall clock on this machine).
+3. **log lines per second**: the same ``/log`` history (a job that printed ``--lines``
+   lines, replayed by the host to each new subscriber) read by a bare WebSocket reader that
+   only parses each frame, by the client (``ConfidentialJob.attach``: auth, reconnect cursor,
+   redaction, ``LogLine``, listeners), and by the client with a widget ``JobView`` attached.
+
+Machine speed blurs absolute times, so each latency is also given in bare HTTP round trips to
+the same devnode (the client needs at least one request after the event), and each rate as a
+ratio to the bare reader's, with the range over the runs. The Nosana CLI polls every 5 s for
+the first two (reference section 6); that is shown for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect as ws_connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from nosana_magic import runner
+from nosana_magic.job import ConfidentialJob, JobEvent, run_confidential
+from nosana_magic.network.api import ApiNetwork
+from nosana_magic.wallet import Wallet
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Runs of each log reader (the median is reported).
+REPEATS = 5
+
+#: The Nosana CLI's polling interval for the job's state and results (reference section 6).
+CLI_POLL_S = 5.0
+
+
+def _definition(cmd: str) -> str:
+    return json.dumps({"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
+                       "ops": [{"type": "container/run", "id": "a",
+                                "args": {"image": "ubuntu:22.04", "cmd": cmd}}]})
+
+
+@contextlib.contextmanager
+def devnode_process(workdir: Path) -> Iterator[tuple[str, str]]:
+    """A devnode in a process of its own, so that it does not share this one's GIL: the
+    client's figures are then the client's. Yields its URL and node URL template."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nosana_magic.devnode", "--port", "0", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        url = template = ""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("devnode listening on "):
+                url = line.split()[-1]
+            elif line.startswith("node API URL template: "):
+                template = line.split()[-1]
+            elif line.startswith("Ctrl-C to stop"):
+                break
+        if not url or not template:
+            raise SystemExit("the devnode did not start")
+        yield url, template
+    finally:
+        proc.terminate()  # the devnode kills its job processes on SIGTERM
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def http_round_trip(url: str, samples: int = 50) -> float:
+    """Median seconds of one small GET to the devnode (the machine's yardstick)."""
+    times = []
+    with httpx.Client(trust_env=False) as client:
+        client.get(url + "/api/markets/")
+        for _ in range(samples):
+            start = time.perf_counter()
+            client.get(url + "/api/markets/")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reaction_times(net: ApiNetwork, jobs: int) -> tuple[list[float], list[float]]:
+    """Per job: waiting-for-definition -> received, and endTime -> results in hand (s)."""
+    to_definition, to_results = [], []
+    for _ in range(jobs):
+        job = run_confidential(_definition("echo hi"), network=net, timeout=60)
+        if not job.ok:
+            raise SystemExit(f"benchmark job failed: {job.status} {job.error}")
+        assert job.result is not None and job.result.end_time is not None
+        # The host's own progress lines, with the host's timestamps (ms on the wire).
+        stamps = {line.text: line.timestamp for line in job.node_logs}
+        to_definition.append(
+            stamps["Job definition received"] - stamps["Waiting for job definition"])
+        to_results.append(job.timings["results"] - job.result.end_time / 1000)
+    return to_definition, to_results
+
+
+async def bare_reader(node_url: str, job: str, wallet: Wallet, expected: int) -> float:
+    """Lines/s of a reader that subscribes to ``/log`` and parses each frame, nothing more."""
+    ws_url = "ws://" + node_url.removeprefix("http://")
+    count, first = 0, 0.0
+    async with ws_connect(ws_url, max_size=2**24, proxy=None) as ws:
+        await ws.send(json.dumps({"path": "/log", "header": wallet.auth_header(job),
+                                  "body": {"jobAddress": job, "address": wallet.address}}))
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame.get("path") != "log":
+                continue
+            data = frame["data"]
+            json.loads(data) if isinstance(data, str) else data
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+            if count == expected:
+                return (expected - 1) / (time.perf_counter() - first)
+    raise RuntimeError(f"the stream ended after {count} of {expected} entries")
+
+
+def client_rate(address: str, net: ApiNetwork, expected: int, *, view: bool) -> tuple[float, int]:
+    """Lines/s through ``ConfidentialJob.attach`` (optionally with a widget view attached),
+    and the number of messages that view sent to the frontend."""
+    import comm
+    from comm.base_comm import BaseComm
+
+    from nosana_magic.display import JobView
+
+    arrivals: list[float] = []
+    sent = [0]
+
+    class CountingComm(BaseComm):
+        def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
+                        buffers: Any = None, **keys: Any) -> None:
+            if msg_type == "comm_msg":
+                sent[0] += 1
+
+    def on_event(event: JobEvent) -> None:
+        if event.kind == "log":
+            arrivals.append(time.perf_counter())
+
+    original = comm.create_comm
+    comm.create_comm = CountingComm
+    try:
+        job = ConfidentialJob(None, net, address=address)
+        job.subscribe(on_event)  # before it starts: no line can be missed
+        job.start()
+        # Outside a kernel the view's display() calls print their bundles: keep them quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            shown = JobView(job, mode="widget").show() if view else None
+            job.wait(120)
+            if shown is not None:
+                shown.finish()
+    finally:
+        comm.create_comm = original
+    if len(arrivals) != expected:
+        raise RuntimeError(f"the client got {len(arrivals)} of {expected} entries")
+    return (expected - 1) / (arrivals[-1] - arrivals[0]), sent[0]
+
+
+def log_rates(net: ApiNetwork, lines: int) -> dict[str, Any]:
+    job = run_confidential(_definition(f"seq 1 {lines}"), network=net, timeout=120)
+    if not job.ok:
+        raise SystemExit(f"log job failed: {job.status} {job.error}")
+    assert job.address and job.node
+    expected = len(job.logs)  # equal to the host's history, line for line
+    node_url = net.node_url(job.node)
+    bare, client, with_view, messages = [], [], [], []
+    for _ in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
+        bare.append(runner.run_sync(
+            bare_reader(node_url, job.address, net.wallet, expected), timeout=120))
+        client.append(client_rate(job.address, net, expected, view=False)[0])
+        rate, sent = client_rate(job.address, net, expected, view=True)
+        with_view.append(rate)
+        messages.append(sent)
+    return {
+        "entries": expected,
+        "bare": statistics.median(bare),
+        "client": statistics.median(client),
+        "view": statistics.median(with_view),
+        "client_ratios": sorted(c / b for c, b in zip(client, bare, strict=True)),
+        "view_ratios": sorted(v / b for v, b in zip(with_view, bare, strict=True)),
+        "messages": max(messages),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10, help="jobs for the latency figures")
+    parser.add_argument("--lines", type=int, default=15_000,
+                        help="lines of the log job (the devnode replays up to 20,000 entries)")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, tmpl):
+        net = ApiNetwork(url, Wallet.generate(), node_url_template=tmpl)
+        try:
+            rtt = http_round_trip(url)
+            to_definition, to_results = reaction_times(net, args.jobs)
+            rates = log_rates(net, args.lines)
+        finally:
+            runner.run_sync(net.aclose(), timeout=10)
+
+    def latency_row(name: str, values: list[float]) -> str:
+        median = statistics.median(values)
+        return (f"{name:<42} {median * 1000:>8.1f} ms {max(values) * 1000:>8.1f} ms "
+                f"{median / rtt:>9.1f} {CLI_POLL_S / median:>9.0f}x")
+
+    def spread(ratios: list[float]) -> str:
+        return f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+
+    print(f"nosana_magic on the local network: devnode {url} (its own process, default "
+          f"timings), {args.jobs} jobs")
+    print(f"yardstick: one bare HTTP round trip to the devnode, median {rtt * 1000:.2f} ms")
+    print()
+    print(f"{'latency':<42} {'median':>11} {'max':>11} {'round trips':>11} "
+          f"{'vs CLI 5 s':>10}")
+    print(latency_row("host waiting for definition -> received", to_definition))
+    print(latency_row("endTime -> results in hand", to_results))
+    print()
+    print(f"{'log stream, ' + format(rates['entries'], ',') + ' entries replayed':<42} "
+          f"{'lines/s':>11} {'/ bare':>11} {'range':>11}")
+    print(f"{'bare WebSocket reader (parse only)':<42} {rates['bare']:>11,.0f} {1:>11.2f}")
+    print(f"{'client (ConfidentialJob.attach)':<42} {rates['client']:>11,.0f} "
+          f"{rates['client'] / rates['bare']:>11.2f} {spread(rates['client_ratios']):>11}")
+    print(f"{'client + widget JobView':<42} {rates['view']:>11,.0f} "
+          f"{rates['view'] / rates['bare']:>11.2f} {spread(rates['view_ratios']):>11}")
+    print(f"frontend messages from the view for those {rates['entries']:,} lines: "
+          f"{rates['messages']} (coalesced to at most ~10 per second)")
+    print(f"\n({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
