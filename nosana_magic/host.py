@@ -173,6 +173,7 @@ class HostError(NosanaError):
         *,
         status: int | None = None,
         host_message: str | None = None,
+        gave_up: bool = False,
     ) -> None:
         super().__init__(f"host {host}: {route}: {problem}")
         self.host = host
@@ -180,6 +181,9 @@ class HostError(NosanaError):
         self.status = status
         #: The host's own error text (short, redacted), if it sent one.
         self.host_message = host_message
+        #: True when a retry bound ran out (the host may answer again later); False when the
+        #: host refused (retrying the same request cannot help).
+        self.gave_up = gave_up
 
 
 # --------------------------------------------------------------------------- SSE
@@ -343,11 +347,16 @@ class HostClient:
         return self._redact(_short(text)) or f"HTTP {response.status_code}"
 
     def _error(
-        self, kind: Kind | str, problem: str, response: httpx.Response | None = None
+        self,
+        kind: Kind | str,
+        problem: str,
+        response: httpx.Response | None = None,
+        *,
+        gave_up: bool = False,
     ) -> HostError:
         route = self._route_name(kind) if kind in _ROUTES else str(kind)
         if response is None:
-            return HostError(self.base_url, route, problem)
+            return HostError(self.base_url, route, problem, gave_up=gave_up)
         message = self._message(response)
         return HostError(
             self.base_url,
@@ -444,6 +453,7 @@ class HostClient:
                 raise self._error(
                     "definition",
                     f"gave up after {backoff.attempt} attempts in {backoff.elapsed:.1f} s: {last}",
+                    gave_up=True,
                 )
 
     async def _definition_stored(self, backoff: Backoff) -> bool:
@@ -503,6 +513,7 @@ class HostClient:
                     "results",
                     f"no results after {backoff.elapsed:.1f} s ({backoff.attempt} attempts): "
                     f"{last}",
+                    gave_up=True,
                 )
 
     def _flow(self, response: httpx.Response) -> FlowState:
@@ -539,7 +550,7 @@ class HostClient:
                 last = f"{status} {message}"
             if not await backoff.wait():
                 raise self._error(
-                    "endpoints", f"gave up after {backoff.attempt} attempts: {last}"
+                    "endpoints", f"gave up after {backoff.attempt} attempts: {last}", gave_up=True
                 )
 
     def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
@@ -579,7 +590,9 @@ class HostClient:
                     raise self._error("stop", "the host refused to stop the job", response)
                 last = f"{status} {self._message(response)}"
             if not await backoff.wait():
-                raise self._error("stop", f"gave up after {backoff.attempt} attempts: {last}")
+                raise self._error(
+                    "stop", f"gave up after {backoff.attempt} attempts: {last}", gave_up=True
+                )
 
     # ------------------------------------------------------------------ SSE /info
 
@@ -631,7 +644,9 @@ class HostClient:
                 last = type(exc).__name__
             if not await backoff.wait():
                 raise self._error(
-                    route, f"gave up after {backoff.attempt} attempts to follow it: {last}"
+                    route,
+                    f"gave up after {backoff.attempt} attempts to follow it: {last}",
+                    gave_up=True,
                 )
 
     def _info_event(self, route: str, data: str) -> InfoEvent:
@@ -727,6 +742,7 @@ class HostClient:
                     self.base_url,
                     route,
                     f"gave up after {backoff.attempt} attempts to reconnect: {last}",
+                    gave_up=True,
                 )
 
     def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:

@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 
 from . import runner
 from .errors import NosanaError
-from .host import HostClient, HostError, Retry
+from .host import Backoff, HostClient, HostError, Retry
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
 from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
@@ -1131,34 +1131,70 @@ class ConfidentialJob:
 
     # -- host streams --------------------------------------------------------------------
 
+    def _stream_retry(self) -> Backoff:
+        """How long a dead host stream is retried: slowly, for as long as the job can live
+        (the machine cancels the followers once the job is done)."""
+        expiry = self.expires_at or (time.time() + self.timeout)
+        lifetime = max(60.0, expiry + EXPIRY_MARGIN_S - time.time())
+        return Retry(first=1.0, cap=5.0, attempts=100_000, total=lifetime).backoff()
+
     async def _follow_info(self, host: HostClient) -> None:
-        try:
-            async for event in host.info(timeout=self._retry.total):
-                self._flow_status = event.status
-                urls = _urls_from_secrets(event.secrets, self.address or "")
-                if urls:
-                    self._set_urls(urls)
-                if event.end_time is not None:
-                    self._reported_status = event.status
-                    self._info_end = event
-                    self.timings.setdefault("end-seen", time.time())
-                if self.status is None or not self.done:
-                    self.status = event.status
-                self._emit("state")
-        except HostError as exc:
-            self.warnings.append(f"stopped following /info: {exc}")
-            self._pulse()
+        """Follow ``/info`` (status, URLs, ``endTime``) until the event that has ``endTime``.
+
+        A stream that gave up is resumed after a pause (the first failure is noted in
+        :attr:`warnings`): losing ``/info`` would mean noticing the end only from the ledger,
+        after the host's results window.
+        """
+        resume = self._stream_retry()
+        while True:
+            try:
+                async for event in host.info(timeout=self._retry.total):
+                    self._on_info(event)
+                return
+            except HostError as exc:
+                if not exc.gave_up:
+                    self.warnings.append(f"stopped following /info: {exc}")
+                    self._pulse()
+                    return
+                if not any(w.startswith("/info interrupted") for w in self.warnings):
+                    self.warnings.append(f"/info interrupted (resuming): {exc}")
+                if not await resume.wait():
+                    self._pulse()
+                    return
+
+    def _on_info(self, event: InfoEvent) -> None:
+        self._flow_status = event.status
+        urls = _urls_from_secrets(event.secrets, self.address or "")
+        if urls:
+            self._set_urls(urls)
+        if event.end_time is not None:
+            self._reported_status = event.status
+            self._info_end = event
+            self.timings.setdefault("end-seen", time.time())
+        if not self.done:
+            self.status = event.status
+        self._emit("state")
 
     async def _follow_logs(self, host: HostClient) -> None:
-        try:
-            async for entry in host.logs():
-                line = self._log_line(entry)
-                self._logs.append(line)
-                self._last_log_at = time.monotonic()
-                self._emit("log", line)
-        except HostError as exc:
-            self.warnings.append(f"stopped following /log: {exc}")
-            self._pulse()
+        """Follow ``/log`` until cancelled; resumed from the cursor after the client gave up."""
+        resume = self._stream_retry()
+        while True:
+            try:
+                async for entry in host.logs(since=host.log_cursor):
+                    line = self._log_line(entry)
+                    self._logs.append(line)
+                    self._last_log_at = time.monotonic()
+                    self._emit("log", line)
+            except HostError as exc:
+                if not exc.gave_up:
+                    self.warnings.append(f"stopped following /log: {exc}")
+                    self._pulse()
+                    return
+                if not any(w.startswith("/log interrupted") for w in self.warnings):
+                    self.warnings.append(f"/log interrupted (resuming): {exc}")
+                if not await resume.wait():
+                    self._pulse()
+                    return
 
     def _log_line(self, entry: NodeLogEntry) -> LogLine:
         payload = entry.payload if isinstance(entry.payload, Mapping) else {}

@@ -537,3 +537,21 @@ def test_losing_the_ledger_while_queued_fails_within_the_retry_bound(
     assert job.phase == "failed"
     assert str(job.error).startswith(f"lost track of job {job.address}: local network: GET ")
     assert "404 job not found" in str(job.error)
+
+
+def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    from nosana_magic.host import Retry
+
+    faults = devnode.config.faults
+    faults.fail_routes = "/info$"
+    faults.fail_requests = 8  # more than one retry streak of the client can absorb
+    job = ConfidentialJob(None, net, source=text(definition(op("a", "sleep 2.5; echo done"))),
+                          timeout=60, retry=Retry(first=0.05, cap=0.1, attempts=4, total=5))
+    job.start()
+    job.wait(30)
+    assert job.ok, job._error_line()
+    assert faults.fail_requests == 0
+    assert any(w.startswith("/info interrupted (resuming)") for w in job.warnings)
+    assert job.ops["a"].logs[-1].text == "done"
