@@ -780,8 +780,10 @@ class ConfidentialJob:
             else:
                 await self._post_flow(tasks)
         except asyncio.CancelledError:
+            # The process is exiting (the runner cancels every task): stop the job rather than
+            # leave it running, and paid for, with nobody to collect its results; briefly.
             self._fail(JobFailed("the job client was shut down", self))
-            await self._abandon()
+            await self._abandon(timeout=3)
         except NosanaError as exc:
             self._fail(exc)
             await self._abandon()
@@ -793,13 +795,13 @@ class ConfidentialJob:
         finally:
             await self._finish(tasks)
 
-    async def _abandon(self) -> None:
+    async def _abandon(self, timeout: float = 10) -> None:
         """After a failure: a listed job that is not done is stopped (so it does not run, and
         cost, until its timeout)."""
         if self.address is None or (self.state is not None and self.state.done):
             return
         try:
-            await asyncio.wait_for(self.network.stop(self.address), 10)
+            await asyncio.wait_for(self.network.stop(self.address), timeout)
             self.warnings.append(f"job {self.address} was stopped after the failure")
         except (NosanaError, asyncio.TimeoutError) as exc:
             self.warnings.append(f"could not stop job {self.address}: {exc}")

@@ -555,3 +555,41 @@ def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
     assert faults.fail_requests == 0
     assert any(w.startswith("/info interrupted (resuming)") for w in job.warnings)
     assert job.ops["a"].logs[-1].text == "done"
+
+
+def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
+    """A script that exits while its job runs: the job is stopped, nothing hangs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "exit_while_running.py"
+    script.write_text(
+        "import time\n"
+        "from nosana_magic import run_confidential\n"
+        "from nosana_magic.settings import Settings\n"
+        f"settings = Settings.from_env({{}}, data_dir={str(tmp_path)!r})\n"
+        "job = run_confidential('{\"version\": \"0.1\", \"type\": \"container\", \"ops\": "
+        "[{\"type\": \"container/run\", \"id\": \"a\", \"args\": {\"image\": \"x\", "
+        "\"cmd\": \"echo up; sleep 60\"}}]}', settings=settings, wait=False,\n"
+        "                       on_notice=print)\n"
+        "while not any(line.text == 'up' for line in job.logs):\n"
+        "    time.sleep(0.05)\n"
+        "print('running', job.address, flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Started the local Nosana network at http://127.0.0.1:")
+    assert lines[1].startswith("running ")
+    assert elapsed < 15
+    # The job's processes did not outlive the script (the devnode killed them at exit).
+    from .conftest import processes_of_jobs
+
+    assert processes_of_jobs({lines[1].split()[1]}) == []

@@ -91,7 +91,16 @@ def stop_embedded_devnode() -> None:
         node.stop()
 
 
-atexit.register(stop_embedded_devnode)
+def _at_exit() -> None:
+    # Jobs first (the runner cancels them and each stops its job on the ledger, which needs
+    # the devnode still up), then the devnode (which kills whatever still runs).
+    from .. import runner
+
+    runner.shutdown()
+    stop_embedded_devnode()
+
+
+atexit.register(_at_exit)
 
 
 def local_network(
