@@ -259,6 +259,7 @@ class JobView:
         self._dropped = 0
         self._logs_dirty = False
         self._urls_dirty = False
+        self._header_dirty = False
         self._header = ""
         self._last_header_at = 0.0
         self._ticking = False
@@ -338,8 +339,8 @@ class JobView:
         display(bundle, raw=True)  # type: ignore[no-untyped-call]
         # The plain-text record of the outcome: updated in place when the job ends.
         self._summary_handle = display(  # type: ignore[no-untyped-call]
-            {"text/plain": f"nosana job {self.job.address or ''}: {_status_word(self.job)} "
-                           "(a summary replaces this line when the job ends)"},
+            {"text/plain": f"nosana job on {self.job.network_name}: {_status_word(self.job)} "
+                           "(the summary replaces this line when the job ends)"},
             raw=True, display_id=True)
 
     # -- events (runner loop thread) -----------------------------------------------------
@@ -350,6 +351,8 @@ class JobView:
             self._record(event.line)
         elif event.kind == "urls":
             self._urls_dirty = True
+        elif event.kind in ("phase", "state"):
+            self._header_dirty = True  # shown at the next tick, if its text changed
         elif event.kind == "done" and self.mode == "widget":
             self._finalise_widgets()
 
@@ -412,8 +415,9 @@ class JobView:
             self._urls_dirty = False
             self._urls_w.value = _urls_html(self.job)
         now = time.monotonic()
-        if self._header_w is not None and (
-                force_header or now - self._last_header_at >= _HEADER_EVERY_S or logs_dirty):
+        header_due = self._header_dirty or now - self._last_header_at >= _HEADER_EVERY_S
+        if self._header_w is not None and (force_header or header_due):
+            self._header_dirty = False
             header = _header_html(self.job)
             self._last_header_at = now
             if header != self._header:

@@ -27,7 +27,8 @@ import argparse
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from keyword import iskeyword
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from IPython.core import magic_arguments as _margs
@@ -48,7 +49,7 @@ from .protocol import DurationError, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from .job import ConfidentialJob
-    from .network.base import Market
+    from .network.base import Market, Network
     from .settings import Settings
 
 __all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
@@ -74,6 +75,7 @@ _SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 class _Decorator(Protocol):
@@ -240,7 +242,7 @@ class NosanaMagics(Magics):
         args = parse_argstring(self.nosana_confidential, line)
         if args.send_only and args.receive_only:
             raise UsageError("--send-only and --receive-only exclude each other")
-        if args.out is not None and not args.out.isidentifier():
+        if args.out is not None and (not args.out.isidentifier() or iskeyword(args.out)):
             raise UsageError(f"--out: {args.out!r} is not a Python identifier")
         timeout = None
         if args.timeout is not None:
@@ -345,18 +347,9 @@ class NosanaMagics(Magics):
             return None
 
     def _market_info(self, settings: Settings) -> Market:
-        from .network import open_network
-        from .runner import run_sync
-
-        async def fetch() -> Market:
-            network = open_network(settings)
-            try:
-                assert settings.market is not None
-                return await network.market(settings.market)
-            finally:
-                await network.aclose()
-
-        return run_sync(fetch(), timeout=60)
+        assert settings.market is not None
+        slug = settings.market
+        return _with_network(settings, lambda network: network.market(slug))
 
     # -- %nosana -------------------------------------------------------------------------
 
@@ -426,17 +419,7 @@ class NosanaMagics(Magics):
                      title="nosana jobs in this kernel", empty="no jobs yet in this kernel")
 
     def _markets_table(self, settings: Settings) -> Table:
-        from .network import open_network
-        from .runner import run_sync
-
-        async def fetch() -> list[Market]:
-            network = open_network(settings)
-            try:
-                return await network.markets()
-            finally:
-                await network.aclose()
-
-        markets = run_sync(fetch(), timeout=60)
+        markets = _with_network(settings, lambda network: network.markets())
         rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}", str(m.idle_hosts)]
                 for m in markets]
         return Table(["market", "address", "NOS/h", "idle hosts"], rows,
@@ -483,6 +466,27 @@ class NosanaMagics(Magics):
         self._follow(job, view, notices)
         job.raise_for_status()
         return job
+
+
+def _with_network(settings: Settings,
+                  query: Callable[[Network], Coroutine[Any, Any, _T]]) -> _T:
+    """``query(network)`` on the network ``settings`` name, opened for this call only.
+
+    Opened on the main thread, so the one-line notice of a local network starting now is
+    printed here, in this cell.
+    """
+    from .network import open_network
+    from .runner import run_sync
+
+    network = open_network(settings, on_notice=print)
+
+    async def run() -> _T:
+        try:
+            return await query(network)
+        finally:
+            await network.aclose()
+
+    return run_sync(run(), timeout=60)
 
 
 class _Notices:

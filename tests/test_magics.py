@@ -200,6 +200,7 @@ def test_failing_job_raises_its_one_line_error_and_keeps_the_handle(
     "--network moon",
     "--send-only --receive-only",
     "-o 1x",
+    "-o class",
     "-m",
 ])
 def test_bad_arguments_raise_the_exact_usage_error(
