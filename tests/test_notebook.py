@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,50 @@ def test_a_failing_job_fails_the_headless_run(tmp_path: Path) -> None:
     assert error["traceback"] == [f"JobFailed: {info.value.evalue}"]
     assert "op train exited with 3" in error["evalue"]
     assert not nb.cells[2].get("outputs")
+
+
+def test_kernel_interrupt_stops_the_job(tmp_path: Path) -> None:
+    """Interrupt (the notebook's stop button) during a blocking cell: one line, job stopped."""
+    from jupyter_client.manager import start_new_kernel
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _environment(tmp_path, "unused").items():
+            mp.setenv(key, value)
+        km, kc = start_new_kernel(kernel_name="python3", cwd=str(REPO))
+    try:
+        kc.execute_interactive("%load_ext nosana_magic", timeout=60)
+        body = ('{"version": "0.1", "type": "container", "ops": [{"type": "container/run",'
+                ' "id": "long", "args": {"image": "ubuntu", "cmd": "echo started; sleep 60"}}]}')
+        msg_id = kc.execute(f"%%nosana_confidential -o run\n{body}")
+        streamed, error = "", None
+        interrupted = False
+        while error is None:
+            msg = kc.get_iopub_msg(timeout=60)
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "comm_msg":
+                streamed += json.dumps(content)
+            elif kind == "error":
+                error = content
+            if not interrupted and "[long] started" in streamed:
+                km.interrupt_kernel()
+                interrupted = True
+        assert error["ename"] == "JobInterrupted"
+        assert error["traceback"] == [error["evalue"]]
+        assert error["evalue"].startswith("job ") and error["evalue"].endswith(" stopped")
+        reply = kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error"
+        time.sleep(0.5)  # the kernel drops requests that arrive just after an error
+        printed: list[str] = []
+
+        def keep(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+
+        reply = kc.execute_interactive("run.wait(30); print(run.phase, run.status)",
+                                       timeout=60, output_hook=keep)
+        assert reply["content"]["status"] == "ok"
+        assert "".join(printed).split() == ["stopped", "stopped"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
