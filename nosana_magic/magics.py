@@ -234,7 +234,11 @@ class NosanaMagics(Magics):
         The public placeholder goes to IPFS; the real definition (``${env:NAME}`` and
         ``${var:NAME}`` resolved only now) goes straight to the host that takes the job.
         Logs stream into the cell; the cell returns the job handle (``.results``, ``.urls``,
-        ``.ops``, ``.logs``, ``.stop()``, ...).
+        ``.ops``, ``.logs``, ``.stop()``, ...). It waits for the job unless ``-b``: an
+        interrupt (Ctrl-C, the stop button) then stops the job. A failed job fails the cell.
+
+        Settings: a flag wins over ``%config NosanaMagics.<name>``, which wins over the
+        ``NOSANA_*`` environment variables; ``%nosana config`` shows each with its source.
         """
         from .job import run_confidential
         from .jobdef import parse_job_definition
