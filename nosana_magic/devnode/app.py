@@ -112,7 +112,10 @@ class DevNode:
         else:
             self._workdir = Path(tempfile.mkdtemp(prefix="nosana-devnode-"))
             self._own_workdir = True
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only
+        # for such sockets, and without it every two-part response waits for a delayed ACK
+        # (~40 ms a request on loopback).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             # Loopback only: the hosts run job commands on this machine.
