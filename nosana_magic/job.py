@@ -86,9 +86,12 @@ LEDGER_DONE_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 300.0
 #: Extra time past a job's expiry before the machine stops waiting for its end.
 EXPIRY_MARGIN_S = 120.0
-#: Log drain at the end: stop following ``/log`` after this much silence (bounded below).
+#: Log drain at the end: caught up once every line arrived and this much silence followed.
 LOG_IDLE_S = 0.2
-LOG_DRAIN_MAX_S = 5.0
+#: ... and given up after this much silence (a long replay keeps the drain going) ...
+LOG_STALL_S = 5.0
+#: ... or after this long in all, however long the replay.
+LOG_DRAIN_MAX_S = 120.0
 #: The node a job shows on chain when it was stopped before any host took it.
 SYSTEM_ADDRESS = "11111111111111111111111111111111"
 
@@ -381,6 +384,7 @@ class ConfidentialJob:
         self._reported_status: str | None = None
         self._flow_status: str | None = None
         self._last_log_at = 0.0
+        self._container_lines = 0
         self._ledger_error: str | None = None
 
     # ------------------------------------------------------------------ public snapshot API
@@ -1185,6 +1189,8 @@ class ConfidentialJob:
                 async for entry in host.logs(since=host.log_cursor):
                     line = self._log_line(entry)
                     self._logs.append(line)
+                    if line.stream != "node":
+                        self._container_lines += 1
                     self._last_log_at = time.monotonic()
                     self._emit("log", line)
             except HostError as exc:
@@ -1211,11 +1217,13 @@ class ConfidentialJob:
         return LogLine(op_id if isinstance(op_id, str) else None, stream, text, stamp)
 
     async def _drain_logs(self, log_task: asyncio.Task[Any] | None) -> None:
-        """Let the ``/log`` stream catch up before it is closed, bounded by ``LOG_DRAIN_MAX_S``.
+        """Let the ``/log`` stream catch up before it is closed.
 
         Caught up means: connected (not between reconnects), every container line the
         results hold has arrived, and nothing new for ``LOG_IDLE_S`` (the host's closing
-        progress lines).
+        progress lines). A replay that is still delivering lines keeps the drain going, so
+        attaching to a long finished job gets every line; silence for ``LOG_STALL_S`` or
+        ``LOG_DRAIN_MAX_S`` in all ends it.
         """
         host = self._host
         if host is None or log_task is None:
@@ -1227,11 +1235,14 @@ class ConfidentialJob:
                 1 for op in flow.op_states for entry in op.logs
                 if entry.type in ("stdout", "stderr")
             )
-        deadline = time.monotonic() + LOG_DRAIN_MAX_S
-        while time.monotonic() < deadline and not log_task.done():
-            received = sum(1 for line in self._logs if line.stream != "node")
-            idle = time.monotonic() - self._last_log_at
+        start = time.monotonic()
+        while not log_task.done():
+            now = time.monotonic()
+            received = self._container_lines
+            idle = now - max(self._last_log_at, start)
             if host.log_connected and received >= expected and idle >= LOG_IDLE_S:
+                return
+            if idle >= LOG_STALL_S or now - start >= LOG_DRAIN_MAX_S:
                 return
             await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
 

@@ -421,6 +421,20 @@ def test_attach_streams_the_history_and_collects_the_results(
     assert "line1" in attached.stdout and "acc=0.9" in attached.stdout
 
 
+def test_attach_to_a_finished_job_replays_a_long_log_whole(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    script = "i=0; while [ $i -lt 15000 ]; do echo line$i; i=$((i+1)); done"
+    original = _run(net, definition(op("a", script)))
+    assert original.ok and original.address is not None
+    other = network_for(devnode, wallet=net.wallet)
+    attached = ConfidentialJob.attach(original.address, other)
+    attached.wait(60)
+    # The replay outlasts a fixed drain time; the drain follows it to the last line.
+    assert attached.stdout == original.stdout
+    assert attached.stdout.count("\n") == 14_999
+
+
 def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork) -> None:
     devnode.config.pickup_delay = None
     job = _run(net, definition(op("a", "true")), wait=False)
