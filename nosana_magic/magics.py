@@ -267,7 +267,7 @@ class NosanaMagics(Magics):
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout)
         if settings.network != "local":
-            self._confirm_spend(settings, assume_yes=args.yes)
+            self._confirm_spend(settings, node=args.node, assume_yes=args.yes)
 
         notices = _Notices()
         job = run_confidential(
@@ -316,17 +316,21 @@ class NosanaMagics(Magics):
         notices.flush()
         view.finish()
 
-    def _confirm_spend(self, settings: Settings, *, assume_yes: bool) -> None:
+    def _confirm_spend(
+        self, settings: Settings, *, node: str | None = None, assume_yes: bool
+    ) -> None:
         """State what a paid job can cost; ask when someone can answer, refuse otherwise."""
         if settings.market is None:
             raise UsageError(f"--market is required on {settings.network}")
-        market = self._market_info(settings)
+        market, detail = self._market_info(settings, node=node)
         hours = settings.timeout / 3600
         statement = (
             f"{settings.network}: market {market.slug} at {market.nos_per_hour:.6g} NOS/h, "
             f"timeout {format_duration(settings.timeout)} → at most "
             f"{market.cost(settings.timeout):.6g} NOS ({hours:.3g} h, fees included)")
         print(statement)
+        if detail:
+            print(f"  {detail}")
         if assume_yes or not self.confirm_spend:
             return
         answer = self._ask("List the job and spend this? [y/N] ")
@@ -350,10 +354,21 @@ class NosanaMagics(Magics):
         except (StdinNotImplementedError, EOFError):
             return None
 
-    def _market_info(self, settings: Settings) -> Market:
+    def _market_info(
+        self, settings: Settings, *, node: str | None = None
+    ) -> tuple[Market, str | None]:
+        """The market, and the network's own cost estimate (SOL for rent and fees) if it has one."""
         assert settings.market is not None
         slug = settings.market
-        return _with_network(settings, lambda network: network.market(slug))
+
+        async def query(network: Network) -> tuple[Market, str | None]:
+            market = await network.market(slug)
+            estimate = getattr(network, "estimate", None)
+            if estimate is None:
+                return market, None
+            return market, (await estimate(market, settings.timeout, node=node)).describe()
+
+        return _with_network(settings, query)
 
     # -- %nosana -------------------------------------------------------------------------
 

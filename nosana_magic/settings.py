@@ -8,6 +8,8 @@ secret), or only *whether* it is set (``pinata_jwt_set``). So a ``Settings`` can
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -19,13 +21,18 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import NosanaError
 from .protocol import DurationError, parse_duration
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "JWT_ENV_VARS",
     "NETWORKS",
     "WALLET_FROM_ENV",
     "NetworkName",
     "Settings",
     "SettingsError",
+    "credentials_file",
+    "find_pinata_jwt",
     "mask_url",
 ]
 
@@ -95,7 +102,8 @@ class Settings:
     wallet: str | None = None
     #: Solana RPC endpoint (shown masked: it may carry an API key).
     rpc_url: str | None = None
-    #: Whether a Pinata JWT is configured (``PINATA_JWT``); the token itself is never kept here.
+    #: Whether a Pinata JWT is configured (``NOSANA_PINATA_JWT``, ``PINATA_JWT`` or the
+    #: credentials file); the token itself is never kept here.
     pinata_jwt_set: bool = False
     #: Where local state lives (the local wallet); ``None``: the platform's user data dir.
     data_dir: str | None = None
@@ -150,7 +158,7 @@ class Settings:
             values["wallet"] = (
                 str(Path(wallet).expanduser()) if _looks_like_path(wallet) else WALLET_FROM_ENV
             )
-        values["pinata_jwt_set"] = bool(environ.get("PINATA_JWT", "").strip())
+        values["pinata_jwt_set"] = find_pinata_jwt(environ) is not None
         if "network" in values:
             values["network"] = values["network"].lower()
         return cls._build(values, overrides)
@@ -210,3 +218,40 @@ def _timeout(value: object, source: str) -> int:
         return parse_duration(value)
     except DurationError as exc:
         raise SettingsError(f"{source}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- credentials
+
+#: Environment variables that may hold the Pinata JWT, in the order they are read.
+JWT_ENV_VARS = ("NOSANA_PINATA_JWT", "PINATA_JWT")
+
+
+def credentials_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where the user's credentials file lives (it need not exist)."""
+    environ = os.environ if env is None else env
+    override = environ.get("NOSANA_CREDENTIALS_FILE", "").strip()
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("nosana_magic")) / "credentials.json"
+
+
+def find_pinata_jwt(env: Mapping[str, str] | None = None) -> str | None:
+    """The Pinata JWT from the environment or the credentials file, or ``None``."""
+    environ = os.environ if env is None else env
+    for name in JWT_ENV_VARS:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    path = credentials_file(environ)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # Say where, never what was read.
+        log.warning("credentials file %s is not readable JSON; ignored", path)
+        return None
+    found = data.get("pinata_jwt") if isinstance(data, dict) else None
+    return found.strip() if isinstance(found, str) and found.strip() else None

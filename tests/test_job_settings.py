@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nosana_magic.settings import WALLET_FROM_ENV, Settings, SettingsError, mask_url
@@ -12,8 +14,8 @@ SECRET_B58 = (
 )
 
 
-def test_defaults() -> None:
-    s = Settings.from_env({})
+def test_defaults(tmp_path: Path) -> None:
+    s = Settings.from_env({"NOSANA_CREDENTIALS_FILE": str(tmp_path / "absent.json")})
     assert s.network == "local" and s.market is None and s.timeout == 1800
     assert s.wallet is None and not s.pinata_jwt_set
 
@@ -37,6 +39,16 @@ def test_environment_then_overrides() -> None:
     assert o.market == "nvidia-4090" and o.timeout == 90 and o.network == "mainnet"
     assert Settings.from_env(env, timeout=45).timeout == 45  # ints are seconds
     assert s.with_overrides(network="local").network == "local"
+
+
+def test_pinata_credential_is_seen_under_every_name_but_never_kept(tmp_path: Path) -> None:
+    absent = {"NOSANA_CREDENTIALS_FILE": str(tmp_path / "absent.json")}
+    assert Settings.from_env({**absent, "NOSANA_PINATA_JWT": "eyJ-secret"}).pinata_jwt_set
+    creds = tmp_path / "credentials.json"
+    creds.write_text('{"pinata_jwt": "eyJ-from-file"}')
+    from_file = Settings.from_env({"NOSANA_CREDENTIALS_FILE": str(creds)})
+    assert from_file.pinata_jwt_set
+    assert "eyJ" not in repr(from_file) and "eyJ" not in str(from_file.describe())
 
 
 def test_a_secret_wallet_is_kept_by_reference_only() -> None:

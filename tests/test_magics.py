@@ -417,7 +417,8 @@ def test_config_traits_through_percent_config(shell: InteractiveShell,
 def paid_market(magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """devnet with a known market, and a record of what reached the job client."""
     market = Market("Mkt111", "nvidia-3090", price_per_second=100, network_fee_pct=10.0)
-    monkeypatch.setattr(NosanaMagics, "_market_info", lambda self, settings: market)
+    monkeypatch.setattr(NosanaMagics, "_market_info",
+                        lambda self, settings, node=None: (market, None))
     posted: list[str] = []
 
     def fake_run(definition: Any, **kw: Any) -> Any:

@@ -253,6 +253,8 @@ def test_the_magic_on_mainnet(shell: InteractiveShell,
     assert job.network_name == "mainnet"
     # The statement before signing: network, market, price per hour, the most it can cost.
     assert "mainnet: market nvidia-4090 at 0.414 NOS/h, timeout 10m" in captured.stdout
+    # ... and the SOL it needs: rent (refunded) and fees, from the network's own estimate.
+    assert "SOL (rent" in captured.stdout and "refunded; fees" in captured.stdout
     # Logs, results and the private URL, as on the local network.
     assert [line.text for line in job.ops["train"].logs if line.stream == "stdout"] == [
         "loading", "token=[secret:HF_TOKEN]", "loss=0.25"]

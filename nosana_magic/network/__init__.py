@@ -34,11 +34,7 @@ def open_network(
         from .local import local_network
 
         return local_network(settings, on_notice=on_notice)
-    try:
-        from .solana import SolanaNetwork
-    except ImportError:
-        raise NetworkError(
-            f"{settings.network} support is not installed yet; use the local network"
-        ) from None
+    from .solana import SolanaNetwork
+
     network: Network = SolanaNetwork.from_settings(settings)
     return network

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ..protocol import CidError, cid_to_digest
+from ..settings import JWT_ENV_VARS, credentials_file, find_pinata_jwt
 from .base import NetworkError
 
 __all__ = [
@@ -41,45 +40,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PINATA_API = "https://api.pinata.cloud"
 DEFAULT_GATEWAY = "https://nosana.mypinata.cloud/ipfs"
-#: Environment variables that may hold the Pinata JWT, in the order they are read.
-JWT_ENV_VARS = ("NOSANA_PINATA_JWT", "PINATA_JWT")
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 class IpfsError(NetworkError):
     """Pinning or reading a document failed (after bounded retries), or no credential is set."""
-
-
-def credentials_file(env: Mapping[str, str] | None = None) -> Path:
-    """Where the user's credentials file lives (it need not exist)."""
-    environ = os.environ if env is None else env
-    override = environ.get("NOSANA_CREDENTIALS_FILE", "").strip()
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("nosana_magic")) / "credentials.json"
-
-
-def find_pinata_jwt(env: Mapping[str, str] | None = None) -> str | None:
-    """The Pinata JWT from the environment or the credentials file, or ``None``."""
-    environ = os.environ if env is None else env
-    for name in JWT_ENV_VARS:
-        value = environ.get(name, "").strip()
-        if value:
-            return value
-    path = credentials_file(environ)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        # Say where, never what was read.
-        log.warning("credentials file %s is not readable JSON; ignored", path)
-        return None
-    found = data.get("pinata_jwt") if isinstance(data, dict) else None
-    return found.strip() if isinstance(found, str) and found.strip() else None
 
 
 def _no_credential_message() -> str:
