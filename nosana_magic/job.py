@@ -1116,7 +1116,8 @@ class ConfidentialJob:
             seen = time.time()
             self.started_at = seen if seen - info.time_start < 2 else float(info.time_start)
         if info.state.done and self.ended_at is None and info.time_end:
-            self.ended_at = float(info.time_end)
+            seen = time.time()
+            self.ended_at = seen if seen - info.time_end < 2 else float(info.time_end)
 
     async def _watch_ledger(self) -> None:
         assert self.address is not None

@@ -1,4 +1,4 @@
-"""Shared fixtures: a leak check for every devnode test, and a started devnode."""
+"""Shared fixtures: leak checks (every devnode test, and the whole session), a started devnode."""
 
 from __future__ import annotations
 
@@ -86,6 +86,33 @@ def _wait_until(check: object, timeout: float) -> None:
         if not check():  # type: ignore[operator]
             return
         time.sleep(0.02)
+
+
+def _job_processes() -> set[int]:
+    """Every live process carrying a ``NOSANA_ID`` (a devnode job's process or its orphan)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"\0NOSANA_ID=" in b"\0" + environ and _state(int(entry.name)) != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_job_process_outlives_the_tests() -> Iterator[None]:
+    """Whatever started them (devnode fixtures, magics, notebooks), no job process is left."""
+    before = _job_processes()
+    yield
+    from nosana_magic.network.local import stop_embedded_devnode
+
+    stop_embedded_devnode()
+    _wait_until(lambda: _job_processes() - before, 5.0)
+    assert not (_job_processes() - before), "job processes outlived the test session"
 
 
 @pytest.fixture(autouse=True)
