@@ -16,17 +16,7 @@ from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.base import JobState
 from nosana_magic.wallet import Wallet
 
-#: The Nosana CLI's confidential placeholder.
-PLACEHOLDER: dict[str, Any] = {
-    "version": "0.1",
-    "type": "container",
-    "meta": {"trigger": "cli"},
-    "logistics": {
-        "send": {"type": "api-listen", "args": {}},
-        "receive": {"type": "api-listen", "args": {}},
-    },
-    "ops": [],
-}
+from .devnode_fixtures import PLACEHOLDER
 
 #: A secret value used in tests; it must never appear anywhere the user or the public sees.
 SECRET = "s3cr3t-HF-token-0123456789"

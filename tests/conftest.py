@@ -61,13 +61,11 @@ def _listening_ports() -> set[int]:
     return ports
 
 
-def processes_of_jobs(jobs: set[str]) -> list[int]:
-    """Processes (of any parent) whose environment says they belong to one of ``jobs``: the
-    executor sets ``NOSANA_ID``, which grandchildren inherit, so an orphan is found too."""
-    if not jobs:
-        return []
-    wanted = {f"NOSANA_ID={job}".encode() for job in jobs}
-    found = []
+def processes_of_jobs(jobs: set[str] | None = None) -> set[int]:
+    """Live processes (of any parent) whose environment says they belong to one of ``jobs``
+    (``None``: to any job). The executor sets ``NOSANA_ID``, which grandchildren inherit, so
+    an orphan is found too."""
+    found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -75,8 +73,11 @@ def processes_of_jobs(jobs: set[str]) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if wanted.intersection(environ.split(b"\0")) and _state(int(entry.name)) != "Z":
-            found.append(int(entry.name))
+        ids = {v for v in environ.split(b"\0") if v.startswith(b"NOSANA_ID=")}
+        if not ids or (jobs is not None and not ids & {f"NOSANA_ID={j}".encode() for j in jobs}):
+            continue
+        if _state(int(entry.name)) != "Z":
+            found.add(int(entry.name))
     return found
 
 
@@ -88,31 +89,16 @@ def _wait_until(check: object, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def _job_processes() -> set[int]:
-    """Every live process carrying a ``NOSANA_ID`` (a devnode job's process or its orphan)."""
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"\0NOSANA_ID=" in b"\0" + environ and _state(int(entry.name)) != "Z":
-            found.add(int(entry.name))
-    return found
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_job_process_outlives_the_tests() -> Iterator[None]:
     """Whatever started them (devnode fixtures, magics, notebooks), no job process is left."""
-    before = _job_processes()
+    before = processes_of_jobs()
     yield
     from nosana_magic.network.local import stop_embedded_devnode
 
     stop_embedded_devnode()
-    _wait_until(lambda: _job_processes() - before, 5.0)
-    assert not (_job_processes() - before), "job processes outlived the test session"
+    _wait_until(lambda: processes_of_jobs() - before, 5.0)
+    assert not (processes_of_jobs() - before), "job processes outlived the test session"
 
 
 @pytest.fixture(autouse=True)

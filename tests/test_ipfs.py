@@ -21,11 +21,9 @@ from nosana_magic.protocol import cid_of, cid_to_digest
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
+from .devnode_fixtures import PLACEHOLDER
+
 JWT = "eyJhbGciOiJIUzI1NiJ9.test-only.signature"
-PLACEHOLDER = {"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
-               "logistics": {"send": {"type": "api-listen", "args": {}},
-                             "receive": {"type": "api-listen", "args": {}}},
-               "ops": []}
 
 
 @pytest.fixture
