@@ -26,13 +26,13 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -64,6 +64,9 @@ _NO_EXPOSED_URL = "no exposed url"
 _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refused the path"}
 
 Kind = Literal["definition", "results", "endpoints", "stop"]
+
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 
 #: Current routes (after 2025-10-02) and the legacy ones of reference 2.6, per operation.
 _ROUTES: dict[Kind, tuple[str, str, str]] = {
@@ -243,6 +246,13 @@ def http_client_for(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(trust_env=not is_loopback(url), verify=_tls_context())
 
 
+@dataclass(frozen=True)
+class _Again:
+    """A classifier's verdict "try again": ``problem`` is reported if the bound runs out."""
+
+    problem: str
+
+
 def _to_ws_url(base_url: str) -> str:
     if base_url.startswith("https://"):
         return "wss://" + base_url[len("https://") :]
@@ -408,6 +418,56 @@ class HostClient:
             timeout=self._timeout(backoff),
         )
 
+    async def _until_answered(
+        self,
+        kind: Kind,
+        backoff: Backoff,
+        classify: Callable[[httpx.Response], Awaitable[_T | _Again]],
+        *,
+        content: bytes | None = None,
+        gave_up: str = "gave up after {attempts} attempts: {last}",
+        on_transport_error: Callable[[], object] = lambda: None,
+    ) -> _T:
+        """Send ``kind`` until ``classify`` accepts an answer, within ``backoff``'s bound.
+
+        ``classify`` returns the result, raises to refuse, or returns :class:`_Again`; network
+        errors are retried too. When the bound runs out, :class:`HostError` (``gave_up=True``)
+        is raised with ``gave_up`` formatted with ``attempts``, ``elapsed`` and ``last`` (the
+        last problem).
+        """
+        last = "no attempt"
+        while True:
+            try:
+                response = await self._send(kind, backoff, content=content)
+            except httpx.TransportError as exc:
+                on_transport_error()
+                last = type(exc).__name__
+            else:
+                # Only the send is retried on network errors, not what ``classify`` does.
+                verdict = await classify(response)
+                if not isinstance(verdict, _Again):
+                    return verdict
+                last = verdict.problem
+            if not await backoff.wait():
+                problem = gave_up.format(
+                    attempts=backoff.attempt, elapsed=backoff.elapsed, last=last
+                )
+                raise self._error(kind, problem, gave_up=True)
+
+    def _body(self, kind: Kind, response: httpx.Response, model: type[_M], problem: str) -> _M:
+        """The body as ``model``, parsed as JSON whatever its content type (even doubly encoded).
+
+        An unreadable body raises :class:`HostError` with ``problem``; the body is not shown
+        (results hold the job's logs and results).
+        """
+        try:
+            data = json.loads(response.content)
+            if isinstance(data, str):  # a doubly encoded body
+                data = json.loads(data)
+            return model.model_validate(data)
+        except (ValueError, ValidationError):
+            raise self._error(kind, problem) from None
+
     # ------------------------------------------------------------------ REST
 
     async def send_definition(self, body: bytes, *, timeout: float = 60.0) -> None:
@@ -421,40 +481,41 @@ class HostClient:
         received" (success) from "too late" (error).
         """
         backoff = self.retry.backoff(timeout)
-        last = "no attempt"
         maybe_delivered = False
-        while True:
-            try:
-                response = await self._send("definition", backoff, content=body)
-            except httpx.TransportError as exc:
-                # The POST may have reached the host before the connection failed.
-                maybe_delivered = True
-                last = f"{type(exc).__name__}"
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return
-                message = self._message(response)
-                if status == 400 and message.lower().startswith(_INVALID_JOB_ID):
-                    last = "the host has not taken up the job yet (400 invalid job id)"
-                elif status >= 500:
-                    maybe_delivered = True
-                    last = f"{status} {message}"
-                elif (
-                    status == 400
-                    and message.lower().startswith(_CANNOT_SEND_DEFINITION)
-                    and maybe_delivered
-                    and await self._definition_stored(backoff)
-                ):
-                    return
-                else:
-                    raise self._error("definition", "the host refused the definition", response)
-            if not await backoff.wait():
-                raise self._error(
-                    "definition",
-                    f"gave up after {backoff.attempt} attempts in {backoff.elapsed:.1f} s: {last}",
-                    gave_up=True,
-                )
+
+        def maybe_lost() -> None:
+            # No answer says so, but the POST may have reached the host (the connection
+            # failed, or a 5xx came after it was stored).
+            nonlocal maybe_delivered
+            maybe_delivered = True
+
+        async def classify(response: httpx.Response) -> _Again | None:
+            status = response.status_code
+            if 200 <= status < 300:
+                return None
+            message = self._message(response)
+            if status == 400 and message.lower().startswith(_INVALID_JOB_ID):
+                return _Again("the host has not taken up the job yet (400 invalid job id)")
+            if status >= 500:
+                maybe_lost()
+                return _Again(f"{status} {message}")
+            if (
+                status == 400
+                and message.lower().startswith(_CANNOT_SEND_DEFINITION)
+                and maybe_delivered
+                and await self._definition_stored(backoff)
+            ):
+                return None
+            raise self._error("definition", "the host refused the definition", response)
+
+        await self._until_answered(
+            "definition",
+            backoff,
+            classify,
+            content=body,
+            gave_up="gave up after {attempts} attempts in {elapsed:.1f} s: {last}",
+            on_transport_error=maybe_lost,
+        )
 
     async def _definition_stored(self, backoff: Backoff) -> bool:
         """Whether the host already holds a definition for the job (a lost 200 earlier)."""
@@ -487,80 +548,51 @@ class HostClient:
             attempts=max(self.retry.attempts, 1000),
             total=timeout,
         )
-        backoff = quick.backoff()
-        last = "no attempt"
-        while True:
-            try:
-                response = await self._send("results", backoff)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._flow(response)
-                message = self._message(response)
-                lowered = message.lower()
-                if status == 400 and (
-                    lowered.startswith(_CANNOT_GET_RESULTS) or lowered.startswith(_INVALID_JOB_ID)
-                ):
-                    last = f"400 {message}"
-                elif status >= 500:
-                    last = f"{status} {message}"
-                else:
-                    raise self._error("results", "the host refused to give the results", response)
-            if not await backoff.wait():
-                raise self._error(
-                    "results",
-                    f"no results after {backoff.elapsed:.1f} s ({backoff.attempt} attempts): "
-                    f"{last}",
-                    gave_up=True,
-                )
 
-    def _flow(self, response: httpx.Response) -> FlowState:
-        try:
-            data = json.loads(response.content)
-            if isinstance(data, str):  # a doubly encoded body
-                data = json.loads(data)
-            return FlowState.model_validate(data)
-        except (ValueError, ValidationError):
-            # Not shown: the body holds the job's logs and results.
-            raise self._error("results", "the host sent results that are not a FlowState") from None
+        async def classify(response: httpx.Response) -> FlowState | _Again:
+            status = response.status_code
+            if status == 200:
+                return self._body(
+                    "results", response, FlowState, "the host sent results that are not a FlowState"
+                )
+            message = self._message(response)
+            lowered = message.lower()
+            if status == 400 and lowered.startswith((_CANNOT_GET_RESULTS, _INVALID_JOB_ID)):
+                return _Again(f"400 {message}")
+            if status >= 500:
+                return _Again(f"{status} {message}")
+            raise self._error("results", "the host refused to give the results", response)
+
+        return await self._until_answered(
+            "results",
+            quick.backoff(),
+            classify,
+            gave_up="no results after {elapsed:.1f} s ({attempts} attempts): {last}",
+        )
 
     async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:
         """The job's service URLs, private ones included (``[]`` when it exposes none).
 
         A service is private when its id has the 45 characters of a host-made random id.
         """
-        backoff = self.retry.backoff(timeout)
-        last = "no attempt"
-        while True:
-            try:
-                response = await self._send("endpoints", backoff)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._service_urls(response)
-                message = self._message(response)
-                if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
-                    return []
-                if status < 500:
-                    raise self._error("endpoints", "the host refused the endpoints", response)
-                last = f"{status} {message}"
-            if not await backoff.wait():
-                raise self._error(
-                    "endpoints", f"gave up after {backoff.attempt} attempts: {last}", gave_up=True
-                )
+
+        async def classify(response: httpx.Response) -> list[ServiceUrl] | _Again:
+            status = response.status_code
+            if status == 200:
+                return self._service_urls(response)
+            message = self._message(response)
+            if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
+                return []
+            if status < 500:
+                raise self._error("endpoints", "the host refused the endpoints", response)
+            return _Again(f"{status} {message}")
+
+        return await self._until_answered("endpoints", self.retry.backoff(timeout), classify)
 
     def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
-        try:
-            data = json.loads(response.content)
-            if isinstance(data, str):
-                data = json.loads(data)
-            endpoints = Endpoints.model_validate(data)
-        except (ValueError, ValidationError):
-            raise self._error("endpoints", "the host sent endpoints in an unknown shape") from None
+        endpoints = self._body(
+            "endpoints", response, Endpoints, "the host sent endpoints in an unknown shape"
+        )
         return [
             ServiceUrl(
                 url=item.url,
@@ -575,24 +607,16 @@ class HostClient:
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""
-        backoff = self.retry.backoff(timeout)
-        last = "no attempt"
-        while True:
-            try:
-                response = await self._send("stop", backoff)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return
-                if status < 500:
-                    raise self._error("stop", "the host refused to stop the job", response)
-                last = f"{status} {self._message(response)}"
-            if not await backoff.wait():
-                raise self._error(
-                    "stop", f"gave up after {backoff.attempt} attempts: {last}", gave_up=True
-                )
+
+        async def classify(response: httpx.Response) -> _Again | None:
+            status = response.status_code
+            if 200 <= status < 300:
+                return None
+            if status < 500:
+                raise self._error("stop", "the host refused to stop the job", response)
+            return _Again(f"{status} {self._message(response)}")
+
+        await self._until_answered("stop", self.retry.backoff(timeout), classify)
 
     # ------------------------------------------------------------------ SSE /info
 
