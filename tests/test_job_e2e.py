@@ -606,4 +606,4 @@ def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     # The job's processes did not outlive the script (the devnode killed them at exit).
     from .conftest import processes_of_jobs
 
-    assert processes_of_jobs({lines[1].split()[1]}) == []
+    assert not processes_of_jobs({lines[1].split()[1]})

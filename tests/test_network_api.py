@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -262,9 +261,6 @@ def test_embedded_devnode_started_once_with_one_notice(tmp_path: Path) -> None:
     assert embedded_devnode() is None
 
 
-def test_open_network(devnode: DevNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_network(devnode: DevNode, tmp_path: Path) -> None:
     settings = Settings.from_env({}, devnode_url=devnode.url, data_dir=str(tmp_path))
     assert isinstance(open_network(settings), ApiNetwork)
-    monkeypatch.setitem(sys.modules, "nosana_magic.network.solana", None)
-    with pytest.raises(NetworkError, match="mainnet support is not installed yet"):
-        open_network(settings.with_overrides(network="mainnet"))
