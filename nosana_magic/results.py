@@ -139,6 +139,10 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
     A host hands out results while its status reads ``waiting-for-result`` (it overwrites the
     real status before serving them), so the outcome is worked out from the op states. When
     the host said a final status before that (the last ``/info`` event), ``reported`` wins.
+
+    A job that reached its timeout ends ``success`` on the host, its ops too (reference 5.2),
+    with ``diagnostics.reason.jobExpired``: that is reported as ``expired``, since the ops were
+    cut short whatever their exit codes say.
     """
     for status in (reported, flow.status):
         if status and status != "waiting-for-result" and status not in RUNNING_STATUSES:
@@ -147,6 +151,8 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
     if not states:
         # No op ran: the definition never started (a validation error is the usual cause).
         return "validation-error" if flow.errors else "success"
+    if any(_expired(op) for op in flow.op_states):
+        return "expired"
     if "failed" in states or any(op.exit_code not in (None, 0) for op in flow.op_states):
         return "failed"
     if "stopped" in states:
@@ -154,3 +160,8 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
     if all(state == "success" for state in states):
         return "success"
     return "failed"
+
+
+def _expired(op: OpState) -> bool:
+    reason = (op.diagnostics or {}).get("reason")
+    return isinstance(reason, dict) and reason.get("jobExpired") is True
