@@ -63,7 +63,11 @@ class SettingsError(NosanaError):
 
 
 def mask_url(url: str | None) -> str | None:
-    """``url`` without user info and query (RPC URLs often carry an API key there)."""
+    """``url`` with its user info, path and query masked.
+
+    RPC providers put the API key in any of them: the query (``?api-key=``), the user info,
+    or the path (``/v2/<key>``, ``/<token>/``). Only the scheme and host stay readable.
+    """
     if url is None:
         return None
     parts = urlsplit(url)
@@ -71,8 +75,9 @@ def mask_url(url: str | None) -> str | None:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     masked_host = f"***@{host}" if (parts.username or parts.password) else host
+    path = "/***" if parts.path.strip("/") else parts.path
     query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, masked_host, parts.path, query, ""))
+    return urlunsplit((parts.scheme, masked_host, path, query, ""))
 
 
 def _looks_like_path(value: str) -> bool:

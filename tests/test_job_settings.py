@@ -62,8 +62,13 @@ def test_a_secret_wallet_is_kept_by_reference_only() -> None:
 def test_rpc_url_is_masked_when_shown() -> None:
     s = Settings.from_env({"NOSANA_RPC_URL": "https://user:pw@rpc.example:8899/x?api-key=abc"})
     assert "abc" not in repr(s) and "pw" not in repr(s)
-    assert mask_url(s.rpc_url) == "https://***@rpc.example:8899/x?***"
+    assert mask_url(s.rpc_url) == "https://***@rpc.example:8899/***?***"
     assert mask_url("http://127.0.0.1:8899") == "http://127.0.0.1:8899"
+    assert mask_url("http://127.0.0.1:8899/") == "http://127.0.0.1:8899/"
+    # Providers that put the key in the path (``/v2/<key>``, ``/<token>/``).
+    keyed = Settings.from_env({"NOSANA_RPC_URL": "https://x.g.alchemy.com/v2/AbCdEfSECRETKEY123"})
+    assert mask_url(keyed.rpc_url) == "https://x.g.alchemy.com/***"
+    assert "SECRETKEY" not in repr(keyed) and "SECRETKEY" not in str(keyed.describe())
 
 
 @pytest.mark.parametrize(

@@ -350,12 +350,16 @@ def test_market_cost_agrees_with_the_estimate() -> None:
     assert market.cost(7200) == pytest.approx(estimate(115, 7200, network_fee_pct=10).nos)
 
 
+@pytest.mark.parametrize(("where", "request_line"), [
+    ("/?api-key={key}", "> GET /?*** HTTP/1.1"),  # the key in the query
+    ("/v2/{key}", "> GET /v2/*** HTTP/1.1"),  # the key in the path
+])
 async def test_the_rpc_key_is_masked_in_http_library_logs(
-    env: FakeSolana, caplog: pytest.LogCaptureFixture
+    env: FakeSolana, caplog: pytest.LogCaptureFixture, where: str, request_line: str
 ) -> None:
     key = "key-0f9e8d7c6b5a"
     env.fund()
-    net = env.network(rpc_url=f"{env.rpc_url}/?api-key={key}")
+    net = env.network(rpc_url=env.rpc_url + where.format(key=key))
     with caplog.at_level(logging.DEBUG):
         listing = await net.post(CID, await net.market("nvidia-4090"), 60)
         async for info in net.watch(listing.job):  # opens the WebSocket, with the key
@@ -366,7 +370,7 @@ async def test_the_rpc_key_is_masked_in_http_library_logs(
                 env.chain.node_finish(Pubkey.from_string(listing.job))
     assert env.rpc.calls["accountSubscribe"] == 1
     assert "HTTP Request: POST" in caplog.text  # the libraries do log each request
-    assert "> GET /?*** HTTP/1.1" in caplog.text
+    assert request_line in caplog.text
     assert key not in caplog.text
     await net.aclose()
 

@@ -169,7 +169,10 @@ class _MaskSecrets(logging.Filter):
 
     def add_url(self, url: str) -> None:
         parts = urlsplit(url)
-        for secret in (parts.query, parts.username, parts.password):
+        # Keys sit in the query, the user info or a path segment (``/v2/<key>``); short
+        # segments such as ``v2`` are not keys and would mask harmless text.
+        segments = [s for s in parts.path.split("/") if len(s) >= 8]
+        for secret in (parts.query, parts.username, parts.password, *segments):
             if secret and len(secret) >= 4:
                 self.secrets.add(secret)
 

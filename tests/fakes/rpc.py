@@ -87,8 +87,9 @@ class FakeRpc:
         self._faults_lock = threading.Lock()
         self._subscription_ids = itertools.count(1)
         self.app = Starlette(routes=[
-            Route("/", self._http, methods=["POST"]),
-            WebSocketRoute("/", self._websocket),
+            # Any path: providers put API keys in it (``/v2/<key>``).
+            Route("/{path:path}", self._http, methods=["POST"]),
+            WebSocketRoute("/{path:path}", self._websocket),
         ])
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
