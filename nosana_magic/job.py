@@ -984,8 +984,7 @@ class ConfidentialJob:
                 or (expiry is not None and time.time() >= expiry)
             )
 
-        bound = max(0.0, (self.expires_at or time.time() + self.timeout) - time.time())
-        await self._until(ended, bound + EXPIRY_MARGIN_S)
+        await self._until_ended(ended)
         if self._info_end is not None:
             self.timings.setdefault("end-seen", time.time())
 
@@ -997,6 +996,25 @@ class ConfidentialJob:
         # The ledger's final state (the host completes the job after the window), bounded.
         await self._until(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
         await self._drain_logs(log_task)
+
+    async def _until_ended(self, ended: Callable[[], bool]) -> None:
+        """Wait for ``ended()``, following extensions: the bound is re-computed from the
+        current expiry on every wake-up, and the wait also wakes when the expiry is due (so
+        reaching it is noticed at once). Raises if the job outlives its expiry by
+        ``EXPIRY_MARGIN_S`` without the host, the ledger or the clock saying it ended."""
+        fallback_start = time.time()  # only when the ledger has not shown a start time
+        while not ended():
+            now = time.time()
+            expiry = self.expires_at or (fallback_start + self.timeout)
+            remaining = expiry + EXPIRY_MARGIN_S - now
+            if remaining <= 0:
+                raise JobFailed(
+                    f"job {self.address} did not end within {EXPIRY_MARGIN_S:g} s of its "
+                    "expiry",
+                    self,
+                )
+            to_expiry = expiry - now
+            await self._until(ended, min(to_expiry, remaining) if to_expiry > 0 else remaining)
 
     async def _collect(self) -> FlowState | None:
         """The private results (or, for send-only jobs, the public ones on IPFS).
@@ -1140,10 +1158,22 @@ class ConfidentialJob:
 
     def _stream_retry(self) -> Backoff:
         """How long a dead host stream is retried: slowly, for as long as the job can live
-        (the machine cancels the followers once the job is done)."""
+        (the machine cancels the followers once the job is done). Pause with
+        :meth:`_resume`, which moves the bound along with :meth:`extend`."""
+        return Retry(first=1.0, cap=5.0, attempts=100_000, total=60.0).backoff(
+            self._stream_lifetime(0.0)
+        )
+
+    def _stream_lifetime(self, elapsed: float) -> float:
+        """A stream retry loop's total bound, ``elapsed`` seconds after it began: until the
+        job's current expiry plus ``EXPIRY_MARGIN_S`` (at least 60 s in all)."""
         expiry = self.expires_at or (time.time() + self.timeout)
-        lifetime = max(60.0, expiry + EXPIRY_MARGIN_S - time.time())
-        return Retry(first=1.0, cap=5.0, attempts=100_000, total=lifetime).backoff()
+        return max(60.0, elapsed + expiry + EXPIRY_MARGIN_S - time.time())
+
+    async def _resume(self, backoff: Backoff) -> bool:
+        """``backoff.wait()`` with the bound re-computed from the job's current expiry."""
+        backoff.total = self._stream_lifetime(backoff.elapsed)
+        return await backoff.wait()
 
     async def _follow_info(self, host: HostClient) -> None:
         """Follow ``/info`` (status, URLs, ``endTime``) until the event that has ``endTime``.
@@ -1165,7 +1195,7 @@ class ConfidentialJob:
                     return
                 if not any(w.startswith("/info interrupted") for w in self.warnings):
                     self.warnings.append(f"/info interrupted (resuming): {exc}")
-                if not await resume.wait():
+                if not await self._resume(resume):
                     self._pulse()
                     return
 
@@ -1201,7 +1231,7 @@ class ConfidentialJob:
                     return
                 if not any(w.startswith("/log interrupted") for w in self.warnings):
                     self.warnings.append(f"/log interrupted (resuming): {exc}")
-                if not await resume.wait():
+                if not await self._resume(resume):
                     self._pulse()
                     return
 

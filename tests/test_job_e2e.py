@@ -400,6 +400,27 @@ def test_extend(devnode: DevNode, net: ApiNetwork) -> None:
         job.extend("1m")
 
 
+def test_extend_past_the_original_expiry_finishes_ok(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for the end follows the extension: no early results GET, no stop."""
+    import nosana_magic.job as job_module
+
+    monkeypatch.setattr(job_module, "EXPIRY_MARGIN_S", 0.5)
+    job = ConfidentialJob(None, net, source=text(definition(op("a", "sleep 6; echo done"))),
+                          timeout=3, results_timeout=1.0)
+    job.start()
+    _until(lambda: job.phase == "running")
+    job.extend(60)
+    job.wait(30)
+    assert job.ok, job._error_line()
+    assert job.phase == "completed" and job.status == "success"
+    assert job.ops["a"].logs[-1].text == "done"
+    assert not any("stopped" in w for w in job.warnings), job.warnings
+    assert job.address is not None
+    _until(lambda: devnode.job(job.address or "").state is JobState.COMPLETED, 10)
+
+
 def test_attach_streams_the_history_and_collects_the_results(
     devnode: DevNode, net: ApiNetwork
 ) -> None:

@@ -197,3 +197,20 @@ def test_wait_on_an_unstarted_handle_times_out() -> None:
     with pytest.raises(TimeoutError, match=r"still validating after 0\.05 s"):
         job.wait(0.05)
     assert job.raise_for_status() is job  # not done: nothing to raise
+
+
+def test_stream_retry_bound_follows_an_extension() -> None:
+    import asyncio
+
+    import nosana_magic.job as job_module
+    from nosana_magic.host import Backoff, Retry
+
+    job = _job(timeout=100)
+    job.started_at = time.time()
+    base = 100 + job_module.EXPIRY_MARGIN_S
+    assert abs(job._stream_retry().total - base) < 1
+    resume = Backoff(Retry(first=0.001, cap=0.001, attempts=100_000), total=base)
+    resume.started -= base + 1  # a loop whose original bound is over...
+    job.timeout += 3600  # ...of a job that was extended meanwhile
+    assert asyncio.run(job._resume(resume)) is True
+    assert abs(resume.remaining - (base + 3600)) < 1  # until the new expiry and margin
