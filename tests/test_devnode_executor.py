@@ -288,6 +288,55 @@ async def test_exit_codes_and_missing_executable(tmp_path: Path, job: str):
     assert any("exit code 3" in e.log for e in h.entries if e.type == "error")
 
 
+async def test_a_bad_value_fails_only_its_op(tmp_path: Path, job: str):
+    # A NUL (in env, cmd or work_dir) or a lone surrogate cannot reach a process: that op
+    # fails in the node (exit code 2); its sibling in the same group runs to its end.
+    secret = "s3cr3t-value"
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("b", "sleep 0.3; echo done"),
+            run_op("nul_env", "echo hi", env={"X": f"{secret}\u0000b"}, execution={"group": "b"}),
+            run_op("nul_cmd", f"echo {secret}\u0000", execution={"group": "b"}),
+            run_op("nul_dir", "pwd", work_dir="w\u0000x", execution={"group": "b"}),
+            run_op("surrogate", "echo hi", env={"X": "\ud800"}, execution={"group": "b"}),
+            run_op("surrogate_dir", "pwd", work_dir="\ud800", execution={"group": "b"}),
+        ),
+    )
+    assert await h.run() == "success"
+    assert not h.flow.errors
+    assert (h.op("b").status, h.op("b").exit_code) == ("success", 0)
+    for op_id in ("nul_env", "nul_cmd", "nul_dir", "surrogate", "surrogate_dir"):
+        state = h.op(op_id)
+        assert (state.status, state.exit_code) == ("failed", 2), op_id
+        assert state.errors and state.errors[0]["event"] == "start"
+        assert secret not in state.errors[0]["message"]
+
+
+async def test_a_bug_in_one_op_cancels_its_siblings(
+    tmp_path: Path, job: str, monkeypatch: pytest.MonkeyPatch
+):
+    original = Executor._run_container
+
+    async def buggy(self: Executor, run: Any) -> None:
+        if run.id == "a":  # raises while its sibling "b" has just forked
+            raise RuntimeError("a bug")
+        await original(self, run)
+
+    monkeypatch.setattr(Executor, "_run_container", buggy)
+    h = Harness(
+        job,
+        tmp_path,
+        definition(run_op("b", "sleep 1000"), run_op("a", "true", execution={"group": "b"})),
+    )
+    started = time.monotonic()
+    assert await h.run(timeout=20) == "failed"
+    assert time.monotonic() - started < 8
+    assert h.flow.errors == ["executor error: RuntimeError: a bug"]
+    # The job fixture checks that the sibling's sleep is gone.
+
+
 async def test_results_extraction(tmp_path: Path, job: str):
     script = (
         "import sys\n"

@@ -147,6 +147,15 @@ async def _wait_any(*events: asyncio.Event) -> None:
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+def _describe(exc: BaseException) -> str:
+    """Why an op could not start, without echoing the value (it may come from a secret)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, UnicodeError):
+        return "a value is not valid text (a lone surrogate)"
+    return str(exc) or type(exc).__name__
+
+
 def _factory(protocol: asyncio.StreamReaderProtocol) -> Callable[[], asyncio.StreamReaderProtocol]:
     return lambda: protocol
 
@@ -214,7 +223,7 @@ class Executor:
             self.flow.start_time = self.flow.start_time or now_ms()
             self._changed()
             for group in groups:
-                await asyncio.gather(*(self._run_op(run) for run in group))
+                await self._run_group(group)
             status = _STATUS_ON_STOP[self._stop_reason] if self._stop_reason else "success"
         except _PlanError as exc:
             self.flow.errors.append(str(exc))
@@ -329,6 +338,21 @@ class Executor:
 
     # ------------------------------------------------------------------ one op
 
+    async def _run_group(self, group: list[_OpRun]) -> None:
+        """Run the ops of one group together. Should one of them raise (a bug), its siblings
+        are cancelled (their ``finally`` kills their process groups) before it propagates."""
+        tasks = [asyncio.ensure_future(self._run_op(run)) for run in group]
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _run_op(self, run: _OpRun) -> None:
         try:
             if not await self._wait_for_dependencies(run):
@@ -406,6 +430,9 @@ class Executor:
         except _OpError as exc:
             self._fail_in_node(run, exc.event, exc.message)
             return
+        except (OSError, ValueError) as exc:  # a NUL or a lone surrogate in a value or path
+            self._fail_in_node(run, "start", f"invalid op arguments: {_describe(exc)}")
+            return
         # The command line is not logged: it may carry values taken from secrets.
         self._info(
             "info",
@@ -437,13 +464,14 @@ class Executor:
                     stderr=write_fds[1],
                     start_new_session=True,  # its own process group, so a stop reaches all
                 )
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                self._fail_in_node(run, "start", f"cannot start {argv[0]!r}: {reason}")
+            except (OSError, ValueError) as exc:  # ValueError: a NUL or surrogate in argv/env
+                self._fail_in_node(run, "start", f"cannot start {argv[0]!r}: {_describe(exc)}")
                 return
             finally:
                 while write_fds:
                     os.close(write_fds.pop())
+            # At once: from here on a stop, a sibling's failure or a cancel can reach it.
+            run.proc = proc
             for stream in ("stdout", "stderr"):
                 reader = asyncio.StreamReader(limit=MAX_LINE_CHARS * 4)
                 protocol = asyncio.StreamReaderProtocol(reader)
@@ -456,7 +484,6 @@ class Executor:
                 transports.append(read_transport)
                 readers.append(asyncio.create_task(self._pump(run, reader, stream)))
 
-            run.proc = proc
             state = run.state
             state.provider_id = f"local-{proc.pid}"
             state.status = "running"
