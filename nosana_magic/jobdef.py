@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -169,6 +170,8 @@ def _bool(value: object) -> bool:
 def _number(value: object) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _error(f"expected a number, got {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _error("expected a finite number")
     return value
 
 
@@ -880,6 +883,18 @@ def parse_job_definition(text: str) -> JobDefinition:
     return _validate(doc.value, doc)
 
 
+def _non_finite(value: object, path: JsonPath) -> Iterator[JsonPath]:
+    """Paths of NaN/Infinity anywhere (parsed JSON never has them; a Python dict may)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*path, index))
+
+
 def validate_job_definition(obj: object) -> JobDefinition:
     """Validate already-parsed JSON (problems carry paths but no line/column)."""
     return _validate(obj, None)
@@ -896,6 +911,8 @@ def _validate(obj: object, doc: JsoncDocument | None, *, resolved: bool = False
     except ValidationError as err:
         problems.extend(_translate(err, obj, doc))
     problems.extend(_rule_problems(obj, doc))
+    problems.extend(_problem(doc, path, "expected a finite number")
+                    for path in _non_finite(obj, ()) if not resolved)
     refs, malformed = ([], []) if resolved else find_references(
         obj, doc.positions if doc else None)
     problems.extend(malformed)
@@ -1036,6 +1053,8 @@ def _warnings(obj: object, doc: JsoncDocument | None) -> list[Problem]:
     for i, op in _ops(obj):
         for sub, port in _expose_ports(_args(op)):
             path = ("ops", i, "args", *sub)
+            if not math.isfinite(port):
+                continue  # refused by validation already
             if port != int(port):
                 out.append(_problem(doc, path, f"port {port} is not a whole number"))
             elif not 1 <= port <= 65535:

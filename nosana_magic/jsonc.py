@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -361,6 +362,10 @@ class _Parser:
         if nxt.isdigit():
             raise self.error("invalid number: leading zeros are not allowed", start)
         raw = m.group()
+        # JavaScript reads 1e400 as Infinity, which no validator accepts and JSON cannot
+        # carry back out; refuse it here, where its position is known.
+        if math.isinf(float(raw)):
+            raise self.error("number out of range", start)
         if m.group(1) is None and m.group(2) is None:
             return int(raw), end
         return float(raw), end

@@ -274,3 +274,17 @@ def test_optional_top_level_fields_may_be_absent_but_not_null(key: str, message:
     with pytest.raises(JobDefinitionError) as info:
         validate_job_definition({**minimal(), key: None})
     assert (info.value.path, info.value.message) == (key, message)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_from_python_are_refused(bad: float) -> None:
+    # Parsed JSON never holds them, but a dict built in Python (or read by a lenient JSON
+    # parser) may; json.dumps would then send "Infinity", which no host can parse.
+    for where, document in (
+        ("ops[0].args.expose", minimal(expose=bad)),
+        ("meta.x", {**minimal(), "meta": {"x": bad}}),
+    ):
+        with pytest.raises(JobDefinitionError) as info:
+            validate_job_definition(document)
+        assert info.value.path == where
+        assert info.value.message == "expected a finite number"

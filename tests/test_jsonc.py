@@ -180,3 +180,15 @@ def test_a_100kb_body() -> None:
     assert 90_000 < len(text) < 110_000
     # Speed is measured by benchmarks/bench_parse.py, not asserted here.
     assert parse_jsonc(text).value["ops"] == ops
+
+
+@pytest.mark.parametrize(("text", "column"), [
+    ('{"port": 1e400}', 10),
+    ('[1, -1e999]', 5),
+    ("[" + "9" * 400 + "]", 2),  # JavaScript reads it as Infinity; so would float()
+])
+def test_numbers_out_of_range_are_refused_where_they_stand(text: str, column: int) -> None:
+    with pytest.raises(JsoncError) as info:
+        parse_jsonc(text)
+    assert (info.value.line, info.value.column, info.value.message) == (
+        1, column, "number out of range")
