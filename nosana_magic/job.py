@@ -21,10 +21,12 @@ on within about 100 ms.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -86,6 +88,8 @@ LEDGER_DONE_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 300.0
 #: Extra time past a job's expiry before the machine stops waiting for its end.
 EXPIRY_MARGIN_S = 120.0
+#: How long Ctrl-C waits for the stop it started (the stop itself goes on after that).
+STOP_WAIT_S = 60.0
 #: Log drain at the end: caught up once every line arrived and this much silence followed.
 LOG_IDLE_S = 0.2
 #: ... and given up after this much silence (a long replay keeps the drain going) ...
@@ -604,14 +608,49 @@ class ConfidentialJob:
                         f"job {_short(self.address)} still {self.phase} after {timeout:g} s"
                     )
         except KeyboardInterrupt:
-            try:
-                self.stop()
-            except NosanaError as exc:
-                raise JobInterrupted(
-                    f"job {self.address or '(not listed)'} could not be stopped: {exc}", self
-                ) from None
-            raise JobInterrupted(f"job {self.address or '(not listed)'} stopped", self) from None
+            raise self.stop_after_interrupt() from None
         return self
+
+    def stop_after_interrupt(self) -> JobInterrupted:
+        """Ctrl-C while waiting on the job: stop it, and return the :class:`JobInterrupted`
+        to raise, whose one line says whether the stop went through.
+
+        The stop runs on the package's loop, where a further Ctrl-C cannot cancel it (that
+        would leave a paid job running): further interrupts are noted on stderr and the wait
+        goes on, bounded by ``STOP_WAIT_S``.
+        """
+        address = self.address or "(not listed)"
+        if self.done:
+            return JobInterrupted(f"job {address} already {self.phase}", self)
+        future = runner.submit(self.stop_async())
+        deadline = time.monotonic() + STOP_WAIT_S
+        interrupts = 0
+        noted = 0
+        problem: str | None = None
+        while True:
+            try:
+                if interrupts > noted:
+                    noted = interrupts
+                    print(f"job {_short(self.address)}: still stopping it (a stop is not "
+                          f"cancelled; waiting up to {STOP_WAIT_S:g} s)", file=sys.stderr)
+                remaining = deadline - time.monotonic()
+                if future.done() or remaining <= 0:
+                    break
+                concurrent.futures.wait([future], timeout=min(0.1, remaining))
+            except KeyboardInterrupt:
+                interrupts += 1
+        if not future.done():
+            problem = f"no answer within {STOP_WAIT_S:g} s (the stop request goes on)"
+        elif future.cancelled():
+            problem = "the stop request was cancelled"
+        else:
+            error = future.exception()
+            if error is not None:
+                text = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problem = self._redactor.redact(text)
+        if problem is None:
+            return JobInterrupted(f"job {address} stopped", self)
+        return JobInterrupted(f"job {address}: stop requested, still running: {problem}", self)
 
     async def wait_async(self, timeout: float | None = None) -> ConfidentialJob:
         """``await`` the end of the job (from any event loop)."""
@@ -654,10 +693,28 @@ class ConfidentialJob:
         await self._on_loop(self._stop())
 
     async def _stop(self) -> None:
-        self._stop_requested = True
+        if self.done:
+            return  # ended meanwhile: nothing to stop
+        if self.address is None:
+            # Not listed yet: the machine sees the flag before listing (and does not list).
+            self._stop_requested = True
+            self._pulse()
+            return
+        if self.state is not None and self.state.done:
+            return
+        # Set while a stop is being sent (the machine then expects the host's refusals);
+        # put back if the stop did not go through.
+        before, self._stop_requested = self._stop_requested, True
         self._pulse()
-        if self.done or self.address is None:
-            return  # not listed yet: the machine sees the flag before listing
+        try:
+            await self._send_stop(self.address)
+        except BaseException:
+            if not self.done:
+                self._stop_requested = before
+                self._pulse()
+            raise
+
+    async def _send_stop(self, address: str) -> None:
         if self.state is JobState.RUNNING and self.node is not None:
             host = self._host or self._host_client()
             try:
@@ -668,11 +725,11 @@ class ConfidentialJob:
                 log.info("host stop failed (%s); stopping on the ledger", exc)
         if self.state is None or not self.state.done:
             try:
-                await self.network.stop(self.address)
+                await self.network.stop(address)
                 self.timings.setdefault("stop-sent", time.time())
             except NetworkError:
                 # Already ended meanwhile? Then there is nothing to stop.
-                info = await self.network.job(self.address)
+                info = await self.network.job(address)
                 if not info.state.done:
                     raise
 

@@ -290,10 +290,9 @@ class NosanaMagics(Magics):
         """Block on the job in short waits; the main thread prints the text view meanwhile.
 
         A ``KeyboardInterrupt`` (Ctrl-C, a kernel interrupt) means "stop the job", not just
-        "stop waiting": the job is stopped and one line, ``job X stopped``, is raised.
+        "stop waiting": the job is stopped (a further Ctrl-C does not cancel the stop) and
+        one line is raised, ``job X stopped`` or why the job may still be running.
         """
-        from .job import JobInterrupted
-
         done = threading.Event()
         unsubscribe = job.subscribe(lambda event: done.set() if event.kind == "done" else None)
         try:
@@ -302,16 +301,12 @@ class NosanaMagics(Magics):
                 view.drain()
                 done.wait(_WAIT_SLICE_S)
         except KeyboardInterrupt:
-            address = job.address or "(not listed)"
             try:
-                job.stop()
-            except NosanaError as err:
-                raise JobInterrupted(
-                    f"job {address} could not be stopped: {_one_line(err)}", job) from None
+                interrupted = job.stop_after_interrupt()
             finally:
                 unsubscribe()
                 view.finish()
-            raise JobInterrupted(f"job {address} stopped", job) from None
+            raise interrupted from None
         unsubscribe()
         notices.flush()
         view.finish()

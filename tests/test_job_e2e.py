@@ -370,6 +370,65 @@ def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -
     assert job.phase == "stopped" and job.status == "stopped"
 
 
+def test_a_second_ctrl_c_does_not_cancel_the_stop(
+    devnode: DevNode, net: ApiNetwork, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host's /stop fails for a while and Ctrl-C comes twice: the stop still goes
+    through (on the ledger), and one JobInterrupted line says so."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    _until(lambda: any(line.text == "started" for line in job.logs))
+    faults = devnode.config.faults
+    faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    threading.Timer(1.0, signal.raise_signal, args=(signal.SIGINT,)).start()
+    raised: BaseException | None = None
+    try:
+        job.wait(30)
+    except BaseException as exc:  # a raw KeyboardInterrupt must not escape
+        raised = exc
+    faults.fail_requests = 0
+    assert isinstance(raised, JobInterrupted), repr(raised)
+    assert str(raised) == f"job {job.address} stopped"
+    assert "still stopping it" in capsys.readouterr().err
+    job.wait(20)
+    assert job.phase == "stopped" and job._stop_requested
+    assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
+
+
+def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    from nosana_magic.host import HostClient, HostError
+    from nosana_magic.network.base import NetworkError
+
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    _until(lambda: any(line.text == "started" for line in job.logs))
+
+    async def host_refuses(self: HostClient, *, timeout: float = 10.0) -> None:
+        raise HostError(self.base_url, "POST /stop", "refused")
+
+    async def ledger_down(address: str) -> None:
+        raise NetworkError("local network: POST /stop: 503")
+
+    monkeypatch.setattr(HostClient, "stop", host_refuses)
+    monkeypatch.setattr(net, "stop", ledger_down)
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    with pytest.raises(JobInterrupted) as info:
+        job.wait(30)
+    assert str(info.value) == (
+        f"job {job.address}: stop requested, still running: local network: POST /stop: 503"
+    )
+    assert not job._stop_requested and job.phase == "running"
+    monkeypatch.undo()
+    job.stop()
+    job.wait(20)
+    assert job.phase == "stopped"
+
+
 def test_ctrl_c_while_queued_delists(devnode: DevNode, net: ApiNetwork) -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")

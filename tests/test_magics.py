@@ -277,6 +277,39 @@ def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: De
     assert devnode.job(job.address).state.done
 
 
+def test_a_second_ctrl_c_does_not_cancel_the_stop(
+    shell: InteractiveShell, devnode: DevNode
+) -> None:
+    """The host's /stop fails for a while; a second interrupt comes during the stop: the
+    stop still goes through (on the ledger) and the cell ends with one line."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    body = cell(op("long", "echo started; sleep 60"))
+    faults = devnode.config.faults
+
+    def interrupt_twice_once_running() -> None:
+        _until(lambda: any(j.phase == "running" and j.logs for j in _live_jobs()))
+        faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.8)
+        signal.raise_signal(signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_twice_once_running, daemon=True)
+    timer.start()
+    try:
+        with capture_output() as captured:
+            result = shell.run_cell(f"%%{MAGIC} -o stopped2\n{body}")
+        timer.join(5)
+    finally:
+        faults.fail_requests = 0
+    job = shell.user_ns["stopped2"]
+    assert isinstance(result.error_in_exec, JobInterrupted), repr(result.error_in_exec)
+    assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
+    assert "still stopping it" in captured.stderr
+    job.wait(20)
+    assert job.phase == "stopped" and devnode.job(job.address).state.done
+
+
 def _live_jobs() -> list[ConfidentialJob]:
     return [job for job in jobs() if not job.done]
 
