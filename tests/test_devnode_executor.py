@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nosana_magic.devnode.executor import MAX_LINE_CHARS, Executor
+from nosana_magic.devnode.executor import MAX_LINE_CHARS, Executor, kill_job_processes
 from nosana_magic.devnode.services import ServiceRegistry
 from nosana_magic.results import FlowState, NodeLogEntry, OpState
 
@@ -418,6 +418,56 @@ async def test_op_ending_kills_what_it_left_behind(tmp_path: Path, job: str):
     while _alive(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert not _alive(pid)
+
+
+DETACH = "setsid sleep 1000 > /dev/null 2>&1 < /dev/null & echo $! >> pids"
+
+
+async def test_what_an_op_detached_dies_when_the_job_has_no_op_running(tmp_path: Path, job: str):
+    # setsid leaves the op's process group: only the NOSANA_ID marker finds it.
+    h = Harness(
+        job,
+        tmp_path,
+        definition(
+            run_op("daemon", DETACH + "; echo started"),
+            run_op("sibling", "sleep 0.5; echo alive", execution={"group": "daemon"}),
+        ),
+    )
+    assert await h.run() == "success"
+    # The daemon op's end kills nothing of its running sibling...
+    assert (h.op("sibling").status, h.op("sibling").exit_code) == ("success", 0)
+    assert h.text("sibling") == "alive\n"
+    # ...and once no op runs, the detached process is gone.
+    pid = int((tmp_path / "pids").read_text())
+    assert not _alive(pid)
+    assert processes_of(job) == []
+
+
+async def test_stop_kills_what_an_op_detached(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(run_op("a", DETACH + "; sleep 1000")), stop_grace=0.5)
+    task = asyncio.create_task(h.run())
+    pid = (await _wait_for_file_lines(tmp_path / "pids", 1))[0]
+    assert _alive(pid)
+    await asyncio.wait_for(h.executor.stop("stopped"), 10)
+    assert await task == "stopped"
+    assert not _alive(pid)
+    assert processes_of(job) == []
+
+
+def test_kill_job_processes_spares_other_jobs(job: str):
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "1000"], env={**os.environ, "NOSANA_ID": job + "-other"})
+    mine = subprocess.Popen(["sleep", "1000"], env={**os.environ, "NOSANA_ID": job})
+    try:
+        assert kill_job_processes(job) == [mine.pid]
+        assert mine.wait(5) == -9
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+        mine.kill()
+        mine.wait()
 
 
 # ---------------------------------------------------------------- groups and depends_on

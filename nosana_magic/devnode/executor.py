@@ -59,7 +59,7 @@ from ..protocol import now_ms
 from ..results import FlowState, NodeLogEntry, OpLog, OpState
 from .services import ExposedPort, ServiceRegistry
 
-__all__ = ["DEFAULT_LOG_CAP", "MAX_LINE_CHARS", "Executor", "StopReason"]
+__all__ = ["DEFAULT_LOG_CAP", "MAX_LINE_CHARS", "Executor", "StopReason", "kill_job_processes"]
 
 _log = logging.getLogger(__name__)
 
@@ -147,6 +147,42 @@ async def _wait_any(*events: asyncio.Event) -> None:
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+def kill_job_processes(job: str) -> list[int]:
+    """SIGKILL every live process whose environment holds ``NOSANA_ID=<job>``; the pids killed.
+
+    The process-group kill misses what an op detached into a session of its own (``setsid``,
+    daemons); they all inherited the ``NOSANA_ID`` the executor set, so they are found here.
+    Linux only (``/proc``); elsewhere, or for processes we may not read, it quietly does
+    nothing. A few passes catch what a dying process forked meanwhile.
+    """
+    marker = f"NOSANA_ID={job}".encode()
+    me = os.getpid()
+    killed: list[int] = []
+    for _ in range(5):
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return killed
+        found: list[int] = []
+        for entry in entries:
+            if not entry.isdigit() or int(entry) == me or int(entry) in killed:
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    environ = handle.read()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                found.append(int(entry))
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed.extend(found)
+    return killed
+
+
 def _describe(exc: BaseException) -> str:
     """Why an op could not start, without echoing the value (it may come from a secret)."""
     if isinstance(exc, OSError):
@@ -207,6 +243,9 @@ class Executor:
         self._started = False
         self._finished = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Ops whose process is being started or runs: when it drops to 0, whatever the job
+        #: left behind (detached processes included) is killed.
+        self._live = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -264,6 +303,7 @@ class Executor:
         if self._started:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), timeout=self.stop_grace + 10)
+        self._sweep()
 
     # ------------------------------------------------------------------ plan
 
@@ -447,11 +487,14 @@ class Executor:
         write_fds: list[int] = []
         transports: list[asyncio.BaseTransport] = []
         readers: list[asyncio.Task[None]] = []
+        counted = False
         try:
             for _ in range(2):  # stdout, stderr
                 read_fd, write_fd = os.pipe()
                 read_fds.append(read_fd)
                 write_fds.append(write_fd)
+            self._live += 1
+            counted = True
             try:
                 # Our own pipes rather than subprocess.PIPE: when the op leaves a process
                 # behind that holds them open, we can still close our ends and move on.
@@ -497,6 +540,8 @@ class Executor:
             returncode = await proc.wait()
             # Like a container: once its main process is gone, nothing else of it may run.
             _killpg(proc.pid, signal.SIGKILL)
+            counted = False
+            self._process_ended()
             _done, pending = await asyncio.wait(readers, timeout=2.0) if readers else ((), ())
             for task in pending:
                 task.cancel()
@@ -515,7 +560,16 @@ class Executor:
             for fd in (*read_fds, *write_fds):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if counted:
+                self._process_ended()
             await self._close_services(run)
+
+    def _process_ended(self) -> None:
+        self._live -= 1
+        if self._live == 0:
+            # No op of the job runs, so nothing of it may (a container's processes die with
+            # it; what detached from an op's process group is found by its NOSANA_ID).
+            self._sweep()
 
     def _finish(self, run: _OpRun, exit_code: int) -> None:
         state = run.state
@@ -832,7 +886,13 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweep()
         await self._services.close_job(self.job)
+
+    def _sweep(self) -> None:
+        killed = kill_job_processes(self.job)
+        if killed:
+            self._info("stop", f"Killed {len(killed)} process(es) the job left behind")
 
     # ------------------------------------------------------------------ callbacks
 
