@@ -223,6 +223,18 @@ def test_malformed_json_is_400(project: Project, waiting_job: str) -> None:
     assert project.record(waiting_job).flow.status == "waiting-for-job-definition"  # type: ignore[union-attr]
 
 
+def test_non_finite_numbers_are_not_json(project: Project, waiting_job: str) -> None:
+    # Python's json reads NaN/Infinity; body-parser (JSON.parse) answers 400 SyntaxError.
+    for content in (b'{"a": NaN}', b'{"a": Infinity}', b'[-Infinity]'):
+        response = project.post(waiting_job, "/job-definition", content=content,
+                                headers={**project.header(),
+                                         "Content-Type": "application/json"})
+        assert response.status_code == 400, content
+        assert "SyntaxError: Unexpected token" in response.text
+        assert "is not valid JSON" in response.text
+    assert project.record(waiting_job).flow.status == "waiting-for-job-definition"  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------- legacy paths (2.6)
 
 

@@ -47,6 +47,19 @@ _UNAUTHORIZED = "Unauthorized Request"
 _NOT_VERIFIED = "signature does not verify"
 
 
+class _NotJson(ValueError):
+    """A token Python's ``json`` accepts and JavaScript's ``JSON.parse`` does not."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN, Infinity, -Infinity: body-parser's JSON.parse throws a SyntaxError on them.
+    raise _NotJson(name.lstrip("-")[:1])
+
+
 def _text(status: int, body: str) -> Response:
     return Response(body, status_code=status, media_type=_HTML, headers=_CORS)
 
@@ -239,7 +252,12 @@ class NodeApi:
                 400, f"SyntaxError: Unexpected token '{token}', \"{text[:20]}\" is not valid JSON"
             )
         try:
-            return json.loads(text), None
+            return json.loads(text, parse_constant=_reject_constant), None
+        except _NotJson as exc:
+            return None, _express_error(
+                400,
+                f"SyntaxError: Unexpected token '{exc.token}', \"{text[:20]}\" is not valid JSON",
+            )
         except json.JSONDecodeError as exc:
             return None, _express_error(400, f"SyntaxError: {exc.msg} in JSON at position "
                                         f"{exc.pos}")
@@ -484,7 +502,7 @@ class _WsConnection:
 
     async def _dispatch(self, message: str) -> None:
         try:
-            data = json.loads(message)
+            data = json.loads(message, parse_constant=_reject_constant)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
         except ValueError:
