@@ -861,8 +861,20 @@ class ConfidentialJob:
         cost, until its timeout)."""
         if self.address is None or (self.state is not None and self.state.done):
             return
+        deadline = time.monotonic() + timeout
+        if self.state is JobState.RUNNING and self.node is not None:
+            # Like _stop(): the host first, one bounded POST (a ledger stop on Solana is a
+            # transaction, which rarely fits these budgets), then the ledger.
+            try:
+                host = self._host or self._host_client()
+                await asyncio.wait_for(host.stop(timeout=timeout / 2), timeout / 2 + 0.5)
+                self.warnings.append(f"job {self.address} was stopped after the failure")
+                return
+            except (NosanaError, RuntimeError, asyncio.TimeoutError) as exc:
+                log.info("host stop after the failure failed (%s); stopping on the ledger", exc)
         try:
-            await asyncio.wait_for(self.network.stop(self.address), timeout)
+            remaining = max(0.5, deadline - time.monotonic())
+            await asyncio.wait_for(self.network.stop(self.address), remaining)
             self.warnings.append(f"job {self.address} was stopped after the failure")
         except (NosanaError, asyncio.TimeoutError) as exc:
             self.warnings.append(f"could not stop job {self.address}: {exc}")

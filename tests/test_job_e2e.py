@@ -651,6 +651,32 @@ def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
     assert job.ops["a"].logs[-1].text == "done"
 
 
+def test_a_failure_while_running_stops_the_job_on_the_host_first(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's stop may not fit the cleanup's budget (Solana): the host's /stop does."""
+    from nosana_magic.host import HostClient, HostError
+    from nosana_magic.network.base import NetworkError
+
+    send = HostClient.send_definition
+
+    async def answer_lost(self: HostClient, body: bytes, *, timeout: float = 60.0) -> None:
+        await send(self, body, timeout=timeout)  # the host has it and runs the ops...
+        raise HostError(self.base_url, "POST /job-definition", "refused")  # ...we fail
+
+    async def ledger_too_slow(address: str) -> None:
+        raise NetworkError("local network: the stop transaction did not confirm")
+
+    monkeypatch.setattr(HostClient, "send_definition", answer_lost)
+    monkeypatch.setattr(net, "stop", ledger_too_slow)
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    job.wait(30)
+    assert job.phase == "failed" and "refused" in str(job.error)
+    assert f"job {job.address} was stopped after the failure" in job.warnings, job.warnings
+    assert job.address is not None
+    _until(lambda: devnode.job(job.address or "").state.done, 15)
+
+
 def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     """A script that exits while its job runs: the job is stopped, nothing hangs."""
     import subprocess
