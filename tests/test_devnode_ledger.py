@@ -74,6 +74,23 @@ def test_pin_refuses_missing_credentials_and_bad_bodies(project: Project) -> Non
     assert project.http.get("/ipfs/QmNotThere").status_code == 404
 
 
+def test_pin_and_list_answer_400_to_deep_nesting_and_keep_lone_surrogates(
+    project: Project,
+) -> None:
+    deep = b"[" * 20_000
+    pinned = project.http.post("/pinning/pinJSONToIPFS", content=deep,
+                               headers={"Authorization": "Bearer t"})
+    assert pinned.status_code == 400 and pinned.json() == {"error": "the body is not JSON"}
+    listed = project.http.post("/api/jobs/list", content=deep, headers=project.api_headers())
+    assert listed.status_code == 400 and listed.json() == {"error": "the body is not JSON"}
+    # A lone surrogate cannot be UTF-8: the stored bytes spell it as an ASCII escape.
+    surrogate = project.http.post("/pinning/pinJSONToIPFS", content=b'{"a": "\\ud800"}',
+                                  headers={"Authorization": "Bearer t"})
+    assert surrogate.status_code == 200
+    stored = project.http.get(f"/ipfs/{surrogate.json()['IpfsHash']}")
+    assert stored.content == b'{"a":"\\ud800"}'
+
+
 # ---------------------------------------------------------------------- markets
 
 

@@ -235,6 +235,36 @@ def test_non_finite_numbers_are_not_json(project: Project, waiting_job: str) -> 
     assert project.record(waiting_job).flow.status == "waiting-for-job-definition"  # type: ignore[union-attr]
 
 
+def test_deep_nesting_is_400_and_a_lone_surrogate_is_served(
+    project: Project, waiting_job: str
+) -> None:
+    headers = {**project.header(), "Content-Type": "application/json"}
+    deep = project.post(waiting_job, "/job-definition", content=b"[" * 20_000, headers=headers)
+    assert deep.status_code == 400 and "SyntaxError" in deep.text
+    body = b'{"version": "0.1", "type": "container", "ops": [], "meta": {"x": "\\ud800"}}'
+    posted = project.post(waiting_job, "/job-definition", content=body, headers=headers)
+    assert (posted.status_code, posted.text) == (200, "Job definition received")
+    project.wait_flow(waiting_job, "success", "waiting-for-result", "validation-error")
+    stored = project.get(waiting_job, "/job-definition")
+    assert stored.status_code == 200
+    assert json.loads(stored.text)["meta"] == {"x": "\ud800"}
+
+
+def test_a_result_that_cannot_be_pinned_still_completes_the_job(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(document: object) -> str:
+        raise RuntimeError("pinning is broken")
+
+    monkeypatch.setattr(project.node.ipfs, "put_json", broken)
+    job = project.submit(definition(op("a", "echo hi")))
+    project.collect(job)
+    info = project.node.wait_job(job, "COMPLETED", "STOPPED", timeout=10)
+    assert info.state.value == "COMPLETED" and info.ipfs_result is None
+    host = project.node.host(info.node or "")
+    assert any("could not be published" in line for line in host.node_logs.history(job))
+
+
 # ---------------------------------------------------------------------- legacy paths (2.6)
 
 

@@ -186,6 +186,7 @@ async def test_log_accepts_the_cli_header_without_time_on_the_root_path(
     ("message", "code"),
     [
         ("this is not json", 1011),
+        ("[" * 20_000, 1011),
         ('{"path": "/log", "header": NaN, "body": {"jobAddress": "JOB"}}', 1011),
         (json.dumps({"path": "/nope", "body": {"jobAddress": "JOB"}}), 3003),
         (json.dumps({"path": "/log", "header": "HEADER", "body": {}}), 1007),

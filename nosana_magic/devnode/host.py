@@ -51,8 +51,18 @@ _PROGRESS = {
 
 
 def compact_json(value: Any) -> str:
-    """JSON as JavaScript's ``JSON.stringify`` writes it (no spaces)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON as JavaScript's ``JSON.stringify`` writes it (no spaces).
+
+    Should the text hold something UTF-8 cannot encode (a lone surrogate, from a
+    ``"\\ud800"`` escape in a body), it is written with ASCII ``\\u`` escapes instead, so
+    that every answer can be sent.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 # ---------------------------------------------------------------------- log streams
@@ -643,9 +653,18 @@ class EmulatedHost:
         else:
             flow.errors.append(f"logistics.receive.type {receive!r} is not supported")
             document = _blank(flow, original)
-        cid = self._ipfs.put_json(document)
+        cid: str | None
+        try:
+            cid = self._ipfs.put_json(document)
+        except Exception as exc:  # the job must still end on the ledger
+            _log.exception("devnode host %s: job %s: result not pinned", self.address,
+                           record.address)
+            cid = None
+            self._node_log(record, f"Job result could not be published ({type(exc).__name__}); "
+                           "the job is completed without one", kind="error")
         self._ledger.complete(record.address, cid)
-        self._node_log(record, f"Job result published: {cid}", kind="success")
+        if cid is not None:
+            self._node_log(record, f"Job result published: {cid}", kind="success")
 
 
 def _blank(flow: FlowState, status: str) -> dict[str, Any]:

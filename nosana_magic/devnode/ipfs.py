@@ -21,8 +21,16 @@ __all__ = ["IpfsStore", "canonical_json", "ipfs_routes"]
 
 
 def canonical_json(document: Any) -> bytes:
-    """The bytes the store pins for ``document`` (compact, like JavaScript's JSON.stringify)."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The bytes the store pins for ``document`` (compact, like JavaScript's JSON.stringify).
+
+    Text that UTF-8 cannot hold (a lone surrogate, from a ``"\\ud800"`` escape) is written
+    as ASCII ``\\u`` escapes instead, as the whole document then is.
+    """
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 class IpfsStore:
@@ -87,13 +95,16 @@ def ipfs_routes(store: IpfsStore) -> list[Route]:
         raw = await request.body()
         try:
             document = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return _error(400, "the body is not JSON")
         if isinstance(document, dict) and "pinataContent" in document:
             document = document["pinataContent"]
         if not isinstance(document, (dict, list)):
             return _error(400, "pinJSONToIPFS takes a JSON object or array")
-        content = canonical_json(document)
+        try:
+            content = canonical_json(document)
+        except RecursionError:
+            return _error(400, "the body is not JSON")
         cid = store.put(content)
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         return JSONResponse(

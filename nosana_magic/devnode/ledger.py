@@ -350,7 +350,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise LedgerError(400, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise LedgerError(400, "the body must be a JSON object")

@@ -261,6 +261,8 @@ class NodeApi:
         except json.JSONDecodeError as exc:
             return None, _express_error(400, f"SyntaxError: {exc.msg} in JSON at position "
                                         f"{exc.pos}")
+        except RecursionError:
+            return None, _express_error(400, "SyntaxError: JSON nested too deeply")
 
     # ------------------------------------------------------------------ auth (2.2)
 
@@ -505,7 +507,7 @@ class _WsConnection:
             data = json.loads(message, parse_constant=_reject_constant)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):
             await self.close(1011, "Internal server error")
             return
         path = data.get("path")
