@@ -384,6 +384,8 @@ class ConfidentialJob:
         self._settled = threading.Event()
         self._changed: asyncio.Event | None = None
         self._stop_requested = False
+        #: Set once the machine is closing its clients (a stop then has nothing to do).
+        self._finishing = False
         self._info_end: InfoEvent | None = None
         self._reported_status: str | None = None
         self._flow_status: str | None = None
@@ -693,7 +695,7 @@ class ConfidentialJob:
         await self._on_loop(self._stop())
 
     async def _stop(self) -> None:
-        if self.done:
+        if self.done or self._finishing:
             return  # ended meanwhile: nothing to stop
         if self.address is None:
             # Not listed yet: the machine sees the flag before listing (and does not list).
@@ -709,7 +711,7 @@ class ConfidentialJob:
         try:
             await self._send_stop(self.address)
         except BaseException:
-            if not self.done:
+            if not self.done and not self._finishing:
                 self._stop_requested = before
                 self._pulse()
             raise
@@ -723,6 +725,12 @@ class ConfidentialJob:
                 return
             except HostError as exc:
                 log.info("host stop failed (%s); stopping on the ledger", exc)
+            except RuntimeError:
+                if self._finishing:
+                    return  # the machine closed the client: the job is ending anyway
+                raise
+        if self._finishing:
+            return
         if self.state is None or not self.state.done:
             try:
                 await self.network.stop(address)
@@ -880,6 +888,7 @@ class ConfidentialJob:
             self.warnings.append(f"could not stop job {self.address}: {exc}")
 
     async def _finish(self, tasks: list[asyncio.Task[Any]]) -> None:
+        self._finishing = True
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -677,6 +677,37 @@ def test_a_failure_while_running_stops_the_job_on_the_host_first(
     _until(lambda: devnode.job(job.address or "").state.done, 15)
 
 
+def test_stop_while_the_machine_is_finishing_is_a_no_op(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() after the machine closed its host client (ending a failed, still RUNNING job)
+    does nothing rather than hit the closed client."""
+    import asyncio
+
+    from nosana_magic.host import HostClient, HostError
+
+    send, aclose = HostClient.send_definition, HostClient.aclose
+    closed = threading.Event()
+
+    async def answer_lost(self: HostClient, body: bytes, *, timeout: float = 60.0) -> None:
+        await send(self, body, timeout=timeout)
+        raise HostError(self.base_url, "POST /job-definition", "refused")
+
+    async def slow_close(self: HostClient) -> None:
+        await aclose(self)
+        closed.set()
+        await asyncio.sleep(1.0)  # the machine is still finishing
+
+    monkeypatch.setattr(HostClient, "send_definition", answer_lost)
+    monkeypatch.setattr(HostClient, "aclose", slow_close)
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    assert closed.wait(30)
+    assert not job.done and job.state is JobState.RUNNING
+    job.stop()  # no RuntimeError from the closed client
+    job.wait(15)
+    assert job.phase == "failed" and "refused" in str(job.error)
+
+
 def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     """A script that exits while its job runs: the job is stopped, nothing hangs."""
     import subprocess
