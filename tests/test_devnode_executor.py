@@ -337,6 +337,24 @@ async def test_a_bug_in_one_op_cancels_its_siblings(
     # The job fixture checks that the sibling's sleep is gone.
 
 
+async def test_an_unserved_expose_entry_is_logged_without_its_contents(
+    tmp_path: Path, job: str
+):
+    secret = "Bearer s3cr3t-token"
+    expose = [
+        {"port": "%%ops.a.port%%", "health_checks": [
+            {"type": "http", "path": "/", "method": "GET", "expected_status": 200,
+             "headers": {"Authorization": secret}}]},
+        "8000:8010",
+    ]
+    h = Harness(job, tmp_path, definition(run_op("a", "true", expose=expose)))
+    assert await h.run() == "success"
+    lines = [line for line in h.node_lines() if "not served locally" in line]
+    assert len(lines) == 2
+    assert not any(secret in line or "s3cr3t" in line or "8000" in line for line in lines)
+    assert all("%%" not in entry.log and "s3cr3t" not in entry.log for entry in h.entries)
+
+
 async def test_results_extraction(tmp_path: Path, job: str):
     script = (
         "import sys\n"

@@ -183,6 +183,17 @@ def kill_job_processes(job: str) -> list[int]:
     return killed
 
 
+def _port_kind(port: object) -> str:
+    """What an ``expose`` port is, in words that never include a text value."""
+    if isinstance(port, bool) or port is None:
+        return "no port number"
+    if isinstance(port, (int, float)):
+        return f"port {port}"
+    if isinstance(port, str):
+        return "a port given as text: a literal, spread or range"
+    return f"a port of type {type(port).__name__}"
+
+
 def _describe(exc: BaseException) -> str:
     """Why an op could not start, without echoing the value (it may come from a secret)."""
     if isinstance(exc, OSError):
@@ -787,7 +798,7 @@ class Executor:
             return
         private = args.get("private") is True
         items = expose if isinstance(expose, list) else [expose]
-        for item in items:
+        for position, item in enumerate(items):
             port: object = item.get("port") if isinstance(item, Mapping) else item
             checks: list[dict[str, Any]] = []
             if isinstance(item, Mapping):
@@ -795,8 +806,14 @@ class Executor:
             if isinstance(port, float) and port.is_integer():
                 port = int(port)
             if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-                # Literals, spreads and port ranges are resolved by a real node only.
-                self._info("info", f"Op {run.id}: expose entry {item!r} not served locally")
+                # Literals, spreads and port ranges are resolved by a real node only. Never log
+                # the entry itself: its health checks may carry headers with resolved secrets.
+                self._info(
+                    "info",
+                    f"Op {run.id}: expose entry {position} ({_port_kind(port)}) not served "
+                    "locally",
+                    op=run.id,
+                )
                 continue
             exposed = self._services.expose(
                 job=self.job,
