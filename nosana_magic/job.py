@@ -1218,9 +1218,15 @@ class ConfidentialJob:
     async def _watch_ledger(self) -> None:
         assert self.address is not None
         backoff = self._retry.backoff()
+        last: JobInfo | None = None
         while True:
             try:
                 async for info in self.network.watch(self.address):
+                    # A new watch() yields the current state first: only a change is progress
+                    # (else watch, fail, watch again would never run out of retries).
+                    if info == last:
+                        continue
+                    last = info
                     backoff.reset()
                     self._apply_ledger(info)
                     self._emit("state")

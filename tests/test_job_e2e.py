@@ -633,6 +633,33 @@ def test_losing_the_ledger_while_queued_fails_within_the_retry_bound(
     assert "404 job not found" in str(job.error)
 
 
+def test_a_ledger_that_fails_after_each_first_answer_is_given_up_on(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new watch() answers the current state, then fails: no progress, so the retry
+    bound runs out and the job fails with "lost track"."""
+    from collections.abc import AsyncIterator
+
+    from nosana_magic.host import Retry
+    from nosana_magic.network.base import JobInfo, NetworkError
+
+    devnode.config.pickup_delay = None
+    job = ConfidentialJob(None, net, source=text(definition(op("a", "true"))), timeout=60,
+                          retry=Retry(first=0.05, cap=0.1, attempts=100, total=0.5))
+
+    async def flaky_watch(address: str) -> AsyncIterator[JobInfo]:
+        yield await net.job(address)
+        raise NetworkError("local network: GET /api/jobs: 502")
+
+    monkeypatch.setattr(net, "watch", flaky_watch)
+    job.start()
+    job.wait(10)
+    assert job.phase == "failed"
+    assert str(job.error) == (
+        f"lost track of job {job.address}: local network: GET /api/jobs: 502"
+    )
+
+
 def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
     devnode: DevNode, net: ApiNetwork
 ) -> None:
