@@ -8,6 +8,9 @@ What it does differently from the Nosana CLI (reference section 6), on purpose:
   through one helper, :class:`Backoff`; giving up raises :class:`HostError` naming the host
   and the route;
 * results are polled inside the host's 60 s window as soon as the caller sees ``endTime``;
+* a 401 (or WS close 3000) whose detail is the host's on-chain lookup of the job failing is
+  retried within the bound; only a signature that does not verify (the wrong wallet) and an
+  expired header are final (reference 2.2);
 * the ``/log`` WebSocket reconnects without duplicating or losing lines (see :meth:`logs`);
 * bodies are parsed as JSON whatever their content type (the host labels JSON ``text/html``);
 * when a host answers 404 on the current ``/job/{id}/…`` paths, the legacy paths of
@@ -59,9 +62,13 @@ _INVALID_JOB_ID = "invalid job id"
 _CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
 _CANNOT_GET_RESULTS = "cannot get job result at this time"
 _NO_EXPOSED_URL = "no exposed url"
+_UNAUTHORIZED = "unauthorized request"
 
 #: WebSocket close codes of the node (reference 2.5) that retrying cannot fix.
 _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refused the path"}
+#: ... except 3000 when its reason is not about our header: the host looks the job up on
+#: chain for each subscription, and an RPC error there closes 3000 too.
+_WS_AUTH_CODE = 3000
 
 Kind = Literal["definition", "results", "endpoints", "stop"]
 
@@ -251,6 +258,20 @@ class _Again:
     """A classifier's verdict "try again": ``problem`` is reported if the bound runs out."""
 
     problem: str
+
+
+def _auth_problem_is_final(message: str) -> bool:
+    """Whether a host's "Unauthorized Request…" (401, or the reason of WS close 3000) is
+    final. Our headers are always fresh and well formed, so only two refusals are about
+    them (reference 2.2): plain "Unauthorized Request" (the signature does not verify: the
+    wrong wallet) and an expired header (the clocks disagree). Any other detail is the
+    host's per-request lookup of the job on chain failing (RPC or account errors), which a
+    later attempt may pass."""
+    text = " ".join(message.split()).lower().rstrip(".")
+    if not text.startswith(_UNAUTHORIZED):
+        return True  # not the middleware's answer: nothing says retrying helps
+    detail = text[len(_UNAUTHORIZED):].lstrip(":").strip()
+    return not detail or "expired" in detail
 
 
 def _to_ws_url(base_url: str) -> str:
@@ -444,7 +465,7 @@ class HostClient:
                 last = type(exc).__name__
             else:
                 # Only the send is retried on network errors, not what ``classify`` does.
-                verdict = await classify(response)
+                verdict = await self._retryable_401(response) or await classify(response)
                 if not isinstance(verdict, _Again):
                     return verdict
                 last = verdict.problem
@@ -453,6 +474,13 @@ class HostClient:
                     attempts=backoff.attempt, elapsed=backoff.elapsed, last=last
                 )
                 raise self._error(kind, problem, gave_up=True)
+
+    async def _retryable_401(self, response: httpx.Response) -> _Again | None:
+        """A 401 the host may not repeat (its on-chain lookup failed), to retry in the bound."""
+        if response.status_code != 401:
+            return None
+        message = self._message(response)
+        return None if _auth_problem_is_final(message) else _Again(f"401 {message}")
 
     def _body(self, kind: Kind, response: httpx.Response, model: type[_M], problem: str) -> _M:
         """The body as ``model``, parsed as JSON whatever its content type (even doubly encoded).
@@ -647,7 +675,11 @@ class HostClient:
                 ) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        if response.status_code == 404 or response.status_code >= 500:
+                        if (
+                            response.status_code == 404
+                            or response.status_code >= 500
+                            or await self._retryable_401(response) is not None
+                        ):
                             last = f"{response.status_code} {self._message(response)}"
                         else:
                             raise self._error(route, "the host refused the stream", response)
@@ -749,12 +781,14 @@ class HostClient:
                     last = "the host closed the log stream"
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = exc.rcvd.reason if exc.rcvd is not None else ""
                 if code in _WS_FATAL_CODES:
-                    reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                    raise HostError(
-                        self.base_url, route, f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
-                    ) from None
-                last = f"connection closed ({code})" if code else "connection lost"
+                    problem = f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
+                    if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
+                        raise HostError(self.base_url, route, problem) from None
+                    last = problem
+                else:
+                    last = f"connection closed ({code})" if code else "connection lost"
             except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
                 if isinstance(exc, InvalidURI):
                     raise HostError(self.base_url, route, "not a WebSocket URL") from None

@@ -567,3 +567,101 @@ async def test_log_reconnects_are_bounded() -> None:
             async for _ in host.logs():
                 pass
         await host.aclose()
+
+
+# --------------------------------------------------------------------------- 401 (reference 2.2)
+
+
+def _flaky_auth_app(messages: list[str], calls: list[str]) -> Starlette:
+    """A host whose middleware answers ``messages`` (401 each) before letting requests by."""
+
+    async def handle(request: Request) -> Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if len(calls) <= len(messages):
+            return PlainTextResponse(messages[len(calls) - 1], status_code=401)
+        return PlainTextResponse("job stopped successfully")
+
+    return Starlette(routes=[Route("/job/{job}/stop", handle, methods=["POST"])])
+
+
+async def test_a_401_from_the_hosts_chain_lookup_is_retried() -> None:
+    calls: list[str] = []
+    rpc = "Unauthorized Request: failed to get info about account J: 429 Too Many Requests"
+    async with serve_app(_flaky_auth_app([rpc, rpc], calls)) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        await host.stop(timeout=5)
+        assert calls == ["POST /job/J/stop"] * 3
+        await host.aclose()
+
+
+@pytest.mark.parametrize("message", [
+    "Unauthorized Request",  # the signature does not verify: the wrong wallet
+    "Unauthorized Request: Authorization has expired.",
+])
+async def test_a_401_about_our_header_is_final_at_once(message: str) -> None:
+    calls: list[str] = []
+    async with serve_app(_flaky_auth_app([message] * 10, calls)) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        with pytest.raises(HostError) as info:
+            await host.stop(timeout=5)
+        assert info.value.status == 401 and not info.value.gave_up
+        assert calls == ["POST /job/J/stop"]
+        await host.aclose()
+
+
+async def test_a_401_from_the_chain_lookup_gives_up_within_the_bound() -> None:
+    calls: list[str] = []
+    rpc = "Unauthorized Request: fetch failed"
+    async with serve_app(_flaky_auth_app([rpc] * 1000, calls)) as url:
+        host = HostClient(url, "J", Wallet.generate(),
+                          retry=Retry(first=0.01, cap=0.02, attempts=4, total=2))
+        with pytest.raises(HostError, match="gave up after 4 attempts: 401 Unauthorized") as info:
+            await host.stop(timeout=2)
+        assert info.value.gave_up and len(calls) == 4
+        await host.aclose()
+
+
+async def test_info_retries_a_401_from_the_chain_lookup() -> None:
+    calls: list[str] = []
+    event = {"status": "running", "startTime": 1, "endTime": 2, "opStates": []}
+
+    async def info(request: Request) -> Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            return PlainTextResponse("Unauthorized Request: fetch failed", status_code=401)
+        return PlainTextResponse(f"data: {_json.dumps(event)}\n\n",
+                                 media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/job/{job}/info", info)])
+    async with serve_app(app) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        events = [e async for e in host.info(timeout=5)]
+        assert [e.end_time for e in events] == [2] and len(calls) == 2
+        await host.aclose()
+
+
+async def test_log_socket_3000_from_the_chain_lookup_is_retried() -> None:
+    connections = {"n": 0}
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()
+        connections["n"] += 1
+        if connections["n"] == 1:
+            await websocket.close(code=3000, reason="Unauthorized Request: fetch failed")
+            return
+        entry = {"log": "hello", "type": "log", "timestamp": 1000, "job": "J"}
+        await websocket.send_text(_json.dumps({"path": "log", "data": _json.dumps(entry)}))
+        await websocket.close(code=1001)
+
+    async with serve_app(Starlette(routes=[WebSocketRoute("/", ws)])) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+
+        async def first() -> str:
+            async for entry in host.logs():
+                return entry.log
+            return ""
+
+        assert await asyncio.wait_for(first(), 5) == "hello"
+        assert connections["n"] == 2
+        await host.aclose()
