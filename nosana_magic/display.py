@@ -5,7 +5,8 @@ Two renderings of the same job handle:
 * **Widget view** (in a Jupyter kernel with ipywidgets): a header (status, address, market,
   node, elapsed time, price), a log area and the service URLs. Log lines arrive on the
   runner's loop thread (``job.subscribe``); they go into a bounded tail and the log area is
-  rewritten by *assigning* ``Output.outputs`` at most ~10 times per second. We never use
+  rewritten by *assigning* ``Output.outputs`` at most ~10 times per second (in a box that
+  scrolls from the bottom, so redraws keep the newest lines in view). We never use
   ``with out:`` (it captures by the current parent message, which is racy from threads) and
   never ``print()`` from the loop thread (ipykernel routes such output to whichever cell it
   guesses, and the guess changed across releases). Each assignment sends the whole tail, so
@@ -327,9 +328,16 @@ class JobView:
         self._urls_w = widgets.HTML(_urls_html(self.job))
         children = [self._header_w, self._urls_w]
         if not self.quiet:
-            self._log_w = widgets.Output(layout=widgets.Layout(
-                max_height="24em", overflow="auto", border="1px solid #ddd"))
-            children.append(self._log_w)
+            # Every flush replaces the whole output area, which resets an ordinary scroll
+            # box to its top. The log scrolls in a box laid out as a reversed flex column
+            # instead, whose scroll origin (scrollTop 0) is the end of the log: it shows the
+            # newest lines across redraws, and the user can still scroll up (during or after
+            # the job). The Output itself must not shrink (``flex: none``), or its inner
+            # output area (overflow auto in JupyterLab) becomes the scroller, from the top.
+            self._log_w = widgets.Output(layout=widgets.Layout(flex="none"))
+            children.append(widgets.Box([self._log_w], layout=widgets.Layout(
+                display="flex", flex_flow="column-reverse", max_height="24em",
+                overflow="auto", border="1px solid #ddd")))
         self.widget = widgets.VBox(children)
         self._header = self._header_w.value
         # The widget's own plain-text fallback is its repr (raw HTML of the header); a saved

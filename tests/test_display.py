@@ -275,3 +275,20 @@ def test_table_renders_text_and_html() -> None:
     assert repr(table).splitlines() == ["t", "a  bb", "-  ---", "1  <x>"]
     assert "&lt;x&gt;" in table._repr_html_()
     assert "(none)" in repr(Table(["a"], []))
+
+
+def test_log_box_scrolls_from_the_bottom(counting_comm: list[tuple[str, int]]) -> None:
+    """Each flush replaces the whole output area; the box that scrolls it is a reversed flex
+    column (scroll origin at the end of the log), so redraws keep the newest lines in view.
+    The Output inside must not shrink, or its own output area becomes the scroller."""
+    job = FakeJob()
+    view = JobView(job, mode="widget", stdout=io.StringIO()).show()
+    box = view.widget.children[-1]
+    assert box.children == (view._log_w,)
+    assert box.layout.display == "flex"
+    assert box.layout.flex_flow == "column-reverse"
+    assert box.layout.overflow == "auto" and box.layout.max_height
+    assert view._log_w.layout.flex == "none"
+    assert not view._log_w.layout.max_height  # only the box scrolls
+    job.finish()
+    view.finish()
