@@ -254,6 +254,7 @@ class JobView:
         self._out = stdout
         self._err = stderr
         self._lock = threading.Lock()
+        self._summary_lock = threading.Lock()
         # Widget view: the visible tail, lines that fell off it, and what changed since the
         # last flush. Only the loop thread writes widgets while the job runs.
         self._lines: deque[tuple[str, str]] = deque(maxlen=tail)
@@ -272,6 +273,8 @@ class JobView:
         self._last_phase: str | None = None
         self._urls_shown: set[tuple[str, str]] = set()
         self._summary_shown = False
+        self._stopping_shown = False
+        self._summary_when_done = False
         self._background = False
         self._unsubscribe: Callable[[], None] | None = None
         self._post_run_hook: Callable[..., None] | None = None
@@ -443,7 +446,7 @@ class JobView:
             self._timer = None
         self._urls_dirty = True
         self._flush_widgets(force_header=True)
-        if self._background:
+        if self._background or self._summary_when_done:
             self._write_summary()
 
     # -- main thread ---------------------------------------------------------------------
@@ -473,10 +476,13 @@ class JobView:
                     kind = "private" if url.private else "public"
                     self._print(f"· {kind} service of op {url.op_id}: {url.url} ({url.status})")
 
-    def finish(self) -> None:
+    def finish(self, *, interrupted: bool = False) -> None:
         """The job ended (or the caller stops following it): last output, then the summary.
 
-        Main thread. Safe to call more than once; the summary is written once.
+        Main thread. Safe to call more than once; the summary is written once. With
+        ``interrupted`` (the cell was interrupted and the job told to stop) a job that has not
+        ended yet still gets a summary, saying it was stopping; the widget view replaces it
+        with the final one when the job ends.
         """
         if self.mode == "widget":
             done = threading.Event()
@@ -497,17 +503,38 @@ class JobView:
         if self.job.done:
             self._write_summary()
             self.close()
+        elif interrupted:
+            self._write_stopping_summary()
+
+    def _write_stopping_summary(self) -> None:
+        """The interrupted cell ends before the job: say so, where the summary goes."""
+        with self._summary_lock:
+            if self._summary_shown or self._stopping_shown:
+                return
+            self._stopping_shown = True
+            # The widget view writes the final summary from the loop when the job ends.
+            self._summary_when_done = self.mode == "widget"
+            text = (summary_text(self.job) + "\n  stopping: the stop was requested, the job "
+                    "had not ended yet (job.wait() waits for the end)")
+            if self.mode == "widget" and self._summary_handle is not None:
+                self._summary_handle.update({"text/plain": text}, raw=True)
+            else:
+                self._print(text)
+        if self._summary_when_done and self._finalised and self.job.done:
+            self._write_summary()  # it ended meanwhile, maybe before the loop saw the flag
 
     def _write_summary(self) -> None:
-        with self._lock:
+        # One lock around check and write: the final summary is never overwritten by the
+        # "stopping" one, whichever thread writes first.
+        with self._summary_lock:
             if self._summary_shown:
                 return
             self._summary_shown = True
-        text = summary_text(self.job)
-        if self.mode == "widget" and self._summary_handle is not None:
-            self._summary_handle.update({"text/plain": text}, raw=True)
-        else:
-            self._print(text)
+            text = summary_text(self.job)
+            if self.mode == "widget" and self._summary_handle is not None:
+                self._summary_handle.update({"text/plain": text}, raw=True)
+            else:
+                self._print(text)
 
     def close(self) -> None:
         """Stop following the job (the widgets stay on screen with their last content)."""

@@ -303,9 +303,20 @@ class NosanaMagics(Magics):
         except KeyboardInterrupt:
             try:
                 interrupted = job.stop_after_interrupt()
+                # The stop is accepted before the job has ended (the host still winds it
+                # down): wait for the end, bounded (~10 s in short slices), so the summary is
+                # the final one. A further Ctrl-C ends this wait, not the stop.
+                try:
+                    for _ in range(round(10 / _WAIT_SLICE_S)):
+                        if job.done:
+                            break
+                        view.drain()
+                        done.wait(_WAIT_SLICE_S)
+                except KeyboardInterrupt:
+                    pass
             finally:
                 unsubscribe()
-                view.finish()
+                view.finish(interrupted=True)
             raise interrupted from None
         unsubscribe()
         notices.flush()

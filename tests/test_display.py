@@ -292,3 +292,54 @@ def test_log_box_scrolls_from_the_bottom(counting_comm: list[tuple[str, int]]) -
     assert not view._log_w.layout.max_height  # only the box scrolls
     job.finish()
     view.finish()
+
+
+class RecordingHandle:
+    """Stands for the summary's display handle: keeps what it was updated with."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def update(self, bundle: dict[str, str], raw: bool = False) -> None:
+        self.texts.append(bundle["text/plain"])
+
+
+def test_interrupted_view_says_stopping_then_the_final_summary(
+        counting_comm: list[tuple[str, int]]) -> None:
+    job = FakeJob()
+    view = JobView(job, mode="widget", stdout=io.StringIO()).show()
+    handle = view._summary_handle = RecordingHandle()
+    view.finish(interrupted=True)  # the cell ends; the job is still winding down
+    assert len(handle.texts) == 1
+    assert handle.texts[0].startswith(f"nosana job {job.address} on local: running")
+    assert "stopping: the stop was requested, the job had not ended yet" in handle.texts[0]
+    job.finish("stopped")  # the loop writes the final summary over it
+    _wait_for(lambda: len(handle.texts) == 2)
+    assert handle.texts[1].startswith(f"nosana job {job.address} on local: stopped")
+    assert "stopping:" not in handle.texts[1]
+    view.finish(interrupted=True)
+    view.close()
+    assert len(handle.texts) == 2
+
+
+def test_interrupted_text_view_prints_a_stopping_summary_once() -> None:
+    out = io.StringIO()
+    job = FakeJob()
+    view = JobView(job, mode="text", stdout=out, stderr=out).show()
+    view.finish(interrupted=True)
+    view.finish(interrupted=True)
+    assert out.getvalue().count("stopping: the stop was requested") == 1
+    job.finish("stopped")
+    view.finish()
+    assert f"nosana job {job.address} on local: stopped" in out.getvalue()
+    view.close()
+
+
+def test_uninterrupted_finish_of_a_running_job_writes_no_summary() -> None:
+    out = io.StringIO()
+    job = FakeJob()
+    view = JobView(job, mode="text", stdout=out, stderr=out).show()
+    view.finish()
+    assert "nosana job" not in out.getvalue()
+    job.finish()
+    view.finish()

@@ -271,9 +271,13 @@ def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: De
     assert isinstance(result.error_in_exec, JobInterrupted)
     assert time.monotonic() - start < 20
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
-    job.wait(15)
-    # The host ended it (the ledger records the run as finished, the flow as stopped).
+    # The cell waited for the end of the job, so its summary is the final one.
     assert job.done and job.phase == "stopped" and job.status == "stopped"
+    assert f"nosana job {job.address} on local: stopped after " in captured.stdout
+    assert any(line.startswith("  op long: ") for line in captured.stdout.splitlines())
+    assert "the summary replaces this line" not in captured.stdout
+    assert "stopping:" not in captured.stdout
+    # The host ended it (the ledger records the run as finished, the flow as stopped).
     assert devnode.job(job.address).state.done
 
 
