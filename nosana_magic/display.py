@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from .job import ConfidentialJob, JobEvent, LogLine
+    from .results import ServiceUrl
 
 __all__ = [
     "FLUSH_INTERVAL_S",
@@ -173,13 +174,22 @@ def summary_text(job: ConfidentialJob) -> str:
         lines.append(f"  results: {values}")
     for url in job.urls:
         tags = ["private" if url.private else "public", f"op {url.op_id}", f"port {url.port}"]
-        if url.status != "UNKNOWN":
-            tags.append(url.status)
+        status = _service_status(job, url)
+        if status:
+            tags.append(status)
         lines.append(f"  url: {url.url} ({', '.join(tags)})")
     if job.error is not None:
         first = str(job.error).splitlines() or [""]
         lines.append(f"  error: {first[0]}")
     return "\n".join(lines)
+
+
+def _service_status(job: ConfidentialJob, url: ServiceUrl) -> str:
+    """A service's status as shown: its last health check while the job runs, ``ended``
+    once the job is done (the host no longer serves it, whatever the last check said)."""
+    if job.done:
+        return "ended"
+    return "" if url.status == "UNKNOWN" else url.status
 
 
 def _header_html(job: ConfidentialJob) -> str:
@@ -205,15 +215,21 @@ def _header_html(job: ConfidentialJob) -> str:
     return "<div>" + " · ".join(parts) + "</div>"
 
 
+#: JupyterLab styles ``<a>`` in widget HTML as plain text: the links say what they are.
+_LINK_STYLE = "color:#0969da;text-decoration:underline"
+
+
 def _urls_html(job: ConfidentialJob) -> str:
     items = []
     for url in job.urls:
         badge = " <i>(private)</i>" if url.private else ""
-        status = "" if url.status == "UNKNOWN" else f" {html.escape(url.status)}"
+        shown = _service_status(job, url)
+        status = f" ({html.escape(shown)})" if shown == "ended" else (
+            f" {html.escape(shown)}" if shown else "")
         items.append(
-            f'<li><a href="{html.escape(url.url)}" target="_blank" rel="noopener noreferrer">'
-            f"{html.escape(url.url)}</a>{badge} · op {html.escape(url.op_id)} · "
-            f"port {html.escape(str(url.port))}{status}</li>"
+            f'<li><a href="{html.escape(url.url)}" target="_blank" rel="noopener noreferrer" '
+            f'style="{_LINK_STYLE}">{html.escape(url.url)}</a>{badge} · '
+            f"op {html.escape(url.op_id)} · port {html.escape(str(url.port))}{status}</li>"
         )
     return f"<ul style='margin:0'>{''.join(items)}</ul>" if items else ""
 
@@ -350,8 +366,9 @@ class JobView:
         display(bundle, raw=True)  # type: ignore[no-untyped-call]
         # The plain-text record of the outcome: updated in place when the job ends.
         self._summary_handle = display(  # type: ignore[no-untyped-call]
-            {"text/plain": f"nosana job on {self.job.network_name}: {_status_word(self.job)} "
-                           "(the summary replaces this line when the job ends)"},
+            # Neutral: written once, it must not freeze a status ("queued") in the notebook.
+            {"text/plain": f"nosana job on {self.job.network_name}: running… the summary "
+                           "replaces this line when the job ends"},
             raw=True, display_id=True)
 
     # -- events (runner loop thread) -----------------------------------------------------

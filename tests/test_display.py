@@ -266,8 +266,50 @@ def test_summary_lists_ops_results_urls_and_cost() -> None:
     job.cost = 0.0004
     text = summary_text(job)
     assert "results: loss=0.0123, accuracy=0.97" in text
-    assert "url: http://127.0.0.1:9/service/xyz (private, op serve, port 8080, ONLINE)" in text
+    # The job is done: its service is no longer served, whatever its last health check said.
+    assert "url: http://127.0.0.1:9/service/xyz (private, op serve, port 8080, ended)" in text
+    assert "ONLINE" not in text
     assert "cost 0.0004 NOS" in text
+
+
+def test_services_show_their_health_while_running_and_ended_after(
+        counting_comm: list[tuple[str, int]]) -> None:
+    job = FakeJob()
+    job.urls = [ServiceUrl("http://127.0.0.1:9/service/xyz", 8080, "serve", True, "ONLINE")]
+    assert "(private, op serve, port 8080, ONLINE)" in summary_text(job)
+    view = JobView(job, mode="widget", stdout=io.StringIO()).show()
+    _wait_for(lambda: "ONLINE" in view._urls_w.value)
+    job.finish()
+    view.finish()
+    assert "ONLINE" not in view._urls_w.value and "(ended)" in view._urls_w.value
+
+
+def test_links_are_styled_as_links(counting_comm: list[tuple[str, int]]) -> None:
+    job = FakeJob()
+    job.urls = [ServiceUrl("http://127.0.0.1:9/service/xyz", 8080, "serve", True, "ONLINE")]
+    view = JobView(job, mode="widget", stdout=io.StringIO()).show()
+    _wait_for(lambda: "href" in view._urls_w.value)
+    assert 'style="color:#0969da;text-decoration:underline"' in view._urls_w.value
+    job.finish()
+    view.finish()
+
+
+def test_summary_placeholder_names_no_status(monkeypatch: pytest.MonkeyPatch,
+                                            counting_comm: list[tuple[str, int]]) -> None:
+    shown: list[dict[str, str]] = []
+
+    def fake_display(obj: Any, raw: bool = False, display_id: Any = None) -> RecordingHandle:
+        shown.append(obj)
+        return RecordingHandle()
+
+    monkeypatch.setattr("IPython.display.display", fake_display)
+    job = FakeJob()
+    job.phase = "queued"
+    view = JobView(job, mode="widget", stdout=io.StringIO()).show()
+    assert shown[-1] == {"text/plain": "nosana job on local: running… the summary replaces "
+                                       "this line when the job ends"}
+    job.finish()
+    view.finish()
 
 
 def test_table_renders_text_and_html() -> None:
