@@ -305,6 +305,9 @@ async def test_proxy_forwards_requests_and_answers_404_and_502():
                 assert hello.status_code == 200
                 assert hello.text == "hello from the service at /hello/there?a=1&b=two"
                 assert hello.headers["x-service"] == "tiny"
+                # Percent-encoded /, ? and # reach the service as sent, not decoded.
+                encoded = await client.get(f"/service/{service.expose_id}/hello/a%2Fb%3Fc%23d?x=1")
+                assert encoded.text == "hello from the service at /hello/a%2Fb%3Fc%23d?x=1"
 
                 posted = await client.post(
                     f"/service/{service.expose_id}/echo",

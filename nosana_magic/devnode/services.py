@@ -23,6 +23,7 @@ import secrets as _secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 from starlette.background import BackgroundTask
@@ -315,15 +316,21 @@ class ServiceRegistry:
         await response(scope, receive, send)
 
     def _route(self, scope: Scope) -> tuple[ExposedPort | None, str]:
-        path: str = scope.get("path", "")
-        root: str = scope.get("root_path", "")
+        """The service and the rest of the path, still percent-encoded as the caller sent it
+        (``raw_path``), so ``%2F``, ``%3F`` and ``%23`` reach the service unchanged."""
+        raw: bytes | None = scope.get("raw_path")
+        if raw is not None:
+            path = raw.decode("latin-1").split("?", 1)[0]
+        else:
+            path = quote(scope.get("path", ""), safe="/:@!$&'()*+,;=~")
+        root = quote(scope.get("root_path", ""), safe="/:@!$&'()*+,;=~")
         # Starlette's Mount keeps the full path and records the prefix in root_path.
         if root and path.startswith(root):
             path = path[len(root) :]
         if path.startswith("/service/"):  # not mounted: served from the server's root
             path = path[len("/service") :]
         service_id, _, rest = path.lstrip("/").partition("/")
-        return self._services.get(service_id), rest
+        return self._services.get(unquote(service_id)), rest
 
     async def _proxy_http(self, request: Request, service: ExposedPort, rest: str) -> Response:
         query: bytes = request.scope.get("query_string", b"")
