@@ -490,6 +490,11 @@ class ConfidentialJob:
             )
         if self.error is not None:
             rows.append(("error", html.escape(self._error_line())))
+        if not self.done:
+            # A notebook keeps this table as the cell's output: say it is a snapshot, so a
+            # saved "QUEUED" is not read as the job's fate (the view's summary is the record).
+            stamp = time.strftime("%H:%M:%S")
+            rows.append(("as of", f"{stamp}, while the job ran; the view above follows it"))
         body = "".join(
             f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
             for k, v in rows

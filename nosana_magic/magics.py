@@ -109,11 +109,6 @@ class SpendNotConfirmed(NosanaError):
     """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 @magics_class
 class NosanaMagics(Magics):
     """``%%nosana_confidential`` and ``%nosana``; settings as ``%config NosanaMagics.*``."""

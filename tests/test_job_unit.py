@@ -168,6 +168,8 @@ def test_repr_html_and_messages() -> None:
     html = job._repr_html_()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "(private)" in html and "at most" in html
+    # A running job's table is a snapshot (notebooks save it as the cell's output).
+    assert "as of" in html and "while the job ran" in html
     assert job.cost == pytest.approx(115 / 1e6 * 1800)
     # Done: the real cost from the ledger's times.
     job.ledger = JobInfo(address="7xKXabcdefq3", state=JobState.COMPLETED, time_start=100,
@@ -177,6 +179,7 @@ def test_repr_html_and_messages() -> None:
     assert job.cost == pytest.approx(60 * 115 / 1e6)
     with pytest.raises(JobStopped, match=r"^job 7xKXabcdefq3 stopped$"):
         job.raise_for_status()
+    assert "as of" not in job._repr_html_()
 
 
 def test_op_result_record() -> None:
