@@ -241,3 +241,22 @@ async def test_async_context_manager_and_idempotent_stop() -> None:
     never_started.stop()
     with pytest.raises(RuntimeError):
         node.start()
+
+
+def test_an_evicted_flow_takes_its_job_directory_along() -> None:
+    config = DevNodeConfig(**{**FAST, "keep_flows": 1})  # type: ignore[arg-type]
+    with DevNode(config) as node, Project(node) as project:
+        first = project.submit(definition(op("a", "echo kept > file.txt")))
+        project.collect(first)
+        node.wait_job(first, timeout=10)
+        assert node.workdir is not None
+        assert (node.workdir / first / "file.txt").read_text() == "kept\n"
+        second = project.submit(definition(op("b", "true")))
+        assert node.job(second).node == node.job(first).node
+        deadline = time.monotonic() + 5
+        while (node.workdir / first).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not (node.workdir / first).exists()
+        assert (node.workdir / second).exists()
+        project.collect(second)
+        node.wait_job(second, timeout=10)

@@ -62,7 +62,8 @@ class DevNodeConfig:
     workdir: Path | None = None
     #: 0: an ephemeral port.
     port: int = 0
-    #: Flows a host keeps after their job (for late ``GET /results``), oldest dropped first.
+    #: Flows a host keeps after their job (for late ``GET /results``), oldest dropped first;
+    #: a dropped flow's job directory is removed with it.
     keep_flows: int = 100
     #: Node log entries kept per job for ``/log`` replay.
     log_history: int = 20_000

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -303,6 +304,9 @@ class EmulatedHost:
             self.node_logs.forget(old)
             self.task_logs.forget(old)
             self.node_states.forget(old)
+            # Its files go with its flow (off the event loop: a job may leave many).
+            self._spawn(asyncio.to_thread(shutil.rmtree, self._workdir() / old, True),
+                        f"remove the directory of job {old}")
         self.current = record
         self._spawn(self._lifecycle(record), f"job {job.address}")
 
