@@ -169,10 +169,13 @@ class NosanaMagics(Magics):
         value = proposal["value"]
         if value is not None:
             parts = urlsplit(value)
-            if parts.username or parts.password or parts.query:
+            # A path segment this long is a provider's key (``/v2/<key>``), not a route.
+            keyed_path = any(len(segment) >= 16 for segment in parts.path.split("/"))
+            if parts.username or parts.password or parts.query or keyed_path:
                 # %config NosanaMagics prints traits; a key in the URL would end up on screen.
-                raise TraitError("rpc_url must not carry credentials (user info or a query); "
-                                 "put such a URL in the NOSANA_RPC_URL environment variable")
+                raise TraitError("rpc_url must not carry credentials (user info, a query or a "
+                                 "key in the path); put such a URL in the NOSANA_RPC_URL "
+                                 "environment variable")
         return value  # type: ignore[no-any-return]
 
     @validate("log_tail")

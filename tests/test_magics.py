@@ -432,8 +432,11 @@ def test_traits_refuse_bad_and_secret_bearing_values(magics: NosanaMagics) -> No
         magics.network = "moon"
     with pytest.raises(TraitError):
         magics.timeout = "soon"
-    with pytest.raises(TraitError):
-        magics.rpc_url = "https://rpc.example/?api-key=SECRET"
+    for keyed in ("https://rpc.example/?api-key=SECRET", "https://u:SECRET@rpc.example/",
+                  "https://x.g.alchemy.com/v2/AbCdEfSECRETKEY123"):
+        with pytest.raises(TraitError, match="credentials"):
+            magics.rpc_url = keyed
+    magics.rpc_url = "https://api.mainnet-beta.solana.com/rpc"  # a route, not a key
     with pytest.raises(TraitError):
         magics.log_tail = 0
 
