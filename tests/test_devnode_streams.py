@@ -280,3 +280,42 @@ async def test_unknown_host_refuses_the_upgrade(project: Project) -> None:
     with pytest.raises(Exception):  # noqa: B017 - the handshake is refused (HTTP 403)
         async with connect(url, proxy=None, open_timeout=3):
             pass
+
+
+# ---------------------------------------------------------------------- history caps
+
+
+def test_log_history_is_capped_in_entries_and_bytes() -> None:
+    from nosana_magic.devnode.host import LogHub
+
+    hub: LogHub[str] = LogHub(5, byte_cap=10, size=len)
+    for item in ("aaaa", "bbbb", "cccc"):
+        hub.publish("J", item)
+    assert hub.history("J") == ["bbbb", "cccc"]
+    hub.publish("J", "x" * 50)  # larger than the cap on its own: kept, as the newest
+    assert hub.history("J") == ["x" * 50]
+    hub.publish("J", "yy")
+    assert hub.history("J") == ["yy"]
+    for i in range(8):
+        hub.publish("K", str(i))
+    assert hub.history("K") == ["3", "4", "5", "6", "7"]
+
+
+def test_a_host_caps_each_jobs_log_history_in_bytes() -> None:
+    from nosana_magic.devnode import DevNodeConfig
+
+    from .conftest import FAST
+
+    assert DevNodeConfig().log_history_bytes == 64 * 1024 * 1024
+    config = DevNodeConfig(**{**FAST, "log_history_bytes": 20_000})  # type: ignore[arg-type]
+    with DevNode(config) as node, Project(node) as project:
+        job = project.submit(definition(op("a", "for i in $(seq 1 1000); do echo line-$i; done")))
+        project.collect(job)
+        info = node.wait_job(job, timeout=10)
+        host = node.host(info.node or "")
+        history = host.node_logs.history(job)
+        assert sum(len(entry.encode()) for entry in history) <= 20_000
+        assert any("line-1000" in entry for entry in history)
+        assert not any('"line-1\\n"' in entry for entry in history)
+        tasks = host.task_logs.history(job)
+        assert sum(len(entry["message"].encode()) + 100 for entry in tasks) <= 20_000

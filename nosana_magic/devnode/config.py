@@ -65,7 +65,9 @@ class DevNodeConfig:
     #: Flows a host keeps after their job (for late ``GET /results``), oldest dropped first;
     #: a dropped flow's job directory is removed with it.
     keep_flows: int = 100
-    #: Node log entries kept per job for ``/log`` replay.
+    #: Node log entries kept per job for ``/log`` replay (and task log entries)...
     log_history: int = 20_000
+    #: ...and at most this many bytes of them (their JSON text), oldest dropped first.
+    log_history_bytes: int = 64 * 1024 * 1024
     #: Log entries kept per op in ``opStates[].logs`` (the node's cap).
     op_log_cap: int = 24_999

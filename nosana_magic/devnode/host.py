@@ -98,16 +98,41 @@ class Subscription(Generic[T]):
 
 
 class LogHub(Generic[T]):
-    """Per-job history (bounded) plus live subscribers: replay, then stream."""
+    """Per-job history plus live subscribers: replay, then stream.
 
-    def __init__(self, history_cap: int, subscriber_cap: int = 50_000) -> None:
+    The history of a job keeps at most ``history_cap`` entries and, when ``size`` is given,
+    at most ``byte_cap`` of their total size (oldest dropped first; the newest entry is
+    always kept).
+    """
+
+    def __init__(
+        self,
+        history_cap: int,
+        subscriber_cap: int = 50_000,
+        *,
+        byte_cap: int | None = None,
+        size: Callable[[T], int] | None = None,
+    ) -> None:
         self._history: dict[str, deque[T]] = {}
+        self._bytes: dict[str, int] = {}
         self._subscribers: dict[str, set[Subscription[T]]] = {}
         self._history_cap = history_cap
         self._subscriber_cap = subscriber_cap
+        self._byte_cap = byte_cap
+        self._size = size
 
     def publish(self, job: str, item: T) -> None:
-        self._history.setdefault(job, deque(maxlen=self._history_cap)).append(item)
+        history = self._history.setdefault(job, deque())
+        history.append(item)
+        size = self._size
+        total = self._bytes.get(job, 0) + (size(item) if size is not None else 0)
+        while len(history) > 1 and (
+            len(history) > self._history_cap
+            or (self._byte_cap is not None and total > self._byte_cap)
+        ):
+            dropped = history.popleft()
+            total -= size(dropped) if size is not None else 0
+        self._bytes[job] = total
         for sub in self._subscribers.get(job, ()):
             sub.push(item)
 
@@ -130,6 +155,7 @@ class LogHub(Generic[T]):
 
     def forget(self, job: str) -> None:
         self._history.pop(job, None)
+        self._bytes.pop(job, None)
 
 
 # ---------------------------------------------------------------------- one job on one host
@@ -257,8 +283,10 @@ class EmulatedHost:
         self.records: OrderedDict[str, JobRecord] = OrderedDict()
         self.current: JobRecord | None = None
         self._idle_since = time.time()
-        self.node_logs: LogHub[str] = LogHub(config.log_history)
-        self.task_logs: LogHub[dict[str, Any]] = LogHub(config.log_history)
+        self.node_logs: LogHub[str] = LogHub(
+            config.log_history, byte_cap=config.log_history_bytes, size=_text_size)
+        self.task_logs: LogHub[dict[str, Any]] = LogHub(
+            config.log_history, byte_cap=config.log_history_bytes, size=_task_log_size)
         self.node_states: LogHub[dict[str, Any]] = LogHub(1_000)
         self._state_index = 0
         self._last_task_ts = 0
@@ -669,6 +697,15 @@ class EmulatedHost:
         self._ledger.complete(record.address, cid)
         if cid is not None:
             self._node_log(record, f"Job result published: {cid}", kind="success")
+
+
+def _text_size(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def _task_log_size(entry: dict[str, Any]) -> int:
+    # The message plus about what the other fields take once written as JSON.
+    return _text_size(str(entry.get("message", ""))) + 100
 
 
 def _blank(flow: FlowState, status: str) -> dict[str, Any]:
