@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nosana_magic.jobdef import JobDefinitionError, parse_job_definition, validate_job_definition
 
-VECTORS = Path(__file__).parents[2] / "shared" / "vectors"
-DATA: dict[str, Any] = json.loads((VECTORS / "jobdefs.json").read_text(encoding="utf-8"))
+from .vectors import load
+
+DATA: dict[str, Any] = load("jobdefs")
 CASES: list[dict[str, Any]] = DATA["cases"]
 INVALID = [c for c in CASES if not c["types_2_1_6"]["valid"]]
 

@@ -1,4 +1,4 @@
-"""Where the official test vectors live: ``shared/vectors`` beside the checkout."""
+"""The official test vectors, kept in this folder (see README.md here for where they come from)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent
 
 
 @cache
