@@ -18,7 +18,7 @@ its own, so that the server does not compete with the client for this process's 
 Machine speed blurs absolute times, so each latency is also given in bare HTTP round trips to
 the same devnode (the client needs at least one request after the event), and each rate as a
 ratio to the bare reader's, with the range over the runs. The Nosana CLI polls every 5 s for
-the first two (reference section 6); that is shown for scale.
+the first two (docs/protocol.md §23); that is shown for scale.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Runs of each log reader (the median is reported).
 REPEATS = 5
 
-#: The Nosana CLI's polling interval for the job's state and results (reference section 6).
+#: The Nosana CLI's polling interval for the job's state and results (docs/protocol.md §23).
 CLI_POLL_S = 5.0
 
 

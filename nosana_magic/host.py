@@ -1,6 +1,6 @@
-"""``HostClient``: the node API of the one host that runs one job (reference section 2).
+"""``HostClient``: the node API of the one host that runs one job (docs/protocol.md §3–§8).
 
-What it does differently from the Nosana CLI (reference section 6), on purpose:
+What it does differently from the Nosana CLI (docs/protocol.md §23), on purpose:
 
 * every request carries a **fresh** owner-signed ``Authorization`` header with a timestamp, so
   a late request (results at the end of a long job) is never refused as expired;
@@ -10,11 +10,11 @@ What it does differently from the Nosana CLI (reference section 6), on purpose:
 * results are polled inside the host's 60 s window as soon as the caller sees ``endTime``;
 * a 401 (or WS close 3000) whose detail is the host's on-chain lookup of the job failing is
   retried within the bound; only a signature that does not verify (the wrong wallet) and an
-  expired header are final (reference 2.2);
+  expired header are final (docs/protocol.md §3);
 * the ``/log`` WebSocket reconnects without duplicating or losing lines (see :meth:`logs`);
 * bodies are parsed as JSON whatever their content type (the host labels JSON ``text/html``);
 * when a host answers 404 on the current ``/job/{id}/…`` paths, the legacy paths of
-  reference 2.6 are tried once and, if they answer, used for the rest of the client's life.
+  docs/protocol.md §8 are tried once and, if they answer, used for the rest of the client's life.
 
 Nothing this module raises or logs holds a request body (the definition body carries the
 job's secrets): messages name the host, the route and the host's short error string only,
@@ -57,14 +57,14 @@ log = logging.getLogger(__name__)
 #: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
 PRIVATE_EXPOSE_ID_LENGTH = 45
 
-#: Error strings of the host (reference 2.3), matched as prefixes.
+#: Error strings of the host (docs/protocol.md §5), matched as prefixes.
 _INVALID_JOB_ID = "invalid job id"
 _CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
 _CANNOT_GET_RESULTS = "cannot get job result at this time"
 _NO_EXPOSED_URL = "no exposed url"
 _UNAUTHORIZED = "unauthorized request"
 
-#: WebSocket close codes of the node (reference 2.5) that retrying cannot fix.
+#: WebSocket close codes of the node (docs/protocol.md §7) that retrying cannot fix.
 _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refused the path"}
 #: ... except 3000 when its reason is not about our header: the host looks the job up on
 #: chain for each subscription, and an RPC error there closes 3000 too.
@@ -75,7 +75,7 @@ Kind = Literal["definition", "results", "endpoints", "stop"]
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 
-#: Current routes (after 2025-10-02) and the legacy ones of reference 2.6, per operation.
+#: Current routes (after 2025-10-02) and the legacy ones of docs/protocol.md §8, per operation.
 _ROUTES: dict[Kind, tuple[str, str, str]] = {
     # kind: (method, current path, legacy path)
     "definition": ("POST", "/job/{job}/job-definition", "/job-definition/{job}"),
@@ -263,7 +263,7 @@ class _Again:
 def _auth_problem_is_final(message: str) -> bool:
     """Whether a host's "Unauthorized Request…" (401, or the reason of WS close 3000) is
     final. Our headers are always fresh and well formed, so only two refusals are about
-    them (reference 2.2): plain "Unauthorized Request" (the signature does not verify: the
+    them (docs/protocol.md §3): plain "Unauthorized Request" (the signature does not verify: the
     wrong wallet) and an expired header (the clocks disagree). Any other detail is the
     host's per-request lookup of the job on chain failing (RPC or account errors), which a
     later attempt may pass."""
@@ -315,7 +315,7 @@ class HostClient:
         self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
         #: ``None`` until a route answered; ``True`` once this host was found to speak only
-        #: the legacy paths of reference 2.6.
+        #: the legacy paths of docs/protocol.md §8.
         self.legacy: bool | None = None
         #: Log entries received from ``/log`` so far (the replay cursor, see :meth:`logs`).
         self.log_cursor = 0
@@ -342,7 +342,7 @@ class HostClient:
     # ------------------------------------------------------------------ plumbing
 
     def _auth(self) -> str:
-        # The host checks the signer and the timestamp, not the message (reference 2.2);
+        # The host checks the signer and the timestamp, not the message (docs/protocol.md §3);
         # the job address is a message without ":" that says what the header is for.
         return self.wallet.auth_header(self.job)
 
@@ -350,7 +350,7 @@ class HostClient:
         header = self._auth()
         headers = {"Authorization": header}
         if legacy:
-            # Hosts before 2025-03-20 also required x-session-id (reference 2.6).
+            # Hosts before 2025-03-20 also required x-session-id (docs/protocol.md §8).
             headers["x-session-id"] = header
         return headers
 
@@ -563,7 +563,7 @@ class HostClient:
     async def results(self, *, timeout: float = 60.0) -> FlowState:
         """GET the job's private results; call it as soon as ``/info`` shows ``endTime``.
 
-        The host serves them only inside its results window (reference 5.3); before that it
+        The host serves them only inside its results window (docs/protocol.md §10); before that it
         answers 400 "cannot get job result at this time", which is retried quickly (pauses of
         at most 0.25 s) until ``timeout``. The body is JSON whatever its content type. Note
         the returned ``status`` is usually ``waiting-for-result``: see

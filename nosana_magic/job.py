@@ -1,6 +1,6 @@
 """``ConfidentialJob``: the async state machine of one confidential job, and its public handle.
 
-The machine (reference 7, without the CLI's faults of reference 6)::
+The machine (docs/protocol.md §2, without the CLI's faults of docs/protocol.md §23)::
 
     validating ─▶ (every ${…} reference resolves?) ─▶ pinning (the public placeholder)
       ─▶ listing ─▶ queued ─▶ sending-definition (the real one, resolved only now)

@@ -140,7 +140,7 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
     real status before serving them), so the outcome is worked out from the op states. When
     the host said a final status before that (the last ``/info`` event), ``reported`` wins.
 
-    A job that reached its timeout ends ``success`` on the host, its ops too (reference 5.2),
+    A job that reached its timeout ends ``success`` on the host, its ops too (docs/protocol.md §9),
     with ``diagnostics.reason.jobExpired``: that is reported as ``expired``, since the ops were
     cut short whatever their exit codes say.
     """

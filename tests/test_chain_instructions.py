@@ -192,7 +192,7 @@ def test_derived_address(case: dict[str, Any]) -> None:
     assert str(got) == case["address"]
 
 
-def test_static_addresses_from_reference() -> None:
+def test_static_addresses_match_the_known_values() -> None:
     assert str(chain.rewards_reflection()) == "6tjbAfNHnUusWLZqFznMKyBrjs1ZX92eyKwiUi2Bsg3x"
     assert str(chain.rewards_vault()) == "37xZ4jY3bSMBgxwekwdALRZK1kAUCh7YkkPabA4P2tq8"
     assert str(chain.market_vault("CA5pMpqkYFKtme7K31pNB1s62X2SdhEv1nN9RdxKCpuQ")) == (

@@ -1,4 +1,4 @@
-"""The host's job lifecycle (reference 5.2-5.4) end to end, over real HTTP."""
+"""The host's job lifecycle (docs/protocol.md §9–§11) end to end, over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The emulated hosts' node API (reference 2.1-2.3, 2.6): routes, auth, phases, Express quirks."""
+"""The emulated hosts' node API: routes, auth, phases, Express quirks.
+
+The behaviour checked is that of docs/protocol.md §3–§5 and §8.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def test_unknown_routes_get_express_404(project: Project) -> None:
     assert response.headers["content-type"] == "text/html; charset=utf-8"
 
 
-# ---------------------------------------------------------------------- auth (2.2)
+# ------------------------------------------------------ auth (docs/protocol.md §3)
 
 
 def test_auth_failures(project: Project, waiting_job: str) -> None:
@@ -105,7 +108,7 @@ def test_auth_runs_before_routing(project: Project, waiting_job: str) -> None:
     assert project.http.get(path, headers=project.header()).status_code == 404
 
 
-# ---------------------------------------------------------------------- phases (2.3)
+# ------------------------------------------------------ phases (docs/protocol.md §5)
 
 
 def test_routes_before_the_host_has_a_flow(project: Project) -> None:
@@ -265,7 +268,7 @@ def test_a_result_that_cannot_be_pinned_still_completes_the_job(
     assert any("could not be published" in line for line in host.node_logs.history(job))
 
 
-# ---------------------------------------------------------------------- legacy paths (2.6)
+# ------------------------------------------------------ legacy paths (docs/protocol.md §8)
 
 
 def test_legacy_routes_only_when_enabled(project: Project, waiting_job: str) -> None:

@@ -1,4 +1,4 @@
-"""The hosts' streams: ``/job/{id}/info`` SSE (2.4) and the WebSocket routes (2.5)."""
+"""The hosts' streams: ``/job/{id}/info`` SSE and the WebSocket routes (docs/protocol.md §6, §7)."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ async def test_full_protocol_definition_info_logs_results(
     assert events[-1].status == "success"
 
     flow = await host.results(timeout=5)
-    # The quirk of reference 5.3: the status served with the results is not the final one.
+    # The quirk of docs/protocol.md §10: the status served with the results is not the final one.
     assert flow.status == "waiting-for-result"
     [train] = flow.op_states
     assert train.exit_code == 0 and train.results == {"acc": "0.93"}
@@ -569,7 +569,7 @@ async def test_log_reconnects_are_bounded() -> None:
         await host.aclose()
 
 
-# --------------------------------------------------------------------------- 401 (reference 2.2)
+# ------------------------------------------------------------------- 401 (docs/protocol.md §3)
 
 
 def _flaky_auth_app(messages: list[str], calls: list[str]) -> Starlette:

@@ -32,7 +32,7 @@ A4090 = "97G9NnvBDQ2WpKu6fasoMsAKmfj63C9rhysJnkeWodAf"
 # --------------------------------------------------------------------------- arithmetic
 
 
-def test_reference_example_price_times_timeout() -> None:
+def test_nosana_docs_example_price_times_timeout() -> None:
     # kit docs: "price 0.000115 NOS/s (total: 0.8280 NOS)" for two hours.
     cost = estimate(115, 7200)
     assert cost.nos_deposit == 828_000 and cost.nos_fee == 0
@@ -53,7 +53,7 @@ def test_fee_rounds_up_never_short() -> None:
 
 
 def test_rent_matches_solana_defaults() -> None:
-    # Values LiteSVM (Solana's default rent) gives for these sizes (reference section 4).
+    # Values LiteSVM (Solana's default rent) gives for these sizes (docs/protocol.md §21).
     assert rent_exempt_lamports(240) == 2_561_280
     assert rent_exempt_lamports(120) == 1_726_080
     assert rent_exempt_lamports(0) == 890_880
@@ -107,7 +107,7 @@ def test_negative_inputs_are_refused() -> None:
 # --------------------------------------------------------------------------- resolution
 
 
-def test_the_reference_table() -> None:
+def test_the_built_in_mainnet_table() -> None:
     assert len(MAINNET_MARKETS) == 17
     assert MAINNET_MARKETS["nvidia-4090"] == A4090
     assert MAINNET_MARKETS["nvidia-3090"] == "CA5pMpqkYFKtme7K31pNB1s62X2SdhEv1nN9RdxKCpuQ"

@@ -1,7 +1,8 @@
 """SolanaNetwork against the fake cluster: markets, listing, tracking, stop, extend.
 
 The fake (``tests/fakes``) is a real JSON-RPC server and WebSocket on loopback over LiteSVM,
-with the jobs program emulated from the reference; balances are real SPL token accounts.
+with the jobs program emulated as docs/protocol.md §18 states it; balances are real SPL token
+accounts.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 What runs for real: the magic, the job client, ``SolanaNetwork`` over ``solana`` 0.41 against a
 JSON-RPC server and account WebSocket on loopback (LiteSVM underneath, the jobs program
-emulated from the reference), Pinata's API (a loopback fake) and devnode hosts that take their
-jobs from that chain (``tests/fakes/bridge.py``): they see the job's project, definition CID
-and timeout as written by the client's ``list`` transaction, and check the client's
-signatures against that on-chain project.
+emulated as docs/protocol.md §18 states it), Pinata's API (a loopback fake) and devnode hosts
+that take their jobs from that chain (``tests/fakes/bridge.py``): they see the job's project,
+definition CID and timeout as written by the client's ``list`` transaction, and check the
+client's signatures against that on-chain project.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The devnode's executor: runs the ops of one job definition as local processes.
 
-It plays the part of the Nosana node's TaskManager and container provider (reference
-``nosana-host-protocol.md`` 4.2, 4.3, 5.2) for one job, without Docker:
+It plays the part of the Nosana node's TaskManager and container provider (docs/protocol.md
+§13, §14, §9) for one job, without Docker:
 
 * an op's ``cmd`` string runs as ``/bin/sh -c <cmd>``; a list runs as argv; ``entrypoint`` is
   prepended the way Docker does (a string entrypoint is *one* argv item, as the node passes it);
@@ -32,9 +32,10 @@ Execution order (a documented choice, close to the node's TaskManager):
 * ``stop_if_dependent_stops``: the op is stopped when a dependency it started beside (a ready
   one) ends.
 
-Stops (``stop(reason)``) map as the node does (5.2): ``expired`` → ops ``success`` with
-``diagnostics.reason.jobExpired``, flow ``success``; ``stopped`` → ``stopped``; ``quit`` →
-``failed``. Ops that had not started by then get that status with exit code 0, as on the node.
+Stops (``stop(reason)``) map as the node does (docs/protocol.md §9): ``expired`` → ops
+``success`` with ``diagnostics.reason.jobExpired``, flow ``success``; ``stopped`` → ``stopped``;
+``quit`` → ``failed``. Ops that had not started by then get that status with exit code 0, as on
+the node.
 
 Not emulated: ``%%…%%`` literals (left as written), ``resources``, ``restart_policy``,
 ``aliases`` and image defaults (an op needs a ``cmd`` or ``entrypoint`` to run locally).
@@ -74,7 +75,7 @@ MAX_LINE_CHARS = 64 * 1024
 #: Array items the node drops from ``cmd`` (left behind by literals that resolved to nothing).
 REMOVE_IF_EMPTY = "__remove-if-empty__"
 
-#: The status of the ops a stop ends, and of the flow (reference 5.2; they are the same map).
+#: The status of the ops a stop ends, and of the flow (docs/protocol.md §9; they are the same map).
 _STATUS_ON_STOP: dict[str, str] = {"expired": "success", "stopped": "stopped", "quit": "failed"}
 
 _DEFAULT_LOG_TYPES = ("stdout", "stderr")

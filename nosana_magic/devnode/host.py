@@ -1,4 +1,4 @@
-"""An emulated Nosana host: its keypair, its flows, and the job lifecycle of reference 5.2.
+"""An emulated Nosana host: its keypair, its flows, and the job lifecycle of docs/protocol.md §9.
 
 One :class:`EmulatedHost` runs at most one job at a time (a busy host takes no other job).
 For each job it keeps a :class:`JobRecord`: the flow (``FlowState``) the node API serves, the
@@ -431,7 +431,7 @@ class EmulatedHost:
              "timestamp": now_ms(), "index": self._state_index},
         )
 
-    # -- the lifecycle (reference 5.2) -----------------------------------------------------
+    # -- the lifecycle (docs/protocol.md §9) -----------------------------------------------
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

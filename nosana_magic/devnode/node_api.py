@@ -1,4 +1,4 @@
-"""The node API of every emulated host, under ``/node/{address}`` (reference section 2).
+"""The node API of every emulated host, under ``/node/{address}`` (docs/protocol.md §3–§8).
 
 A hand-rolled ASGI app rather than a starlette router, because what a client sees here is
 Express's behaviour, quirks included: ``express.json()`` applied to every request (100 kB
@@ -264,7 +264,7 @@ class NodeApi:
         except RecursionError:
             return None, _express_error(400, "SyntaxError: JSON nested too deeply")
 
-    # ------------------------------------------------------------------ auth (2.2)
+    # -------------------------------------------------- auth (docs/protocol.md §3)
 
     def _authorize(self, call: _Call, job_id: str) -> Response | None:
         if not job_id:
@@ -284,7 +284,7 @@ class NodeApi:
         call.job = job
         return None
 
-    # ------------------------------------------------------------------ routes (2.3)
+    # -------------------------------------------------- routes (docs/protocol.md §5)
 
     async def _root(self, call: _Call) -> Response:
         return _json(call.host.address)
@@ -395,7 +395,7 @@ class NodeApi:
             return _text(404, "group not found")
         return _json(group)
 
-    # ------------------------------------------------------------------ SSE (2.4)
+    # -------------------------------------------------- SSE (docs/protocol.md §6)
 
     async def _info(self, call: _Call) -> Response:
         record = call.record
@@ -436,7 +436,7 @@ class NodeApi:
             # Coalesce bursts of changes, as the node's 1-s poll does.
             await asyncio.sleep(self.config.sse_interval)
 
-    # ------------------------------------------------------------------ WebSocket (2.5)
+    # -------------------------------------------------- WebSocket (docs/protocol.md §7)
 
     async def _websocket(self, ws: WebSocket, host: EmulatedHost) -> None:
         await ws.accept()

@@ -1,7 +1,7 @@
 """Exposed services of devnode jobs: service ids, health checks, and the HTTP proxy.
 
 On Nosana an op's exposed port is reachable at ``https://{exposeId}.{frp-domain}`` through the
-node's tunnel (reference ``nosana-host-protocol.md`` section 3). The devnode has one loopback
+node's tunnel (docs/protocol.md §12). The devnode has one loopback
 address, so the service lives under a path instead: ``{devnode}/service/{exposeId}/...`` is
 proxied to ``http://127.0.0.1:{port}/...``.
 

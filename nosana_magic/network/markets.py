@@ -5,7 +5,7 @@ from the dashboard backend (``GET {api}/api/markets/``) when it answers within a
 and silently falls back to the table when it does not. Devnet has no known table: its markets
 are given by address (or found through the devnet API when reachable).
 
-The cost arithmetic follows the jobs program (reference ``nosana-onchain.md`` section 4):
+The cost arithmetic follows the jobs program (docs/protocol.md §21):
 the deposit escrowed at listing is ``job_price * timeout`` NOS base units (1e-6 NOS), plus the
 network fee when the market charges one; the SOL side is the rent of the job account (240 B)
 and, in a market with idle hosts, of the run account (120 B), both refunded when the job ends,

@@ -1,6 +1,6 @@
 """``SolanaNetwork``: the Nosana jobs program on mainnet or devnet, with a wallet.
 
-What it does, in the order a job needs it (reference ``nosana-onchain.md``):
+What it does, in the order a job needs it (docs/protocol.md §17–§21):
 
 * markets: slug -> address (:mod:`.markets`), then the on-chain ``MarketAccount`` (price per
   second, longest timeout, vault, idle hosts in the node queue);

@@ -1,5 +1,5 @@
 """A Solana cluster in memory: LiteSVM for system and SPL token state, the Nosana jobs program
-emulated from the reference (``shared/reference/nosana-onchain.md`` section 1.5).
+emulated from its client instructions as docs/protocol.md §18 states them.
 
 No compiled jobs program exists offline, so its client instructions (``list``, ``assign``,
 ``end``, ``extend``, ``delist``) are emulated here: decoded with ``nosana_magic.chain``,
@@ -57,7 +57,7 @@ MINT_LEN = 82
 SYSTEM = Pubkey.default()
 
 # Anchor framework error numbers (anchor-lang) and the jobs program's own names; the jobs
-# program's numbers are illustrative (two enums both start at 6000, see the reference).
+# program's numbers are illustrative (two enums both start at 6000: docs/protocol.md §17).
 _ANCHOR_ERRORS = {
     "ConstraintSigner": (2002, "A signer constraint was violated"),
     "ConstraintRaw": (2003, "A raw constraint was violated"),
