@@ -263,6 +263,10 @@ class Results(dict[str, _V]):
         have = f"there are {', '.join(names)}" if names else f"there are no {self._kind}s"
         raise MissingResult(f"no {self._kind} {key!r}: {have}", key)
 
+    def __reduce__(self) -> tuple[type[dict[str, _V]], tuple[dict[str, _V]]]:
+        # Copies and pickles are plain dicts: the explanation belongs to the live job.
+        return dict, (dict(self),)
+
 
 # --------------------------------------------------------------------------- helpers
 

@@ -274,3 +274,19 @@ def test_the_verdict_without_results() -> None:
         job.error = error
         _done(job)
         assert job.status == word, error
+
+
+def test_results_copy_and_pickle_as_plain_dicts() -> None:
+    import copy
+    import pickle
+
+    from nosana_magic.job import MissingResult
+
+    job = _job(address="JOB")
+    job._apply_result(_flow(opStates=[_op("success", 0) | {"results": {"loss": "0.5"}}]))
+    _done(job)
+    for copied in (copy.deepcopy(job.results), pickle.loads(pickle.dumps(job.results)),
+                   copy.copy(job.results)):
+        assert type(copied) is dict and copied == {"loss": 0.5}
+    with pytest.raises(MissingResult, match=r"^no result 'acc' in job JOB: its results are loss$"):
+        job.results["acc"]

@@ -726,3 +726,16 @@ def test_a_public_expose_gets_a_note_and_a_private_one_does_not(
     with capture_output() as captured:
         shell.run_cell_magic(MAGIC, "-q", private)
     assert "note: " not in captured.stderr
+
+
+def test_attach_in_the_background_shows_one_view_and_returns_nothing(
+        shell: InteractiveShell) -> None:
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o w3", cell(op("w", "echo one; sleep 0.5")))
+    job = shell.user_ns["w3"]
+    _until(lambda: job.address is not None)
+    with capture_output():
+        result = shell.run_cell(f"%nosana attach {job.address} -b -q", store_history=True)
+    assert result.success and result.result is None  # no second, stale display of the job
+    job.wait(30)
+    assert shell.run_line_magic("nosana", f"status {job.address}") is job
