@@ -5,6 +5,9 @@ checks that the notebook's cells hold exactly these texts) with the plain-text v
 logistic regression in pure Python whose metrics are extracted by ``results`` regexes, a
 private HTTP service that serves them, and an ``${env:DEMO_API_TOKEN}`` secret the job proves
 it received without printing it. Exit status 0 when the job succeeded and every check passed.
+
+The service listens on a port picked free when the demo starts (``${var:PORT}``): the job's
+processes run on this machine, so a fixed port could already be taken.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 import urllib.request
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .job import ConfidentialJob
 
-__all__ = ["QUICKSTART_DEFINITION", "SERVE_PY", "TRAIN_PY", "main"]
+__all__ = ["QUICKSTART_DEFINITION", "SERVE_PY", "TRAIN_PY", "free_port", "main"]
 
 #: The training op's script (the notebook variable ``TRAIN_PY``).
 TRAIN_PY = r'''
@@ -62,7 +66,7 @@ print(f"accuracy={metrics['accuracy']}")
 #: The service op's script (the notebook variable ``SERVE_PY``).
 SERVE_PY = r'''
 # Serve the metrics on the op's private port until they have been fetched once.
-import http.server, time
+import http.server, os, time
 
 body = open("metrics.json", "rb").read()
 fetched = False
@@ -86,9 +90,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass  # the health checks would fill the log
 
-server = http.server.HTTPServer(("127.0.0.1", 48731), Handler)
+port = int(os.environ["PORT"])  # the port the definition exposes
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
 server.timeout = 0.5
-print("serving the metrics on port 48731", flush=True)
+print(f"serving the metrics on port {port}", flush=True)
 deadline = time.time() + 120
 while not fetched and time.time() < deadline:
     server.handle_request()
@@ -122,9 +127,10 @@ QUICKSTART_DEFINITION = """
       "args": {
         "image": "python:3.12-slim",
         "cmd": ["python3", "-c", "${var:SERVE_PY}"],
+        "env": {"PORT": "${var:PORT}"},
         "private": true,
         "expose": [{
-          "port": 48731,
+          "port": "${var:PORT}",
           "health_checks": [{"type": "http", "path": "/health", "method": "GET",
                              "expected_status": 200, "continuous": true}]
         }]
@@ -136,6 +142,13 @@ QUICKSTART_DEFINITION = """
 
 #: How long the demo waits for the private service to come online.
 _SERVICE_WAIT_S = 120.0
+
+
+def free_port() -> int:
+    """A TCP port nothing on 127.0.0.1 listens on now (the job's service takes it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _fail(message: str) -> int:
@@ -171,9 +184,12 @@ def demo(*, timeout: str = "5m", quiet: bool = False) -> int:
     definition = parse_job_definition(QUICKSTART_DEFINITION)
     for warning in definition.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in definition.notes:
+        print(f"note: {note}", file=sys.stderr)
     job = run_confidential(
         definition, timeout=timeout, wait=False, env=os.environ,
-        namespace={"TRAIN_PY": TRAIN_PY, "SERVE_PY": SERVE_PY}, on_notice=print)
+        namespace={"TRAIN_PY": TRAIN_PY, "SERVE_PY": SERVE_PY, "PORT": free_port()},
+        on_notice=print)
     view = JobView(job, quiet=quiet, mode="text").show()
     try:
         url = wait_for_service(job, "serve", timeout=_SERVICE_WAIT_S, poll=view.drain)

@@ -96,20 +96,21 @@ def _widgets_available() -> bool:
 def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
     """The stream a log line is shown on, and its text (prefixed with its op, no newline).
 
-    Host messages (``node``) go to stdout with a ``·`` marker so they read as commentary;
-    container stderr stays on stderr, which frontends and terminals show distinctly.
+    Host messages (``node``) go to stdout as the host wrote them, marked ``· host:``: they
+    are the host's commentary (a host says "finished successfully" after a failed op), never
+    the package's verdict, which the summary gives. Container stderr stays on stderr, which
+    frontends and terminals show distinctly.
     """
     text = line.text.rstrip("\n")
     if line.stream == "node":
-        return "stdout", f"· {text}"
+        return "stdout", f"· host: {text}"
     prefix = f"[{line.op_id}] " if line.op_id else ""
     return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
 
 
 def _status_word(job: ConfidentialJob) -> str:
-    if job.done:
-        return str(job.status or job.phase)
-    return str(job.phase)
+    # The job's own word (job_status): the same in the header, the summary and the repr.
+    return str(job.status)
 
 
 def _price_text(job: ConfidentialJob) -> str:
@@ -167,7 +168,7 @@ def summary_text(job: ConfidentialJob) -> str:
     if details:
         lines.append("  " + " · ".join(details))
     for op_id, op in job.ops.items():
-        code = "" if op.exit_code is None else f", exit code {op.exit_code}"
+        code = "" if op.exit_code is None or not op.ran else f" (exit {op.exit_code})"
         lines.append(f"  op {op_id}: {op.status}{code}")
     if job.results:
         values = ", ".join(f"{name}={value!r}" for name, value in job.results.items())
@@ -178,9 +179,8 @@ def summary_text(job: ConfidentialJob) -> str:
         if status:
             tags.append(status)
         lines.append(f"  url: {url.url} ({', '.join(tags)})")
-    if job.error is not None:
-        first = str(job.error).splitlines() or [""]
-        lines.append(f"  error: {first[0]}")
+    if job.done and job.reason:
+        lines.append(f"  why: {job.reason}")
     return "\n".join(lines)
 
 
@@ -194,8 +194,8 @@ def _service_status(job: ConfidentialJob, url: ServiceUrl) -> str:
 
 def _header_html(job: ConfidentialJob) -> str:
     status = _status_word(job)
-    colour = {"success": "#1a7f37", "completed": "#1a7f37", "failed": "#cf222e",
-              "stopped": "#9a6700"}.get(status, "#0969da")
+    colour = {"succeeded": "#1a7f37", "failed": "#cf222e", "lost": "#cf222e",
+              "stopped": "#9a6700", "expired": "#9a6700"}.get(status, "#0969da")
     parts = [
         f'<b style="color:{colour}">{html.escape(status)}</b>',
         f'job <code title="{html.escape(job.address or "")}">'

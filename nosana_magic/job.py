@@ -5,7 +5,15 @@ The machine (docs/protocol.md §2, without the CLI's faults of docs/protocol.md 
     validating ─▶ (every ${…} reference resolves?) ─▶ pinning (the public placeholder)
       ─▶ listing ─▶ queued ─▶ sending-definition (the real one, resolved only now)
       ─▶ running (/info + /log followed) ─▶ collecting-results (inside the host's window)
-      ─▶ completed | failed | stopped
+      ─▶ done
+
+``phase`` is where the machine is; :attr:`ConfidentialJob.status` is the one word the package
+says about the job everywhere (view, summary, repr, ``%nosana jobs``, errors): the live phase
+(``stopping`` once a stop was asked for) and, once done, the verdict worked out by
+:func:`job_status` from what the host, the ledger and the machine saw: ``succeeded``,
+``failed``, ``stopped`` (by you), ``expired`` (its timeout), ``lost`` (the host or the ledger
+quit or stopped answering). The host's own word for the flow stays in
+:attr:`ConfidentialJob.host_status`.
 
 It runs on the package's private loop (``runner``); the handle's attributes may be read from
 any thread. Nothing secret is kept longer than needed or shown: the resolved body goes to
@@ -40,20 +48,26 @@ from .host import Backoff, HostClient, HostError, Retry
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
 from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
-from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, ServiceUrl, final_status
+from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
 from .secrets import Redactor, SecretError
 from .settings import Settings
 
 __all__ = [
+    "FINAL_STATUSES",
     "ConfidentialJob",
     "JobEvent",
+    "JobExpired",
     "JobFailed",
     "JobInterrupted",
+    "JobLost",
     "JobNotFound",
     "JobStopped",
     "LogLine",
+    "MissingResult",
     "OpResult",
+    "Results",
     "find_job",
+    "job_status",
     "jobs",
     "run_confidential",
 ]
@@ -70,11 +84,10 @@ Phase = Literal[
     "sending-definition",
     "running",
     "collecting-results",
-    "completed",
-    "failed",
-    "stopped",
+    "done",
 ]
-FINAL_PHASES = frozenset({"completed", "failed", "stopped"})
+#: The verdicts :attr:`ConfidentialJob.status` can end with.
+FINAL_STATUSES = ("succeeded", "failed", "stopped", "expired", "lost")
 
 #: How long the results GET keeps trying after ``endTime``: the host's window is 60 s.
 RESULTS_TIMEOUT_S = 70.0
@@ -118,13 +131,38 @@ class LogLine:
 
 @dataclass(frozen=True)
 class OpResult:
-    """One op's outcome, from the host's private results."""
+    """One op's outcome, from the host's private results.
+
+    ``host_status`` is the host's own word (``init``, ``running``, ``success``, ``failed``,
+    ``stopped``); ``ended_by`` says what cut the op short, from the host's diagnostics:
+    ``"stop"`` (yours; a host reports a stop through its API as an expiry), ``"expiry"`` (the
+    job's timeout) or ``"host"`` (the host shut down). :attr:`status` is the package's word.
+    """
 
     op_id: str
-    status: str
+    host_status: str
     exit_code: int | None
     logs: list[LogLine]
     results: dict[str, Any]
+    ended_by: Literal["stop", "expiry", "host"] | None = None
+    #: False when the op never started (the job ended first).
+    ran: bool = True
+
+    @property
+    def status(self) -> str:
+        """``succeeded``, ``failed`` (a non-zero exit), ``stopped``, ``expired``, ``lost``,
+        ``not run``, or the host's word while it runs."""
+        if self.ended_by == "stop":
+            return "stopped"
+        if self.ended_by == "expiry":
+            return "expired"
+        if self.ended_by == "host":
+            return "lost"
+        if self.host_status == "failed" or self.exit_code not in (None, 0):
+            return "failed"
+        if not self.ran:
+            return "not run"
+        return {"success": "succeeded"}.get(self.host_status, self.host_status)
 
     @property
     def stdout(self) -> str:
@@ -153,15 +191,28 @@ class JobFailed(NosanaError):
 
 
 class JobStopped(JobFailed):
-    """A job that was stopped before it finished."""
+    """A job that was stopped (by you) before it finished."""
+
+
+class JobExpired(JobFailed):
+    """A job that reached its timeout: the host ended it, its ops cut short."""
+
+
+class JobLost(JobFailed):
+    """A job whose outcome is unknown: its host (or the ledger) quit or stopped answering."""
 
 
 class JobInterrupted(KeyboardInterrupt):
-    """Ctrl-C while waiting on a job: the job was stopped. Shows one line, no traceback."""
+    """Ctrl-C while waiting on a job: the job was stopped. Shows one line, no traceback.
 
-    def __init__(self, message: str, job: ConfidentialJob | None = None) -> None:
+    ``sent`` is True when the stop request went through.
+    """
+
+    def __init__(self, message: str, job: ConfidentialJob | None = None, *,
+                 sent: bool = False) -> None:
         super().__init__(message)
         self.job = job
+        self.sent = sent
 
     def _render_traceback_(self) -> list[str]:
         return [str(self)]
@@ -169,6 +220,52 @@ class JobInterrupted(KeyboardInterrupt):
 
 class JobNotFound(NosanaError):
     """No job of this process matches a reference (or more than one does)."""
+
+
+class MissingResult(KeyError):
+    """A name that is not among a job's results (or ops). One line: what there is, and why.
+
+    A ``KeyError``, so ``name in job.results`` and ``job.results.get(name)`` work as for any
+    dict; ``key`` is the name looked up.
+    """
+
+    def __init__(self, message: str, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+_V = TypeVar("_V")
+
+
+class Results(dict[str, _V]):
+    """A job's results (or its ops) by name: a plain dict, except that a missing name raises
+    :class:`MissingResult` saying which names exist and, if the job did not succeed, why.
+
+    ``explain(kind, key, names)`` words that line (the job knows its own state).
+    """
+
+    def __init__(self, items: Mapping[str, _V] | None = None, *, kind: str = "result",
+                 explain: Callable[[str, str, list[str]], str] | None = None) -> None:
+        super().__init__(items or {})
+        self._kind = kind
+        self._explain = explain
+
+    def __missing__(self, key: str) -> _V:
+        names = [str(name) for name in self]
+        if self._explain is not None:
+            raise MissingResult(self._explain(self._kind, key, names), key)
+        have = f"there are {', '.join(names)}" if names else f"there are no {self._kind}s"
+        raise MissingResult(f"no {self._kind} {key!r}: {have}", key)
+
+    def __reduce__(self) -> tuple[type[dict[str, _V]], tuple[dict[str, _V]]]:
+        # Copies and pickles are plain dicts: the explanation belongs to the live job.
+        return dict, (dict(self),)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,6 +371,75 @@ def _validation_summary(errors: list[Any]) -> str:
     return "; ".join(parts) + more
 
 
+# --------------------------------------------------------------------------- the verdict
+
+#: Exit codes of a process ended by SIGTERM / SIGKILL (Docker's 128 + N): how a stop ends one.
+_STOP_EXIT_CODES = frozenset({137, 143})
+#: The host's final flow words, in the package's.
+_HOST_OUTCOME = {"success": "succeeded", "expired": "expired", "stopped": "stopped"}
+
+
+def _op_ended_by(op: OpState, stopped_by_you: bool) -> Literal["stop", "expiry", "host"] | None:
+    """What cut an op short, from its diagnostics (and the exit code of a stopped process)."""
+    reason = (op.diagnostics or {}).get("reason")
+    reason = reason if isinstance(reason, Mapping) else {}
+    if reason.get("jobStopped") is True:
+        return "stop"
+    if reason.get("jobExpired") is True:
+        # A host ends a job stopped through its API as an expiry: the stop was ours.
+        return "stop" if stopped_by_you else "expiry"
+    if reason.get("hostShutDown") is True:
+        return "host"
+    if stopped_by_you and op.exit_code in _STOP_EXIT_CODES:
+        return "stop"
+    return None
+
+
+def job_status(job: ConfidentialJob) -> str:
+    """The one word the package says about ``job``, worked out from the machine's facts.
+
+    While the job runs: its phase, or ``stopping`` once a stop was sent. Once it is done:
+
+    * ``lost``: an error saying the host or the ledger stopped answering, or the job ended
+      without results and without its host's verdict (a host that quit);
+    * ``failed``: any other error (it never ran, or the host refused it), or the results say
+      an op exited non-zero or failed, or the host rejected the definition;
+    * ``stopped``: you stopped it (a host reports such a stop as an expiry, so the stop wins
+      over that) — unless the results show it had finished on its own; also a job stopped
+      on the ledger before any host took it;
+    * ``expired``: its timeout cut its ops short;
+    * ``succeeded``: every op that ran exited 0.
+
+    Nothing here is stored: the view, the summary, the repr, ``%nosana`` and
+    :meth:`ConfidentialJob.raise_for_status` all read this.
+    """
+    if not job.done:
+        return "stopping" if job._stop_requested else job.phase
+    error = job.error
+    if error is not None:
+        lost = isinstance(error, JobLost) or (isinstance(error, HostError) and error.gave_up)
+        return "lost" if lost else "failed"
+    flow = job.result
+    stopped_by_you = job._stop_requested
+    if flow is None:
+        if stopped_by_you or job.node is None:
+            return "stopped"  # delisted before it ran, or stopped with nothing to collect
+        reported = _HOST_OUTCOME.get(job._reported_status or "")
+        if reported is not None and job.state is not JobState.STOPPED:
+            return reported
+        return "lost"
+    ended_by = {_op_ended_by(op, stopped_by_you) for op in flow.op_states}
+    if "host" in ended_by:
+        return "lost"
+    if stopped_by_you and ("stop" in ended_by or not flow.op_states):
+        return "stopped"
+    outcome = final_status(flow, reported=job._specific_report())
+    verdict = _HOST_OUTCOME.get(outcome, "failed")
+    if stopped_by_you and verdict in ("expired", "stopped"):
+        return "stopped"
+    return verdict
+
+
 # --------------------------------------------------------------------------- the registry
 
 _registry_lock = threading.Lock()
@@ -342,11 +508,11 @@ class ConfidentialJob:
         self.market: Market | None = None
         self.node: str | None = None
         self.state: JobState | None = None
+        #: Where the machine is (``validating`` … ``done``); :attr:`status` is the verdict.
         self.phase: Phase = "validating"
-        self.status: str | None = None
         self.result: FlowState | None = None
-        self.ops: dict[str, OpResult] = {}
-        self.results: dict[str, Any] = {}
+        self.ops: Results[OpResult] = Results(kind="op", explain=self._explain_missing)
+        self.results: Results[Any] = Results(explain=self._explain_missing)
         self.urls: list[ServiceUrl] = []
         self.price: float | None = None
         self.timeout: int = timeout
@@ -400,13 +566,28 @@ class ConfidentialJob:
         return self._done.is_set()
 
     @property
+    def status(self) -> str:
+        """The package's one word for the job (see :func:`job_status`): the live phase
+        (``queued``, ``running``, ``stopping``…), then ``succeeded``, ``failed``,
+        ``stopped``, ``expired`` or ``lost``."""
+        return job_status(self)
+
+    @property
     def ok(self) -> bool:
-        return (
-            self.done
-            and self.error is None
-            and self.status == "success"
-            and self.phase == "completed"
-        )
+        """True once the job is done and succeeded."""
+        return self.status == "succeeded"
+
+    @property
+    def host_status(self) -> str | None:
+        """The host's own status word for the flow, as it last reported it (``running``,
+        ``success``, ``failed``, ``stopped``, ``waiting-for-result``…), ``None`` before a host
+        said anything. Raw: a host says ``success`` after an op failed, or after a stop
+        through its API; :attr:`status` is the verdict."""
+        if self._reported_status is not None:
+            return self._reported_status
+        if self.result is not None:
+            return self.result.status
+        return self._flow_status
 
     @property
     def logs(self) -> list[LogLine]:
@@ -455,11 +636,9 @@ class ConfidentialJob:
         parts = [f"<ConfidentialJob {_short(self.address)}"]
         if self.market is not None:
             parts.append(self.market.slug)
-        parts.append(str(self.state) if self.state is not None else self.phase.upper())
+        parts.append(self.status)
         if self.node:
             parts.append(f"node {self.node[:2]}…")
-        if self.done:
-            parts.append(self.status or self.phase)
         return " ".join(parts) + ">"
 
     def _repr_html_(self) -> str:
@@ -469,9 +648,9 @@ class ConfidentialJob:
         ]
         if self.market is not None:
             rows.append(("market", html.escape(self.market.slug)))
-        rows.append(("state", html.escape(str(self.state or "-") + f" ({self.phase})")))
-        if self.status:
-            rows.append(("status", html.escape(self.status)))
+        rows.append(("status", html.escape(self.status)))
+        if self.done and not self.ok:
+            rows.append(("why", html.escape(self.reason)))
         if self.node:
             rows.append(("node", html.escape(self.node)))
         if self.elapsed is not None:
@@ -488,8 +667,6 @@ class ConfidentialJob:
             rows.append(
                 (html.escape(label), f'<a href="{link}" target="_blank">{html.escape(url.url)}</a>')
             )
-        if self.error is not None:
-            rows.append(("error", html.escape(self._error_line())))
         if not self.done:
             # A notebook keeps this table as the cell's output: say it is a snapshot, so a
             # saved "QUEUED" is not read as the job's fate (the view's summary is the record).
@@ -628,7 +805,7 @@ class ConfidentialJob:
         """
         address = self.address or "(not listed)"
         if self.done:
-            return JobInterrupted(f"job {address} already {self.phase}", self)
+            return JobInterrupted(f"job {address} already {self.status}", self)
         future = runner.submit(self.stop_async())
         deadline = time.monotonic() + STOP_WAIT_S
         interrupts = 0
@@ -656,7 +833,7 @@ class ConfidentialJob:
                 text = str(error).splitlines()[0] if str(error) else type(error).__name__
                 problem = self._redactor.redact(text)
         if problem is None:
-            return JobInterrupted(f"job {address} stopped", self)
+            return JobInterrupted(f"job {address} stopped", self, sent=True)
         return JobInterrupted(f"job {address}: stop requested, still running: {problem}", self)
 
     async def wait_async(self, timeout: float | None = None) -> ConfidentialJob:
@@ -768,30 +945,47 @@ class ConfidentialJob:
         self._emit("state")
 
     def raise_for_status(self) -> ConfidentialJob:
-        """Raise if the job is done and did not succeed; return the job otherwise."""
-        if not self.done or self.ok:
+        """Raise if the job is done and did not succeed; return the job otherwise.
+
+        :class:`JobStopped` (you stopped it), :class:`JobExpired`, :class:`JobLost`, else
+        :class:`JobFailed` (the definition's or a reference's own error when that was it);
+        the one line is ``job X <status>: <why>``.
+        """
+        status = self.status
+        if not self.done or status == "succeeded":
             return self
         address = self.address or "(not listed)"
         if isinstance(self.error, (JobDefinitionError, SecretError)):
             raise self.error
-        if self.phase == "stopped" and self._stop_requested:
+        if status == "stopped":
             raise JobStopped(f"job {address} stopped", self)
-        raise JobFailed(f"job {address} failed: {self._error_line()}", self)
+        kind = {"expired": JobExpired, "lost": JobLost}.get(status, JobFailed)
+        raise kind(f"job {address} {status}: {self.reason}", self)
 
-    def _error_line(self) -> str:
-        """Why the job did not succeed, in one line."""
+    @property
+    def reason(self) -> str:
+        """Why the job did not succeed, in one line ("" while it runs, or once it succeeded)."""
+        status = self.status
+        if not self.done or status == "succeeded":
+            return ""
         if self.error is not None:
             text = str(self.error).splitlines()[0] if str(self.error) else type(self.error).__name__
             return self._redactor.redact(text)
-        if self.phase == "stopped":
-            if self._stop_requested:
-                return "stopped"
-            return f"ended {self.state or 'STOPPED'} on the ledger (the host quit or expired it)"
+        if status == "stopped":
+            return "stopped by you" if self._stop_requested else "stopped by its project"
         flow = self.result
-        if self.status == "validation-error":
-            detail = _validation_summary(flow.errors) if flow is not None else ""
-            return "the host rejected the job definition" + (f": {detail}" if detail else "")
+        if status == "lost":
+            if flow is None and self.state is JobState.STOPPED:
+                return "ended STOPPED on the ledger without results (the host quit)"
+            return "the host did not serve the job's results, so how it ended is unknown"
+        if status == "expired":
+            return (f"it reached its timeout ({format_duration(self.timeout)}); its ops were "
+                    "cut short")
         if flow is not None:
+            outcome = final_status(flow, reported=self._specific_report())
+            if outcome == "validation-error":
+                detail = _validation_summary(flow.errors)
+                return "the host rejected the job definition" + (f": {detail}" if detail else "")
             for op in flow.op_states:
                 if op.status == "failed" or op.exit_code not in (None, 0):
                     if op.exit_code is not None:
@@ -800,8 +994,28 @@ class ConfidentialJob:
             if flow.errors:
                 first = flow.errors[0]
                 text = first if isinstance(first, str) else json.dumps(first)[:200]
-                return f"{self.status}: {self._redactor.redact(text)}"
-        return f"status {self.status or 'unknown'}"
+                return f"the host says {outcome}: {self._redactor.redact(text)}"
+        return f"the host says {self.host_status or 'nothing'}"
+
+    def _specific_report(self) -> str | None:
+        """The final status the host reported, when it says more than ``success`` (a host's
+        flow ``success`` means its task manager finished, not that every op succeeded)."""
+        reported = self._reported_status
+        return None if reported == "success" else reported
+
+    def _explain_missing(self, kind: str, key: str, names: list[str]) -> str:
+        """The line of a :class:`MissingResult`: what there is, and why not more."""
+        where = f"job {self.address or '(not listed)'}"
+        if not self.done:
+            return (f"no {kind} {key!r} yet: {where} is {self.status} ({kind}s arrive when "
+                    "it ends; job.wait() waits for that)")
+        have = f"its {kind}s are {', '.join(names)}" if names else f"it has no {kind}s"
+        line = f"no {kind} {key!r} in {where}: {have}"
+        if self.status != "succeeded":
+            line += f"; the job {self.status}: {self.reason}"
+        elif kind == "result" and not names:
+            line += " (no op's `results` pattern matched its output)"
+        return line
 
     # ------------------------------------------------------------------ attach
 
@@ -831,7 +1045,8 @@ class ConfidentialJob:
     def _fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
-        log.info("job %s failed: %s", self.address, self._error_line())
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.info("job %s failed: %s", self.address, self._redactor.redact(text))
 
     def _host_client(self) -> HostClient:
         assert self.address is not None and self.node is not None
@@ -904,16 +1119,7 @@ class ConfidentialJob:
                 await self.network.aclose()
             except Exception:  # closing must not hide the outcome
                 log.debug("closing the network failed", exc_info=True)
-        if self.error is not None:
-            self.phase = "failed"
-        elif self._stop_requested or self.state is JobState.STOPPED:
-            self.phase = "stopped"
-            if self._stop_requested:
-                self.status = "stopped"
-        elif self.status == "success":
-            self.phase = "completed"
-        else:
-            self.phase = "failed"
+        self.phase = "done"  # the verdict is job_status()'s
         self.ended_at = self.ended_at or time.time()
         self.timings.setdefault("done", time.time())
         # Drop what is no longer needed and could hold secrets.
@@ -1019,7 +1225,7 @@ class ConfidentialJob:
         if not running:
             raise JobFailed(f"job {self.address} was not taken by a host", self)
         if self.node is None and not self._ledger_done() and self._ledger_error is not None:
-            raise JobFailed(f"lost track of job {self.address}: {self._ledger_error}", self)
+            raise JobLost(f"lost track of job {self.address}: {self._ledger_error}", self)
         if self.node is None:
             # Ended before it ran (delisted): nothing to collect.
             return
@@ -1074,8 +1280,6 @@ class ConfidentialJob:
         flow = await self._collect()
         if flow is not None:
             self._apply_result(flow)
-        else:
-            self.status = self._reported_status or self._flow_status or self.status
         # The ledger's final state (the host completes the job after the window), bounded.
         await self._until(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
         await self._drain_logs(log_task)
@@ -1091,7 +1295,7 @@ class ConfidentialJob:
             expiry = self.expires_at or (fallback_start + self.timeout)
             remaining = expiry + EXPIRY_MARGIN_S - now
             if remaining <= 0:
-                raise JobFailed(
+                raise JobLost(
                     f"job {self.address} did not end within {EXPIRY_MARGIN_S:g} s of its "
                     "expiry",
                     self,
@@ -1128,6 +1332,7 @@ class ConfidentialJob:
                     host.base_url,
                     f"GET /job/{self.address}/results",
                     f"the job ended ({self.state}) without the host serving its results",
+                    gave_up=True,
                 )
             flow = fetch.result()
         except HostError as exc:
@@ -1165,11 +1370,6 @@ class ConfidentialJob:
         if self._redactor:
             flow = FlowState.model_validate(_redact_tree(flow.to_wire(), redact))
         self.result = flow
-        # A host's flow "success" means its task manager finished, not that every op
-        # succeeded (an op exiting 3 leaves it "success"): only a more specific final status
-        # the host reported (validation-error, stopped, failed…) overrides the op states.
-        reported = self._reported_status
-        self.status = final_status(flow, reported=None if reported == "success" else reported)
         ops: dict[str, OpResult] = {}
         merged: dict[str, Any] = {}
         owners: dict[str, list[str]] = {}
@@ -1177,10 +1377,12 @@ class ConfidentialJob:
             decoded = {name: _decode(value) for name, value in (op.results or {}).items()}
             ops[op.operation_id] = OpResult(
                 op_id=op.operation_id,
-                status=op.status,
+                host_status=op.status,
                 exit_code=op.exit_code,
                 logs=[self._op_line(op.operation_id, entry) for entry in op.logs],
                 results=decoded,
+                ended_by=_op_ended_by(op, self._stop_requested),
+                ran=op.start_time is not None or op.status == "running",
             )
             for name in decoded:
                 owners.setdefault(name, []).append(op.operation_id)
@@ -1188,8 +1390,8 @@ class ConfidentialJob:
             for name, value in op_result.results.items():
                 key = name if len(owners[name]) == 1 else f"{op_id}.{name}"
                 merged[key] = value
-        self.ops = ops
-        self.results = merged
+        self.ops = Results(ops, kind="op", explain=self._explain_missing)
+        self.results = Results(merged, explain=self._explain_missing)
         if flow.secrets:
             self._set_urls(_urls_from_secrets(flow.secrets, self.address or ""))
 
@@ -1297,8 +1499,6 @@ class ConfidentialJob:
             self._reported_status = event.status
             self._info_end = event
             self.timings.setdefault("end-seen", time.time())
-        if not self.done:
-            self.status = event.status
         self._emit("state")
 
     async def _follow_logs(self, host: HostClient) -> None:

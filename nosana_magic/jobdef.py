@@ -52,7 +52,9 @@ from .secrets import (
     ResolvedDefinition,
     SecretError,
     find_references,
+    looks_like_token,
     resolve_references,
+    token_name,
 )
 
 __all__ = [
@@ -82,6 +84,9 @@ PLACEHOLDER: dict[str, Any] = {
 """The Nosana CLI's public placeholder for confidential jobs (``privateBlankJobDefintion``)."""
 
 _LITERAL = re.compile(r"^%%(ops|global)\.[^%]+%%$")
+#: A port written as a notebook variable: the whole string is one ``${var:NAME}`` reference,
+#: replaced by the variable's number when the definition is resolved.
+_PORT_VARIABLE = re.compile(r"^\$\{var:[A-Za-z_][A-Za-z0-9_]*\}$")
 _RANGE = re.compile(r"^[0-9]+-[0-9]+$")
 # Resource keys that hold credentials, and how to name them in a message.
 _PUBLIC_SECRETS = (("IAM", "S3 credentials"), ("accessToken", "an access token"))
@@ -191,17 +196,27 @@ def _one_of(*choices: str) -> Callable[[object], Any]:
 def _literal_string(what: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         text = _str(value)
-        if _LITERAL.match(text):
+        if _LITERAL.match(text) or (what == "port" and _PORT_VARIABLE.match(text)):
             return text
         if what == "port" and _RANGE.match(text):
             raise _error('port ranges ("start-end") are not accepted by current Nosana '
                          "validators; list the ports instead")
         if what == "port" and text.strip().isdigit():
             raise _error("expected a port number, got string (write the port without quotes)")
-        prefix = "a port number or " if what == "port" else ""
+        prefix = "a port number, a ${var:NAME} or " if what == "port" else ""
         raise _error(f"expected {prefix}a literal like %%ops.<id>.<name>%% or "
                      "%%global.<name>%%")
     return check
+
+
+def _port_number(value: object) -> int | float | str:
+    """An exposed port object's ``port``: a number, or (ours) a whole ``${var:NAME}``."""
+    if isinstance(value, str):
+        if _PORT_VARIABLE.match(value):
+            return value
+        hint = " (write the port without quotes)" if value.strip().isdigit() else ""
+        raise _error(f"expected a port number or a ${{var:NAME}}, got string{hint}")
+    return _number(value)
 
 
 def _op_id(value: object) -> str:
@@ -377,7 +392,7 @@ HealthCheck = Annotated[
 class ExposedPort(_Model):
     """An exposed port object: ``{port, type?, health_checks?}``."""
 
-    port: Number
+    port: Annotated[int | float | str, PlainValidator(_port_number)]
     type: Opt[ServiceType] = None
     health_checks: Opt[list[HealthCheck]] = None
 
@@ -690,6 +705,7 @@ class JobDefinition(_Model):
     _source: Any = PrivateAttr(default=None)
     _doc: Opt[JsoncDocument] = PrivateAttr(default=None)
     _warnings: list[Problem] = PrivateAttr(default_factory=list)
+    _notes: list[Problem] = PrivateAttr(default_factory=list)
     _references: list[Reference] = PrivateAttr(default_factory=list)
 
     # -- what was written ------------------------------------------------------------------
@@ -708,8 +724,15 @@ class JobDefinition(_Model):
 
     @property
     def warnings(self) -> list[str]:
-        """Located warnings: odd ports, unknown ``depends_on`` targets, duplicate JSON keys."""
+        """Located warnings: a credential typed into the definition (never its value), odd
+        ports, unknown ``depends_on`` targets, duplicate JSON keys."""
         return [str(w) for w in self._warnings]
+
+    @property
+    def notes(self) -> list[str]:
+        """Located notes on what the definition does that is easy to miss: a service exposed
+        without ``private: true`` has a public URL anyone can work out."""
+        return [str(n) for n in self._notes]
 
     @property
     def references(self) -> list[Reference]:
@@ -732,7 +755,8 @@ class JobDefinition(_Model):
     def expose_ports_for_op(self, index: int) -> list[int | float]:
         """Concrete ports exposed by ``ops[index]``: numbers and object ports, in order.
 
-        ``%%…%%`` literals and spread markers are skipped: the host resolves them at run time.
+        ``%%…%%`` literals and spread markers are skipped: the host resolves them at run time;
+        so is a ``${var:NAME}`` port, resolved when the definition is sent.
         """
         args = self.ops[index].args
         if not isinstance(args, ContainerRunArgs) or args.expose is None:
@@ -741,7 +765,8 @@ class JobDefinition(_Model):
         ports: list[int | float] = []
         for item in items:
             if isinstance(item, ExposedPort):
-                ports.append(item.port)
+                if not isinstance(item.port, str):  # a ${var:…} is known only when sent
+                    ports.append(item.port)
             elif isinstance(item, int | float) and not isinstance(item, bool):
                 ports.append(item)
         return ports
@@ -781,9 +806,11 @@ class JobDefinition(_Model):
         ``env`` defaults to ``os.environ``; ``namespace`` (notebook variables) to empty.
         The result's ``redactor`` hides the resolved ``${env:…}`` values in host text.
         """
+        source = self.to_dict()
         resolved, secrets = resolve_references(
-            self.to_dict(), env=os.environ if env is None else env,
+            source, env=os.environ if env is None else env,
             namespace=namespace or {}, positions=self._positions())
+        _number_ports(source, resolved, self._doc)
         # A ${var:…} value can make a field invalid (an op id with a space, say): check again,
         # against the original positions, before anything is sent.
         _validate(resolved, self._doc, resolved=True)
@@ -870,13 +897,15 @@ class JobDefinition(_Model):
 # parsing and validation
 
 
-def parse_job_definition(text: str) -> JobDefinition:
+def parse_job_definition(text: str, *, first_line: int = 1) -> JobDefinition:
     """Parse and validate cell text (JSON with comments and trailing commas).
 
     Raises :class:`JobDefinitionError` with every problem located by line and column.
+    Lines count from ``first_line``: 1 (the default) for plain text; the cell magic passes 2,
+    so that a location is the line the notebook editor shows (its own line is line 1).
     """
     try:
-        doc = parse_jsonc(text)
+        doc = parse_jsonc(text, first_line=first_line)
     except JsoncError as err:
         raise JobDefinitionError([Problem(err.line, err.column, "", err.message, "$input")]
                                  ) from None
@@ -931,7 +960,9 @@ def _validate(obj: object, doc: JsoncDocument | None, *, resolved: bool = False
     model._source = obj if doc is not None else copy.deepcopy(obj)
     model._doc = doc
     model._references = refs
-    model._warnings = [*(doc.warnings if doc else []), *_warnings(obj, doc)]
+    model._warnings = [*(doc.warnings if doc else []), *_warnings(obj, doc),
+                       *_credential_warnings(obj, doc)]
+    model._notes = _notes(obj, doc)
     if doc is not None:
         model._warnings.sort(key=lambda p: (p.line or 0, p.column or 0))
     return model
@@ -1012,6 +1043,43 @@ def _expose_ports(args: dict[str, Any]) -> Iterator[tuple[JsonPath, int | float]
                 yield ("expose", k, "port"), item["port"]
 
 
+def _port_variables(obj: object) -> Iterator[JsonPath]:
+    """Paths of the expose ports written as ``${var:NAME}``."""
+    for i, op in _ops(obj):
+        expose = _args(op).get("expose")
+        base: JsonPath = ("ops", i, "args", "expose")
+        items = enumerate(expose) if isinstance(expose, list) else [(None, expose)]
+        for k, item in items:
+            path = base if k is None else (*base, k)
+            if isinstance(item, dict):
+                item, path = item.get("port"), (*path, "port")
+            if isinstance(item, str) and _PORT_VARIABLE.match(item):
+                yield path
+
+
+def _number_ports(source: object, resolved: Any, doc: JsoncDocument | None) -> None:
+    """In ``resolved``, turn each port written as ``${var:NAME}`` into the number it names
+    (a notebook variable holding a port, e.g. a free one picked at run time)."""
+    problems: list[Problem] = []
+    for path in _port_variables(source):
+        parent = _value_at(resolved, path[:-1])
+        text = parent[path[-1]]
+        if isinstance(text, str) and text.isascii() and text.isdigit():
+            parent[path[-1]] = int(text)
+        else:
+            name = str(_value_at(source, path))[len("${var:"):-1]
+            problems.append(_problem(doc, path, f"notebook variable {name} must hold a port "
+                                                "number (an int)"))
+    if problems:
+        raise JobDefinitionError(problems)
+
+
+def _value_at(obj: Any, path: JsonPath) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
 def _rule_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
     """The rules pydantic's field types cannot express (they look across values)."""
     out: list[Problem] = []
@@ -1065,4 +1133,64 @@ def _warnings(obj: object, doc: JsoncDocument | None) -> list[Problem]:
             if isinstance(name, str) and name not in ids:
                 out.append(_problem(doc, ("ops", i, "execution", "depends_on", k),
                                     "depends_on names no op of this definition"))
+    return out
+
+
+#: Fields that hold a credential whatever it looks like, and the variable to keep it in.
+_CREDENTIAL_FIELDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("authentication", "docker", "password"): ("a registry password", "DOCKER_PASSWORD"),
+    ("accessToken",): ("an access token", "HF_TOKEN"),
+    ("IAM", "SECRET_ACCESS_KEY"): ("an S3 secret key", "AWS_SECRET_ACCESS_KEY"),
+    ("IAM", "ACCESS_KEY_ID"): ("an S3 access key id", "AWS_ACCESS_KEY_ID"),
+}
+
+
+def _string_leaves(value: object, path: JsonPath = ()) -> Iterator[tuple[JsonPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _string_leaves(item, (*path, index))
+
+
+def _credential_warnings(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    """A credential typed into the definition: the notebook file and IPython's history keep
+    the cell, so say where it is (never what it is) and how to reference it instead."""
+    out: list[Problem] = []
+    for path, text in _string_leaves(obj):
+        if not text or "${env:" in text or "${var:" in text:
+            continue  # a reference (or nothing) is not a literal credential
+        what, name = None, None
+        for tail, (field, variable) in _CREDENTIAL_FIELDS.items():
+            if path[-len(tail):] == tail:
+                what, name = field, variable
+        key = path[-1] if path else None
+        if what is None and len(path) >= 2 and path[-2] == "env" and looks_like_token(text):
+            what = "a value that looks like a token"
+            name = key if isinstance(key, str) and key.isidentifier() else None
+        if what is None and token_name(text) is not None:
+            what = "what looks like a token"
+        if what is None:
+            continue
+        name = name or token_name(text) or "SECRET"
+        out.append(_problem(doc, path, f"{what} is written in the cell, where the notebook "
+                                       f"and its history keep it: set it in the environment "
+                                       f"and write \"${{env:{name}}}\" instead"))
+    return out
+
+
+def _notes(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    out: list[Problem] = []
+    for i, op in _ops(obj):
+        args = _args(op)
+        if "expose" in args and args.get("private") is not True:
+            out.append(_problem(doc, ("ops", i, "args", "expose"),
+                                "this service's URL is public and predictable (worked out "
+                                "from the job address and the port): anyone can reach it; "
+                                'add "private": true for a random URL only you learn'))
+    if doc is not None:
+        out.sort(key=lambda p: (p.line or 0, p.column or 0))
     return out

@@ -153,8 +153,9 @@ class JsoncDocument:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, first_line: int = 1) -> None:
         self.text = text
+        self.first_line = first_line
         self.n = len(text)
         self.newlines = [m.start() for m in re.finditer("\n", text)]
         self.positions: dict[JsonPath, Location] = {}
@@ -164,7 +165,7 @@ class _Parser:
     def loc(self, pos: int) -> Location:
         line = bisect.bisect_left(self.newlines, pos)
         start = self.newlines[line - 1] + 1 if line else 0
-        return line + 1, pos - start + 1
+        return line + self.first_line, pos - start + 1
 
     def error(self, message: str, pos: int) -> JsoncError:
         return JsoncError(message, *self.loc(pos))
@@ -371,10 +372,14 @@ class _Parser:
         return float(raw), end
 
 
-def parse_jsonc(text: str) -> JsoncDocument:
-    """Parse JSON with comments and trailing commas; raise :class:`JsoncError` on bad syntax."""
+def parse_jsonc(text: str, *, first_line: int = 1) -> JsoncDocument:
+    """Parse JSON with comments and trailing commas; raise :class:`JsoncError` on bad syntax.
+
+    ``first_line`` is the number the first line of ``text`` gets in every location (a cell
+    body starts on line 2 of its cell, under the magic line).
+    """
     if text.startswith("\ufeff"):
         text = text[1:]  # an editor's byte-order mark is not part of the document
-    parser = _Parser(text)
+    parser = _Parser(text, first_line)
     value = parser.parse()
     return JsoncDocument(value, parser.positions, parser.key_positions, parser.warnings)

@@ -24,8 +24,11 @@ notebook variable, resolved against the shell's namespace).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import os
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from keyword import iskeyword
@@ -71,7 +74,50 @@ _ENV_OF = {
     "data_dir": "NOSANA_DATA_DIR",
 }
 
-_SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config")
+_SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config", "help")
+
+#: ``%nosana help COMMAND``: each subcommand's usage, what it is in a few words, and more.
+_COMMAND_HELP = {
+    "jobs": ("%nosana jobs", "this kernel's jobs",
+             "The jobs of this kernel: address, network, market, status, elapsed time."),
+    "status": ("%nosana status [JOB]", "a job's handle",
+               "The job's handle, shown as its table (default: this kernel's latest job). "
+               "`run = %nosana status JOB` keeps it in a variable."),
+    "logs": ("%nosana logs JOB", "print a job's log",
+             "Every log line of the job so far (container stderr on stderr, the host's own "
+             "lines marked `host:`)."),
+    "stop": ("%nosana stop JOB", "stop a job",
+             "Stop the job: its host ends it (the results stay collectable), or the ledger "
+             "delists it while it is queued. Waits up to 10 s for the end and says how the "
+             "job ended."),
+    "attach": ("%nosana attach JOB [-b] [-q] [--network NETWORK]", "follow a job live",
+               "A live view of a job of this kernel, or of any job your wallet listed (from "
+               "another kernel, before a restart): its log history, then the live log, and "
+               "its private results when it ends. -b returns at once (then `run = %nosana "
+               "status JOB` gets the handle), -q shows the status only."),
+    "markets": ("%nosana markets [--network NETWORK]", "a network's markets",
+                "The markets of a network: address, price per hour, idle hosts."),
+    "config": ("%nosana config", "the settings and their sources",
+               "Every setting, its value and where it comes from (credentials only as "
+               "set/unset)."),
+    "help": ("%nosana help [COMMAND]", "this help", "This help, or one command's."),
+}
+
+_HELP_FLAGS = ("-h", "--help")
+
+_CELL_EXAMPLE = """\
+Example (runs locally as it is; add --network mainnet to run it on Nosana):
+
+  %%nosana_confidential --market nvidia-3090 --timeout 10m -o run
+  {
+    "version": "0.1", "type": "container", "meta": {"trigger": "cli"},
+    "ops": [{"type": "container/run", "id": "train",
+             "args": {"image": "pytorch/pytorch", "gpu": true,
+                      "cmd": ["python3", "-c", "print('loss=0.25')"]},
+             "results": {"loss": "loss=([0-9.]+)"}}]
+  }
+
+  then: run.results["loss"], run.ops["train"].exit_code, run.urls, run.logs[-5:]"""
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -214,7 +260,8 @@ class NosanaMagics(Magics):
     @argument("-o", "--out", metavar="NAME",
               help="Store the job handle in this notebook variable (as soon as it exists).")
     @argument("-b", "--background", action="store_true",
-              help="Return the handle at once; the view keeps updating.")
+              help="Return at once; the view keeps updating. The handle is in the -o NAME "
+                   "variable; without -o, `run = %%nosana status` gets it.")
     @argument("-q", "--quiet", action="store_true",
               help="Show the status only (the handle still collects every log line).")
     @argument("--node", help="Run on this host (node address).")
@@ -227,20 +274,28 @@ class NosanaMagics(Magics):
               help="Do not ask before spending on devnet/mainnet.")
     @_cell_magic
     def nosana_confidential(self, line: str, cell: str) -> ConfidentialJob | None:
-        """Run the cell's Nosana job definition as a confidential job.
+        """Run the cell's Nosana job definition (JSON, comments allowed) as a confidential job.
 
         The public placeholder goes to IPFS; the real definition (``${env:NAME}`` and
         ``${var:NAME}`` resolved only now) goes straight to the host that takes the job.
-        Logs stream into the cell; the cell returns the job handle (``.results``, ``.urls``,
-        ``.ops``, ``.logs``, ``.stop()``, ...). It waits for the job unless ``-b``: an
-        interrupt (Ctrl-C, the stop button) then stops the job. A failed job fails the cell.
+        Logs stream into the cell's live view; the job handle (``.results``, ``.urls``,
+        ``.ops``, ``.logs``, ``.status``, ``.stop()``, ...) goes into the ``-o NAME``
+        variable, or, without ``-o``, is the cell's result once the job has ended. The cell
+        waits for the job unless ``-b``: an interrupt (Ctrl-C, the stop button) then stops
+        the job. A job that did not succeed fails the cell, in one line.
 
-        Settings: a flag wins over ``%config NosanaMagics.<name>``, which wins over the
-        ``NOSANA_*`` environment variables; ``%nosana config`` shows each with its source.
+        The default network is the embedded local one, which also takes Nosana's market
+        names (``nvidia-3090`` runs on ``local-gpu``): the same cell runs on mainnet with
+        ``--network mainnet``. Settings: a flag wins over ``%config NosanaMagics.<name>``,
+        which wins over the ``NOSANA_*`` environment variables; ``%nosana config`` shows each
+        with its source. ``%%nosana_confidential --help`` prints this.
         """
         from .job import run_confidential
         from .jobdef import parse_job_definition
 
+        if _wants_help(line):
+            print(self._cell_help())
+            return None  # help only: the body is not run
         args = parse_argstring(self.nosana_confidential, line)
         if args.send_only and args.receive_only:
             raise UsageError("--send-only and --receive-only exclude each other")
@@ -256,9 +311,12 @@ class NosanaMagics(Magics):
         if not cell.strip():
             raise UsageError("the cell is empty: put a Nosana job definition (JSON) under "
                              "the %%nosana_confidential line")
-        definition = parse_job_definition(cell)
+        # Line 1 is the magic's own line: locations are the lines the notebook shows.
+        definition = parse_job_definition(cell, first_line=2)
         for warning in definition.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        for note in definition.notes:
+            print(f"note: {note}", file=sys.stderr)
         namespace = self.shell.user_ns if self.shell is not None else {}
         # Every reference must resolve before anything is pinned or listed.
         definition.check_references(env=os.environ, namespace=namespace)
@@ -266,6 +324,11 @@ class NosanaMagics(Magics):
         settings = self.settings(network=args.network, market=args.market, timeout=timeout)
         if settings.network != "local":
             self._confirm_spend(settings, node=args.node, assume_yes=args.yes)
+        elif settings.market is not None and settings.devnode_url:
+            # A devnode started by hand: ask it now, so an unknown market is one line, before
+            # anything is pinned. (The embedded one is checked before it is started.)
+            market = settings.market
+            _with_network(settings, lambda network: network.market(market))
 
         notices = _Notices()
         job = run_confidential(
@@ -278,11 +341,13 @@ class NosanaMagics(Magics):
         view = JobView(job, tail=self.log_tail, quiet=args.quiet).show(
             background=args.background)
         if args.background:
-            return job
+            # The live view shows the job; a returned handle would be a second display of it,
+            # a snapshot that goes stale. The handle is in -o NAME, or `%nosana status`.
+            return None
         self._follow(job, view, notices)
-        if not job.ok:
-            job.raise_for_status()
-        return job
+        job.raise_for_status()
+        # With -o the handle is in its variable and the view's summary shows how it ended.
+        return None if args.out else job
 
     def _follow(self, job: ConfidentialJob, view: JobView, notices: _Notices) -> None:
         """Block on the job in short waits; the main thread prints the text view meanwhile.
@@ -315,6 +380,8 @@ class NosanaMagics(Magics):
             finally:
                 unsubscribe()
                 view.finish(interrupted=True)
+            if interrupted.sent:
+                raise _interrupted_line(job) from None
             raise interrupted from None
         unsubscribe()
         notices.flush()
@@ -378,8 +445,9 @@ class NosanaMagics(Magics):
 
     @no_var_expand
     @magic_arguments()
-    @argument("command", choices=_SUBCOMMANDS, help="What to do.")
-    @argument("job", nargs="?", help="A job address, or a unique prefix of one.")
+    @argument("command", choices=_SUBCOMMANDS, help="What to do (`%%nosana help COMMAND`).")
+    @argument("job", nargs="?",
+              help="A job address, or a unique prefix of one (help: a command).")
     @argument("-b", "--background", action="store_true",
               help="attach: return at once; the view keeps updating.")
     @argument("-q", "--quiet", action="store_true", help="attach: status only.")
@@ -387,15 +455,26 @@ class NosanaMagics(Magics):
               help="attach/markets: the network (default: the configured one).")
     @_line_magic
     def nosana(self, line: str) -> object:
-        """Jobs of this kernel and settings.
+        """Jobs of this kernel, markets and settings.
 
-        ``%nosana jobs`` · ``status JOB`` · ``logs JOB`` · ``stop JOB`` · ``attach JOB`` ·
-        ``markets`` · ``config``. ``JOB`` is an address or a unique prefix of one.
+        ``%nosana jobs`` · ``status [JOB]`` · ``logs JOB`` · ``stop JOB`` · ``attach JOB`` ·
+        ``markets`` · ``config`` · ``help [COMMAND]``. ``JOB`` is an address or a unique
+        prefix of one (``%nosana jobs`` lists them). ``%nosana`` alone prints this help.
         """
+        tokens = line.split()
+        if not tokens or tokens[0] in _HELP_FLAGS or tokens[0] == "help":
+            topic = tokens[1] if len(tokens) > 1 and tokens[0] == "help" else None
+            print(self._line_help(topic))
+            return None
+        if _wants_help(line) and tokens[0] in _COMMAND_HELP:
+            print(self._line_help(tokens[0]))  # `%nosana stop -h`
+            return None
         args = parse_argstring(self.nosana, line)
         command: str = args.command
-        if command in ("status", "logs", "stop", "attach") and not args.job:
+        if command in ("logs", "stop", "attach") and not args.job:
             raise UsageError(f"%nosana {command} needs a JOB (an address or a unique prefix)")
+        if command == "status" and not args.job:
+            return self._latest_job()
         if command == "jobs":
             return self._jobs_table()
         if command == "markets":
@@ -419,8 +498,41 @@ class NosanaMagics(Magics):
             print(f"job {job.address} already ended: {job.status}")
             return None
         job.stop()
-        print(f"job {job.address} stopped")
+        with contextlib.suppress(TimeoutError):
+            job.wait(10)  # the host ends it within seconds; say how it ended when it has
+        print(_stop_line(job))
         return None
+
+    # -- help ----------------------------------------------------------------------------
+
+    def _cell_help(self) -> str:
+        """``%%nosana_confidential --help``: usage, what it does, the flags, an example."""
+        text = _usage_text(self.nosana_confidential.__doc__, "nosana_confidential", cell=True)
+        return f"{text}\n\n{_CELL_EXAMPLE}"
+
+    def _line_help(self, topic: str | None) -> str:
+        """``%nosana help [COMMAND]``: the whole usage, or one command's."""
+        if topic is not None:
+            if topic not in _COMMAND_HELP:
+                raise UsageError(f"%nosana help: unknown command {topic!r} (commands: "
+                                 f"{', '.join(_COMMAND_HELP)})")
+            usage, _, what = _COMMAND_HELP[topic]
+            return f"usage: {usage}\n\n" + textwrap.fill(what, 88)
+        width = max(len(usage) for usage, _, _ in _COMMAND_HELP.values())
+        commands = "\n".join(f"  {usage.ljust(width)}  {short}"
+                             for usage, short, _ in _COMMAND_HELP.values())
+        text = _usage_text(self.nosana.__doc__, "nosana", cell=False)
+        return (f"{text}\n\ncommands:\n{commands}\n\nExample:\n  %nosana jobs\n"
+                "  run = %nosana status 7xKX      # the handle of job 7xKX…\n"
+                "  %nosana stop 7xKX\n\nThe cell magic: %%nosana_confidential --help")
+
+    def _latest_job(self) -> ConfidentialJob:
+        from .job import JobNotFound, jobs
+
+        known = jobs()
+        if not known:
+            raise JobNotFound("no job yet in this kernel")
+        return known[-1]
 
     def _find(self, prefix: str) -> ConfidentialJob:
         from .job import find_job
@@ -435,7 +547,7 @@ class NosanaMagics(Magics):
             rows.append([
                 job.address or "(not listed)", job.network_name,
                 job.market.slug if job.market is not None else "",
-                str(job.status or job.phase),
+                job.status,
                 "" if job.elapsed is None else format_duration(job.elapsed),
             ])
         return Table(["job", "network", "market", "status", "elapsed"], rows,
@@ -472,7 +584,7 @@ class NosanaMagics(Magics):
         return "default" if getattr(self, name) == default else f"%config NosanaMagics.{name}"
 
     def _attach(self, ref: str, *, network: str | None, background: bool,
-                quiet: bool) -> ConfidentialJob:
+                quiet: bool) -> ConfidentialJob | None:
         """A new view on a job: one of this kernel's (by prefix), else any job by address."""
         from .job import ConfidentialJob, JobNotFound, find_job
 
@@ -485,10 +597,44 @@ class NosanaMagics(Magics):
         notices.flush()
         view = JobView(job, tail=self.log_tail, quiet=quiet).show(background=background)
         if background:
-            return job
+            return None  # the live view shows it (`run = %nosana status JOB` gets the handle)
         self._follow(job, view, notices)
         job.raise_for_status()
         return job
+
+
+def _wants_help(line: str) -> bool:
+    """``-h``/``--help`` anywhere on the magic line."""
+    return any(token in _HELP_FLAGS for token in line.split())
+
+
+def _usage_text(doc: str | None, name: str, *, cell: bool) -> str:
+    """A magic's argparse-built docstring as plain help text (IPython writes every magic
+    with one ``%`` in its usage line; a cell magic's has two)."""
+    text = inspect.cleandoc(doc or "").removeprefix("::").strip("\n")
+    usage, _, rest = text.partition("\n\n")
+    usage = textwrap.dedent(usage)
+    if cell:
+        usage = usage.replace(f"%{name}", f"%%{name}", 1)
+    return f"usage: {usage.strip()}\n\n{rest.strip()}"
+
+
+def _stop_line(job: ConfidentialJob) -> str:
+    """What ``%nosana stop`` says: how the job ended, or that it is still ending."""
+    if job.done:
+        return f"job {job.address} {job.status}"
+    return (f"job {job.address}: stop accepted, the host is still ending it "
+            "(`%nosana status` shows when it has)")
+
+
+def _interrupted_line(job: ConfidentialJob) -> BaseException:
+    """Ctrl-C's one line once the stop went through and the (bounded) wait is over."""
+    from .job import JobInterrupted
+
+    if job.done:
+        return JobInterrupted(f"job {job.address} {job.status}", job, sent=True)
+    return JobInterrupted(f"job {job.address}: stop accepted, still stopping (job.wait() "
+                          "waits for the end)", job, sent=True)
 
 
 def _with_network(settings: Settings,

@@ -222,8 +222,8 @@ def exposed_services(definition: Mapping[str, object], job_address: str) -> list
                 health = bool(item.get("health_checks"))
             else:
                 port = item
-            if isinstance(port, str) and _SKIPPED_LITERAL.match(port):
-                continue
+            if isinstance(port, str) and (_SKIPPED_LITERAL.match(port) or "${" in port):
+                continue  # resolved on the host, or a ${var:…} resolved only when sent
             if not isinstance(port, (int, float, str)) or isinstance(port, bool):
                 continue
             services.append(

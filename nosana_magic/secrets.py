@@ -6,17 +6,23 @@ The cell body is data, so the only substitutions are explicit references inside 
   only into the body sent to the host, and redacted to ``[secret:NAME]`` wherever host text is
   shown.
 * ``${var:NAME}``: the notebook variable ``NAME``. A ``str`` is inserted as it is; any other
-  value as ``json.dumps(value)``. Not a secret.
+  value as ``json.dumps(value)``. Not a secret. (An exposed port written as exactly
+  ``"${var:NAME}"`` becomes the number the variable holds.)
 * ``$${`` is a literal ``${`` (so ``$${env:X}`` sends the text ``${env:X}``).
 
 Anything else, such as a shell's ``${HOME}``, is left alone. Names are identifiers
 (``[A-Za-z_][A-Za-z0-9_]*``). References are found when the definition is parsed, and resolved
 only when the body is built, just before it is sent.
+
+A secret typed into the cell itself is kept by the notebook and IPython's history:
+:func:`token_name` and :func:`looks_like_token` recognise such literal credentials, so the
+definition can warn about them (naming the field, never the value).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,12 +37,51 @@ __all__ = [
     "ResolvedDefinition",
     "SecretError",
     "find_references",
+    "looks_like_token",
     "resolve_references",
+    "token_name",
 ]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # One scan finds escapes, references, and reference-looking text that is malformed.
 _TOKEN = re.compile(r"\$\$\{|\$\{(env|var):(" + _NAME + r")\}|\$\{(?:env|var):")
+
+#: Credentials with a recognisable shape, and the variable such a value usually lives in.
+_TOKEN_SHAPES = (
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "HF_TOKEN"),
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+     "GITHUB_TOKEN"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), "API_KEY"),
+    (re.compile(r"\bnos_[A-Za-z0-9_-]{16,}"), "NOSANA_API_KEY"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "AWS_ACCESS_KEY_ID"),
+    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), "GITLAB_TOKEN"),
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), "SLACK_TOKEN"),
+)
+_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+
+
+def token_name(text: str) -> str | None:
+    """The usual variable name of a credential whose shape appears in ``text`` (``hf_…``,
+    ``ghp_…``, ``sk-…``, ``nos_…``, an AWS key id…), or None."""
+    for pattern, name in _TOKEN_SHAPES:
+        if pattern.search(text):
+            return name
+    return None
+
+
+def looks_like_token(text: str) -> bool:
+    """True for a value that is probably a credential: a known token shape, or a long
+    opaque string (24+ characters of letters, digits and ``+/=_-``, both letters and digits,
+    high entropy) such as an AWS secret key or a hex API key."""
+    if token_name(text) is not None:
+        return True
+    if not _OPAQUE.fullmatch(text) or not any(c.isdigit() for c in text) or not any(
+            c.isalpha() for c in text):
+        return False
+    counts = {c: text.count(c) for c in set(text)}
+    entropy = -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+    return entropy >= 3.5
+
 
 MALFORMED_MESSAGE = ("malformed reference: write ${env:NAME} or ${var:NAME}, NAME made of "
                      "letters, digits and '_' (write $${ for a literal ${)")
@@ -65,8 +110,16 @@ class Reference:
 class SecretError(NosanaError):
     """A reference could not be resolved. Names every missing variable, never a value."""
 
-    def __init__(self, problems: list[Problem], names: list[str] | None = None) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
+    def __init__(self, problems: list[Problem], names: list[str] | None = None, *,
+                 unset_env: list[str] | None = None) -> None:
+        lines = [str(p) for p in problems]
+        if unset_env:
+            # Exactly what to set, and a way that never puts the value in a cell.
+            first = unset_env[0]
+            lines.append(f"set {', '.join(unset_env)} in the kernel's environment: export "
+                         f"{first}=… before starting Jupyter, or run "
+                         f"os.environ[{first!r}] = getpass.getpass() in a cell")
+        super().__init__("\n".join(lines))
         self.problems = problems
         self.names: list[str] = list(dict.fromkeys(names or []))
         """The variable names that could not be resolved, in order of appearance."""
@@ -117,6 +170,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
     """
     problems: list[Problem] = []
     missing: list[str] = []
+    unset_env: list[str] = []
     secrets: dict[str, str] = {}
 
     def substitute(path: JsonPath, text: str) -> str:
@@ -134,6 +188,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
                 secret = env.get(name)
                 if secret is None:
                     missing.append(name)
+                    unset_env.append(name)
                     problems.append(_problem(path, positions,
                                              f"environment variable {name} is not set"))
                     return ""
@@ -170,7 +225,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
 
     resolved = walk(value, ())
     if problems:
-        raise SecretError(problems, missing)
+        raise SecretError(problems, missing, unset_env=list(dict.fromkeys(unset_env)))
     return resolved, secrets
 
 

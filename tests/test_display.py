@@ -46,6 +46,7 @@ class Op:
     exit_code: int | None
     logs: list[Line] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    ran: bool = True
 
 
 class FakeJob:
@@ -57,7 +58,8 @@ class FakeJob:
         self.market: Market | None = Market("mkt", "local-cpu", price_per_second=20)
         self.node: str | None = "Node1111111111111111111111111111111111111111"
         self.phase = "running"
-        self.status: str | None = None
+        self.status = "running"
+        self.reason = ""
         self.done = False
         self.ok = False
         self.elapsed: float | None = 1.0
@@ -96,11 +98,12 @@ class FakeJob:
         self.logs.append(line)
         return Event("log", self, line)
 
-    def finish(self, status: str = "success") -> None:
+    def finish(self, status: str = "succeeded") -> None:
         self.status = status
-        self.phase = "completed" if status == "success" else status
-        self.ok = status == "success"
-        self.ops = {"train": Op("train", status, 0 if status == "success" else 1)}
+        self.phase = "done"
+        self.ok = status == "succeeded"
+        self.reason = "" if self.ok else f"it {status}"
+        self.ops = {"train": Op("train", status, 0 if self.ok else 143)}
         self.emit(Event("done", self))
 
 
@@ -176,7 +179,8 @@ def test_view_memory_is_bounded_by_the_tail(counting_comm: list[tuple[str, int]]
 def test_stderr_is_distinguishable_and_node_lines_are_marked() -> None:
     assert format_line(Line("train", "stderr", "boom\n")) == ("stderr", "[train] boom")
     assert format_line(Line("train", "stdout", "ok")) == ("stdout", "[train] ok")
-    assert format_line(Line(None, "node", "pulling image")) == ("stdout", "· pulling image")
+    # The host's own lines are shown as it wrote them, marked as the host's.
+    assert format_line(Line(None, "node", "pulling image")) == ("stdout", "· host: pulling image")
 
 
 def test_widget_streams_keep_stderr_apart(counting_comm: list[tuple[str, int]]) -> None:
@@ -242,8 +246,10 @@ def test_text_view_is_written_by_the_main_thread_only() -> None:
     job.finish()
     view.finish()
     summary = out.getvalue().splitlines()
-    assert any(line.startswith(f"nosana job {job.address} on local: success") for line in summary)
-    assert "  op train: success, exit code 0" in summary
+    assert any(line.startswith(f"nosana job {job.address} on local: succeeded")
+               for line in summary)
+    assert "  op train: succeeded (exit 0)" in summary
+    assert not any(line.startswith("  why:") for line in summary)
 
 
 def test_quiet_text_view_prints_status_only() -> None:
@@ -255,7 +261,7 @@ def test_quiet_text_view_prints_status_only() -> None:
     job.finish()
     view.finish()
     assert "noise" not in out.getvalue()
-    assert "success" in out.getvalue()
+    assert "succeeded" in out.getvalue()
 
 
 def test_summary_lists_ops_results_urls_and_cost() -> None:
@@ -374,6 +380,8 @@ def test_interrupted_text_view_prints_a_stopping_summary_once() -> None:
     job.finish("stopped")
     view.finish()
     assert f"nosana job {job.address} on local: stopped" in out.getvalue()
+    assert "  op train: stopped (exit 143)" in out.getvalue()
+    assert "  why: it stopped" in out.getvalue()
     view.close()
 
 

@@ -22,6 +22,7 @@ from nosana_magic.devnode import DevNode
 from nosana_magic.job import (
     ConfidentialJob,
     JobEvent,
+    JobExpired,
     JobFailed,
     JobInterrupted,
     JobStopped,
@@ -117,13 +118,13 @@ EVAL = op("eval", "echo 'loss=0.5'; echo 'label=cat'",
 def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(TRAIN, EVAL))
     assert job.done and job.ok, job.error
-    assert job.phase == "completed" and job.status == "success"
+    assert job.status == "succeeded" and job.host_status == "success"
     assert job.state is JobState.COMPLETED
     assert job.market is not None and job.market.slug == "local-cpu"
     assert job.node in {h.address for h in devnode.hosts}
 
     train = job.ops["train"]
-    assert train.exit_code == 0 and train.status == "success"
+    assert train.exit_code == 0 and train.status == "succeeded" and train.host_status == "success"
     assert train.results["metrics"] == {"acc": 0.93}  # JSON-decoded
     assert [line.text for line in train.logs if line.stream == "stdout"] == [
         "loading", "token=[secret:HF_TOKEN]", 'metrics {"acc": 0.93}', "loss=0.25"
@@ -148,7 +149,7 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job.elapsed is not None and job.elapsed < 10
     assert job.address is not None and job.node is not None
     assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")
-    assert repr(job).endswith(f"local-cpu COMPLETED node {job.node[:2]}… success>")
+    assert repr(job).endswith(f"local-cpu succeeded node {job.node[:2]}…>")
     assert job in jobs() and find_job(job.address[:10]) is job
 
 
@@ -219,7 +220,7 @@ def test_failing_op(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(op("train", "echo before; exit 3"), op("after", "echo never",
                                    execution={"depends_on": ["train"]})))
     assert job.done and not job.ok
-    assert job.status == "failed" and job.phase == "failed"
+    assert job.status == "failed" and job.phase == "done"
     assert job.ops["train"].exit_code == 3
     with pytest.raises(JobFailed) as info:
         job.raise_for_status()
@@ -239,7 +240,7 @@ def test_definition_failing_the_hosts_validation(
 
     monkeypatch.setattr(JobDefinition, "resolve", bad_resolve)
     job = _run(net, definition(op("x", "true")))
-    assert job.done and job.status == "validation-error" and job.phase == "failed"
+    assert job.done and job.status == "failed" and job.host_status == "validation-error"
     assert job.ops == {}
     with pytest.raises(JobFailed) as info:
         job.raise_for_status()
@@ -250,7 +251,7 @@ def test_definition_failing_the_hosts_validation(
 
 def test_missing_secret_posts_nothing(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(TRAIN), env={})
-    assert job.done and job.phase == "failed" and job.address is None
+    assert job.done and job.status == "failed" and job.address is None
     assert isinstance(job.error, SecretError)
     assert "HF_TOKEN" in str(job.error)
     with pytest.raises(SecretError):
@@ -305,7 +306,7 @@ def test_host_quits_mid_run(devnode: DevNode, net: ApiNetwork) -> None:
     devnode.config.faults.host_quits_after = 0.3
     job = _run(net, definition(op("a", "echo started; sleep 20")))
     assert job.done and not job.ok
-    assert job.state is JobState.STOPPED and job.phase == "stopped"
+    assert job.state is JobState.STOPPED and job.status == "lost"
     with pytest.raises(JobFailed) as info:
         job.raise_for_status()
     assert not isinstance(info.value, JobStopped)
@@ -321,7 +322,7 @@ def test_slow_pickup(devnode: DevNode, net: ApiNetwork) -> None:
     job.wait(20)
     assert job.ok
     assert job.timings["running"] - job.timings["listed"] >= 0.9
-    assert phases[-1] == "completed"
+    assert phases[-1] == "done"
 
 
 # --------------------------------------------------------------------------- stop, Ctrl-C
@@ -333,7 +334,7 @@ def test_stop_while_queued(devnode: DevNode, net: ApiNetwork) -> None:
     _until(lambda: job.phase == "queued")
     job.stop()
     job.wait(10)
-    assert job.phase == "stopped" and job.state is JobState.STOPPED and job.status == "stopped"
+    assert job.status == "stopped" and job.state is JobState.STOPPED
     assert job.node is None and not job.ok and job.cost == 0.0
     with pytest.raises(JobStopped, match=f"^job {job.address} stopped$"):
         job.raise_for_status()
@@ -346,9 +347,28 @@ def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork)
     job.stop()
     job.wait(15)
     assert time.monotonic() - start < 5
-    assert job.phase == "stopped" and job.status == "stopped" and not job.ok
+    assert job.status == "stopped" and not job.ok
     assert job.result is not None
     assert job.ops["a"].logs[0].text == "started"
+    # A host ends a job stopped through its API as an expiry ("success", jobExpired): the
+    # stop was ours, and the op reads so. The host's raw words stay available.
+    stopped = job.ops["a"]
+    assert stopped.status == "stopped" and stopped.exit_code in (137, 143)
+    assert stopped.host_status == "success" and stopped.ended_by == "stop"
+    assert not any("expired" in line.text.lower() for line in job.node_logs)
+    assert job.node is not None and repr(job).endswith(f" stopped node {job.node[:2]}…>")
+
+
+def test_a_job_past_its_timeout_expired(devnode: DevNode, net: ApiNetwork) -> None:
+    """The host ends a job at its timeout ("success", jobExpired): it expired, it did not
+    succeed, and the host says so in its own log."""
+    job = _run(net, definition(op("a", "echo started; sleep 30")), timeout=2)
+    assert job.done and job.status == "expired" and not job.ok
+    assert job.ops["a"].status == "expired" and job.ops["a"].ended_by == "expiry"
+    assert job.host_status == "success"  # the host's raw word, kept apart
+    assert any(line.text == "Job expired" for line in job.node_logs)
+    with pytest.raises(JobExpired, match=f"^job {job.address} expired: it reached its timeout"):
+        job.raise_for_status()
 
 
 def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -> None:
@@ -367,7 +387,7 @@ def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -
     assert info.value._render_traceback_() == [f"job {job.address} stopped"]
     assert isinstance(info.value, KeyboardInterrupt)
     job.wait(15)
-    assert job.phase == "stopped" and job.status == "stopped"
+    assert job.status == "stopped"
 
 
 def test_a_second_ctrl_c_does_not_cancel_the_stop(
@@ -393,7 +413,7 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert str(raised) == f"job {job.address} stopped"
     assert "still stopping it" in capsys.readouterr().err
     job.wait(20)
-    assert job.phase == "stopped" and job._stop_requested
+    assert job.status == "stopped" and job._stop_requested
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
 
@@ -426,7 +446,7 @@ def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
     monkeypatch.undo()
     job.stop()
     job.wait(20)
-    assert job.phase == "stopped"
+    assert job.status == "stopped"
 
 
 def test_ctrl_c_while_queued_delists(devnode: DevNode, net: ApiNetwork) -> None:
@@ -473,7 +493,7 @@ def test_extend_past_the_original_expiry_finishes_ok(
     job.extend(60)
     job.wait(30)
     assert job.ok, job._error_line()
-    assert job.phase == "completed" and job.status == "success"
+    assert job.status == "succeeded" and job.host_status == "success"
     assert job.ops["a"].logs[-1].text == "done"
     assert not any("stopped" in w for w in job.warnings), job.warnings
     assert job.address is not None
@@ -522,7 +542,7 @@ def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork
     stranger = network_for(devnode)
     attached = ConfidentialJob.attach(job.address or "", stranger)
     attached.wait(10)
-    assert attached.phase == "failed"
+    assert attached.status == "failed"
     assert "not by this wallet" in str(attached.error)
     job.stop()
     job.wait(10)
@@ -610,7 +630,7 @@ def test_stop_while_the_definition_is_being_sent(devnode: DevNode, net: ApiNetwo
     _until(lambda: job.phase == "sending-definition")
     job.stop()
     job.wait(15)
-    assert job.phase == "stopped" and job.status == "stopped" and job.error is None
+    assert job.status == "stopped" and job.error is None
     assert job.state is not None and job.state.done
     assert not any(line.text == "never" for line in job.logs)
 
@@ -628,7 +648,7 @@ def test_losing_the_ledger_while_queued_fails_within_the_retry_bound(
     assert job.address is not None
     del devnode.ledger.jobs[job.address]  # the ledger forgets the job: 404 from now on
     job.wait(10)
-    assert job.phase == "failed"
+    assert job.status == "lost"
     assert str(job.error).startswith(f"lost track of job {job.address}: local network: GET ")
     assert "404 job not found" in str(job.error)
 
@@ -654,7 +674,7 @@ def test_a_ledger_that_fails_after_each_first_answer_is_given_up_on(
     monkeypatch.setattr(net, "watch", flaky_watch)
     job.start()
     job.wait(10)
-    assert job.phase == "failed"
+    assert job.status == "lost"
     assert str(job.error) == (
         f"lost track of job {job.address}: local network: GET /api/jobs: 502"
     )
@@ -698,7 +718,7 @@ def test_a_failure_while_running_stops_the_job_on_the_host_first(
     monkeypatch.setattr(net, "stop", ledger_too_slow)
     job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
     job.wait(30)
-    assert job.phase == "failed" and "refused" in str(job.error)
+    assert job.status == "failed" and "refused" in str(job.error)
     assert f"job {job.address} was stopped after the failure" in job.warnings, job.warnings
     assert job.address is not None
     _until(lambda: devnode.job(job.address or "").state.done, 15)
@@ -732,7 +752,7 @@ def test_stop_while_the_machine_is_finishing_is_a_no_op(
     assert not job.done and job.state is JobState.RUNNING
     job.stop()  # no RuntimeError from the closed client
     job.wait(15)
-    assert job.phase == "failed" and "refused" in str(job.error)
+    assert job.status == "failed" and "refused" in str(job.error)
 
 
 def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:

@@ -43,9 +43,8 @@ def _job(**kw: Any) -> ConfidentialJob:
     return ConfidentialJob(None, _Net(), **kw)  # type: ignore[arg-type]
 
 
-def _done(job: ConfidentialJob, phase: str, status: str | None) -> None:
-    job.phase = phase  # type: ignore[assignment]
-    job.status = status
+def _done(job: ConfidentialJob) -> None:
+    job.phase = "done"
     job._done.set()
 
 
@@ -114,6 +113,7 @@ def test_results_per_op_and_merged_with_clashes_qualified() -> None:
         {"operationId": "b", "status": "failed", "exitCode": 1, "results": {"loss": "0.7"}},
     ])
     job._apply_result(flow)
+    _done(job)
     assert job.status == "failed"
     assert job.results == {"a.loss": 0.5, "b.loss": 0.7, "tag": ["x", 2]}
     a = job.ops["a"]
@@ -123,7 +123,6 @@ def test_results_per_op_and_merged_with_clashes_qualified() -> None:
     ]
     assert a.stdout == "hi [secret:TOKEN]" and a.stderr == "oops"
     assert job.result is not None and "tok-value-123" not in job.result.model_dump_json()
-    _done(job, "failed", job.status)
     with pytest.raises(JobFailed, match=r"^job JOB failed: op b exited with 1$"):
         job.raise_for_status()
 
@@ -132,8 +131,8 @@ def test_reported_specific_status_wins() -> None:
     job = _job(address="JOB")
     job._reported_status = "validation-error"
     job._apply_result(_flow(errors=[[{"path": "$input.ops", "expected": "array"}]]))
-    assert job.status == "validation-error"
-    _done(job, "failed", job.status)
+    _done(job)
+    assert job.status == "failed" and job.host_status == "validation-error"
     with pytest.raises(JobFailed) as info:
         job.raise_for_status()
     assert str(info.value) == (
@@ -156,15 +155,16 @@ def test_log_lines_from_node_entries() -> None:
 
 def test_repr_html_and_messages() -> None:
     job = _job()
-    assert repr(job) == "<ConfidentialJob (not listed) VALIDATING>"
+    assert repr(job) == "<ConfidentialJob (not listed) validating>"
     job.address = "7xKXabcdefq3"
     job.market = Market(address="M", slug="local-gpu", price_per_second=115)
     job.state = JobState.RUNNING
+    job.phase = "running"
     job.node = "9fNode"
     job.price = 115 / 1e6
     job.started_at = time.time() - 5
     job.urls = [ServiceUrl('http://h/"><script>', 80, "web", True)]
-    assert repr(job) == "<ConfidentialJob 7xKX…q3 local-gpu RUNNING node 9f…>"
+    assert repr(job) == "<ConfidentialJob 7xKX…q3 local-gpu running node 9f…>"
     html = job._repr_html_()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "(private)" in html and "at most" in html
@@ -174,7 +174,7 @@ def test_repr_html_and_messages() -> None:
     # Done: the real cost from the ledger's times.
     job.ledger = JobInfo(address="7xKXabcdefq3", state=JobState.COMPLETED, time_start=100,
                          time_end=160, price=115)
-    _done(job, "stopped", "stopped")
+    _done(job)
     job._stop_requested = True
     assert job.cost == pytest.approx(60 * 115 / 1e6)
     with pytest.raises(JobStopped, match=r"^job 7xKXabcdefq3 stopped$"):
@@ -217,3 +217,76 @@ def test_stream_retry_bound_follows_an_extension() -> None:
     job.timeout += 3600  # ...of a job that was extended meanwhile
     assert asyncio.run(job._resume(resume)) is True
     assert abs(resume.remaining - (base + 3600)) < 1  # until the new expiry and margin
+
+
+EXPIRED = {"reason": {"jobExpired": True, "jobStopped": False, "hostShutDown": False}}
+
+
+def _op(status: str, exit_code: int | None, diagnostics: dict[str, Any] | None = None,
+        op_id: str = "a") -> dict[str, Any]:
+    return {"operationId": op_id, "status": status, "exitCode": exit_code, "startTime": 1,
+            "endTime": 2, "diagnostics": diagnostics}
+
+
+@pytest.mark.parametrize(("ops", "stopped_by_you", "word", "op_word"), [
+    # A host ends a job stopped through its API as an expiry: with our stop, it is "stopped".
+    ([_op("success", 143, EXPIRED)], True, "stopped", "stopped"),
+    ([_op("success", 143, EXPIRED)], False, "expired", "expired"),
+    # Stopped, but it had finished on its own first.
+    ([_op("success", 0)], True, "succeeded", "succeeded"),
+    ([_op("failed", 3)], True, "failed", "failed"),
+    # A stop that killed the process, without the host's diagnostics.
+    ([_op("failed", 137)], True, "stopped", "stopped"),
+    ([_op("failed", 1, {"reason": {"hostShutDown": True}})], False, "lost", "lost"),
+    ([_op("stopped", None, {"reason": {"jobStopped": True}})], False, "stopped", "stopped"),
+    ([_op("success", 0), _op("success", 3, op_id="b")], False, "failed", "succeeded"),
+])
+def test_the_verdict_is_worked_out_from_the_facts(
+        ops: list[dict[str, Any]], stopped_by_you: bool, word: str, op_word: str) -> None:
+    job = _job(address="JOB")
+    job.node = "Node"
+    job._stop_requested = stopped_by_you
+    job._reported_status = "success"
+    job._apply_result(_flow(opStates=ops))
+    assert job.status == ("stopping" if stopped_by_you else "validating")  # not done yet
+    _done(job)
+    assert job.status == word and job.ok is (word == "succeeded")
+    assert job.ops["a"].status == op_word
+    assert job.host_status == "success"  # the host's own word, whatever the verdict
+
+
+def test_the_verdict_without_results() -> None:
+    from nosana_magic.host import HostError
+    from nosana_magic.job import JobLost
+
+    delisted = _job(address="JOB")
+    _done(delisted)
+    assert delisted.status == "stopped"  # no host ever took it: stopped on the ledger
+    quit_host = _job(address="JOB")
+    quit_host.node, quit_host.state = "Node", JobState.STOPPED
+    _done(quit_host)
+    assert quit_host.status == "lost" and "the host quit" in quit_host.reason
+    for error, word in ((JobLost("lost track of job JOB: 502"), "lost"),
+                        (HostError("h", "GET /x", "down", gave_up=True), "lost"),
+                        (HostError("h", "POST /x", "refused", status=400), "failed"),
+                        (JobFailed("the local network has no market"), "failed")):
+        job = _job(address="JOB")
+        job.error = error
+        _done(job)
+        assert job.status == word, error
+
+
+def test_results_copy_and_pickle_as_plain_dicts() -> None:
+    import copy
+    import pickle
+
+    from nosana_magic.job import MissingResult
+
+    job = _job(address="JOB")
+    job._apply_result(_flow(opStates=[_op("success", 0) | {"results": {"loss": "0.5"}}]))
+    _done(job)
+    for copied in (copy.deepcopy(job.results), pickle.loads(pickle.dumps(job.results)),
+                   copy.copy(job.results)):
+        assert type(copied) is dict and copied == {"loss": 0.5}
+    with pytest.raises(MissingResult, match=r"^no result 'acc' in job JOB: its results are loss$"):
+        job.results["acc"]

@@ -288,3 +288,79 @@ def test_non_finite_numbers_from_python_are_refused(bad: float) -> None:
             validate_job_definition(document)
         assert info.value.path == where
         assert info.value.message == "expected a finite number"
+
+
+def test_locations_count_from_first_line() -> None:
+    text = '{\n  "version": "0.1",\n  "type": "container",\n  "ops": [{"id": "a"}]\n}'
+    with pytest.raises(JobDefinitionError) as plain:
+        parse_job_definition(text)
+    with pytest.raises(JobDefinitionError) as in_cell:
+        parse_job_definition(text, first_line=2)  # under the magic's own line
+    assert plain.value.line == 4 and in_cell.value.line == 5
+    assert str(in_cell.value).startswith("line 5, column ")
+
+
+PORT_CELL = json.dumps({"version": "0.1", "type": "container", "ops": [
+    {"type": "container/run", "id": "serve",
+     "args": {"image": "python:3.12-slim", "cmd": "serve", "private": True,
+              "env": {"PORT": "${var:PORT}"},
+              "expose": [{"port": "${var:PORT}", "health_checks": []}]}},
+    {"type": "container/run", "id": "api",
+     "args": {"image": "api", "cmd": "api", "expose": "${var:API_PORT}"}}]}, indent=2)
+
+
+def test_a_port_can_be_a_notebook_variable() -> None:
+    definition = parse_job_definition(PORT_CELL)
+    assert definition.expose_ports_for_op(0) == []  # known only when sent
+    body = json.loads(definition.resolve(namespace={"PORT": 41234, "API_PORT": "8080"}).body)
+    assert body["ops"][0]["args"]["expose"] == [{"port": 41234, "health_checks": []}]
+    assert body["ops"][0]["args"]["env"] == {"PORT": "41234"}  # strings stay strings
+    assert body["ops"][1]["args"]["expose"] == 8080
+
+
+def test_a_port_variable_must_hold_a_port_number() -> None:
+    definition = parse_job_definition(PORT_CELL)
+    with pytest.raises(JobDefinitionError) as info:
+        definition.resolve(namespace={"PORT": "http", "API_PORT": 8080})
+    [problem] = info.value.problems
+    assert problem.path == "ops[0].args.expose[0].port" and problem.line is not None
+    assert problem.message == "notebook variable PORT must hold a port number (an int)"
+    with pytest.raises(JobDefinitionError, match=r"port number, a \$\{var:NAME\} or a literal"):
+        parse_job_definition(PORT_CELL.replace('"${var:API_PORT}"', '"${env:API_PORT}"'))
+
+
+@pytest.mark.parametrize(("args", "path", "name"), [
+    ({"authentication": {"docker": {"username": "u", "password": "pw-typed-here"}}},
+     "ops[0].args.authentication.docker.password", "DOCKER_PASSWORD"),
+    ({"env": {"HF_TOKEN": "hf_" + "a1" * 15}}, "ops[0].args.env.HF_TOKEN", "HF_TOKEN"),
+    ({"env": {"GH": "ghp_" + "B2" * 15}}, "ops[0].args.env.GH", "GH"),
+    ({"env": {"OPENAI": "sk-" + "c3" * 15}}, "ops[0].args.env.OPENAI", "OPENAI"),
+    ({"env": {"NOSANA": "nos_" + "d4" * 10}}, "ops[0].args.env.NOSANA", "NOSANA"),
+    ({"env": {"AWS_KEY": "AKIAIOSFODNN7EXAMPLE"}}, "ops[0].args.env.AWS_KEY", "AWS_KEY"),
+    ({"env": {"AWS_SECRET": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}},
+     "ops[0].args.env.AWS_SECRET", "AWS_SECRET"),
+    ({"cmd": "login --token hf_" + "e5" * 15}, "ops[0].args.cmd", "HF_TOKEN"),
+])
+def test_a_literal_credential_is_a_warning_naming_the_field(
+        args: dict[str, object], path: str, name: str) -> None:
+    op = {"type": "container/run", "id": "a", "args": {"image": "img", "cmd": "true", **args}}
+    text = json.dumps({"version": "0.1", "type": "container", "ops": [op]}, indent=2)
+    definition = parse_job_definition(text)
+    [warning] = definition.warnings
+    assert warning.startswith("line ") and f": {path}: " in warning
+    assert f'"${{env:{name}}}"' in warning
+    secret = next(v for v in json.loads(text)["ops"][0]["args"].values() if v != "img")
+    for value in json.dumps(secret).split('"'):
+        if len(value) > 8:
+            assert value not in warning
+
+
+def test_ordinary_values_and_references_are_not_credentials() -> None:
+    op = {"type": "container/run", "id": "a", "args": {
+        "image": "pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime", "cmd": "python train.py",
+        "env": {"TOKEN": "${env:TOKEN}", "MODEL": "meta-llama/Llama-3.1-8B-Instruct",
+                "MODE": "offline", "PATH_X": "/usr/local/cuda-12.1/bin"},
+        "authentication": {"docker": {"username": "me", "password": "${env:REGISTRY_PW}"}}}}
+    definition = parse_job_definition(json.dumps({"version": "0.1", "type": "container",
+                                                  "ops": [op]}))
+    assert definition.warnings == [] and definition.notes == []

@@ -497,5 +497,7 @@ def test_missing_references_name_every_variable_but_no_value() -> None:
         "line 13, column 51: ops[0].args.cmd[3]: notebook variable STEPS is not defined",
         "line 16, column 25: ops[0].args.env.WANDB_MODE: environment variable WANDB_API_KEY is "
         "not set",
+        "set WANDB_API_KEY in the kernel's environment: export WANDB_API_KEY=… before starting "
+        "Jupyter, or run os.environ['WANDB_API_KEY'] = getpass.getpass() in a cell",
     ]
     assert "hf_abcdefgh" not in str(info.value)

@@ -107,18 +107,20 @@ def _until(check: Any, timeout: float = 15.0) -> None:
 # --------------------------------------------------------------------------- the cell magic
 
 
-def test_cell_runs_the_job_and_returns_the_handle(shell: InteractiveShell) -> None:
+def test_cell_runs_the_job_and_puts_the_handle_in_its_variable(shell: InteractiveShell) -> None:
     with capture_output() as captured:
-        job = shell.run_cell_magic(MAGIC, "-o run --timeout 2m", HELLO)
+        returned = shell.run_cell_magic(MAGIC, "-o run --timeout 2m", HELLO)
+    # With -o the handle is in its variable; returning it too would display it a second time.
+    assert returned is None
+    job = shell.user_ns["run"]
     assert isinstance(job, ConfidentialJob)
-    assert shell.user_ns["run"] is job
     assert job.ok and job.ops["hello"].exit_code == 0
     assert job.results == {"loss": 0.25}
     assert job.timeout == 120
     assert "[hello] hello" in captured.stdout
     assert "[hello] oops" in captured.stderr  # stderr stays on stderr
-    assert f"nosana job {job.address} on local: success" in captured.stdout
-    assert "  op hello: success, exit code 0" in captured.stdout
+    assert f"nosana job {job.address} on local: succeeded" in captured.stdout
+    assert "  op hello: succeeded (exit 0)" in captured.stdout
 
 
 def test_the_handle_lands_in_out(shell: InteractiveShell) -> None:
@@ -137,15 +139,18 @@ def test_background_returns_at_once_and_prints_the_summary_later(
         start = time.monotonic()
         result = shell.run_cell(f"%%{MAGIC} -b -o bg\n{slow}", store_history=True)
         returned = time.monotonic() - start
-    job = result.result
-    assert isinstance(job, ConfidentialJob) and shell.user_ns["bg"] is job
+    # One live view and no second display of the job (an Out snapshot would go stale).
+    assert result.result is None
+    job = shell.user_ns["bg"]
+    assert isinstance(job, ConfidentialJob)
     assert returned < 1.0 and not job.done
     assert "running in background" in captured.stdout
     assert "done" not in captured.stdout  # the loop thread never prints
     job.wait(30)
     with capture_output() as later:
         shell.run_cell("bg.ok", store_history=True)
-    assert f"nosana job {job.address} on local: success" in later.stdout
+    assert f"nosana job {job.address} on local: succeeded" in later.stdout
+    assert "QUEUED" not in captured.stdout + later.stdout
 
 
 def test_quiet_shows_status_only_but_the_handle_has_every_line(
@@ -154,7 +159,7 @@ def test_quiet_shows_status_only_but_the_handle_has_every_line(
         job = shell.run_cell_magic(MAGIC, "-q", HELLO)
     assert "[hello]" not in captured.stdout and "oops" not in captured.stderr
     assert {"hello", "loss=0.25", "oops"} <= {line.text for line in job.logs}
-    assert f"nosana job {job.address} on local: success" in captured.stdout
+    assert f"nosana job {job.address} on local: succeeded" in captured.stdout
 
 
 def test_var_references_resolve_against_the_user_namespace(shell: InteractiveShell) -> None:
@@ -227,7 +232,8 @@ def test_bad_json_is_one_rendered_line(shell: InteractiveShell, devnode: DevNode
         result = shell.run_cell(f'%%{MAGIC}\n{{"version": "0.1",\n  "ops": [}}\n')
     assert isinstance(result.error_in_exec, JobDefinitionError)
     shown = captured.stdout.strip().splitlines()
-    assert len(shown) == 1 and shown[0].startswith("JobDefinitionError: line 2, column")
+    # Line 1 is the magic line: the bad line is line 3 of the cell, as the editor numbers it.
+    assert len(shown) == 1 and shown[0].startswith("JobDefinitionError: line 3, column")
     assert len(devnode.ledger.jobs) == before
 
 
@@ -272,9 +278,14 @@ def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: De
     assert time.monotonic() - start < 20
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     # The cell waited for the end of the job, so its summary is the final one.
-    assert job.done and job.phase == "stopped" and job.status == "stopped"
+    assert job.done and job.status == "stopped"
     assert f"nosana job {job.address} on local: stopped after " in captured.stdout
-    assert any(line.startswith("  op long: ") for line in captured.stdout.splitlines())
+    # The op was ended by the stop, whatever word the host used for it.
+    assert any(line in ("  op long: stopped (exit 143)", "  op long: stopped (exit 137)")
+               for line in captured.stdout.splitlines()), captured.stdout
+    # Nothing the package says contradicts that (the host's own lines are marked as its).
+    ours = [line for line in captured.stdout.splitlines() if not line.startswith("· host: ")]
+    assert not any("success" in line or "expired" in line.lower() for line in ours), ours
     assert "the summary replaces this line" not in captured.stdout
     assert "stopping:" not in captured.stdout
     # The host ended it (the ledger records the run as finished, the flow as stopped).
@@ -311,7 +322,7 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     assert "still stopping it" in captured.stderr
     job.wait(20)
-    assert job.phase == "stopped" and devnode.job(job.address).state.done
+    assert job.status == "stopped" and devnode.job(job.address).state.done
 
 
 def _live_jobs() -> list[ConfidentialJob]:
@@ -333,12 +344,15 @@ def test_jobs_status_logs(shell: InteractiveShell) -> None:
 
 
 def test_stop_a_background_job(shell: InteractiveShell) -> None:
-    with capture_output():
-        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("long", "echo up; sleep 60")))
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-b -q", cell(op("long", "echo up; sleep 60")))
+        job = shell.run_line_magic("nosana", "status")  # -b without -o: the latest job
         _until(lambda: job.phase == "running")
         shell.run_line_magic("nosana", f"stop {job.address[:10]}")
     job.wait(15)
-    assert job.phase == "stopped"
+    assert job.status == "stopped"
+    # %nosana stop waited for the end and said how the job ended.
+    assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     with capture_output() as later:
         shell.run_cell("pass")  # the first cell after the end prints the summary
     assert f"nosana job {job.address} on local: stopped" in later.stdout
@@ -346,7 +360,8 @@ def test_stop_a_background_job(shell: InteractiveShell) -> None:
 
 def test_attach_follows_a_job_started_elsewhere(shell: InteractiveShell) -> None:
     with capture_output():
-        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("w", "echo one; sleep 0.5; echo two")))
+        shell.run_cell_magic(MAGIC, "-b -q -o w1", cell(op("w", "echo one; sleep 0.5; echo two")))
+    job = shell.user_ns["w1"]
     _until(lambda: job.address is not None)
     with capture_output() as captured:
         attached = shell.run_line_magic("nosana", f"attach {job.address}")
@@ -358,7 +373,8 @@ def test_attach_by_address_from_another_kernel(shell: InteractiveShell, devnode:
     # A job started by someone else with the same wallet: list it with the client, then forget
     # it locally, as a fresh kernel would not know it.
     with capture_output():
-        job = shell.run_cell_magic(MAGIC, "-b -q", cell(op("w", "echo one; sleep 1; echo two")))
+        shell.run_cell_magic(MAGIC, "-b -q -o w2", cell(op("w", "echo one; sleep 1; echo two")))
+    job = shell.user_ns["w2"]
     _until(lambda: job.phase == "running")
     from nosana_magic import job as job_module
 
@@ -518,3 +534,208 @@ def test_unload_removes_the_magics(devnode: DevNode) -> None:
         assert "nosana" not in other.magics_manager.magics["line"]
     finally:
         other.history_manager.end_session()
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("line", ["", "--help", "-h", "help"])
+def test_nosana_alone_or_with_help_prints_the_whole_usage(shell: InteractiveShell,
+                                                           line: str) -> None:
+    with capture_output() as captured:
+        result = shell.run_line_magic("nosana", line)
+    assert result is None
+    text = captured.stdout
+    assert text.startswith("usage: %nosana ")
+    for command in ("jobs", "status", "logs", "stop", "attach", "markets", "config", "help"):
+        assert f"  %nosana {command}" in text
+    assert "--network" in text and "Example:" in text and "run = %nosana status" in text
+    assert "the following arguments are required" not in text + captured.stderr
+
+
+@pytest.mark.parametrize("line", ["help stop", "stop -h", "stop --help"])
+def test_help_of_one_command(shell: InteractiveShell, line: str) -> None:
+    with capture_output() as captured:
+        shell.run_line_magic("nosana", line)
+    assert captured.stdout.startswith("usage: %nosana stop JOB\n")
+    assert "delists it while it is queued" in " ".join(captured.stdout.split())
+
+
+def test_help_of_an_unknown_command_is_a_usage_error(shell: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match=r"unknown command 'bogus' \(commands: jobs, "):
+        shell.run_line_magic("nosana", "help bogus")
+
+
+@pytest.mark.parametrize("line", ["--help", "-h", "-o run --help"])
+def test_cell_magic_help_prints_usage_and_runs_nothing(
+        shell: InteractiveShell, devnode: DevNode, line: str) -> None:
+    before = len(devnode.ledger.jobs)
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC} {line}\n{HELLO}")
+    assert result.success and result.result is None
+    text = captured.stdout
+    assert text.startswith("usage: %%nosana_confidential [-m MARKET]")
+    for flag in ("--market", "--timeout", "--network", "--out", "--background", "--quiet",
+                 "--node", "--send-only", "--receive-only", "--yes"):
+        assert flag in text
+    assert "Example" in text and '"results": {"loss"' in text
+    assert "without -o, `run = %nosana status` gets it" in " ".join(text.split())
+    assert len(devnode.ledger.jobs) == before and "[hello]" not in text  # the body never ran
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def test_a_located_error_names_the_line_the_notebook_shows(shell: InteractiveShell) -> None:
+    body = cell(op("a", "true")).replace('"image": "ubuntu:22.04"', '"image": 7')
+    lines = f"%%{MAGIC}\n{body}".splitlines()
+    editor_line = next(i for i, text in enumerate(lines, start=1) if '"image": 7' in text)
+    with capture_output() as captured:
+        result = shell.run_cell("\n".join(lines))
+    assert isinstance(result.error_in_exec, JobDefinitionError)
+    assert result.error_in_exec.line == editor_line
+    assert captured.stdout.startswith(f"JobDefinitionError: line {editor_line}, column ")
+
+
+# --------------------------------------------------------------------------- markets
+
+
+def test_a_nosana_market_name_runs_on_the_local_market_of_its_kind(
+        shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nosana_magic.network import local
+
+    monkeypatch.setattr(local, "_announced", set())
+    with capture_output() as captured:
+        first = shell.run_cell_magic(MAGIC, "-q --market nvidia-3090", HELLO)
+        second = shell.run_cell_magic(MAGIC, "-q --market nvidia-3090", HELLO)
+    assert first.ok and second.ok
+    assert first.market.slug == second.market.slug == "local-gpu"
+    notice = "market nvidia-3090 runs on local-gpu on the local network"
+    assert captured.stdout.count(notice) == 1  # said once
+
+
+def test_an_unknown_market_on_a_running_devnode_is_one_line_and_posts_nothing(
+        shell: InteractiveShell, devnode: DevNode) -> None:
+    before, pinned = len(devnode.ledger.jobs), len(devnode.ipfs)
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC} --market nvidia-9999\n{HELLO}")
+    assert result.error_in_exec is not None
+    shown = captured.stdout.strip().splitlines()
+    assert len(shown) == 1 and "unknown market 'nvidia-9999' on the local network" in shown[0]
+    assert len(devnode.ledger.jobs) == before and len(devnode.ipfs) == pinned
+
+
+def test_an_unknown_market_is_refused_before_the_local_network_starts(
+        shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nosana_magic.network import local
+
+    started: list[str] = []
+
+    def no_start() -> Any:
+        started.append("devnode")
+        raise AssertionError("the local network must not be started for this cell")
+
+    monkeypatch.delenv("NOSANA_DEVNODE_URL")
+    monkeypatch.setattr(local, "_start_devnode", no_start)
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC} --market nvidia-3091\n{HELLO}")
+    assert started == []
+    error = result.error_in_exec
+    assert error is not None and type(error).__name__ == "UnknownMarketError"
+    message = "unknown market 'nvidia-3091' on the local network; did you mean nvidia-3090"
+    assert (captured.stdout + captured.stderr).count(message) == 1  # once
+    assert captured.stdout.strip().splitlines() == [f"UnknownMarketError: {error}"]
+
+
+# --------------------------------------------------------------------------- honest words
+
+
+def test_a_failed_op_reads_failed_everywhere_and_the_host_lines_are_the_hosts(
+        shell: InteractiveShell) -> None:
+    failing = cell(op("train", "echo before; exit 3"))
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC} -o failed2\n{failing}")
+    job = shell.user_ns["failed2"]
+    assert isinstance(result.error_in_exec, JobFailed)
+    assert job.status == "failed" and not job.ok
+    shown = captured.stdout.splitlines()
+    # The host writes its own words ("finished with status success"): shown as the host's.
+    host_lines = [line for line in shown if "finished with status" in line]
+    assert host_lines and all(line.startswith("· host: ") for line in host_lines)
+    assert f"nosana job {job.address} on local: failed after " in captured.stdout
+    assert "  op train: failed (exit 3)" in shown and "  why: op train exited with 3" in shown
+    assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}") and " failed " in repr(job)
+    assert "<td style='text-align:left'>failed</td>" in job._repr_html_()
+    table = shell.run_line_magic("nosana", "jobs")
+    assert [job.address, "local", "local-cpu", "failed"] == next(
+        row for row in table.rows if row[0] == job.address)[:4]
+    with pytest.raises(KeyError) as missing:
+        job.results["loss"]
+    assert str(missing.value) == (f"no result 'loss' in job {job.address}: it has no results; "
+                                  "the job failed: op train exited with 3")
+
+
+def test_a_missing_result_while_the_job_runs_says_so(shell: InteractiveShell) -> None:
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o slow", cell(op("slow", "sleep 2; echo loss=1",
+                                                      results={"loss": "loss=([0-9]+)"})))
+    job = shell.user_ns["slow"]
+    with pytest.raises(KeyError, match=r"^no result 'loss' yet: job .* is (queued|running|"
+                                        r"validating|pinning|listing|sending-definition)"):
+        job.results["loss"]
+    job.wait(30)
+    assert job.results["loss"] == 1
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_a_literal_credential_is_warned_about_by_field_never_by_value(
+        shell: InteractiveShell, devnode: DevNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    password, token = "hunter2-registry-pw", "hf_" + "Ab3" * 10
+    monkeypatch.delenv("NOT_SET_EITHER", raising=False)
+    body = cell(op("a", "echo hi", env={"HF_TOKEN": token, "MISSING": "${env:NOT_SET_EITHER}"},
+                   authentication={"docker": {"username": "me", "password": password}}))
+    before = len(devnode.ledger.jobs)
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%{MAGIC}\n{body}")
+    assert result.error_in_exec is not None  # the missing variable: nothing is posted
+    assert len(devnode.ledger.jobs) == before
+    shown = captured.stdout + captured.stderr
+    assert password not in shown and token not in shown
+    warnings = [line for line in captured.stderr.splitlines() if line.startswith("warning: ")]
+    lines = f"%%{MAGIC}\n{body}".splitlines()
+    pw_line = next(i for i, text in enumerate(lines, start=1) if password in text)
+    assert any(w.startswith(f"warning: line {pw_line}, column ")
+               and "ops[0].args.authentication.docker.password: a registry password" in w
+               and "${env:DOCKER_PASSWORD}" in w for w in warnings), warnings
+    assert any("ops[0].args.env.HF_TOKEN: a value that looks like a token" in w
+               and "${env:HF_TOKEN}" in w for w in warnings), warnings
+    assert len(warnings) == 2  # once each, and nothing for the ${env:…} reference
+
+
+def test_a_public_expose_gets_a_note_and_a_private_one_does_not(
+        shell: InteractiveShell) -> None:
+    public = cell(op("web", "true", expose=8080))
+    private = cell(op("web", "true", expose=8080, private=True))
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-q", public)
+    notes = [line for line in captured.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "ops[0].args.expose: this service's URL is public and " \
+        "predictable" in notes[0] and '"private": true' in notes[0]
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-q", private)
+    assert "note: " not in captured.stderr
+
+
+def test_attach_in_the_background_shows_one_view_and_returns_nothing(
+        shell: InteractiveShell) -> None:
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o w3", cell(op("w", "echo one; sleep 0.5")))
+    job = shell.user_ns["w3"]
+    _until(lambda: job.address is not None)
+    with capture_output():
+        result = shell.run_cell(f"%nosana attach {job.address} -b -q", store_history=True)
+    assert result.success and result.result is None  # no second, stale display of the job
+    job.wait(30)
+    assert shell.run_line_magic("nosana", f"status {job.address}") is job

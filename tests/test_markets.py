@@ -236,3 +236,28 @@ async def test_refresh_disabled_without_an_api_url() -> None:
 
 def test_default_fee_assumption_is_conservative() -> None:
     assert DEFAULT_NETWORK_FEE_PCT == 10.0
+
+
+# --------------------------------------------------------------------------- on the local network
+
+
+def test_nosana_market_names_run_on_the_local_market_of_their_kind() -> None:
+    from nosana_magic.network.local import local_market_for
+
+    assert local_market_for("nvidia-3090") == "local-gpu"
+    assert local_market_for(" NVIDIA-A100 ") == "local-gpu"
+    assert local_market_for(A4090) == "local-gpu"  # a mainnet address, too
+    assert local_market_for("local-gpu") is None and local_market_for("nvidia-3091") is None
+
+
+def test_the_local_check_needs_no_running_network() -> None:
+    from nosana_magic.network.local import check_local_market
+
+    for ok in (None, "local-cpu", "local-gpu", "nvidia-3090", "nvidia-h100", A4090):
+        check_local_market(ok)  # no error, and nothing started
+    with pytest.raises(UnknownMarketError) as info:
+        check_local_market("nvidia-309")
+    message = str(info.value)
+    assert message.startswith("unknown market 'nvidia-309' on the local network; did you mean "
+                              "nvidia-3090")
+    assert "(local markets: local-cpu, local-gpu;" in message and "\n" not in message

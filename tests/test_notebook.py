@@ -9,9 +9,12 @@ test can prove it appears nowhere in the executed notebook: outputs, metadata, w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +51,25 @@ def _environment(tmp: Path, token: str) -> dict[str, str]:
     return env
 
 
+#: The port the quickstart's service used to listen on, always.
+OLD_FIXED_PORT = 48731
+
+
+@contextlib.contextmanager
+def _port_taken(port: int) -> Iterator[None]:
+    """``port`` on 127.0.0.1 is taken while this lasts (by us, or already by someone)."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        except OSError:
+            pass  # taken already: all the better
+        yield
+    finally:
+        holder.close()
+
+
 def _cells(nb: Any, tag: str) -> list[Any]:
     return [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
 
@@ -80,7 +102,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, st
             mp.setenv(key, value)
         client = NotebookClient(nb, timeout=180, kernel_name="python3",
                                 resources={"metadata": {"path": str(REPO)}})
-        client.execute()
+        with _port_taken(OLD_FIXED_PORT):  # a fixed port must not be what the job needs
+            client.execute()
     yield nb, token
 
 
@@ -92,16 +115,19 @@ def test_every_code_cell_ran_without_error(executed: tuple[Any, str]) -> None:
             assert not [o for o in cell.outputs if o["output_type"] == "error"], cell.source
 
 
-def test_the_job_cell_shows_the_view_and_returns_the_handle(executed: tuple[Any, str]) -> None:
+def test_the_job_cell_shows_one_live_view_and_no_stale_snapshot(
+        executed: tuple[Any, str]) -> None:
     nb, _ = executed
     job = _cell(nb, "job")
     kinds = [o["output_type"] for o in job.outputs]
-    assert "execute_result" in kinds  # the handle, in Out
-    result = next(o for o in job.outputs if o["output_type"] == "execute_result")
-    assert result["data"]["text/plain"].startswith("<ConfidentialJob ")
-    assert "text/html" in result["data"]
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
-               for o in job.outputs)  # the live view
+    # The -b cell's handle is in `run`, not in Out: a table of it there would say "queued"
+    # forever beside the live view.
+    assert "execute_result" not in kinds
+    views = [o for o in job.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1  # the live view, once
+    assert not any("text/html" in o.get("data", {}) for o in job.outputs)
+    assert "QUEUED" not in json.dumps(job.outputs)
     assert "Started the local Nosana network" in _text(job, stream="stdout")
 
 
@@ -112,10 +138,12 @@ def test_the_summary_survives_without_widget_state(executed: tuple[Any, str]) ->
     summary = "\n".join(o["data"]["text/plain"] for o in _cell(nb, "job").outputs
                         if o["output_type"] == "display_data"
                         and "text/plain" in o["data"] and "nosana job" in o["data"]["text/plain"])
-    assert ": success after" in summary, summary
-    assert "op train: success, exit code 0" in summary
+    assert ": succeeded after" in summary, summary
+    assert "op train: succeeded (exit 0)" in summary
     assert "results: loss=0.1342, accuracy=0.96" in summary
-    assert "(private, op serve, port 48731" in summary
+    # The service's port was free when the notebook ran (not the old fixed one, held here).
+    port = re.search(r"\(private, op serve, port (\d+)", summary)
+    assert port is not None and int(port.group(1)) != OLD_FIXED_PORT
 
 
 def test_the_private_service_was_fetched(executed: tuple[Any, str]) -> None:
@@ -130,7 +158,7 @@ def test_results_and_ops(executed: tuple[Any, str]) -> None:
     results = _text(_cell(nb, "results"))
     assert "'loss': 0.1342" in results and "'accuracy': 0.96" in results
     assert "'token_sha256': 'sha256:" in results
-    assert _text(_cell(nb, "ops")) == "{'train': ('success', 0), 'serve': ('success', 0)}"
+    assert _text(_cell(nb, "ops")) == "{'train': ('succeeded', 0), 'serve': ('succeeded', 0)}"
     checks = _text(_cell(nb, "checks"), stream="stdout")
     assert checks.strip() == "ok: True | train exit code: 0 | token received: True"
 
@@ -165,10 +193,12 @@ def test_the_saved_notebook_has_no_outputs() -> None:
 
 def test_demo_command(tmp_path: Path) -> None:
     token = "tok-" + secrets.token_hex(12)
-    done = subprocess.run(
-        [sys.executable, "-m", "nosana_magic", "demo"], cwd=tmp_path,
-        env=_environment(tmp_path, token), capture_output=True, text=True, timeout=180)
+    with _port_taken(OLD_FIXED_PORT):
+        done = subprocess.run(
+            [sys.executable, "-m", "nosana_magic", "demo"], cwd=tmp_path,
+            env=_environment(tmp_path, token), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
     assert "Started the local Nosana network" in done.stdout
     assert "ok   the job received the token" in done.stdout
     assert "ok   the private service served the metrics" in done.stdout
@@ -248,7 +278,7 @@ def test_kernel_interrupt_stops_the_job(tmp_path: Path) -> None:
         reply = kc.execute_interactive("run.wait(30); print(run.phase, run.status)",
                                        timeout=60, output_hook=keep)
         assert reply["content"]["status"] == "ok"
-        assert "".join(printed).split() == ["stopped", "stopped"]
+        assert "".join(printed).split() == ["done", "stopped"]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

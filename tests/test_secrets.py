@@ -112,6 +112,9 @@ def test_missing_variables_are_all_named_without_values() -> None:
     assert str(err).splitlines() == [
         "line 12, column 23: ops[0].args.env.HF_TOKEN: environment variable HF_TOKEN is not set",
         "line 13, column 21: ops[0].args.env.CONFIG: notebook variable CONFIG is not defined",
+        # What to set, without ever typing the value into a cell.
+        "set HF_TOKEN in the kernel's environment: export HF_TOKEN=… before starting Jupyter, "
+        "or run os.environ['HF_TOKEN'] = getpass.getpass() in a cell",
     ]
     assert err.names == ["HF_TOKEN", "CONFIG"]
     assert err._render_traceback_()[0] == (

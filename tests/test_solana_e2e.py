@@ -112,7 +112,7 @@ def test_run_confidential_on_the_fake_mainnet(
         runner.run_sync(network.aclose(), timeout=10)
     assert job.ok, job.error
     assert job.network_name == "mainnet"
-    assert job.state is JobState.COMPLETED and job.status == "success"
+    assert job.state is JobState.COMPLETED and job.status == "succeeded"
     assert job.node in {h.address for h in devnode.hosts}
     assert job.market is not None and job.market.address == MAINNET_MARKETS["nvidia-4090"]
     assert job.price == pytest.approx(PRICE / 1e6)
@@ -248,7 +248,7 @@ def test_the_magic_on_mainnet(shell: InteractiveShell,
             "--network mainnet --market nvidia-4090 --timeout 10m --yes -o job", body)
     helper.join(10)
     job = shell.user_ns["job"]
-    assert result is job and isinstance(job, ConfidentialJob)
+    assert result is None and isinstance(job, ConfidentialJob)  # -o: the handle is in `job`
     assert job.ok, job.error
     assert job.network_name == "mainnet"
     # The statement before signing: network, market, price per hour, the most it can cost.

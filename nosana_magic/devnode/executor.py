@@ -295,18 +295,21 @@ class Executor:
             self._changed()
         return status
 
-    async def stop(self, reason: StopReason) -> None:
+    async def stop(self, reason: StopReason, *, announce: bool = True) -> None:
         """Stop the job: running ops get SIGTERM (whole process group), SIGKILL after the grace.
 
         The first reason wins. Returns once ``run()`` has finished (bounded wait), or at once
         when ``run()`` has not been started (it will then end every op with the stop status).
+        ``announce=False``: no "Stopping job" line (a node stopped through its API only moves
+        the expiry, and says nothing of it).
         """
         if reason not in _STATUS_ON_STOP:
             raise ValueError(f"unknown stop reason {reason!r}")
         if self._stop_reason is None and not self._finished.is_set():
             self._stop_reason = reason
             self._stop_event.set()
-            self._info("stop", f"Stopping job ({reason})")
+            if announce:
+                self._info("stop", f"Stopping job ({reason})")
         effective = self._stop_reason or reason
         await asyncio.gather(
             *(self._terminate(run, effective) for run in list(self._runs.values())),

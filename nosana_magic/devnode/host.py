@@ -179,6 +179,8 @@ class JobRecord:
         self.definition_event = asyncio.Event()
         self.results_collected = asyncio.Event()
         self.expiry_changed = asyncio.Event()
+        #: ``POST /job/{id}/stop`` moved the expiry to now (the job then ends as expired).
+        self.stopped_through_api = False
         self.executor: Executor | None = None
         #: The ``/info`` payload when ``endTime`` was first set (the stream's last event).
         self.final_info: str | None = None
@@ -353,6 +355,7 @@ class EmulatedHost:
 
     def stop_now(self, record: JobRecord) -> None:
         """``POST /job/{id}/stop``: the job expires now (the flow ends ``success``)."""
+        record.stopped_through_api = True
         record.expiry_at = time.time()
         record.expiry_changed.set()
 
@@ -485,7 +488,10 @@ class EmulatedHost:
         while not record.end_event.is_set():
             remaining = record.expiry_at - time.time()
             if remaining <= 0:
-                self._node_log(record, "Job expired", kind="stop")
+                if not record.stopped_through_api:
+                    # A real node writes nothing when a stop through its API ends the job (it
+                    # only moves the expiry): say "expired" only when the timeout was reached.
+                    self._node_log(record, "Job expired", kind="stop")
                 record.end("expired")
                 return
             record.expiry_changed.clear()
@@ -596,7 +602,9 @@ class EmulatedHost:
                 ended.cancel()
             if not run.done():
                 reason = record.end_reason or "quit"
-                await asyncio.wait_for(executor.stop(reason), self._config.stop_timeout)
+                await asyncio.wait_for(
+                    executor.stop(reason, announce=not record.stopped_through_api),
+                    self._config.stop_timeout)
                 await asyncio.wait({run}, timeout=self._config.stop_timeout)
             if not run.done():
                 run.cancel()
