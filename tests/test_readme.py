@@ -81,7 +81,14 @@ def test_the_readme_example_runs_verbatim_on_the_default_network(
     assert captured.stdout.count("market nvidia-3090 runs on local-gpu on the local network") == 1
     assert f"nosana job {run.address} on local: succeeded" in captured.stdout
 
-    loss, exit_code, urls, last_logs = outputs[-1]
+    # Every other block whose last line says what it shows (``# (0.25, 0, 'loss=0.25')``)
+    # shows exactly that.
+    for cell, output in zip(cells[3:], outputs[3:]):
+        shown = cell.rstrip().splitlines()[-1].partition("#")[2].strip()
+        if shown:
+            assert repr(output) == shown, cell
+
+    loss, exit_code, urls, last_logs = outputs[2]
     assert (loss, exit_code, urls) == (0.0821, 0, [])
     assert len(last_logs) == 5 and all(isinstance(line, LogLine) for line in last_logs)
     # What the README says the last cell shows.
