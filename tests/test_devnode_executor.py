@@ -475,17 +475,28 @@ async def test_stop_kills_what_an_op_detached(tmp_path: Path, job: str):
 def test_kill_job_processes_spares_other_jobs(job: str):
     import subprocess
 
-    other = subprocess.Popen(["sleep", "1000"], env={**os.environ, "NOSANA_ID": job + "-other"})
-    mine = subprocess.Popen(["sleep", "1000"], env={**os.environ, "NOSANA_ID": job})
+    def sleeper(job_id: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sleep", "1000"], env={**os.environ, "NOSANA_ID": job_id})
+
+    # Another job whose id starts with ours, a prefix of ours, an empty id, someone else's.
+    others = [sleeper(job + "-other"), sleeper(job[:-1]), sleeper(""), sleeper("someone-else")]
+    mine = sleeper(job)
     try:
         assert kill_job_processes(job) == [mine.pid]
         assert mine.wait(5) == -9
-        assert other.poll() is None
+        assert all(other.poll() is None for other in others)
+        with pytest.raises(ValueError):
+            kill_job_processes("")
+        assert all(other.poll() is None for other in others)
     finally:
-        other.kill()
-        other.wait()
-        mine.kill()
-        mine.wait()
+        for process in [*others, mine]:
+            process.kill()
+            process.wait()
+
+
+def test_an_executor_needs_a_job_id(tmp_path: Path):
+    with pytest.raises(ValueError, match="job id"):
+        Harness("", tmp_path, definition(run_op("a", "true")))
 
 
 # ---------------------------------------------------------------- groups and depends_on
