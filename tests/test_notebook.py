@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,9 @@ from nosana_magic.__main__ import QUICKSTART_DEFINITION, SERVE_PY, TRAIN_PY
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+#: The port the quickstart's private service listens on, as shipped. The tests move it to a
+#: free port: another run of the suite (or the demo) may be using this one right now.
+SHIPPED_PORT = "48731"
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +50,12 @@ def _environment(tmp: Path, token: str) -> dict[str, str]:
     env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(tmp / "jupyter"),
                                                         env.get("JUPYTER_PATH")]))
     return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _cells(nb: Any, tag: str) -> list[Any]:
@@ -69,16 +79,25 @@ def _text(cell: Any, *, stream: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+def port() -> int:
+    """The port the executed notebook's service listens on."""
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterator[tuple[Any, str]]:
     tmp = tmp_path_factory.mktemp("notebook")
     token = "tok-" + secrets.token_hex(12)
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    for tag in ("scripts", "job"):
+        cell = _cell(nb, tag)
+        cell.source = cell.source.replace(SHIPPED_PORT, str(port))
     with pytest.MonkeyPatch.context() as mp:
         for key in [k for k in os.environ if k.startswith("NOSANA_")]:
             mp.delenv(key)
         for key, value in _environment(tmp, token).items():
             mp.setenv(key, value)
-        client = NotebookClient(nb, timeout=180, kernel_name="python3",
+        client = NotebookClient(nb, timeout=180, startup_timeout=180, kernel_name="python3",
                                 resources={"metadata": {"path": str(REPO)}})
         client.execute()
     yield nb, token
@@ -105,7 +124,7 @@ def test_the_job_cell_shows_the_view_and_returns_the_handle(executed: tuple[Any,
     assert "Started the local Nosana network" in _text(job, stream="stdout")
 
 
-def test_the_summary_survives_without_widget_state(executed: tuple[Any, str]) -> None:
+def test_the_summary_survives_without_widget_state(executed: tuple[Any, str], port: int) -> None:
     nb, _ = executed
     # The display handle of the job cell was updated in place when the job ended (from a
     # later cell's execution): plain text, readable with no widget manager.
@@ -115,7 +134,7 @@ def test_the_summary_survives_without_widget_state(executed: tuple[Any, str]) ->
     assert ": success after" in summary, summary
     assert "op train: success, exit code 0" in summary
     assert "results: loss=0.1342, accuracy=0.96" in summary
-    assert "(private, op serve, port 48731" in summary
+    assert f"(private, op serve, port {port}" in summary
 
 
 def test_the_private_service_was_fetched(executed: tuple[Any, str]) -> None:
@@ -163,10 +182,20 @@ def test_the_saved_notebook_has_no_outputs() -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+#: ``python -m nosana_magic demo`` with the service moved to the port in ``argv[1]``.
+DEMO_ON_A_PORT = f"""
+import sys
+import nosana_magic.__main__ as demo
+demo.SERVE_PY = demo.SERVE_PY.replace({SHIPPED_PORT!r}, sys.argv[1])
+demo.QUICKSTART_DEFINITION = demo.QUICKSTART_DEFINITION.replace({SHIPPED_PORT!r}, sys.argv[1])
+sys.exit(demo.main(["demo"]))
+"""
+
+
 def test_demo_command(tmp_path: Path) -> None:
     token = "tok-" + secrets.token_hex(12)
     done = subprocess.run(
-        [sys.executable, "-m", "nosana_magic", "demo"], cwd=tmp_path,
+        [sys.executable, "-c", DEMO_ON_A_PORT, str(_free_port())], cwd=tmp_path,
         env=_environment(tmp_path, token), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Started the local Nosana network" in done.stdout
@@ -196,7 +225,7 @@ def test_a_failing_job_fails_the_headless_run(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in _environment(tmp_path, "unused").items():
             mp.setenv(key, value)
-        client = NotebookClient(nb, timeout=120, kernel_name="python3",
+        client = NotebookClient(nb, timeout=120, startup_timeout=180, kernel_name="python3",
                                 resources={"metadata": {"path": str(REPO)}})
         with pytest.raises(CellExecutionError) as info:
             client.execute()
@@ -214,7 +243,7 @@ def test_kernel_interrupt_stops_the_job(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in _environment(tmp_path, "unused").items():
             mp.setenv(key, value)
-        km, kc = start_new_kernel(kernel_name="python3", cwd=str(REPO))
+        km, kc = start_new_kernel(kernel_name="python3", cwd=str(REPO), startup_timeout=180)
     try:
         kc.execute_interactive("%load_ext nosana_magic", timeout=60)
         body = ('{"version": "0.1", "type": "container", "ops": [{"type": "container/run",'
@@ -238,15 +267,20 @@ def test_kernel_interrupt_stops_the_job(tmp_path: Path) -> None:
         reply = kc.get_shell_msg(timeout=60)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
-        time.sleep(0.5)  # the kernel drops requests that arrive just after an error
         printed: list[str] = []
 
         def keep(msg: dict[str, Any]) -> None:
             if msg["msg_type"] == "stream":
                 printed.append(msg["content"]["text"])
 
-        reply = kc.execute_interactive("run.wait(30); print(run.phase, run.status)",
-                                       timeout=60, output_hook=keep)
+        # The kernel aborts requests that arrive just after an error: ask again (bounded).
+        deadline = time.monotonic() + 60
+        while True:
+            reply = kc.execute_interactive("run.wait(30); print(run.phase, run.status)",
+                                           timeout=60, output_hook=keep)
+            if reply["content"]["status"] != "aborted" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert reply["content"]["status"] == "ok"
         assert "".join(printed).split() == ["stopped", "stopped"]
     finally:
