@@ -452,7 +452,7 @@ async def test_stop_kills_what_an_op_detached(tmp_path: Path, job: str):
     task = asyncio.create_task(h.run())
     pid = (await _wait_for_file_lines(tmp_path / "pids", 1))[0]
     assert _alive(pid)
-    await asyncio.wait_for(h.executor.stop("stopped"), 10)
+    await asyncio.wait_for(h.executor.stop("stopped"), PATIENCE)
     assert await task == "stopped"
     assert not _alive(pid)
     assert processes_of(job) == []
@@ -615,7 +615,7 @@ async def test_stop_escalates_to_sigkill(tmp_path: Path, job: str):
     h = Harness(job, tmp_path, definition(run_op("stubborn", stubborn)), stop_grace=0.3)
     task = asyncio.create_task(h.run())
     pids = await _wait_for_file_lines(tmp_path / "pids", 2)
-    await asyncio.wait_for(h.executor.stop("stopped"), 10)
+    await asyncio.wait_for(h.executor.stop("stopped"), PATIENCE)
     assert await task == "stopped"
     assert not any(_alive(pid) for pid in pids)
     assert h.op("stubborn").exit_code == 128 + 9
@@ -665,8 +665,8 @@ async def test_stop_racing_run(tmp_path: Path, job: str):
         h = Harness(job, tmp_path, definition(run_op("b", "sleep 1000"), run_op("c", "touch ran")))
         task = asyncio.create_task(h.run())
         await asyncio.sleep(0)
-        await asyncio.wait_for(h.executor.stop("stopped"), 10)
-        assert await asyncio.wait_for(task, 10) == "stopped"
+        await asyncio.wait_for(h.executor.stop("stopped"), PATIENCE)
+        assert await asyncio.wait_for(task, PATIENCE) == "stopped"
         assert {s.status for s in h.flow.op_states} == {"stopped"}
     assert not (tmp_path / "ran").exists()
 
