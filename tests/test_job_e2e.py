@@ -526,6 +526,8 @@ def test_attach_to_a_finished_job_replays_a_long_log_whole(
     other = network_for(devnode, wallet=net.wallet)
     attached = ConfidentialJob.attach(original.address, other)
     attached.wait(60)
+    # Its ~1 MB result may take seconds to arrive on a busy machine: still collected.
+    assert attached.ok, attached._error_line()
     # The replay outlasts a fixed drain time; the drain follows it to the last line.
     assert attached.stdout == original.stdout
     assert attached.stdout.count("\n") == 14_999
