@@ -407,14 +407,18 @@ class HostClient:
         backoff: Backoff,
         *,
         content: bytes | None = None,
+        patient: bool = False,
     ) -> httpx.Response:
         """One attempt at ``kind``, trying the legacy path once if the current one is 404.
 
         Network errors propagate (``httpx.TransportError``) for the caller's retry loop.
+        ``patient``: the attempt gets the whole ``request_timeout``, not what is left of the
+        loop's bound (an answer under way may outlast the retries).
         """
-        response = await self._once(kind, backoff, content=content, legacy=bool(self.legacy))
+        once = functools.partial(self._once, kind, backoff, content=content, patient=patient)
+        response = await once(legacy=bool(self.legacy))
         if response.status_code == 404 and self.legacy is None:
-            old = await self._once(kind, backoff, content=content, legacy=True)
+            old = await once(legacy=True)
             if old.status_code != 404:
                 log.info("host %s answers only the legacy routes", self.base_url)
                 self.legacy = True
@@ -425,7 +429,8 @@ class HostClient:
         return response
 
     async def _once(
-        self, kind: Kind, backoff: Backoff, *, content: bytes | None, legacy: bool
+        self, kind: Kind, backoff: Backoff, *, content: bytes | None, legacy: bool,
+        patient: bool = False,
     ) -> httpx.Response:
         method, path = self._route(kind, legacy=legacy)
         headers = self._headers(legacy=legacy)
@@ -436,7 +441,7 @@ class HostClient:
             self.base_url + path,
             content=content,
             headers=headers,
-            timeout=self._timeout(backoff),
+            timeout=httpx.Timeout(self.request_timeout) if patient else self._timeout(backoff),
         )
 
     async def _until_answered(
@@ -448,6 +453,7 @@ class HostClient:
         content: bytes | None = None,
         gave_up: str = "gave up after {attempts} attempts: {last}",
         on_transport_error: Callable[[], object] = lambda: None,
+        patient: bool = False,
     ) -> _T:
         """Send ``kind`` until ``classify`` accepts an answer, within ``backoff``'s bound.
 
@@ -459,7 +465,7 @@ class HostClient:
         last = "no attempt"
         while True:
             try:
-                response = await self._send(kind, backoff, content=content)
+                response = await self._send(kind, backoff, content=content, patient=patient)
             except httpx.TransportError as exc:
                 on_transport_error()
                 last = type(exc).__name__
@@ -565,7 +571,8 @@ class HostClient:
 
         The host serves them only inside its results window (docs/protocol.md §10); before that it
         answers 400 "cannot get job result at this time", which is retried quickly (pauses of
-        at most 0.25 s) until ``timeout``. The body is JSON whatever its content type. Note
+        at most 0.25 s) until ``timeout``; an answer under way gets ``request_timeout`` even
+        past it (a long result on a busy machine). The body is JSON whatever its content type. Note
         the returned ``status`` is usually ``waiting-for-result``: see
         :func:`results.final_status`.
         """
@@ -596,6 +603,7 @@ class HostClient:
             quick.backoff(),
             classify,
             gave_up="no results after {elapsed:.1f} s ({attempts} attempts): {last}",
+            patient=True,
         )
 
     async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:

@@ -1308,23 +1308,26 @@ class ConfidentialJob:
 
         Polled from the moment the end is seen, inside the host's window. The window closes
         before the ledger shows the job done, so once the ledger says done the polling gets
-        only a short grace (a host that quit never opens a window at all).
+        only a short grace (a host that quit never opens a window at all). Attaching after
+        the end, that grace bounds the polls; an answer under way still gets its request
+        timeout.
         """
         if not self._receive:
             return await self._public_result()
         host = self._host_client()
         self._set_phase("collecting-results")
-        timeout = (
-            self._results_timeout
-            if self._info_end is not None or not self._ledger_done()
-            else LATE_RESULTS_TIMEOUT_S
-        )
+        late = self._info_end is None and self._ledger_done()
+        timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout
         fetch = asyncio.create_task(host.results(timeout=timeout))
         fetch.add_done_callback(lambda _task: self._pulse())
         try:
             await self._until(lambda: fetch.done() or self._ledger_done(), timeout + 1)
             if not fetch.done():
-                await asyncio.wait({fetch}, timeout=LATE_RESULTS_TIMEOUT_S)
+                # Late, the GET's own bound already is the short grace: what runs past it is
+                # an answer under way (a long result on a busy machine), given its request
+                # timeout. Otherwise the ledger's end cuts the polling short.
+                grace = timeout + host.request_timeout if late else LATE_RESULTS_TIMEOUT_S
+                await asyncio.wait({fetch}, timeout=grace)
             if not fetch.done():
                 fetch.cancel()
                 await asyncio.gather(fetch, return_exceptions=True)

@@ -17,6 +17,7 @@ from nosana_magic.network.base import JobState
 from nosana_magic.wallet import Wallet
 
 from .devnode_fixtures import PLACEHOLDER
+from .waiting import PATIENCE, until
 
 #: A secret value used in tests; it must never appear anywhere the user or the public sees.
 SECRET = "s3cr3t-HF-token-0123456789"
@@ -71,7 +72,7 @@ async def list_placeholder(
     return listing.job
 
 
-async def running_node(network: ApiNetwork, job: str, timeout: float = 10.0) -> str:
+async def running_node(network: ApiNetwork, job: str, timeout: float = PATIENCE) -> str:
     """Wait until a host took ``job``; returns the host address."""
 
     async def wait() -> str:
@@ -102,12 +103,9 @@ async def serve_app(app: Callable[..., Any]) -> AsyncIterator[str]:
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started, what="the loopback app's start")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, PATIENCE)
         sock.close()

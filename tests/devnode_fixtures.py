@@ -12,6 +12,8 @@ from nosana_magic.devnode import DevNode
 from nosana_magic.devnode.host import JobRecord
 from nosana_magic.wallet import Wallet
 
+from .waiting import PATIENCE
+
 #: The Nosana CLI's confidential placeholder.
 PLACEHOLDER: dict[str, Any] = {
     "version": "0.1",
@@ -43,7 +45,7 @@ class Project:
     def __init__(self, node: DevNode, wallet: Wallet | None = None) -> None:
         self.node = node
         self.wallet = wallet or Wallet.generate()
-        self.http = httpx.Client(base_url=node.url, trust_env=False, timeout=10.0)
+        self.http = httpx.Client(base_url=node.url, trust_env=False, timeout=PATIENCE)
 
     def close(self) -> None:
         self.http.close()
@@ -84,7 +86,7 @@ class Project:
     def post_placeholder(self, placeholder: dict[str, Any] | None = None, **kw: Any) -> str:
         return self.list(self.pin(copy.deepcopy(placeholder or PLACEHOLDER)), **kw)
 
-    def wait_running(self, job: str, timeout: float = 5.0) -> str:
+    def wait_running(self, job: str, timeout: float = PATIENCE) -> str:
         """The node that took the job."""
         info = self.node.wait_job(job, "RUNNING", "COMPLETED", "STOPPED", timeout=timeout)
         assert info.node is not None
@@ -97,7 +99,7 @@ class Project:
         assert record is not None
         return record
 
-    def wait_flow(self, job: str, *statuses: str, timeout: float = 5.0) -> JobRecord:
+    def wait_flow(self, job: str, *statuses: str, timeout: float = PATIENCE) -> JobRecord:
         """Until the host's flow for ``job`` has one of ``statuses``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -128,7 +130,7 @@ class Project:
         headers = kw.pop("headers", None) or self.header()
         return self.http.post(self.node_path(job, route), headers=headers, **kw)
 
-    def send_definition(self, job: str, body: Any, timeout: float = 5.0) -> httpx.Response:
+    def send_definition(self, job: str, body: Any, timeout: float = PATIENCE) -> httpx.Response:
         """POST the real definition, retrying while the host has no flow yet (bounded)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -148,7 +150,7 @@ class Project:
         assert response.status_code == 200, response.text
         return job
 
-    def collect(self, job: str, timeout: float = 10.0) -> dict[str, Any]:
+    def collect(self, job: str, timeout: float = PATIENCE) -> dict[str, Any]:
         """Poll ``GET /results`` until 200 (bounded)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -16,6 +16,7 @@ from nosana_magic.wallet import Wallet
 
 from .conftest import processes_of_jobs
 from .devnode_fixtures import PLACEHOLDER, definition, op
+from .waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +29,7 @@ def start(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
     )
     lines: list[str] = []
     assert process.stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + PATIENCE
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
@@ -37,13 +38,13 @@ def start(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
         if line.startswith("Ctrl-C"):
             return process, lines
     process.kill()
-    process.wait(5)
+    process.wait(PATIENCE)
     raise AssertionError("the devnode did not start:\n" + "\n".join(lines))
 
 
 def finish(process: subprocess.Popen[str], sig: int) -> str:
     process.send_signal(sig)
-    out, _ = process.communicate(timeout=20)
+    out, _ = process.communicate(timeout=PATIENCE)
     return out
 
 
@@ -55,7 +56,7 @@ def test_cli_serves_and_stops_on_ctrl_c() -> None:
     assert any("RUN" in line.upper() and "THIS MACHINE" in line.upper() for line in lines)
     assert sum(line.startswith("host ") for line in lines) == 3
     assert sum(line.startswith("market ") for line in lines) == 2
-    with httpx.Client(base_url=url, trust_env=False, timeout=5) as client:
+    with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
         assert len(client.get("/").json()["hosts"]) == 3
     out = finish(process, signal.SIGINT)
     assert process.returncode == 0
@@ -67,14 +68,14 @@ def test_cli_sigterm_kills_running_jobs() -> None:
     process, lines = start("--hosts", "1")
     url = lines[0].rsplit(" ", 1)[1]
     wallet = Wallet.generate()
-    with httpx.Client(base_url=url, trust_env=False, timeout=5) as client:
+    with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
         cid = client.post("/pinning/pinJSONToIPFS", json=PLACEHOLDER,
                           headers={"Authorization": "Bearer x"}).json()["IpfsHash"]
         job = client.post("/api/jobs/list",
                           json={"ipfsHash": cid, "market": "local-cpu", "timeout": 60},
                           headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
                                    "x-user-id": wallet.address}).json()["job"]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE
         while client.get(f"/api/jobs/{job}").json()["node"] is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)

@@ -15,6 +15,7 @@ from nosana_magic.wallet import Wallet
 
 from .conftest import FAST
 from .devnode_fixtures import PLACEHOLDER, Project
+from .waiting import PATIENCE
 
 
 @pytest.fixture
@@ -262,4 +263,4 @@ def test_devnode_binds_loopback_only(devnode: DevNode) -> None:
         hostname_ip = socket.gethostbyname(socket.gethostname())
         if hostname_ip.startswith("127."):
             raise httpx.ConnectError("no non-loopback address to try")
-        httpx.get(f"http://{hostname_ip}:{devnode.port}/", timeout=2, trust_env=False)
+        httpx.get(f"http://{hostname_ip}:{devnode.port}/", timeout=PATIENCE, trust_env=False)

@@ -15,6 +15,7 @@ from nosana_magic.protocol import auth_header, now_ms
 from nosana_magic.wallet import Wallet
 
 from .devnode_fixtures import Project, definition, op
+from .waiting import PATIENCE
 
 LONG = definition(op("train", "sleep 30", execution={"group": "g1"}),
                   op("eval", "sleep 30", execution={"group": "g1"}))
@@ -262,7 +263,7 @@ def test_a_result_that_cannot_be_pinned_still_completes_the_job(
     monkeypatch.setattr(project.node.ipfs, "put_json", broken)
     job = project.submit(definition(op("a", "echo hi")))
     project.collect(job)
-    info = project.node.wait_job(job, "COMPLETED", "STOPPED", timeout=10)
+    info = project.node.wait_job(job, "COMPLETED", "STOPPED", timeout=PATIENCE)
     assert info.state.value == "COMPLETED" and info.ipfs_result is None
     host = project.node.host(info.node or "")
     assert any("could not be published" in line for line in host.node_logs.history(job))

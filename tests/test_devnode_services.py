@@ -26,13 +26,15 @@ from nosana_magic.protocol import expose_id
 from nosana_magic.results import FlowState, NodeLogEntry
 
 from .test_devnode_executor import job  # noqa: F401  (the fixture that checks for leaks)
+from .waiting import PATIENCE
 
 PY = sys.executable
 BASE = "http://devnode.test"
 
-#: A tiny HTTP service: ``argv[1]`` is the port, ``argv[2]`` (optional) its lifetime in seconds.
+#: A tiny HTTP service: ``argv[1]`` is the port; with ``argv[2]``, a path, it exits once a
+#: file is there.
 SERVER = r"""
-import http.server, json, os, sys, threading
+import http.server, json, os, sys, threading, time
 port = int(sys.argv[1])
 class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
@@ -58,8 +60,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "accept-encoding": self.headers.get("accept-encoding")}
         self.reply(201, json.dumps(echo), "application/json")
 server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+def exit_when_told():
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.02)
+    os._exit(0)
 if len(sys.argv) > 2:
-    threading.Timer(float(sys.argv[2]), lambda: os._exit(0)).start()
+    threading.Thread(target=exit_when_told, daemon=True).start()
 print("serving", flush=True)
 server.serve_forever()
 """
@@ -82,11 +88,11 @@ def free_port() -> int:
 def registry(**kw: Any) -> ServiceRegistry:
     kw.setdefault("startup_interval", 0.05)
     kw.setdefault("check_interval", 0.1)
-    kw.setdefault("check_timeout", 0.5)
+    kw.setdefault("check_timeout", 5.0)  # a loaded machine may answer slowly
     return ServiceRegistry(lambda: BASE, **kw)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+async def until(condition: Callable[[], bool], timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
@@ -100,12 +106,12 @@ async def tiny_server(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     )
     try:
         assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"serving\n"
+        assert await asyncio.wait_for(proc.stdout.readline(), PATIENCE) == b"serving\n"
         yield proc
     finally:
         if proc.returncode is None:
             proc.kill()
-        await asyncio.wait_for(proc.wait(), 5)
+        await asyncio.wait_for(proc.wait(), PATIENCE)
 
 
 @contextlib.asynccontextmanager
@@ -126,7 +132,7 @@ async def uvicorn_server(app: Any) -> AsyncIterator[int]:
         yield int(server.servers[0].sockets[0].getsockname()[1])
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, PATIENCE)
 
 
 # ---------------------------------------------------------------- ids and endpoint records
@@ -254,12 +260,12 @@ async def test_websocket_health_check_and_proxy():
             async with uvicorn_server(services.asgi_app()) as devnode_port:
                 url = f"ws://127.0.0.1:{devnode_port}/service/{good.expose_id}/room?x=1"
                 async with ws_connect(url, proxy=None) as ws:
-                    assert await asyncio.wait_for(ws.recv(), 5) == "hello-ws"
+                    assert await asyncio.wait_for(ws.recv(), PATIENCE) == "hello-ws"
                     await ws.send("ping")
-                    assert await asyncio.wait_for(ws.recv(), 5) == "/room?x=1:ping"
+                    assert await asyncio.wait_for(ws.recv(), PATIENCE) == "/room?x=1:ping"
                 unknown = f"ws://127.0.0.1:{devnode_port}/service/{'x' * 44}/"
                 with pytest.raises(InvalidStatus) as refused:
-                    await ws_connect(unknown, proxy=None, open_timeout=5)
+                    await ws_connect(unknown, proxy=None, open_timeout=PATIENCE)
                 assert refused.value.response.status_code == 404
                 assert refused.value.response.body == b"service not found"
                 down = services.expose(
@@ -274,7 +280,7 @@ async def test_websocket_health_check_and_proxy():
                     await ws_connect(
                         f"ws://127.0.0.1:{devnode_port}/service/{down.expose_id}/",
                         proxy=None,
-                        open_timeout=5,
+                        open_timeout=PATIENCE,
                     )
                 assert refused.value.response.status_code == 502
         finally:
@@ -405,7 +411,7 @@ async def test_an_op_service_is_reachable_through_its_url(tmp_path: Path, job: s
             assert response.text == "hello from the service at /hello"
         assert any("not served locally" in e.log for e in entries)
         await executor.stop("stopped")
-        assert await asyncio.wait_for(task, 10) == "stopped"
+        assert await asyncio.wait_for(task, PATIENCE) == "stopped"
         assert services.endpoints(job) == {} and flow.secrets == {}
     finally:
         if not task.done():
@@ -423,7 +429,7 @@ async def test_dependents_start_beside_a_healthy_server(tmp_path: Path, job: str
             {
                 "type": "container/run",
                 "id": "client",
-                "args": {"image": "curl", "cmd": "echo client up; sleep 1000"},
+                "args": {"image": "curl", "cmd": "echo client up; touch client.up; sleep 1000"},
                 "execution": {
                     "group": "pair",
                     "depends_on": ["server"],
@@ -433,10 +439,11 @@ async def test_dependents_start_beside_a_healthy_server(tmp_path: Path, job: str
             {
                 "type": "container/run",
                 "id": "server",
-                # The server lives 1.5 s; the client, stopped with it, would run forever.
+                # The server lives until the client is up; the client, stopped with it, would
+                # run forever.
                 "args": {
                     "image": "python:3.11",
-                    "cmd": [PY, "-c", SERVER, str(port), "1.5"],
+                    "cmd": [PY, "-c", SERVER, str(port), str(tmp_path / "client.up")],
                     "private": True,
                     "expose": [{"port": port, "health_checks": [HEALTH]}],
                 },
@@ -445,7 +452,7 @@ async def test_dependents_start_beside_a_healthy_server(tmp_path: Path, job: str
         ],
     }
     executor, flow, _entries = _executor(job, tmp_path, definition, services)
-    status = await asyncio.wait_for(executor.run(), 15)
+    status = await asyncio.wait_for(executor.run(), PATIENCE)
     await services.aclose()
     assert status == "success"
     client, server = flow.op_states

@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from nosana_magic.devnode import DevNode
 from nosana_magic.protocol import auth_header, now_ms
 from nosana_magic.wallet import Wallet
 
 from .devnode_fixtures import Project, definition, op
+from .waiting import PATIENCE
 
 
 @pytest.fixture
@@ -31,14 +32,15 @@ def ws_url(project: Project, job: str, path: str = "/") -> str:
     return f"{project.node.url.replace('http', 'ws', 1)}/node/{node}{path}"
 
 
-async def frames(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def frames(ws: ClientConnection, count: int,
+                 timeout: float = PATIENCE) -> list[dict[str, Any]]:
     out = []
     for _ in range(count):
         out.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
     return out
 
 
-async def close_code(ws: ClientConnection, timeout: float = 5.0) -> int | None:
+async def close_code(ws: ClientConnection, timeout: float = PATIENCE) -> int | None:
     with pytest.raises(ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), timeout)
     return closed.value.rcvd.code if closed.value.rcvd is not None else None
@@ -49,7 +51,7 @@ async def info_stream(project: Project, job: str) -> AsyncIterator[tuple[httpx.A
                                                                         httpx.Response]]:
     """An open ``/info`` stream (and its client, to make other calls beside it)."""
     async with httpx.AsyncClient(base_url=project.node.url, trust_env=False,
-                                 timeout=10) as client, client.stream(
+                                 timeout=PATIENCE) as client, client.stream(
         "GET", project.node_path(job, "/info"), headers=project.header()
     ) as response:
         yield client, response
@@ -116,7 +118,7 @@ async def test_info_stream_of_a_finished_job_is_one_event(project: Project) -> N
     job = project.submit(definition(op("x", "true")))
     project.wait_flow(job, "waiting-for-result")
     async with httpx.AsyncClient(base_url=project.node.url, trust_env=False,
-                                 timeout=10) as client:
+                                 timeout=PATIENCE) as client:
         response = await client.get(project.node_path(job, "/info"), headers=project.header())
     events = [line for line in response.text.split("\n\n") if line]
     assert len(events) == 1
@@ -233,7 +235,7 @@ async def test_flog_is_unauthenticated_and_filters(project: Project) -> None:
     ))
     record = project.wait_flow(job, "running")
     host = project.node.host(project.node.job(job).node or "")
-    deadline = asyncio.get_running_loop().time() + 5
+    deadline = asyncio.get_running_loop().time() + PATIENCE
     while len([t for t in host.task_logs.history(job) if t["type"] == "container"]) < 3:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
@@ -277,9 +279,10 @@ async def test_status_stream_for_owner_and_node(project: Project) -> None:
 
 async def test_unknown_host_refuses_the_upgrade(project: Project) -> None:
     url = project.node.url.replace("http", "ws", 1) + "/node/nobody/"
-    with pytest.raises(Exception):  # noqa: B017 - the handshake is refused (HTTP 403)
-        async with connect(url, proxy=None, open_timeout=3):
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, proxy=None, open_timeout=PATIENCE):
             pass
+    assert refused.value.response.status_code == 403
 
 
 # ---------------------------------------------------------------------- history caps
@@ -311,7 +314,7 @@ def test_a_host_caps_each_jobs_log_history_in_bytes() -> None:
     with DevNode(config) as node, Project(node) as project:
         job = project.submit(definition(op("a", "for i in $(seq 1 1000); do echo line-$i; done")))
         project.collect(job)
-        info = node.wait_job(job, timeout=10)
+        info = node.wait_job(job, timeout=PATIENCE)
         host = node.host(info.node or "")
         history = host.node_logs.history(job)
         assert sum(len(entry.encode()) for entry in history) <= 20_000

@@ -18,6 +18,7 @@ from nosana_magic.protocol import expose_id
 from nosana_magic.wallet import Wallet
 
 from .devnode_fixtures import Project, definition
+from .waiting import PATIENCE, wait_until
 
 SERVER = (
     "import http.server, sys\n"
@@ -58,7 +59,7 @@ def project(devnode: DevNode) -> Iterator[Project]:
         yield p
 
 
-def wait_endpoints(project: Project, job: str, count: int, timeout: float = 10.0
+def wait_endpoints(project: Project, job: str, count: int, timeout: float = PATIENCE
                    ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -89,9 +90,12 @@ def test_public_and_private_services_are_reachable(project: Project) -> None:
     assert public["url"] == f"{project.node.url}/service/{public_id}"
     assert (public["port"], private["port"]) == (public_port, private_port)
 
-    with httpx.Client(trust_env=False, timeout=5) as client:
+    with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
         assert client.get(public["url"] + "/hello?x=1").text == "web /hello?x=1"
-        assert client.get(private["url"] + "/").text == "secret /"
+        # No health check says when the private one listens: 502 until it does.
+        reply = wait_until(lambda: (r := client.get(private["url"] + "/")).status_code != 502
+                           and r, what="the private service listening")
+        assert reply.text == "secret /"
 
     # The owner sees the URLs in /info too; nobody else gets them.
     with project.http.stream("GET", project.node_path(job, "/info"),
@@ -107,6 +111,6 @@ def test_public_and_private_services_are_reachable(project: Project) -> None:
     project.post(job, "/stop")
     project.wait_flow(job, "waiting-for-result")
     assert project.get(job, "/endpoints").text == "No exposed url for job id"
-    with httpx.Client(trust_env=False, timeout=5) as client:
+    with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
         assert client.get(public["url"] + "/").status_code == 404
     assert project.collect(job)["secrets"] == {}

@@ -23,6 +23,8 @@ from nosana_magic.display import FLUSH_INTERVAL_S, JobView, Table, format_line, 
 from nosana_magic.network.base import Market
 from nosana_magic.results import ServiceUrl
 
+from .waiting import PATIENCE
+
 
 @dataclass(frozen=True)
 class Line:
@@ -91,7 +93,7 @@ class FakeJob:
             handled.set()
 
         runner.call_soon(run)
-        assert handled.wait(5)
+        assert handled.wait(PATIENCE)
 
     def log(self, text: str, stream: str = "stdout", op_id: str | None = "train") -> Event:
         line = Line(op_id, stream, text)
@@ -128,7 +130,7 @@ def _updates(sent: list[tuple[str, int]]) -> list[int]:
     return [size for kind, size in sent if kind == "comm_msg"]
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -30,34 +30,56 @@ from .client_fixtures import (
     running_node,
     serve_app,
 )
+from .waiting import PATIENCE, until
 
 # --------------------------------------------------------------------------- retry policy
 
 
-async def test_backoff_doubles_from_first_to_cap_and_stops_at_attempts() -> None:
-    retry = Retry(first=0.01, cap=0.04, attempts=5, total=10)
-    backoff = retry.backoff()
-    pauses = []
-    while True:
-        before = time.monotonic()
-        if not await backoff.wait():
-            break
-        pauses.append(time.monotonic() - before)
+class FakeClock:
+    """The host module's clock and sleep, under the test's control: a sleep advances it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import nosana_magic.host as host_module
+
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._real_sleep = asyncio.sleep
+        monkeypatch.setattr(host_module, "time", self)
+        monkeypatch.setattr(host_module.asyncio, "sleep", self.sleep)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await self._real_sleep(0)
+
+
+async def test_backoff_doubles_from_first_to_cap_and_stops_at_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock(monkeypatch)
+    backoff = Backoff(Retry(first=0.01, cap=0.04, attempts=5, total=10), total=10,
+                      started=clock.now)
+    while await backoff.wait():
+        pass
     assert backoff.attempt == 5
-    assert len(pauses) == 4
-    for got, want in zip(pauses, [0.01, 0.02, 0.04, 0.04], strict=True):
-        assert want <= got < want + 0.05
+    assert clock.sleeps == pytest.approx([0.01, 0.02, 0.04, 0.04])
 
 
-async def test_backoff_stops_at_the_time_bound_with_a_last_attempt_at_the_bound() -> None:
-    backoff = Backoff(Retry(first=0.05, cap=0.05, attempts=1000), total=0.12)
-    start = time.monotonic()
+async def test_backoff_stops_at_the_time_bound_with_a_last_attempt_at_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock(monkeypatch)
+    backoff = Backoff(Retry(first=0.05, cap=0.05, attempts=1000), total=0.12,
+                      started=clock.now)
     waits = 0
     while await backoff.wait():
         waits += 1
-    elapsed = time.monotonic() - start
-    assert 0.12 <= elapsed < 0.3
     assert waits == 3  # 0.05 + 0.05 + 0.02 (cut to the bound)
+    assert clock.sleeps == pytest.approx([0.05, 0.05, 0.02])
+    assert clock.now - 1000.0 == pytest.approx(0.12)
 
 
 async def test_backoff_reset_restarts_the_bounds() -> None:
@@ -118,7 +140,7 @@ def test_host_error_is_one_line_naming_host_and_route() -> None:
 
 
 
-FAST_RETRY = Retry(first=0.05, cap=0.2, attempts=100, total=5)
+FAST_RETRY = Retry(first=0.05, cap=0.2, attempts=1000, total=PATIENCE)
 
 
 @pytest.fixture
@@ -140,18 +162,24 @@ def _body(document: dict[str, Any]) -> bytes:
     return _json.dumps(document).encode()
 
 
-async def _all_logs(host: HostClient, until: str, timeout: float = 10) -> list[NodeLogEntry]:
-    """Follow /log until an entry's text starts with ``until``."""
+async def _all_logs(host: HostClient, last: str, timeout: float = PATIENCE
+                    ) -> list[NodeLogEntry]:
+    """Follow /log until an entry's text starts with ``last``."""
     got: list[NodeLogEntry] = []
 
     async def follow() -> None:
         async for entry in host.logs():
             got.append(entry)
-            if entry.log.startswith(until):
+            if entry.log.startswith(last):
                 return
 
     await asyncio.wait_for(follow(), timeout)
     return got
+
+
+def _flow_status(devnode: DevNode, job: str) -> str | None:
+    record = devnode.host(devnode.job(job).node or "").record(job)
+    return record.flow.status if record is not None and record.flow is not None else None
 
 
 def _history(devnode: DevNode, node: str, job: str) -> list[NodeLogEntry]:
@@ -170,14 +198,14 @@ async def test_full_protocol_definition_info_logs_results(
         definition(op("train", f"{lines}; echo 'acc=0.93'; echo oops >&2",
                       results={"acc": "acc=([0-9.]+)"}))
     )
-    await host.send_definition(body, timeout=5)
+    await host.send_definition(body, timeout=PATIENCE)
 
-    events = [event async for event in host.info(timeout=5)]
+    events = [event async for event in host.info(timeout=PATIENCE)]
     assert events[-1].end_time is not None
     assert all(e.end_time is None for e in events[:-1])
     assert events[-1].status == "success"
 
-    flow = await host.results(timeout=5)
+    flow = await host.results(timeout=PATIENCE)
     # The quirk of docs/protocol.md §10: the status served with the results is not the final one.
     assert flow.status == "waiting-for-result"
     [train] = flow.op_states
@@ -212,7 +240,7 @@ async def test_definition_retries_through_500s(devnode: DevNode, network: ApiNet
     host, job = await _host_for(devnode, network)
     devnode.config.faults.fail_routes = "job-definition$"
     devnode.config.faults.fail_requests = 3
-    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=PATIENCE)
     assert devnode.config.faults.fail_requests == 0
     record = devnode.host(devnode.job(job).node or "").record(job)
     assert record is not None and record.definition_received
@@ -223,18 +251,21 @@ async def test_definition_refused_at_once_on_other_4xx(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
     host, job = await _host_for(devnode, network)
-    stranger = HostClient(host.base_url, job, Wallet.generate(), retry=FAST_RETRY)
+    await until(lambda: _flow_status(devnode, job) == "waiting-for-job-definition")
+    # A retry would first pause 20 s: an answer well before that means no retry.
+    patient = Retry(first=20, cap=20, attempts=100, total=3 * PATIENCE)
+    stranger = HostClient(host.base_url, job, Wallet.generate(), retry=patient)
     start = time.monotonic()
     with pytest.raises(HostError) as info:
-        await stranger.send_definition(_body(definition(op("a", "true"))), timeout=5)
-    assert time.monotonic() - start < 0.5
+        await stranger.send_definition(_body(definition(op("a", "true"))), timeout=3 * PATIENCE)
+    assert time.monotonic() - start < 15
     assert info.value.status == 401
     assert str(info.value).startswith(f"host {host.base_url}: POST /job/{job}/job-definition:")
     assert "Unauthorized Request" in str(info.value)
     # A second definition for the same job: the host is past that phase.
-    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=PATIENCE)
     with pytest.raises(HostError, match="cannot send job definition at this time"):
-        await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+        await host.send_definition(_body(definition(op("a", "true"))), timeout=PATIENCE)
     await host.aclose()
     await stranger.aclose()
 
@@ -245,12 +276,14 @@ async def test_definition_gives_up_within_its_bound_when_no_host_takes_the_job(
     devnode.config.pickup_delay = None  # never picked up: the host has no flow for it
     job = await list_placeholder(network)
     some_host = devnode.hosts[0].address
-    host = HostClient(devnode.node_url(some_host), job, network.wallet, retry=FAST_RETRY)
+    # Without the call's timeout the policy would go on for minutes: the bound is the call's.
+    endless = Retry(first=0.05, cap=0.2, attempts=10**6, total=600)
+    host = HostClient(devnode.node_url(some_host), job, network.wallet, retry=endless)
     start = time.monotonic()
     with pytest.raises(HostError) as info:
         await host.send_definition(_body(definition(op("a", "true"))), timeout=0.6)
     elapsed = time.monotonic() - start
-    assert 0.6 <= elapsed < 1.5
+    assert 0.6 <= elapsed < PATIENCE
     message = str(info.value)
     assert "gave up after" in message and "invalid job id" in message
     assert f"POST /job/{job}/job-definition" in message
@@ -262,11 +295,14 @@ async def test_results_polled_quickly_until_the_window_opens(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
     host, _job = await _host_for(devnode, network)
-    await host.send_definition(_body(definition(op("a", "sleep 0.4; echo done"))), timeout=5)
-    flow = await host.results(timeout=10)
+    await host.send_definition(_body(definition(op("a", "sleep 0.4; echo done"))),
+                               timeout=PATIENCE)
+    flow = await host.results(timeout=PATIENCE)
     in_hand = time.time()
     assert flow.end_time is not None
-    assert in_hand - flow.end_time / 1000 < 1.0
+    # The polls are at most 0.2 s apart (FAST_RETRY): a return to polling every few seconds
+    # shows as seconds here. How fast exactly is for benchmarks/bench_local.py to measure.
+    assert in_hand - flow.end_time / 1000 < 2.0
     assert flow.op_states[0].logs[-1].log == "done\n"
     await host.aclose()
 
@@ -274,7 +310,7 @@ async def test_results_polled_quickly_until_the_window_opens(
 async def test_results_give_up_with_a_clear_error(devnode: DevNode, network: ApiNetwork) -> None:
     devnode.config.faults.results_never_served = True
     host, job = await _host_for(devnode, network)
-    await host.send_definition(_body(definition(op("a", "true"))), timeout=5)
+    await host.send_definition(_body(definition(op("a", "true"))), timeout=PATIENCE)
     with pytest.raises(HostError) as info:
         await host.results(timeout=0.5)
     assert f"GET /job/{job}/results" in str(info.value)
@@ -286,11 +322,11 @@ async def test_results_bodies_are_json_whatever_the_content_type(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
     host, job = await _host_for(devnode, network)
-    await host.send_definition(_body(definition(op("a", "echo hi"))), timeout=5)
-    flow = await host.results(timeout=5)
+    await host.send_definition(_body(definition(op("a", "echo hi"))), timeout=PATIENCE)
+    flow = await host.results(timeout=PATIENCE)
     # The devnode labels it text/html as Express does; we parsed it anyway.
     raw = httpx.get(
-        f"{host.base_url}/job/{job}/results", headers=host._headers(), timeout=5
+        f"{host.base_url}/job/{job}/results", headers=host._headers(), timeout=PATIENCE
     )
     assert raw.headers["content-type"].startswith("text/html")
     assert flow.op_states[0].operation_id == "a"
@@ -306,28 +342,28 @@ async def test_endpoints_private_url_reachable_and_none(
     host, _job = await _host_for(devnode, network)
     server = op("web", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                 expose=port, private=True)
-    await host.send_definition(_body(definition(server)), timeout=5)
+    await host.send_definition(_body(definition(server)), timeout=PATIENCE)
     urls: list[Any] = []
-    for _ in range(100):
+    deadline = time.monotonic() + PATIENCE
+    while not urls and time.monotonic() < deadline:
         urls = await host.endpoints()
-        if urls:
-            break
         await asyncio.sleep(0.05)
     [url] = urls
     assert url.private and len(url.expose_id) == 45 and url.op_id == "web"
     assert url.port == port
-    async with httpx.AsyncClient(trust_env=False) as client:
-        for _ in range(100):
+    async with httpx.AsyncClient(trust_env=False, timeout=PATIENCE) as client:
+        while True:  # 502 until the server listens
             response = await client.get(url.url + "/")
-            if response.status_code == 200:
+            if response.status_code == 200 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
     assert response.status_code == 200
     await host.stop()
+    await host.results(timeout=PATIENCE)  # closes the window: the host is free again
     await host.aclose()
 
     plain, _ = await _host_for(devnode, network)
-    await plain.send_definition(_body(definition(op("a", "sleep 0.3"))), timeout=5)
+    await plain.send_definition(_body(definition(op("a", "sleep 0.3"))), timeout=PATIENCE)
     assert await plain.endpoints() == []
     await plain.aclose()
 
@@ -335,25 +371,28 @@ async def test_endpoints_private_url_reachable_and_none(
 async def test_stop_ends_a_running_job_and_results_stay_collectable(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
-    host, _job = await _host_for(devnode, network)
-    await host.send_definition(_body(definition(op("a", "echo started; sleep 30"))), timeout=5)
-    await asyncio.sleep(0.3)
-    start = time.monotonic()
+    host, job = await _host_for(devnode, network)
+    # Far longer than every bound below: only the stop can end it in time.
+    await host.send_definition(_body(definition(op("a", "echo started; sleep 300"))),
+                               timeout=PATIENCE)
+    record = devnode.host(devnode.job(job).node or "").record(job)
+    assert record is not None
+    await until(lambda: record.flow is not None and record.flow.op_states
+                and any(log.log == "started\n" for log in record.flow.op_states[0].logs))
     await host.stop()
-    events = [event async for event in host.info(timeout=5)]
+    events = [event async for event in host.info(timeout=PATIENCE)]
     assert events[-1].end_time is not None
-    flow = await host.results(timeout=5)
-    assert time.monotonic() - start < 3
+    flow = await host.results(timeout=PATIENCE)
     assert flow.op_states[0].logs[0].log == "started\n"
     await host.aclose()
 
 
 async def test_info_reconnects_through_500s(devnode: DevNode, network: ApiNetwork) -> None:
     host, _job = await _host_for(devnode, network)
-    await host.send_definition(_body(definition(op("a", "sleep 0.2"))), timeout=5)
+    await host.send_definition(_body(definition(op("a", "sleep 0.2"))), timeout=PATIENCE)
     devnode.config.faults.fail_routes = "/info$"
     devnode.config.faults.fail_requests = 2
-    events = [event async for event in host.info(timeout=5)]
+    events = [event async for event in host.info(timeout=PATIENCE)]
     assert events[-1].end_time is not None
     assert devnode.config.faults.fail_requests == 0
     await host.aclose()
@@ -379,8 +418,10 @@ async def test_dropped_log_socket_reconnects_without_duplicate_or_lost_line(
 
     dropper = asyncio.create_task(drop_mid_stream())
     script = "for i in $(seq 1 40); do echo line$i; sleep 0.005; done"
-    await host.send_definition(_body(definition(op("a", script))), timeout=5)
-    got = await _all_logs(host, "Job result published", timeout=20)
+    await host.send_definition(_body(definition(op("a", script))), timeout=PATIENCE)
+    following = asyncio.create_task(_all_logs(host, "Job result published"))
+    await host.results(timeout=PATIENCE)  # the window closes, the result is published
+    got = await following
     stop.set()
     await dropper
     node = devnode.job(job).node or ""
@@ -436,10 +477,10 @@ async def test_legacy_routes_are_used_after_a_404_and_remembered() -> None:
     calls: list[str] = []
     async with serve_app(_legacy_app(calls)) as url:
         host = HostClient(url, "JOB1", Wallet.generate(), retry=FAST_RETRY)
-        await host.send_definition(b'{"ops": []}', timeout=2)
+        await host.send_definition(b'{"ops": []}', timeout=PATIENCE)
         assert host.legacy is True
         assert calls == ["POST /job/JOB1/job-definition", "POST /job-definition/JOB1"]
-        flow = await host.results(timeout=2)
+        flow = await host.results(timeout=PATIENCE)
         assert flow.status == "waiting-for-result"
         assert await host.endpoints() == []
         await host.stop()
@@ -457,7 +498,7 @@ async def test_a_404_on_both_paths_is_an_error_naming_the_route() -> None:
     async with serve_app(app) as url:
         host = HostClient(url, "JOB1", Wallet.generate(), retry=FAST_RETRY)
         with pytest.raises(HostError, match=r"POST /job/JOB1/job-definition: .*404"):
-            await host.send_definition(b"{}", timeout=1)
+            await host.send_definition(b"{}", timeout=PATIENCE)
         assert host.legacy is None
         await host.aclose()
 
@@ -486,7 +527,7 @@ async def test_a_lost_answer_to_an_accepted_definition_counts_as_accepted() -> N
     ])
     async with serve_app(app) as url:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
-        await host.send_definition(b"{}", timeout=2)
+        await host.send_definition(b"{}", timeout=PATIENCE)
         assert state["posts"] == 2
         await host.aclose()
 
@@ -503,7 +544,7 @@ async def test_error_messages_are_redacted_and_never_hold_the_body() -> None:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY,
                           redact=lambda t: t.replace(secret, "[secret:HF]"))
         with pytest.raises(HostError) as info:
-            await host.send_definition(_json.dumps({"token": secret}).encode(), timeout=2)
+            await host.send_definition(_json.dumps({"token": secret}).encode(), timeout=PATIENCE)
         assert secret not in str(info.value) and "[secret:HF]" in str(info.value)
         await host.aclose()
 
@@ -542,7 +583,7 @@ async def test_log_replay_mismatch_is_counted_and_lines_are_not_lost() -> None:
                 if entry.log == "z":
                     return
 
-        await asyncio.wait_for(follow(), 5)
+        await asyncio.wait_for(follow(), PATIENCE)
         assert got == ["a", "b", "y", "z"]  # "x" sits at the cursor: seen as the replay
         assert host.replay_mismatches == 1
         await host.aclose()
@@ -550,19 +591,21 @@ async def test_log_replay_mismatch_is_counted_and_lines_are_not_lost() -> None:
 
 async def test_log_socket_unauthorized_close_is_an_error_at_once() -> None:
     async with serve_app(_ws_app([[]], close_code=3000)) as url:
-        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        # A reconnect would first pause 20 s: an error well before that means none was tried.
+        patient = Retry(first=20, cap=20, attempts=100, total=3 * PATIENCE)
+        host = HostClient(url, "J", Wallet.generate(), retry=patient)
         start = time.monotonic()
         with pytest.raises(HostError, match=r"WS /log: the host refused our signature \(3000"):
             async for _ in host.logs():
                 pass
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 15
         await host.aclose()
 
 
 async def test_log_reconnects_are_bounded() -> None:
     async with serve_app(_ws_app([[]])) as url:
         host = HostClient(url, "J", Wallet.generate(),
-                          retry=Retry(first=0.01, cap=0.02, attempts=5, total=2))
+                          retry=Retry(first=0.01, cap=0.02, attempts=5, total=PATIENCE))
         with pytest.raises(HostError, match="gave up after 5 attempts to reconnect"):
             async for _ in host.logs():
                 pass
@@ -589,7 +632,7 @@ async def test_a_401_from_the_hosts_chain_lookup_is_retried() -> None:
     rpc = "Unauthorized Request: failed to get info about account J: 429 Too Many Requests"
     async with serve_app(_flaky_auth_app([rpc, rpc], calls)) as url:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
-        await host.stop(timeout=5)
+        await host.stop(timeout=PATIENCE)
         assert calls == ["POST /job/J/stop"] * 3
         await host.aclose()
 
@@ -603,7 +646,7 @@ async def test_a_401_about_our_header_is_final_at_once(message: str) -> None:
     async with serve_app(_flaky_auth_app([message] * 10, calls)) as url:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
         with pytest.raises(HostError) as info:
-            await host.stop(timeout=5)
+            await host.stop(timeout=PATIENCE)
         assert info.value.status == 401 and not info.value.gave_up
         assert calls == ["POST /job/J/stop"]
         await host.aclose()
@@ -614,9 +657,9 @@ async def test_a_401_from_the_chain_lookup_gives_up_within_the_bound() -> None:
     rpc = "Unauthorized Request: fetch failed"
     async with serve_app(_flaky_auth_app([rpc] * 1000, calls)) as url:
         host = HostClient(url, "J", Wallet.generate(),
-                          retry=Retry(first=0.01, cap=0.02, attempts=4, total=2))
+                          retry=Retry(first=0.01, cap=0.02, attempts=4, total=PATIENCE))
         with pytest.raises(HostError, match="gave up after 4 attempts: 401 Unauthorized") as info:
-            await host.stop(timeout=2)
+            await host.stop(timeout=PATIENCE)
         assert info.value.gave_up and len(calls) == 4
         await host.aclose()
 
@@ -635,7 +678,7 @@ async def test_info_retries_a_401_from_the_chain_lookup() -> None:
     app = Starlette(routes=[Route("/job/{job}/info", info)])
     async with serve_app(app) as url:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
-        events = [e async for e in host.info(timeout=5)]
+        events = [e async for e in host.info(timeout=PATIENCE)]
         assert [e.end_time for e in events] == [2] and len(calls) == 2
         await host.aclose()
 
@@ -662,6 +705,6 @@ async def test_log_socket_3000_from_the_chain_lookup_is_retried() -> None:
                 return entry.log
             return ""
 
-        assert await asyncio.wait_for(first(), 5) == "hello"
+        assert await asyncio.wait_for(first(), PATIENCE) == "hello"
         assert connections["n"] == 2
         await host.aclose()

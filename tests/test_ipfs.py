@@ -22,6 +22,7 @@ from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
 from .devnode_fixtures import PLACEHOLDER
+from .waiting import PATIENCE
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.test-only.signature"
 
@@ -96,7 +97,7 @@ async def test_nothing_listening_is_a_bounded_error() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ipfs = PinataClient(JWT, api_url=f"http://127.0.0.1:{port}", env={}, attempts=2,
-                        backoff_s=0.01, timeout_s=2)
+                        backoff_s=0.01, timeout_s=PATIENCE)
     with pytest.raises(IpfsError) as err:
         await ipfs.pin_json(PLACEHOLDER)
     assert "127.0.0.1 cannot connect" in str(err.value) and "2 attempts" in str(err.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
 from .client_fixtures import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
+from .waiting import PATIENCE
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def _run(net: ApiNetwork, doc: dict[str, Any] | str, **kw: Any) -> ConfidentialJ
     return run_confidential(source, network=net, **kw)
 
 
-def _until(check: Any, timeout: float = 10.0) -> None:
+def _until(check: Any, timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -146,7 +148,7 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job.raise_for_status() is job
     assert job.price == pytest.approx(20 / 1e6)
     assert job.cost is not None and job.cost >= 0
-    assert job.elapsed is not None and job.elapsed < 10
+    assert job.elapsed is not None and 0 <= job.elapsed < 3 * PATIENCE  # seconds, not ms
     assert job.address is not None and job.node is not None
     assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")
     assert repr(job).endswith(f"local-cpu succeeded node {job.node[:2]}…>")
@@ -179,8 +181,10 @@ def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwor
     log.info("endTime -> results in hand: %.3f s", to_results)
     print(f"\nwaiting-for-definition->received {to_definition:.3f}s, "
           f"endTime->results {to_results:.3f}s")
-    assert to_definition < 1.0
-    assert to_results < 1.0
+    # About 0.1 s each, even on a loaded machine; polling every few seconds (the Nosana CLI
+    # polls every 5 s) shows as seconds. The figures themselves: benchmarks/bench_local.py.
+    assert to_definition < 2.0
+    assert to_results < 2.0
 
 
 def test_private_service_url_is_known_and_reachable(devnode: DevNode, net: ApiNetwork) -> None:
@@ -188,7 +192,7 @@ def test_private_service_url_is_known_and_reachable(devnode: DevNode, net: ApiNe
     serve_once = (
         "import http.server as h\n"
         f"s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n"
-        "s.timeout = 20\n"
+        "s.timeout = 120\n"
         "s.handle_request()\n"
         "print('served')\n"
     )
@@ -197,17 +201,20 @@ def test_private_service_url_is_known_and_reachable(devnode: DevNode, net: ApiNe
     _until(lambda: bool(job.urls) or job.done)
     [url] = job.urls
     assert url.private and url.op_id == "web" and url.port == port
-    with httpx.Client(trust_env=False, timeout=5) as client:
-        for _ in range(200):
+    deadline = time.monotonic() + PATIENCE
+    with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
+        while True:  # 502 until the server listens
             try:
                 response = client.get(url.url + "/")
             except httpx.TransportError:
                 response = None
             if response is not None and response.status_code == 200:
                 break
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.05)
     assert response is not None and response.status_code == 200
-    job.wait(30)
+    job.wait(PATIENCE)
     assert job.ok, job._error_line()
     assert job.ops["web"].logs[-1].text == "served"
     assert job.urls == [url] or job.urls[0].url == url.url  # kept after the flow cleared them
@@ -319,7 +326,7 @@ def test_slow_pickup(devnode: DevNode, net: ApiNetwork) -> None:
     phases: list[str] = []
     job = _run(net, definition(op("a", "echo hi")), wait=False)
     job.subscribe(lambda event: phases.append(event.job.phase) if event.kind == "phase" else None)
-    job.wait(20)
+    job.wait(PATIENCE)
     assert job.ok
     assert job.timings["running"] - job.timings["listed"] >= 0.9
     assert phases[-1] == "done"
@@ -333,7 +340,7 @@ def test_stop_while_queued(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(op("a", "echo never")), wait=False)
     _until(lambda: job.phase == "queued")
     job.stop()
-    job.wait(10)
+    job.wait(PATIENCE)
     assert job.status == "stopped" and job.state is JobState.STOPPED
     assert job.node is None and not job.ok and job.cost == 0.0
     with pytest.raises(JobStopped, match=f"^job {job.address} stopped$"):
@@ -341,12 +348,11 @@ def test_stop_while_queued(devnode: DevNode, net: ApiNetwork) -> None:
 
 
 def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork) -> None:
-    job = _run(net, definition(op("a", "echo started; sleep 30")), wait=False)
+    # The op outlives the job's 60-s timeout: only the stop ends it within the wait's bound.
+    job = _run(net, definition(op("a", "echo started; sleep 300")), wait=False)
     _until(lambda: any(line.text == "started" for line in job.logs))
-    start = time.monotonic()
     job.stop()
-    job.wait(15)
-    assert time.monotonic() - start < 5
+    job.wait(PATIENCE)
     assert job.status == "stopped" and not job.ok
     assert job.result is not None
     assert job.ops["a"].logs[0].text == "started"
@@ -374,7 +380,7 @@ def test_a_job_past_its_timeout_expired(devnode: DevNode, net: ApiNetwork) -> No
 def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
-    job = _run(net, definition(op("a", "echo started; sleep 30")), wait=False)
+    job = _run(net, definition(op("a", "echo started; sleep 300")), wait=False)
     _until(lambda: job.phase == "running")
 
     timer = threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,))
@@ -382,11 +388,12 @@ def test_ctrl_c_while_waiting_stops_the_job(devnode: DevNode, net: ApiNetwork) -
     start = time.monotonic()
     with pytest.raises(JobInterrupted) as info:
         job.wait()
-    assert time.monotonic() - start < 3
+    # Not the job's end (its 60-s expiry at the earliest): the Ctrl-C's.
+    assert time.monotonic() - start < PATIENCE
     assert str(info.value) == f"job {job.address} stopped"
     assert info.value._render_traceback_() == [f"job {job.address} stopped"]
     assert isinstance(info.value, KeyboardInterrupt)
-    job.wait(15)
+    job.wait(PATIENCE)
     assert job.status == "stopped"
 
 
@@ -412,7 +419,7 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert isinstance(raised, JobInterrupted), repr(raised)
     assert str(raised) == f"job {job.address} stopped"
     assert "still stopping it" in capsys.readouterr().err
-    job.wait(20)
+    job.wait(PATIENCE)
     assert job.status == "stopped" and job._stop_requested
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
@@ -445,7 +452,7 @@ def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
     assert not job._stop_requested and job.phase == "running"
     monkeypatch.undo()
     job.stop()
-    job.wait(20)
+    job.wait(PATIENCE)
     assert job.status == "stopped"
 
 
@@ -458,7 +465,7 @@ def test_ctrl_c_while_queued_delists(devnode: DevNode, net: ApiNetwork) -> None:
     threading.Timer(0.1, signal.raise_signal, args=(signal.SIGINT,)).start()
     with pytest.raises(JobInterrupted):
         job.wait()
-    job.wait(10)
+    job.wait(PATIENCE)
     assert job.state is JobState.STOPPED and job.node is None
 
 
@@ -474,7 +481,7 @@ def test_extend(devnode: DevNode, net: ApiNetwork) -> None:
     job.extend(30)  # an int is seconds
     assert devnode.job(job.address).timeout == 150
     job.stop()
-    job.wait(15)
+    job.wait(PATIENCE)
     with pytest.raises(JobFailed, match="is not running"):
         job.extend("1m")
 
@@ -486,18 +493,27 @@ def test_extend_past_the_original_expiry_finishes_ok(
     import nosana_magic.job as job_module
 
     monkeypatch.setattr(job_module, "EXPIRY_MARGIN_S", 0.5)
-    job = ConfidentialJob(None, net, source=text(definition(op("a", "sleep 6; echo done"))),
-                          timeout=3, results_timeout=1.0)
+    # The op runs until the test lets it end, once the original expiry and every margin the
+    # client's wait could have used are past.
+    work = "while [ ! -e go ]; do sleep 0.05; done; echo done"
+    job = ConfidentialJob(None, net, source=text(definition(op("a", work))),
+                          timeout=5, results_timeout=1.0)
     job.start()
     _until(lambda: job.phase == "running")
     job.extend(60)
-    job.wait(30)
+    started = job.started_at
+    assert started is not None and job.address is not None and devnode.workdir is not None
+    _until(lambda: time.time() > started + 5 + 0.5 + 1.0 + 1.0)
+    # Neither a results GET nor a stop came at the original expiry.
+    assert job.phase == "running" and not job.done, job.phase
+    (devnode.workdir / job.address / "go").touch()
+    job.wait(PATIENCE)
     assert job.ok, job._error_line()
     assert job.status == "succeeded" and job.host_status == "success"
     assert job.ops["a"].logs[-1].text == "done"
     assert not any("stopped" in w for w in job.warnings), job.warnings
     assert job.address is not None
-    _until(lambda: devnode.job(job.address or "").state is JobState.COMPLETED, 10)
+    _until(lambda: devnode.job(job.address or "").state is JobState.COMPLETED)
 
 
 def test_attach_streams_the_history_and_collects_the_results(
@@ -512,8 +528,8 @@ def test_attach_streams_the_history_and_collects_the_results(
     other = network_for(devnode, wallet=net.wallet)
     attached = ConfidentialJob.attach(original.address, other)
     assert attached is not original
-    attached.wait(20)
-    original.wait(20)
+    attached.wait(PATIENCE)
+    original.wait(PATIENCE)
     assert attached.ok and attached.results == {"acc": 0.9}
     assert [line.text for line in attached.logs][:5] == [
         line.text for line in original.logs
@@ -530,6 +546,8 @@ def test_attach_to_a_finished_job_replays_a_long_log_whole(
     other = network_for(devnode, wallet=net.wallet)
     attached = ConfidentialJob.attach(original.address, other)
     attached.wait(60)
+    # Its ~1 MB result may take seconds to arrive on a busy machine: still collected.
+    assert attached.ok, attached._error_line()
     # The replay outlasts a fixed drain time; the drain follows it to the last line.
     assert attached.stdout == original.stdout
     assert attached.stdout.count("\n") == 14_999
@@ -541,11 +559,11 @@ def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork
     _until(lambda: job.phase == "queued")
     stranger = network_for(devnode)
     attached = ConfidentialJob.attach(job.address or "", stranger)
-    attached.wait(10)
+    attached.wait(PATIENCE)
     assert attached.status == "failed"
     assert "not by this wallet" in str(attached.error)
     job.stop()
-    job.wait(10)
+    job.wait(PATIENCE)
 
 
 # --------------------------------------------------------------------------- variants, API
@@ -575,7 +593,7 @@ def test_listeners_get_events_and_cannot_break_the_job(devnode: DevNode, net: Ap
     job = _run(net, definition(op("a", "echo hi")), wait=False)
     job.subscribe(broken)
     unsubscribe = job.subscribe(listen)
-    job.wait(20)
+    job.wait(PATIENCE)
     assert job.ok
     kinds = [event.kind for event in events]
     assert kinds[-1] == "done" and "log" in kinds and "state" in kinds
@@ -625,11 +643,11 @@ def test_wallet_of_the_network_signs(devnode: DevNode, net: ApiNetwork) -> None:
 def test_stop_while_the_definition_is_being_sent(devnode: DevNode, net: ApiNetwork) -> None:
     faults = devnode.config.faults
     faults.stall_route = "job-definition$"
-    faults.stall_seconds = 1.0
+    faults.stall_seconds = 3 * PATIENCE  # ends when the devnode stops
     job = _run(net, definition(op("a", "echo never")), wait=False)
     _until(lambda: job.phase == "sending-definition")
     job.stop()
-    job.wait(15)
+    job.wait(PATIENCE)
     assert job.status == "stopped" and job.error is None
     assert job.state is not None and job.state.done
     assert not any(line.text == "never" for line in job.logs)
@@ -647,7 +665,7 @@ def test_losing_the_ledger_while_queued_fails_within_the_retry_bound(
     _until(lambda: job.phase == "queued")
     assert job.address is not None
     del devnode.ledger.jobs[job.address]  # the ledger forgets the job: 404 from now on
-    job.wait(10)
+    job.wait(PATIENCE)
     assert job.status == "lost"
     assert str(job.error).startswith(f"lost track of job {job.address}: local network: GET ")
     assert "404 job not found" in str(job.error)
@@ -673,7 +691,7 @@ def test_a_ledger_that_fails_after_each_first_answer_is_given_up_on(
 
     monkeypatch.setattr(net, "watch", flaky_watch)
     job.start()
-    job.wait(10)
+    job.wait(PATIENCE)
     assert job.status == "lost"
     assert str(job.error) == (
         f"lost track of job {job.address}: local network: GET /api/jobs: 502"
@@ -688,12 +706,16 @@ def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
     faults = devnode.config.faults
     faults.fail_routes = "/info$"
     faults.fail_requests = 8  # more than one retry streak of the client can absorb
-    job = ConfidentialJob(None, net, source=text(definition(op("a", "sleep 2.5; echo done"))),
+    # The op runs until every failure was served (the test then lets it end).
+    work = "while [ ! -e go ]; do sleep 0.05; done; echo done"
+    job = ConfidentialJob(None, net, source=text(definition(op("a", work))),
                           timeout=60, retry=Retry(first=0.05, cap=0.1, attempts=4, total=5))
     job.start()
-    job.wait(30)
+    _until(lambda: faults.fail_requests == 0 and job.phase == "running")
+    assert job.address is not None and devnode.workdir is not None
+    (devnode.workdir / job.address / "go").touch()
+    job.wait(PATIENCE)
     assert job.ok, job._error_line()
-    assert faults.fail_requests == 0
     assert any(w.startswith("/info interrupted (resuming)") for w in job.warnings)
     assert job.ops["a"].logs[-1].text == "done"
 
@@ -716,12 +738,13 @@ def test_a_failure_while_running_stops_the_job_on_the_host_first(
 
     monkeypatch.setattr(HostClient, "send_definition", answer_lost)
     monkeypatch.setattr(net, "stop", ledger_too_slow)
+    devnode.config.results_window = 1.0  # nobody collects: the ledger ends after the window
     job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
     job.wait(30)
     assert job.status == "failed" and "refused" in str(job.error)
     assert f"job {job.address} was stopped after the failure" in job.warnings, job.warnings
     assert job.address is not None
-    _until(lambda: devnode.job(job.address or "").state.done, 15)
+    _until(lambda: devnode.job(job.address or "").state.done)
 
 
 def test_stop_while_the_machine_is_finishing_is_a_no_op(
@@ -734,7 +757,7 @@ def test_stop_while_the_machine_is_finishing_is_a_no_op(
     from nosana_magic.host import HostClient, HostError
 
     send, aclose = HostClient.send_definition, HostClient.aclose
-    closed = threading.Event()
+    closed, release = threading.Event(), threading.Event()
 
     async def answer_lost(self: HostClient, body: bytes, *, timeout: float = 60.0) -> None:
         await send(self, body, timeout=timeout)
@@ -743,15 +766,19 @@ def test_stop_while_the_machine_is_finishing_is_a_no_op(
     async def slow_close(self: HostClient) -> None:
         await aclose(self)
         closed.set()
-        await asyncio.sleep(1.0)  # the machine is still finishing
+        # The machine is still finishing, until the test has called stop() (bounded).
+        deadline = time.monotonic() + PATIENCE
+        while not release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     monkeypatch.setattr(HostClient, "send_definition", answer_lost)
     monkeypatch.setattr(HostClient, "aclose", slow_close)
     job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
-    assert closed.wait(30)
+    assert closed.wait(PATIENCE)
     assert not job.done and job.state is JobState.RUNNING
     job.stop()  # no RuntimeError from the closed client
-    job.wait(15)
+    release.set()
+    job.wait(PATIENCE)
     assert job.status == "failed" and "refused" in str(job.error)
 
 
@@ -778,15 +805,17 @@ def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     root = Path(__file__).resolve().parents[1]
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root),
+                       "TMPDIR": os.environ.get("TMPDIR", "/tmp")},  # the session's
     )
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Started the local Nosana network at http://127.0.0.1:")
     assert lines[1].startswith("running ")
-    assert elapsed < 15
+    # Not the op's end (60 s): the exit stopped it. A slow machine may take a while to start.
+    assert elapsed < 45
     # The job's processes did not outlive the script (the devnode killed them at exit).
     from .conftest import processes_of_jobs
 

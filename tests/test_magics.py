@@ -30,6 +30,8 @@ from nosana_magic.magics import NosanaMagics, SpendNotConfirmed
 from nosana_magic.network.base import Market
 from nosana_magic.secrets import SecretError
 
+from .waiting import PATIENCE
+
 MAGIC = "nosana_confidential"
 
 
@@ -97,7 +99,7 @@ def isolated(devnode: DevNode, shell: InteractiveShell, magics: NosanaMagics,
         shell.run_cell("pass")
 
 
-def _until(check: Any, timeout: float = 15.0) -> None:
+def _until(check: Any, timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -133,8 +135,11 @@ def test_the_handle_lands_in_out(shell: InteractiveShell) -> None:
 
 
 def test_background_returns_at_once_and_prints_the_summary_later(
-        shell: InteractiveShell) -> None:
-    slow = cell(op("slow", "sleep 1; echo done"))
+        shell: InteractiveShell, devnode: DevNode) -> None:
+    # The op runs until the test lets it end (or 30 s pass): a cell that waited for the job
+    # would return only then.
+    slow = cell(op("slow", "i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.05; "
+                           "i=$((i+1)); done; echo done"))
     with capture_output() as captured:
         start = time.monotonic()
         result = shell.run_cell(f"%%{MAGIC} -b -o bg\n{slow}", store_history=True)
@@ -143,10 +148,15 @@ def test_background_returns_at_once_and_prints_the_summary_later(
     assert result.result is None
     job = shell.user_ns["bg"]
     assert isinstance(job, ConfidentialJob)
-    assert returned < 1.0 and not job.done
+    assert returned < PATIENCE / 2 and not job.done
     assert "running in background" in captured.stdout
     assert "done" not in captured.stdout  # the loop thread never prints
-    job.wait(30)
+    _until(lambda: job.phase == "running")
+    workdir = devnode.workdir
+    assert workdir is not None and job.address is not None
+    (workdir / job.address / "go").touch()
+    job.wait(PATIENCE)
+    assert job.ops["slow"].logs[-1].text == "done"
     with capture_output() as later:
         shell.run_cell("bg.ok", store_history=True)
     assert f"nosana job {job.address} on local: succeeded" in later.stdout
@@ -261,7 +271,7 @@ def test_empty_cell_is_a_usage_error(shell: InteractiveShell) -> None:
 def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: DevNode) -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
-    body = cell(op("long", "echo started; sleep 60"))
+    body = cell(op("long", "echo started; sleep 300"))
 
     def interrupt_once_running() -> None:
         _until(lambda: any(j.phase == "running" and j.logs for j in _live_jobs()))
@@ -272,10 +282,11 @@ def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: De
     with capture_output() as captured:
         start = time.monotonic()
         result = shell.run_cell(f"%%{MAGIC} -o stopped\n{body}")
-    timer.join(5)
+    timer.join(PATIENCE)
     job = shell.user_ns["stopped"]
     assert isinstance(result.error_in_exec, JobInterrupted)
-    assert time.monotonic() - start < 20
+    # The stop and the wait for the end (at most 10 s), not the op's 300 s.
+    assert time.monotonic() - start < 2 * PATIENCE
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     # The cell waited for the end of the job, so its summary is the final one.
     assert job.done and job.status == "stopped"
@@ -314,14 +325,14 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     try:
         with capture_output() as captured:
             result = shell.run_cell(f"%%{MAGIC} -o stopped2\n{body}")
-        timer.join(5)
+        timer.join(PATIENCE)
     finally:
         faults.fail_requests = 0
     job = shell.user_ns["stopped2"]
     assert isinstance(result.error_in_exec, JobInterrupted), repr(result.error_in_exec)
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     assert "still stopping it" in captured.stderr
-    job.wait(20)
+    job.wait(PATIENCE)
     assert job.status == "stopped" and devnode.job(job.address).state.done
 
 
@@ -349,7 +360,7 @@ def test_stop_a_background_job(shell: InteractiveShell) -> None:
         job = shell.run_line_magic("nosana", "status")  # -b without -o: the latest job
         _until(lambda: job.phase == "running")
         shell.run_line_magic("nosana", f"stop {job.address[:10]}")
-    job.wait(15)
+    job.wait(PATIENCE)
     assert job.status == "stopped"
     # %nosana stop waited for the end and said how the job ended.
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"

@@ -26,6 +26,8 @@ from nosana_magic.network.markets import (
     rent_exempt_lamports,
 )
 
+from .waiting import PATIENCE
+
 A4090 = "97G9NnvBDQ2WpKu6fasoMsAKmfj63C9rhysJnkeWodAf"
 
 
@@ -215,7 +217,7 @@ async def test_unreachable_api_falls_back_quickly() -> None:
     ref = await directory.resolve("nvidia-4090")
     await directory.aclose()
     assert ref.address == A4090
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < PATIENCE / 3  # one refused connection, no retry storm
 
 
 async def test_slow_api_is_cut_off_by_the_short_timeout() -> None:

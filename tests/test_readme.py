@@ -83,7 +83,7 @@ def test_the_readme_example_runs_verbatim_on_the_default_network(
 
     # Every other block whose last line says what it shows (``# (0.25, 0, 'loss=0.25')``)
     # shows exactly that.
-    for cell, output in zip(cells[3:], outputs[3:]):
+    for cell, output in zip(cells[3:], outputs[3:], strict=True):
         shown = cell.rstrip().splitlines()[-1].partition("#")[2].strip()
         if shown:
             assert repr(output) == shown, cell

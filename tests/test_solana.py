@@ -22,6 +22,8 @@ from nosana_magic.protocol import digest_to_cid
 from nosana_magic.settings import Settings
 from tests.fakes.solana_env import NOS, FakeSolana
 
+from .waiting import PATIENCE
+
 CID = "QmNLei78zWmzUdbeRB3CiUfAizWUrbeeZh5K1rhAQKCh51"  # any CIDv0 will do here
 A4090 = MAINNET_MARKETS["nvidia-4090"]
 
@@ -33,7 +35,7 @@ def env() -> Iterator[FakeSolana]:
         yield fake
 
 
-async def collect(net: SolanaNetwork, job: str, timeout: float = 15.0) -> list[JobInfo]:
+async def collect(net: SolanaNetwork, job: str, timeout: float = PATIENCE) -> list[JobInfo]:
     seen: list[JobInfo] = []
 
     async def run() -> None:
@@ -250,8 +252,15 @@ async def test_watch_polls_when_there_is_no_websocket(env: FakeSolana) -> None:
     env.add_market("nvidia-4090", nodes=1)
     net = env.network(use_websocket=False, poll_interval_s=0.05)
     listing = await net.post(CID, await net.market("nvidia-4090"), 600)
-    later(0.2, env.chain.node_finish, Pubkey.from_string(listing.job))
-    seen = await collect(net, listing.job)
+    seen: list[JobInfo] = []
+
+    async def follow() -> None:
+        async for info in net.watch(listing.job):
+            seen.append(info)
+            if len(seen) == 1:  # the node finishes once the watch has seen it run
+                env.chain.node_finish(Pubkey.from_string(listing.job))
+
+    await asyncio.wait_for(follow(), PATIENCE)
     assert [i.state for i in seen] == [JobState.RUNNING, JobState.COMPLETED]
     assert env.rpc.calls["accountSubscribe"] == 0
     await net.aclose()
@@ -272,7 +281,7 @@ async def test_watch_of_a_done_job_returns_at_once(env: FakeSolana) -> None:
     net = env.network()
     listing = await net.post(CID, await net.market("nvidia-4090"), 600)
     env.chain.node_finish(Pubkey.from_string(listing.job))
-    seen = await collect(net, listing.job, timeout=2)
+    seen = await collect(net, listing.job)
     assert [i.state for i in seen] == [JobState.COMPLETED]
     await net.aclose()
 
@@ -335,7 +344,7 @@ async def test_watch_gives_up_on_a_missing_result_after_the_grace(env: FakeSolan
     net = env.network(result_grace_s=0.3)
     listing = await net.post(CID, await net.market("nvidia-4090"), 600)
     await net.stop(listing.job)
-    seen = await collect(net, listing.job, timeout=5)
+    seen = await collect(net, listing.job)
     assert [i.state for i in seen] == [JobState.COMPLETED]
     await net.aclose()
 

@@ -35,6 +35,7 @@ from nosana_magic.network.solana import SolanaNetwork
 from nosana_magic.protocol import cid_to_digest
 from tests.fakes.bridge import ChainBridge
 from tests.fakes.solana_env import NOS, PINATA_JWT, FakeSolana
+from tests.waiting import PATIENCE
 
 SECRET = "s3cr3t-HF-token-on-mainnet"
 PRICE = 115  # NOS base units per second, as nvidia-4090 in the docs' example
@@ -63,7 +64,7 @@ TRAIN = cell(op(
 def mainnet(tmp_path: Path) -> Iterator[tuple[FakeSolana, DevNode, ChainBridge]]:
     """A fake mainnet whose nvidia-4090 market is served by two devnode hosts."""
     config = DevNodeConfig(
-        hosts=2, pickup_delay=None, results_window=10, sse_interval=0.05, stop_timeout=5,
+        hosts=2, pickup_delay=None, results_window=10, sse_interval=0.05, stop_timeout=30,
         markets=[MarketConfig("nvidia-4090", "NVIDIA 4090", price=PRICE, job_timeout=86_400)],
     )
     with DevNode(config) as devnode, FakeSolana(pinata_store=devnode.ipfs) as env:
@@ -202,7 +203,7 @@ def test_the_magic_on_mainnet(shell: InteractiveShell,
     serve = (
         "import http.server as h\n"
         f"s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n"
-        "s.timeout = 20\n"
+        "s.timeout = 120\n"
         "s.handle_request()\n"
         "print('served')\n"
     )
@@ -219,7 +220,7 @@ def test_the_magic_on_mainnet(shell: InteractiveShell,
         deadline = time.monotonic() + 30
         while not job.urls and not job.done and time.monotonic() < deadline:
             time.sleep(0.05)
-        with httpx.Client(trust_env=False, timeout=5) as client:
+        with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
             while time.monotonic() < deadline and not job.done:
                 try:
                     response = client.get(job.urls[0].url + "/")
@@ -246,7 +247,7 @@ def test_the_magic_on_mainnet(shell: InteractiveShell,
         result = shell.run_cell_magic(
             "nosana_confidential",
             "--network mainnet --market nvidia-4090 --timeout 10m --yes -o job", body)
-    helper.join(10)
+    helper.join(PATIENCE)
     job = shell.user_ns["job"]
     assert result is None and isinstance(job, ConfidentialJob)  # -o: the handle is in `job`
     assert job.ok, job.error

@@ -14,7 +14,7 @@ import uvicorn
 class LoopbackServer:
     """``with LoopbackServer(app) as server: server.url`` -> ``http://127.0.0.1:PORT``."""
 
-    def __init__(self, app: Any, *, start_timeout_s: float = 10.0) -> None:
+    def __init__(self, app: Any, *, start_timeout_s: float = 30.0) -> None:
         self.app = app
         self.start_timeout_s = start_timeout_s
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
