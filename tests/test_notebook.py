@@ -130,7 +130,7 @@ def test_the_job_cell_shows_one_live_view_and_no_stale_snapshot(
     assert "Started the local Nosana network" in _text(job, stream="stdout")
 
 
-def test_the_summary_survives_without_widget_state(executed: tuple[Any, str], port: int) -> None:
+def test_the_summary_survives_without_widget_state(executed: tuple[Any, str]) -> None:
     nb, _ = executed
     # The display handle of the job cell was updated in place when the job ended (from a
     # later cell's execution): plain text, readable with no widget manager.
