@@ -1,0 +1,1052 @@
+"""The local store: every job this user runs, kept in one SQLite database in the data dir.
+
+Per job it holds the network, market, address, node and placeholder CID; the definition as
+the user wrote it (its ``${…}`` references unresolved: never a secret value); its parameters;
+its states and times, cost, results, warnings; its private URLs while they are valid; and its
+redacted logs, in compressed chunks. A finished job can then be listed, loaded and read back
+in any process, with no network (docs/experiments.md).
+
+Writing. Each process has one writer thread per database, and only it writes job records.
+The package's loop thread and the main thread hand it work through a :class:`JobRecorder`
+and never wait for the disk: field updates are coalesced, log lines are buffered, and the
+writer commits whatever arrived in one transaction at least every :data:`FLUSH_INTERVAL_S`,
+so a crash loses at most the last second. The database is in WAL mode with a busy timeout,
+so several processes (kernels) of one user write and read it at once; each job's log has one
+owner (the process that records it: the last to attach), so two followers never interleave.
+
+Reading. Each read opens its own short-lived connection: any thread may read, and a long log
+is read back chunk by chunk (:meth:`Store.iter_logs`), or by line range.
+
+Bounds. A job keeps at most :data:`MAX_LOG_BYTES` of log: the first half and the last half.
+The lines between are counted, and reading the log back puts one marker line in their place.
+
+Files: ``runs.sqlite3`` and its ``-wal``/``-shm`` files in the data dir, mode 0600. The schema
+has a version (``PRAGMA user_version``) and migrates forward when opened; a database written
+by a newer version is refused in one line, never changed.
+
+Nothing secret is written: the job's redactor runs over every text that goes in (log lines,
+results, warnings, errors, the definition), and the definition is stored unresolved.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import NosanaError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = [
+    "DB_FILE",
+    "FLUSH_INTERVAL_S",
+    "MAX_LOG_BYTES",
+    "SCHEMA_VERSION",
+    "JobRecord",
+    "JobRecorder",
+    "LogRecord",
+    "Store",
+    "StoreError",
+    "StoredUrl",
+    "default_path",
+    "open_store",
+]
+
+log = logging.getLogger(__name__)
+
+#: The database's file name in the data dir.
+DB_FILE = "runs.sqlite3"
+#: The writer commits what arrived at least this often (seconds): a crash loses less than this.
+FLUSH_INTERVAL_S = 0.25
+#: Log kept per job (bytes of encoded lines, about the text plus 30 bytes a line): the first
+#: half and the last half of the log.
+MAX_LOG_BYTES = 128 * 2**20
+#: A chunk of log is rewritten while it is smaller than this, then a new one starts.
+CHUNK_BYTES = 64 * 2**10
+#: Lines waiting for the writer, per job, beyond which new lines are counted but dropped (a
+#: writer that cannot commit must not grow the process without bound).
+MAX_PENDING_BYTES = 32 * 2**20
+#: How long a connection waits for another process's transaction (seconds).
+BUSY_TIMEOUT_S = 10.0
+#: A recorder writes at least this often while its job runs, so a record whose writer died
+#: (its kernel was killed) is seen as such: :attr:`JobRecord.stale`.
+HEARTBEAT_S = 10.0
+#: After this long failing to commit, the writer drops what it holds and says so once.
+GIVE_UP_S = 60.0
+
+
+class StoreError(NosanaError):
+    """The store cannot be opened or read, or a job is not in it; the message says which."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+class LineLike(Protocol):
+    """What the recorder reads of a log line (``job.LogLine`` has these attributes)."""
+
+    @property
+    def op_id(self) -> str | None: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def timestamp(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One stored log line. ``index`` counts every line the job printed, kept or not; the
+    marker standing for the lines not kept has ``index=None`` and ``stream="store"``."""
+
+    index: int | None
+    timestamp: float
+    stream: str
+    op_id: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class StoredUrl:
+    """A service URL of a job, kept until ``expires_at`` (the job's end, or its timeout)."""
+
+    url: str
+    port: int | float | str
+    op_id: str
+    private: bool
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as the store holds it (a snapshot; fields a recorder never set are ``None``)."""
+
+    key: str
+    network: str
+    created_at: float
+    address: str | None = None
+    market: str | None = None
+    node: str | None = None
+    placeholder: str | None = None
+    definition: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    status: str | None = None
+    phase: str | None = None
+    host_status: str | None = None
+    finished: bool = False
+    started_at: float | None = None
+    ended_at: float | None = None
+    seen_at: float | None = None
+    timeout: int | None = None
+    price: float | None = None
+    cost: float | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    ops: dict[str, Any] = field(default_factory=dict)
+    urls: list[StoredUrl] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    log_lines: int = 0
+    log_dropped: int = 0
+    pid: int | None = None
+    hostname: str | None = None
+
+    @property
+    def stale(self) -> bool:
+        """Not finished, and its writer has not written for a while (its process died)."""
+        last = self.seen_at or self.created_at
+        return not self.finished and time.time() - last > 3 * HEARTBEAT_S
+
+    @property
+    def log_truncated(self) -> bool:
+        """Some of the job's log lines were not kept (see :data:`MAX_LOG_BYTES`)."""
+        return self.log_dropped > 0
+
+
+# --------------------------------------------------------------------------- the schema
+
+# Each step migrates from version i to i + 1, in one transaction. Never edit a released step:
+# add one.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs and their log chunks.
+    """
+    CREATE TABLE jobs (
+        key TEXT PRIMARY KEY,
+        network TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        address TEXT,
+        market TEXT,
+        node TEXT,
+        placeholder TEXT,
+        definition TEXT,
+        params TEXT,
+        status TEXT,
+        phase TEXT,
+        host_status TEXT,
+        finished INTEGER NOT NULL DEFAULT 0,
+        started_at REAL,
+        ended_at REAL,
+        seen_at REAL,
+        timeout INTEGER,
+        price REAL,
+        cost REAL,
+        results TEXT,
+        ops TEXT,
+        urls TEXT,
+        urls_expire_at REAL,
+        warnings TEXT,
+        error TEXT,
+        timings TEXT,
+        log_lines INTEGER NOT NULL DEFAULT 0,
+        log_dropped INTEGER NOT NULL DEFAULT 0,
+        writer TEXT,
+        pid INTEGER,
+        hostname TEXT
+    );
+    CREATE INDEX jobs_created ON jobs (created_at);
+    CREATE INDEX jobs_address ON jobs (address);
+    CREATE TABLE log_chunks (
+        job_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        first_index INTEGER NOT NULL,
+        lines INTEGER NOT NULL,
+        raw_bytes INTEGER NOT NULL,
+        head INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_key, seq)
+    ) WITHOUT ROWID;
+    """,
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+#: Job fields a recorder may set, and whether each is stored as JSON.
+_FIELDS: dict[str, bool] = {
+    "network": False, "address": False, "market": False, "node": False, "placeholder": False,
+    "definition": True, "params": True, "status": False, "phase": False,
+    "host_status": False, "started_at": False, "ended_at": False, "timeout": False,
+    "price": False, "cost": False, "results": True, "ops": True, "urls": True,
+    "warnings": True, "error": False, "timings": True,
+}
+_TEXT_FIELDS = frozenset({"status", "phase", "host_status", "error", "node", "market"})
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema up to :data:`SCHEMA_VERSION` (another process may be doing it too:
+    the version is read again inside the write transaction)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the local store {path} has schema version {version}, newer than this "
+                f"nosana_magic knows ({SCHEMA_VERSION}): upgrade nosana_magic to read it")
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` mode 0600 (SQLite gives its -wal and -shm files the same mode), or
+    tighten an existing one: the store is this user's alone."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.name == "posix" and os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, busy timeout."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across a process crash
+        conn.execute("PRAGMA secure_delete = ON")  # forgotten records leave no bytes behind
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _scrub(conn: sqlite3.Connection) -> None:
+    """After a removal: move the WAL into the database and empty it, so that removed bytes
+    (zeroed in the database by ``secure_delete``) leave the ``-wal`` file too. Best effort,
+    briefly: a reader in the middle of a read keeps the WAL until the next removal."""
+    conn.execute("PRAGMA busy_timeout = 1000")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError as exc:
+        log.debug("checkpoint after a removal: %s", exc)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+
+def _open_database(path: Path) -> None:
+    """Create or migrate the database at ``path``; :class:`StoreError` in one line if not."""
+    try:
+        _private_file(path)
+        conn = _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open the local store {path}: {_reason(exc)}") from None
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:  # two processes creating the database at once: one switches it to WAL
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open the local store {path}: {_reason(exc)}") from None
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            side = path.with_name(path.name + suffix)
+            if os.name == "posix" and side.stat().st_mode & 0o077:
+                side.chmod(0o600)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text
+
+
+# --------------------------------------------------------------------------- encoding
+
+#: A log line as the writer holds it: (timestamp, stream, op id, text).
+_Line = tuple[float, str, str | None, str]
+
+
+def _redact_tree(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact(str(k)): _redact_tree(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_tree(v, redact) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps``'s fallback: dataclasses and objects with ``model_dump``/``item``, else
+    their text (a stored record is for reading back, never for running)."""
+    for name in ("model_dump", "item"):
+        method = getattr(value, name, None)
+        if callable(method):
+            return method()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    return str(value)
+
+
+def _dumps(value: Any, redact: Callable[[str], str] | None) -> str:
+    if redact is not None:
+        # Through JSON first, so objects become plain data whose every string is redacted.
+        value = _redact_tree(json.loads(json.dumps(value, default=_jsonable)), redact)
+    return json.dumps(value, default=_jsonable, ensure_ascii=False)
+
+
+def _encode_chunk(lines: Sequence[_Line]) -> bytes:
+    """Lines as one JSON document of four columns (one C-speed call, not one per line)."""
+    columns = ([line[0] for line in lines], [line[1] for line in lines],
+               [line[2] for line in lines], [line[3] for line in lines])
+    return json.dumps(columns, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass")
+
+
+def _decode_chunk(data: bytes) -> list[_Line]:
+    stamps, streams, ops, texts = json.loads(zlib.decompress(data).decode("utf-8",
+                                                                          "surrogatepass"))
+    return list(zip(stamps, streams, ops, texts, strict=True))
+
+
+# --------------------------------------------------------------------------- recorders
+
+
+class JobRecorder:
+    """Records one job as it goes. Any thread may call it; nothing here waits for the disk.
+
+    Made by :meth:`Store.record` (a new job) or :meth:`Store.take_over` (a job recorded
+    before, e.g. by a kernel that restarted). ``redactor`` (anything with ``redact(text)``)
+    runs over every text stored; it may be set once the job knows its secrets.
+    """
+
+    def __init__(self, store: Store, key: str, redactor: Any = None) -> None:
+        self.store = store
+        self.key = key
+        self.redactor = redactor
+        self._lock = threading.Lock()
+        self._fields: dict[str, Any] = {}
+        self._lines: list[_Line] = []
+        self._pending_bytes = 0
+        self._dropped = 0
+        self.finished = False
+
+    def _redact(self) -> Callable[[str], str] | None:
+        redactor = self.redactor
+        return redactor.redact if redactor else None
+
+    def update(self, **fields: Any) -> None:
+        """Set fields of the job's record (the latest value of each is written)."""
+        values = self._encode(fields)
+        with self._lock:
+            self._fields.update(values)
+        self.store._writer.touch(self)
+
+    def _encode(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        redact = self._redact()
+        values: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name not in _FIELDS:
+                raise TypeError(f"JobRecorder.update: unknown field {name!r}")
+            if name == "urls":
+                values["urls_expire_at"] = _urls_expiry(value)
+            if value is None:
+                values[name] = None
+            elif _FIELDS[name]:
+                values[name] = _dumps(value, redact)
+            elif name in _TEXT_FIELDS and redact is not None:
+                values[name] = redact(str(value))
+            else:
+                values[name] = value
+        return values
+
+    def append_logs(self, lines: Iterable[LineLike]) -> None:
+        """Add log lines (they are redacted, compressed and written by the writer)."""
+        batch = [(line.timestamp, line.stream, line.op_id, line.text) for line in lines]
+        if not batch:
+            return
+        size = sum(len(item[3]) for item in batch) + 32 * len(batch)
+        with self._lock:
+            if self._pending_bytes + size > MAX_PENDING_BYTES:
+                self._dropped += len(batch)
+            else:
+                self._lines.extend(batch)
+                self._pending_bytes += size
+        self.store._writer.touch(self, size)
+
+    def finish(self, **fields: Any) -> None:
+        """The last fields of a job that ended; the writer commits them at once."""
+        self.update(**fields)
+        with self._lock:
+            self.finished = True
+        self.store._writer.touch(self, urgent=True)
+
+    def _take(self) -> tuple[dict[str, Any], list[_Line], int, bool]:
+        with self._lock:
+            fields, self._fields = self._fields, {}
+            lines, self._lines = self._lines, []
+            dropped, self._dropped = self._dropped, 0
+            self._pending_bytes = 0
+            return fields, lines, dropped, self.finished
+
+    def _give_back(self, fields: dict[str, Any], lines: list[_Line], dropped: int) -> None:
+        """A batch that could not be committed goes back in front of what came since."""
+        with self._lock:
+            self._fields = {**fields, **self._fields}
+            self._lines = lines + self._lines
+            self._dropped += dropped
+            self._pending_bytes += sum(len(item[3]) + 32 for item in lines)
+
+    def __repr__(self) -> str:
+        return f"<JobRecorder {self.key[:8]} {self.store.path}>"
+
+
+def _urls_expiry(urls: Any) -> float | None:
+    """When a list of URLs stops being valid: the earliest ``expires_at`` of its entries."""
+    stamps = [u.get("expires_at") if isinstance(u, Mapping) else getattr(u, "expires_at", None)
+              for u in (urls or [])]
+    known = [s for s in stamps if isinstance(s, (int, float))]
+    return min(known) if known else None
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+@dataclass
+class _OpenChunk:
+    """The job's last chunk while it is small: rewritten with the next lines."""
+
+    seq: int
+    first: int
+    lines: list[_Line]
+    raw: int
+    head: bool
+
+
+@dataclass
+class _LogState:
+    """What the writer knows of one job's stored log (read from the database once)."""
+
+    next_index: int
+    head_bytes: int
+    tail: list[list[int]]  # [seq, lines, raw bytes] of each tail chunk, oldest first
+    next_seq: int
+    open: _OpenChunk | None = None
+
+
+class _Writer:
+    """The one thread that writes a store's job records, with the one writing connection."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._dirty: dict[str, JobRecorder] = {}
+        self._live: dict[str, JobRecorder] = {}
+        self._inserts: list[dict[str, Any]] = []
+        self._takeovers: list[str] = []
+        self._waiters: list[threading.Event] = []
+        self._logs: dict[str, _LogState] = {}
+        self._closing = False
+        self._failing_since: float | None = None
+        self._last_heartbeat = time.monotonic()
+        self._last_purge = 0.0
+        self._thread = threading.Thread(target=self._run, name="nosana-store", daemon=True)
+        self._thread.start()
+
+    # -- from any thread ------------------------------------------------------------------
+
+    def insert(self, row: dict[str, Any], recorder: JobRecorder) -> None:
+        with self._lock:
+            self._inserts.append(row)
+            self._live[recorder.key] = recorder
+        self._wake.set()
+
+    def take_over(self, recorder: JobRecorder) -> None:
+        with self._lock:
+            self._takeovers.append(recorder.key)
+            self._live[recorder.key] = recorder
+        self._wake.set()
+
+    def touch(self, recorder: JobRecorder, size: int = 0, *, urgent: bool = False) -> None:
+        with self._lock:
+            self._dirty[recorder.key] = recorder
+        if urgent or size >= CHUNK_BYTES:
+            self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything handed over before this call is committed (or failed)."""
+        if not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        with self._lock:
+            self._waiters.append(done)
+        self._wake.set()
+        return done.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # -- on the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            closing = self._closing
+            try:
+                if conn is None:
+                    conn = _connect(self._store.path)
+                self._cycle(conn)
+            except Exception as exc:  # never let the thread die: say it, keep going
+                self._failed(exc)
+            if closing:
+                break
+        if conn is not None:
+            conn.close()
+
+    def _cycle(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            inserts, self._inserts = self._inserts, []
+            takeovers, self._takeovers = self._takeovers, []
+            dirty, self._dirty = self._dirty, {}
+            waiters, self._waiters = self._waiters, []
+        batches = {key: (rec, *rec._take()) for key, rec in dirty.items()}
+        now = time.monotonic()
+        heartbeat = now - self._last_heartbeat >= HEARTBEAT_S
+        purge = now - self._last_purge >= HEARTBEAT_S
+        try:
+            if inserts or takeovers or batches or heartbeat or purge:
+                self._commit(conn, inserts, takeovers, batches, heartbeat, purge)
+            self._failing_since = None
+            if heartbeat:
+                self._last_heartbeat = now
+            if purge:
+                self._last_purge = now
+        except sqlite3.Error as exc:
+            self._logs.clear()  # what the rolled-back transaction wrote is unknown: re-read
+            # Busy, locked, disk full: try again later; anything else will not get better.
+            if not isinstance(exc, sqlite3.OperationalError) or self._give_up(exc):
+                self._failed(exc)
+                self._drop(dirty)
+            else:
+                with self._lock:
+                    self._inserts = inserts + self._inserts
+                    self._takeovers = takeovers + self._takeovers
+                    for key, rec in dirty.items():
+                        self._dirty.setdefault(key, rec)
+                for rec, fields, lines, dropped, _ in batches.values():
+                    rec._give_back(fields, lines, dropped)
+        finally:
+            for waiter in waiters:
+                waiter.set()
+        for key, (_, _, _, _, finished) in batches.items():
+            if finished:
+                with self._lock:
+                    self._live.pop(key, None)
+                self._logs.pop(key, None)
+
+    def _give_up(self, exc: BaseException) -> bool:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("the local store %s cannot be written (%s); trying again",
+                        self._store.path, _reason(exc))
+        if now - self._failing_since < GIVE_UP_S:
+            return False
+        self._failing_since = None
+        return True
+
+    def _drop(self, dirty: Mapping[str, JobRecorder]) -> None:
+        for rec in dirty.values():
+            rec._take()
+
+    def _failed(self, exc: BaseException) -> None:
+        """Say once, in one line, that records were lost (the jobs themselves go on)."""
+        self._store.error = f"the local store lost records: {type(exc).__name__}: " \
+                            f"{_reason(exc)}"
+        log.warning("%s", self._store.error)
+
+    def _commit(self, conn: sqlite3.Connection, inserts: list[dict[str, Any]],
+                takeovers: list[str],
+                batches: Mapping[str, tuple[JobRecorder, dict[str, Any], list[_Line], int,
+                                            bool]],
+                heartbeat: bool, purge: bool) -> None:
+        writer = self._store.writer_id
+        stamp = time.time()
+        purged = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in inserts:
+                names = ", ".join(row)
+                marks = ", ".join("?" * len(row))
+                conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(row.values()))
+            for key in takeovers:
+                conn.execute("UPDATE jobs SET writer = ?, pid = ?, hostname = ?, seen_at = ? "
+                             "WHERE key = ?", (writer, os.getpid(), _HOSTNAME, stamp, key))
+                self._logs.pop(key, None)
+            for rec, fields, lines, dropped, finished in batches.values():
+                self._write_job(conn, rec, fields, lines, dropped, finished, stamp)
+            if heartbeat:
+                with self._lock:
+                    live = list(self._live)
+                conn.executemany("UPDATE jobs SET seen_at = ? WHERE key = ? AND writer = ?",
+                                 [(stamp, key, writer) for key in live])
+            if purge:  # a private URL is a key to the service: gone once it is dead
+                purged = conn.execute(
+                    "UPDATE jobs SET urls = NULL, urls_expire_at = NULL "
+                    "WHERE urls_expire_at IS NOT NULL AND urls_expire_at < ?",
+                    (stamp,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        if purged:
+            _scrub(conn)
+
+    def _write_job(self, conn: sqlite3.Connection, rec: JobRecorder, fields: dict[str, Any],
+                   lines: list[_Line], dropped: int, finished: bool, stamp: float) -> None:
+        key = rec.key
+        row = conn.execute("SELECT writer FROM jobs WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] != self._store.writer_id:
+            return  # forgotten, or another process records this job now
+        values = {**fields, "seen_at": stamp}
+        if finished:
+            values["finished"] = 1
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        conn.execute(f"UPDATE jobs SET {assignments} WHERE key = ?", [*values.values(), key])
+        if lines or dropped:
+            self._append(conn, key, lines, dropped, rec._redact())
+
+    # -- log chunks -------------------------------------------------------------------------
+
+    def _log_state(self, conn: sqlite3.Connection, key: str) -> _LogState:
+        state = self._logs.get(key)
+        if state is not None:
+            return state
+        next_index = conn.execute("SELECT log_lines FROM jobs WHERE key = ?",
+                                  (key,)).fetchone()[0]
+        head_bytes = 0
+        tail: list[list[int]] = []
+        next_seq = 0
+        for seq, lines, raw, head in conn.execute(
+                "SELECT seq, lines, raw_bytes, head FROM log_chunks WHERE job_key = ? "
+                "ORDER BY seq", (key,)):
+            next_seq = seq + 1
+            if head:
+                head_bytes += raw
+            else:
+                tail.append([seq, lines, raw])
+        state = _LogState(next_index, head_bytes, tail, next_seq)
+        self._logs[key] = state
+        return state
+
+    def _append(self, conn: sqlite3.Connection, key: str, lines: list[_Line], dropped: int,
+                redact: Callable[[str], str] | None) -> None:
+        state = self._log_state(conn, key)
+        if redact is not None and lines:
+            lines = _redact_lines(lines, redact)
+        half = self._store.max_log_bytes // 2
+        reopen, state.open = state.open, None
+        first = reopen.first if reopen else state.next_index
+        for piece in _pieces(reopen.lines + lines if reopen else lines):
+            payload = _encode_chunk(piece)
+            if reopen is not None:
+                seq, head, grown = reopen.seq, reopen.head, len(payload) - reopen.raw
+                reopen = None
+            else:
+                seq, head, grown = state.next_seq, state.head_bytes < half, len(payload)
+                state.next_seq += 1
+            conn.execute("INSERT OR REPLACE INTO log_chunks (job_key, seq, first_index, lines, "
+                         "raw_bytes, head, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (key, seq, first, len(piece), len(payload), int(head),
+                          zlib.compress(payload, 6)))
+            if head:
+                state.head_bytes += grown
+            elif state.tail and state.tail[-1][0] == seq:
+                state.tail[-1] = [seq, len(piece), len(payload)]
+            else:
+                state.tail.append([seq, len(piece), len(payload)])
+            state.open = (_OpenChunk(seq, first, piece, len(payload), head)
+                          if len(payload) < CHUNK_BYTES else None)
+            first += len(piece)
+        if dropped:
+            state.open = None  # a gap ends the chunk: line indexes stay contiguous in one
+        state.next_index = first + dropped
+        removed = self._trim(conn, key, state, half)
+        conn.execute("UPDATE jobs SET log_lines = ?, log_dropped = log_dropped + ? "
+                     "WHERE key = ?", (state.next_index, removed + dropped, key))
+
+    def _trim(self, conn: sqlite3.Connection, key: str, state: _LogState, budget: int) -> int:
+        """Delete the oldest tail chunks beyond ``budget`` bytes; the lines they held."""
+        removed = 0
+        total = sum(raw for _, _, raw in state.tail)
+        open_seq = state.open.seq if state.open is not None else None
+        while len(state.tail) > 1 and total > budget and state.tail[0][0] != open_seq:
+            seq, lines, raw = state.tail.pop(0)
+            conn.execute("DELETE FROM log_chunks WHERE job_key = ? AND seq = ?", (key, seq))
+            removed += lines
+            total -= raw
+        return removed
+
+
+def _pieces(lines: list[_Line]) -> Iterator[list[_Line]]:
+    """``lines`` in runs of about :data:`CHUNK_BYTES` (one chunk each)."""
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        size += len(line[3]) + 32
+        if size >= CHUNK_BYTES:
+            yield lines[start:i + 1]
+            start, size = i + 1, 0
+    if start < len(lines):
+        yield lines[start:]
+
+
+def _redact_lines(lines: list[_Line], redact: Callable[[str], str]) -> list[_Line]:
+    """One pass over the batch's text; line by line only when a secret spans lines."""
+    texts = [line[3] for line in lines]
+    joined = "\n".join(texts)
+    redacted = redact(joined)
+    if redacted == joined:
+        return lines
+    parts = redacted.split("\n")
+    if len(parts) != len(lines):
+        parts = [redact(text) for text in texts]
+    return [(t, s, o, text) for (t, s, o, _), text in zip(lines, parts, strict=True)]
+
+
+_HOSTNAME = socket.gethostname()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _row_to_record(row: sqlite3.Row) -> JobRecord:
+    def loads(name: str, default: Any) -> Any:
+        text = row[name]
+        return default if text is None else json.loads(text)
+
+    now = time.time()
+    expiry = row["urls_expire_at"]
+    urls = [] if expiry is not None and expiry < now else [
+        StoredUrl(u["url"], u["port"], u["op_id"], bool(u["private"]), u.get("expires_at"))
+        for u in loads("urls", []) if isinstance(u, dict) and u.get("url")]
+    return JobRecord(
+        key=row["key"], network=row["network"], created_at=row["created_at"],
+        address=row["address"], market=row["market"], node=row["node"],
+        placeholder=row["placeholder"], definition=loads("definition", None),
+        params=loads("params", None), status=row["status"], phase=row["phase"],
+        host_status=row["host_status"], finished=bool(row["finished"]),
+        started_at=row["started_at"], ended_at=row["ended_at"], seen_at=row["seen_at"],
+        timeout=row["timeout"], price=row["price"], cost=row["cost"],
+        results=loads("results", {}), ops=loads("ops", {}), urls=urls,
+        warnings=loads("warnings", []), error=row["error"], timings=loads("timings", {}),
+        log_lines=row["log_lines"], log_dropped=row["log_dropped"], pid=row["pid"],
+        hostname=row["hostname"])
+
+
+class Store:
+    """One user's store of jobs (see the module docstring). Use :func:`open_store`."""
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 flush_interval: float = FLUSH_INTERVAL_S,
+                 max_log_bytes: int = MAX_LOG_BYTES) -> None:
+        self.path = Path(path).expanduser()
+        self.max_log_bytes = max_log_bytes
+        #: The last problem writing, one line (``None`` while all is well).
+        self.error: str | None = None
+        #: This process's identity as the writer of the jobs it records.
+        self.writer_id = uuid.uuid4().hex
+        _open_database(self.path)
+        self._writer = _Writer(self, flush_interval)
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}>"
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def record(self, *, network: str, redactor: Any = None, **fields: Any) -> JobRecorder:
+        """Start the record of a new job (its other fields as :meth:`JobRecorder.update`)."""
+        recorder = JobRecorder(self, uuid.uuid4().hex, redactor)
+        row = {"key": recorder.key, "network": network, "created_at": time.time(),
+               "writer": self.writer_id, "pid": os.getpid(), "hostname": _HOSTNAME,
+               "seen_at": time.time(), **recorder._encode(fields)}
+        self._writer.insert(row, recorder)
+        return recorder
+
+    def take_over(self, ref: str, *, redactor: Any = None) -> JobRecorder:
+        """Record an existing job from now on (this process becomes its writer: e.g. after
+        a kernel restart, the one that attaches to it)."""
+        record = self.job(ref)
+        recorder = JobRecorder(self, record.key, redactor)
+        self._writer.take_over(recorder)
+        return recorder
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything recorded so far is committed; False after ``timeout``."""
+        return self._writer.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Commit what is pending and stop the writer thread."""
+        self._writer.close(timeout)
+
+    def forget(self, refs: Iterable[str] = (), *, older_than: float | None = None,
+               everything: bool = False) -> int:
+        """Remove jobs (by key or address), or those created more than ``older_than``
+        seconds ago, or ``everything``; their logs go with them. The number removed."""
+        self.flush()
+        keys = [self.job(ref).key for ref in refs]
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if everything:
+                    keys = [k for (k,) in conn.execute("SELECT key FROM jobs")]
+                elif older_than is not None:
+                    keys += [k for (k,) in conn.execute(
+                        "SELECT key FROM jobs WHERE created_at < ?",
+                        (time.time() - older_than,))]
+                keys = list(dict.fromkeys(keys))
+                for key in keys:
+                    conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
+                    conn.execute("DELETE FROM jobs WHERE key = ?", (key,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            _scrub(conn)
+        return len(keys)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = _connect(self.path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the local store {self.path}: {_reason(exc)}"
+                             ) from None
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the local store {self.path}: {_reason(exc)}") from None
+        finally:
+            conn.close()
+
+    def jobs(self, *, last: int | None = None, status: str | Sequence[str] | None = None,
+             network: str | None = None, keys: Sequence[str] | None = None
+             ) -> list[JobRecord]:
+        """Recorded jobs, newest first: the ``last`` N, with ``status`` (one word or several),
+        on ``network``, or with the given ``keys``."""
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            words = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' * len(words))})")
+            args += words
+        if network is not None:
+            where.append("network = ?")
+            args.append(network)
+        if keys is not None:
+            where.append(f"key IN ({', '.join('?' * len(keys))})")
+            args += list(keys)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(max(0, int(last)))
+        with self._connection() as conn:
+            return [_row_to_record(row) for row in conn.execute(sql, args)]
+
+    def job(self, ref: str) -> JobRecord:
+        """One job by key, address, or the start of either (at least 4 characters)."""
+        text = ref.strip()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT * FROM jobs WHERE key = ? OR address = ? "
+                                "ORDER BY created_at DESC", (text, text)).fetchall()
+            if not rows and len(text) >= 4:  # a prefix: exact and case-sensitive (base58)
+                rows = conn.execute(
+                    "SELECT * FROM jobs WHERE substr(key, 1, ?) = ? OR substr(address, 1, ?) = ? "
+                    "ORDER BY created_at DESC", (len(text), text, len(text), text)).fetchall()
+        if not rows:
+            raise StoreError(f"no job {text!r} in the local store")
+        records = [_row_to_record(row) for row in rows]
+        if len({r.address or r.key for r in records}) > 1:
+            shown = ", ".join((r.address or r.key)[:12] for r in records[:4])
+            more = ", …" if len(records) > 4 else ""
+            raise StoreError(f"{text!r} matches {len(records)} jobs in the local store "
+                             f"({shown}{more}): give more of the address")
+        return records[0]
+
+    def iter_logs(self, key: str, start: int = 0, stop: int | None = None
+                  ) -> Iterator[LogRecord]:
+        """The job's stored log lines with ``start <= index < stop``, one chunk in memory at
+        a time; a marker line stands for each run of lines not kept."""
+        with self._connection() as conn:
+            found = conn.execute("SELECT log_lines FROM jobs WHERE key = ?", (key,)).fetchone()
+            chunks = conn.execute(
+                "SELECT seq, first_index FROM log_chunks WHERE job_key = ? AND "
+                "first_index + lines > ? AND (? IS NULL OR first_index < ?) ORDER BY seq",
+                (key, start, stop, stop)).fetchall()
+            expected, stamp = start, 0.0
+            for seq, first in chunks:
+                # fetchall: each read is its own short transaction, never one held open
+                rows = conn.execute("SELECT data FROM log_chunks WHERE job_key = ? AND seq = ?",
+                                    (key, seq)).fetchall()
+                if not rows:
+                    continue  # trimmed meanwhile: the gap shows as a marker
+                lines = _decode_chunk(rows[0][0])
+                if first > expected and lines:
+                    yield _marker(expected, first, lines[0][0])
+                for offset, (stamp, stream, op_id, text) in enumerate(lines):
+                    index = first + offset
+                    if index >= start and (stop is None or index < stop):
+                        yield LogRecord(index, stamp, stream, op_id, text)
+                expected = max(expected, first + len(lines))
+        end = found[0] if found is not None else expected
+        if stop is not None:
+            end = min(end, stop)
+        if end > expected:
+            yield _marker(expected, end, stamp)
+
+    def logs(self, key: str, start: int = 0, stop: int | None = None) -> list[LogRecord]:
+        """:meth:`iter_logs` as a list."""
+        return list(self.iter_logs(key, start, stop))
+
+
+def _marker(first: int, end: int, stamp: float) -> LogRecord:
+    count = end - first
+    return LogRecord(None, stamp, "store", None,
+                     f"[… {count:,} log line{'s' if count != 1 else ''} not kept: the local "
+                     f"store keeps the first and last part of a long log …]")
+
+
+# --------------------------------------------------------------------------- one per process
+
+_stores: dict[Path, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def default_path(settings: Settings | None = None) -> Path:
+    """The store's file: ``runs.sqlite3`` in the data dir (``NOSANA_DATA_DIR``, or the
+    platform's user data dir), where the local wallet lives too."""
+    from .network.local import data_dir
+    from .settings import Settings
+
+    return data_dir(settings or Settings.from_env()) / DB_FILE
+
+
+def open_store(settings: Settings | None = None, *, path: str | os.PathLike[str] | None = None
+               ) -> Store:
+    """This process's store for the data dir of ``settings`` (or for ``path``): opened,
+    created or migrated on first use, then shared by every caller."""
+    target = Path(path).expanduser() if path is not None else default_path(settings)
+    target = target.resolve()
+    with _stores_lock:
+        store = _stores.get(target)
+        if store is None:
+            store = _stores[target] = Store(target)
+        return store
+
+
+def _close_all() -> None:
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        store.close(timeout=2.0)
+
+
+atexit.register(_close_all)
