@@ -62,6 +62,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredUrl",
+    "SweepRecord",
     "default_path",
     "open_store",
 ]
@@ -165,6 +166,10 @@ class JobRecord:
     log_dropped: int = 0
     pid: int | None = None
     hostname: str | None = None
+    sweep_id: str | None = None
+    sweep_name: str | None = None
+    #: The job's place in its sweep (0, 1, …), the order of its parameter sets.
+    sweep_index: int | None = None
 
     @property
     def stale(self) -> bool:
@@ -178,10 +183,26 @@ class JobRecord:
         return self.log_dropped > 0
 
 
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep: one definition run once per parameter set (its jobs are :class:`JobRecord`
+    with this ``sweep_id``)."""
+
+    id: str
+    name: str
+    created_at: float
+    network: str | None = None
+    definition: dict[str, Any] | None = None
+    params: list[dict[str, Any]] = field(default_factory=list)
+    parallel: int | None = None
+    estimate: float | None = None
+    status: str | None = None
+
+
 # --------------------------------------------------------------------------- the schema
 
-# Each step migrates from version i to i + 1, in one transaction. Never edit a released step:
-# add one.
+# Step i migrates from version i to i + 1, in one transaction (statements split at ";", so
+# none may hold one in a literal). Never edit a released step: add one.
 _MIGRATIONS: tuple[str, ...] = (
     # 1: jobs and their log chunks.
     """
@@ -231,6 +252,24 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_key, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: sweeps, and each job's place in its sweep.
+    """
+    CREATE TABLE sweeps (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        network TEXT,
+        definition TEXT,
+        params TEXT,
+        parallel INTEGER,
+        estimate REAL,
+        status TEXT
+    );
+    CREATE INDEX sweeps_name ON sweeps (name, created_at);
+    ALTER TABLE jobs ADD COLUMN sweep_id TEXT;
+    ALTER TABLE jobs ADD COLUMN sweep_index INTEGER;
+    CREATE INDEX jobs_sweep ON jobs (sweep_id, sweep_index);
+    """,
 )
 
 #: The schema version this code writes.
@@ -242,7 +281,12 @@ _FIELDS: dict[str, bool] = {
     "definition": True, "params": True, "status": False, "phase": False,
     "host_status": False, "started_at": False, "ended_at": False, "timeout": False,
     "price": False, "cost": False, "results": True, "ops": True, "urls": True,
-    "warnings": True, "error": False, "timings": True,
+    "warnings": True, "error": False, "timings": True, "sweep_id": False,
+    "sweep_index": False,
+}
+_SWEEP_FIELDS: dict[str, bool] = {
+    "name": False, "network": False, "definition": True, "params": True, "parallel": False,
+    "estimate": False, "status": False,
 }
 _TEXT_FIELDS = frozenset({"status", "phase", "host_status", "error", "node", "market"})
 
@@ -486,6 +530,16 @@ class JobRecorder:
         return f"<JobRecorder {self.key[:8]} {self.store.path}>"
 
 
+def _sweep_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in _SWEEP_FIELDS:
+            raise TypeError(f"sweep records have no field {name!r}")
+        values[name] = _dumps(value, None) if _SWEEP_FIELDS[name] and value is not None \
+            else value
+    return values
+
+
 def _urls_expiry(urls: Any) -> float | None:
     """When a list of URLs stops being valid: the earliest ``expires_at`` of its entries."""
     stamps = [u.get("expires_at") if isinstance(u, Mapping) else getattr(u, "expires_at", None)
@@ -495,6 +549,29 @@ def _urls_expiry(urls: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- the writer
+
+
+@dataclass
+class _Batch:
+    """What one transaction writes."""
+
+    inserts: list[dict[str, Any]]
+    takeovers: list[str]
+    sweeps: list[tuple[str, dict[str, Any]]]
+    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[_Line], int, bool]]
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
+    # Column names come from this module's field tables, never from callers' text.
+    conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                 list(row.values()))
+
+
+def _update(conn: sqlite3.Connection, table: str, key_column: str, key: str,
+            values: Mapping[str, Any]) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    conn.execute(f"UPDATE {table} SET {assignments} WHERE {key_column} = ?",
+                 [*values.values(), key])
 
 
 @dataclass
@@ -531,6 +608,7 @@ class _Writer:
         self._live: dict[str, JobRecorder] = {}
         self._inserts: list[dict[str, Any]] = []
         self._takeovers: list[str] = []
+        self._sweeps: list[tuple[str, dict[str, Any]]] = []  # (id, values), inserts first
         self._waiters: list[threading.Event] = []
         self._logs: dict[str, _LogState] = {}
         self._closing = False
@@ -546,6 +624,11 @@ class _Writer:
         with self._lock:
             self._inserts.append(row)
             self._live[recorder.key] = recorder
+        self._wake.set()
+
+    def sweep(self, sweep_id: str, values: dict[str, Any]) -> None:
+        with self._lock:
+            self._sweeps.append((sweep_id, values))
         self._wake.set()
 
     def take_over(self, recorder: JobRecorder) -> None:
@@ -598,6 +681,7 @@ class _Writer:
         with self._lock:
             inserts, self._inserts = self._inserts, []
             takeovers, self._takeovers = self._takeovers, []
+            sweeps, self._sweeps = self._sweeps, []
             dirty, self._dirty = self._dirty, {}
             waiters, self._waiters = self._waiters, []
         batches = {key: (rec, *rec._take()) for key, rec in dirty.items()}
@@ -605,8 +689,9 @@ class _Writer:
         heartbeat = now - self._last_heartbeat >= HEARTBEAT_S
         purge = now - self._last_purge >= HEARTBEAT_S
         try:
-            if inserts or takeovers or batches or heartbeat or purge:
-                self._commit(conn, inserts, takeovers, batches, heartbeat, purge)
+            if inserts or takeovers or sweeps or batches or heartbeat or purge:
+                self._commit(conn, _Batch(inserts, takeovers, sweeps, batches), heartbeat,
+                             purge)
             self._failing_since = None
             if heartbeat:
                 self._last_heartbeat = now
@@ -622,6 +707,7 @@ class _Writer:
                 with self._lock:
                     self._inserts = inserts + self._inserts
                     self._takeovers = takeovers + self._takeovers
+                    self._sweeps = sweeps + self._sweeps
                     for key, rec in dirty.items():
                         self._dirty.setdefault(key, rec)
                 for rec, fields, lines, dropped, _ in batches.values():
@@ -656,25 +742,25 @@ class _Writer:
                             f"{_reason(exc)}"
         log.warning("%s", self._store.error)
 
-    def _commit(self, conn: sqlite3.Connection, inserts: list[dict[str, Any]],
-                takeovers: list[str],
-                batches: Mapping[str, tuple[JobRecorder, dict[str, Any], list[_Line], int,
-                                            bool]],
-                heartbeat: bool, purge: bool) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: _Batch, heartbeat: bool,
+                purge: bool) -> None:
         writer = self._store.writer_id
         stamp = time.time()
         purged = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for row in inserts:
-                names = ", ".join(row)
-                marks = ", ".join("?" * len(row))
-                conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(row.values()))
-            for key in takeovers:
+            for sweep_id, values in batch.sweeps:
+                if "created_at" in values:  # a new sweep
+                    _insert(conn, "sweeps", {"id": sweep_id, **values})
+                elif values:
+                    _update(conn, "sweeps", "id", sweep_id, values)
+            for row in batch.inserts:
+                _insert(conn, "jobs", row)
+            for key in batch.takeovers:
                 conn.execute("UPDATE jobs SET writer = ?, pid = ?, hostname = ?, seen_at = ? "
                              "WHERE key = ?", (writer, os.getpid(), _HOSTNAME, stamp, key))
                 self._logs.pop(key, None)
-            for rec, fields, lines, dropped, finished in batches.values():
+            for rec, fields, lines, dropped, finished in batch.jobs.values():
                 self._write_job(conn, rec, fields, lines, dropped, finished, stamp)
             if heartbeat:
                 with self._lock:
@@ -703,8 +789,7 @@ class _Writer:
         values = {**fields, "seen_at": stamp}
         if finished:
             values["finished"] = 1
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        conn.execute(f"UPDATE jobs SET {assignments} WHERE key = ?", [*values.values(), key])
+        _update(conn, "jobs", "key", key, values)
         if lines or dropped:
             self._append(conn, key, lines, dropped, rec._redact())
 
@@ -811,28 +896,41 @@ _HOSTNAME = socket.gethostname()
 # --------------------------------------------------------------------------- the store
 
 
-def _row_to_record(row: sqlite3.Row) -> JobRecord:
-    def loads(name: str, default: Any) -> Any:
-        text = row[name]
-        return default if text is None else json.loads(text)
+_JOBS = ("SELECT jobs.*, sweeps.name AS sweep_name FROM jobs "
+         "LEFT JOIN sweeps ON sweeps.id = jobs.sweep_id")
 
-    now = time.time()
+
+def _loads(row: sqlite3.Row, name: str, default: Any) -> Any:
+    text = row[name]
+    return default if text is None else json.loads(text)
+
+
+def _row_to_record(row: sqlite3.Row) -> JobRecord:
     expiry = row["urls_expire_at"]
-    urls = [] if expiry is not None and expiry < now else [
+    urls = [] if expiry is not None and expiry < time.time() else [
         StoredUrl(u["url"], u["port"], u["op_id"], bool(u["private"]), u.get("expires_at"))
-        for u in loads("urls", []) if isinstance(u, dict) and u.get("url")]
+        for u in _loads(row, "urls", []) if isinstance(u, dict) and u.get("url")]
     return JobRecord(
         key=row["key"], network=row["network"], created_at=row["created_at"],
         address=row["address"], market=row["market"], node=row["node"],
-        placeholder=row["placeholder"], definition=loads("definition", None),
-        params=loads("params", None), status=row["status"], phase=row["phase"],
+        placeholder=row["placeholder"], definition=_loads(row, "definition", None),
+        params=_loads(row, "params", None), status=row["status"], phase=row["phase"],
         host_status=row["host_status"], finished=bool(row["finished"]),
         started_at=row["started_at"], ended_at=row["ended_at"], seen_at=row["seen_at"],
         timeout=row["timeout"], price=row["price"], cost=row["cost"],
-        results=loads("results", {}), ops=loads("ops", {}), urls=urls,
-        warnings=loads("warnings", []), error=row["error"], timings=loads("timings", {}),
-        log_lines=row["log_lines"], log_dropped=row["log_dropped"], pid=row["pid"],
-        hostname=row["hostname"])
+        results=_loads(row, "results", {}), ops=_loads(row, "ops", {}), urls=urls,
+        warnings=_loads(row, "warnings", []), error=row["error"],
+        timings=_loads(row, "timings", {}), log_lines=row["log_lines"],
+        log_dropped=row["log_dropped"], pid=row["pid"], hostname=row["hostname"],
+        sweep_id=row["sweep_id"], sweep_name=row["sweep_name"],
+        sweep_index=row["sweep_index"])
+
+
+def _row_to_sweep(row: sqlite3.Row) -> SweepRecord:
+    return SweepRecord(
+        id=row["id"], name=row["name"], created_at=row["created_at"], network=row["network"],
+        definition=_loads(row, "definition", None), params=_loads(row, "params", []),
+        parallel=row["parallel"], estimate=row["estimate"], status=row["status"])
 
 
 class Store:
@@ -856,7 +954,8 @@ class Store:
     # -- writing ----------------------------------------------------------------------------
 
     def record(self, *, network: str, redactor: Any = None, **fields: Any) -> JobRecorder:
-        """Start the record of a new job (its other fields as :meth:`JobRecorder.update`)."""
+        """Start the record of a new job (its other fields as :meth:`JobRecorder.update`;
+        ``sweep_id`` and ``sweep_index`` place it in a sweep)."""
         recorder = JobRecorder(self, uuid.uuid4().hex, redactor)
         row = {"key": recorder.key, "network": network, "created_at": time.time(),
                "writer": self.writer_id, "pid": os.getpid(), "hostname": _HOSTNAME,
@@ -872,6 +971,19 @@ class Store:
         self._writer.take_over(recorder)
         return recorder
 
+    def record_sweep(self, *, name: str, **fields: Any) -> str:
+        """Start the record of a sweep (fields: ``network``, ``definition`` as written,
+        ``params``: the parameter sets in job order, ``parallel``, ``estimate``, ``status``);
+        its id, for the jobs' ``sweep_id``."""
+        sweep_id = uuid.uuid4().hex
+        self._writer.sweep(sweep_id, {"name": name, "created_at": time.time(),
+                                      **_sweep_values(fields)})
+        return sweep_id
+
+    def update_sweep(self, sweep_id: str, **fields: Any) -> None:
+        """Set fields of a sweep's record (``status``, ``estimate``…)."""
+        self._writer.sweep(sweep_id, _sweep_values(fields))
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is committed; False after ``timeout``."""
         return self._writer.flush(timeout)
@@ -880,25 +992,33 @@ class Store:
         """Commit what is pending and stop the writer thread."""
         self._writer.close(timeout)
 
-    def forget(self, refs: Iterable[str] = (), *, older_than: float | None = None,
-               everything: bool = False) -> int:
-        """Remove jobs (by key or address), or those created more than ``older_than``
-        seconds ago, or ``everything``; their logs go with them. The number removed."""
+    def forget(self, refs: Iterable[str] = (), *, sweep: str | None = None,
+               older_than: float | None = None, everything: bool = False) -> int:
+        """Remove jobs: by key or address, a whole ``sweep``, those created more than
+        ``older_than`` seconds ago, or ``everything``; their logs go with them, and a sweep
+        goes with its last job. The number of jobs removed."""
         self.flush()
         keys = [self.job(ref).key for ref in refs]
+        sweep_id = self.sweep(sweep).id if sweep is not None else None
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if everything:
                     keys = [k for (k,) in conn.execute("SELECT key FROM jobs")]
-                elif older_than is not None:
+                if older_than is not None:
                     keys += [k for (k,) in conn.execute(
                         "SELECT key FROM jobs WHERE created_at < ?",
                         (time.time() - older_than,))]
+                if sweep_id is not None:
+                    keys += [k for (k,) in conn.execute(
+                        "SELECT key FROM jobs WHERE sweep_id = ?", (sweep_id,))]
+                    conn.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
                 keys = list(dict.fromkeys(keys))
                 for key in keys:
                     conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
                     conn.execute("DELETE FROM jobs WHERE key = ?", (key,))
+                conn.execute("DELETE FROM sweeps WHERE NOT EXISTS "
+                             "(SELECT 1 FROM jobs WHERE jobs.sweep_id = sweeps.id)")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -924,26 +1044,29 @@ class Store:
             conn.close()
 
     def jobs(self, *, last: int | None = None, status: str | Sequence[str] | None = None,
-             network: str | None = None, keys: Sequence[str] | None = None
-             ) -> list[JobRecord]:
-        """Recorded jobs, newest first: the ``last`` N, with ``status`` (one word or several),
-        on ``network``, or with the given ``keys``."""
+             sweep: str | None = None, network: str | None = None,
+             keys: Sequence[str] | None = None) -> list[JobRecord]:
+        """Recorded jobs, newest first (a ``sweep``'s in sweep order): the ``last`` N, with
+        ``status`` (one word or several), of a ``sweep`` (see :meth:`sweep`), on
+        ``network``, or with the given ``keys``."""
         where: list[str] = []
         args: list[Any] = []
         if status is not None:
             words = [status] if isinstance(status, str) else list(status)
-            where.append(f"status IN ({', '.join('?' * len(words))})")
+            where.append(f"jobs.status IN ({', '.join('?' * len(words))})")
             args += words
+        if sweep is not None:
+            where.append("jobs.sweep_id = ?")
+            args.append(self.sweep(sweep).id)
         if network is not None:
-            where.append("network = ?")
+            where.append("jobs.network = ?")
             args.append(network)
         if keys is not None:
-            where.append(f"key IN ({', '.join('?' * len(keys))})")
+            where.append(f"jobs.key IN ({', '.join('?' * len(keys))})")
             args += list(keys)
-        sql = "SELECT * FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, rowid DESC"
+        sql = _JOBS + (" WHERE " + " AND ".join(where) if where else "")
+        sql += (" ORDER BY jobs.sweep_index" if sweep is not None else
+                " ORDER BY jobs.created_at DESC, jobs.rowid DESC")
         if last is not None:
             sql += " LIMIT ?"
             args.append(max(0, int(last)))
@@ -954,12 +1077,13 @@ class Store:
         """One job by key, address, or the start of either (at least 4 characters)."""
         text = ref.strip()
         with self._connection() as conn:
-            rows = conn.execute("SELECT * FROM jobs WHERE key = ? OR address = ? "
-                                "ORDER BY created_at DESC", (text, text)).fetchall()
+            rows = conn.execute(f"{_JOBS} WHERE jobs.key = ? OR jobs.address = ? "
+                                "ORDER BY jobs.created_at DESC", (text, text)).fetchall()
             if not rows and len(text) >= 4:  # a prefix: exact and case-sensitive (base58)
                 rows = conn.execute(
-                    "SELECT * FROM jobs WHERE substr(key, 1, ?) = ? OR substr(address, 1, ?) = ? "
-                    "ORDER BY created_at DESC", (len(text), text, len(text), text)).fetchall()
+                    f"{_JOBS} WHERE substr(jobs.key, 1, ?) = ? OR substr(jobs.address, 1, ?) "
+                    "= ? ORDER BY jobs.created_at DESC",
+                    (len(text), text, len(text), text)).fetchall()
         if not rows:
             raise StoreError(f"no job {text!r} in the local store")
         records = [_row_to_record(row) for row in rows]
@@ -969,6 +1093,33 @@ class Store:
             raise StoreError(f"{text!r} matches {len(records)} jobs in the local store "
                              f"({shown}{more}): give more of the address")
         return records[0]
+
+    def sweeps(self, *, last: int | None = None, name: str | None = None
+               ) -> list[SweepRecord]:
+        """Recorded sweeps, newest first (the ``last`` N, or those called ``name``)."""
+        sql = "SELECT * FROM sweeps" + (" WHERE name = ?" if name is not None else "")
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        args: list[Any] = [name] if name is not None else []
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(max(0, int(last)))
+        with self._connection() as conn:
+            return [_row_to_sweep(row) for row in conn.execute(sql, args)]
+
+    def sweep(self, ref: str) -> SweepRecord:
+        """One sweep: by id, else the latest with that name, else by the start of its id."""
+        text = ref.strip()
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM sweeps WHERE id = ? UNION ALL SELECT * FROM "
+                               "(SELECT * FROM sweeps WHERE name = ? ORDER BY created_at "
+                               "DESC LIMIT 1)", (text, text)).fetchone()
+            if row is None and len(text) >= 4:
+                rows = conn.execute("SELECT * FROM sweeps WHERE substr(id, 1, ?) = ?",
+                                    (len(text), text)).fetchall()
+                row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            raise StoreError(f"no sweep {text!r} in the local store")
+        return _row_to_sweep(row)
 
     def iter_logs(self, key: str, start: int = 0, stop: int | None = None
                   ) -> Iterator[LogRecord]:

@@ -30,6 +30,7 @@ from nosana_magic.store import (
     default_path,
     open_store,
 )
+from nosana_magic.store import _encode_chunk as encode_chunk
 
 from .waiting import PATIENCE, wait_until
 
@@ -295,6 +296,83 @@ def test_a_new_database_has_the_current_schema(store: Store) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def make_v1_database(path: Path) -> None:
+    """A database as schema version 1 wrote it (released steps are never edited, so step 1
+    is exactly that schema), holding one finished job with three log lines."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for statement in store_module._MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO jobs (key, network, created_at, address, status, finished, results, "
+        "params, log_lines, writer) VALUES ('oldkey', 'local', 1000.0, 'OldJobAddress1', "
+        "'succeeded', 1, '{\"loss\": 0.5}', '{\"lr\": 0.1}', 3, 'gone')")
+    payload = encode_chunk([(1.0, "stdout", "train", f"old line {i}") for i in range(3)])
+    conn.execute("INSERT INTO log_chunks VALUES ('oldkey', 0, 0, 3, ?, 1, ?)",
+                 (len(payload), zlib.compress(payload)))
+    conn.close()
+
+
+def test_an_older_database_migrates_forward_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    make_v1_database(path)
+    store = Store(path)
+    try:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        old = store.job("OldJobAddress1")
+        assert (old.status, old.results, old.params, old.sweep_id) == (
+            "succeeded", {"loss": 0.5}, {"lr": 0.1}, None)
+        assert [g.text for g in store.logs(old.key)] == ["old line 0", "old line 1",
+                                                        "old line 2"]
+        sweep = store.record_sweep(name="grid", params=[{"lr": 1}])
+        store.record(network="local", sweep_id=sweep, sweep_index=0, status="queued")
+        assert store.flush()
+        assert [j.sweep_name for j in store.jobs()] == ["grid", None]
+    finally:
+        store.close()
+
+
+OPENER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from nosana_magic.store import Store
+
+    go = Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.001)
+    store = Store(sys.argv[1])
+    store.record(network="local", status=sys.argv[3])
+    assert store.flush(60)
+    store.close()
+    print("ok")
+""")
+
+
+def test_two_processes_migrating_at_once_migrate_once(tmp_path: Path) -> None:
+    path, go = tmp_path / "runs.sqlite3", tmp_path / "go"
+    make_v1_database(path)
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), str(go), tag],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tag in ("first", "second")]
+    go.touch()
+    try:
+        outs = [p.communicate(timeout=PATIENCE * 2) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [o[0].strip() for o in outs] == ["ok", "ok"], [o[1] for o in outs]
+    store = Store(path)
+    try:
+        assert sorted(j.status or "" for j in store.jobs()) == ["first", "second", "succeeded"]
+    finally:
+        store.close()
+
+
 def test_a_newer_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite3"
     Store(path).close()
@@ -477,3 +555,64 @@ def test_a_killed_writer_loses_at_most_the_last_second(tmp_path: Path) -> None:
         assert not job.finished and job.status is not None and job.status.startswith("line")
     finally:
         reader.close()
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def test_a_sweep_and_its_jobs_are_recorded_and_found(store: Store) -> None:
+    sets = [{"lr": 0.001, "batch": 32}, {"lr": 0.001, "batch": 64}]
+    first = store.record_sweep(name="grid", network="local", definition=DEFINITION,
+                               params=sets, parallel=2, estimate=0.0, status="running")
+    keys = [store.record(network="local", sweep_id=first, sweep_index=i, params=p).key
+            for i, p in enumerate(sets)][::-1]
+    time.sleep(0.002)
+    again = store.record_sweep(name="grid", params=sets[:1])
+    store.record(network="local", sweep_id=again, sweep_index=0, params=sets[0])
+    store.record(network="local")  # a job of no sweep
+    store.update_sweep(first, status="succeeded")
+    assert store.flush()
+
+    latest, older = store.sweeps(name="grid")
+    assert (latest.id, older.id) == (again, first)
+    assert (older.status, older.parallel, older.params, older.definition) == (
+        "succeeded", 2, sets, DEFINITION)
+    assert store.sweep("grid").id == again  # a name means its latest sweep
+    assert store.sweep(first[:8]).id == first
+    in_sweep = store.jobs(sweep=first)
+    assert [j.key for j in in_sweep] == keys[::-1]  # in sweep order
+    assert [(j.sweep_index, j.sweep_name, j.params) for j in in_sweep] == [
+        (0, "grid", sets[0]), (1, "grid", sets[1])]
+    with pytest.raises(StoreError, match=r"^no sweep 'nope' in the local store$"):
+        store.jobs(sweep="nope")
+    with pytest.raises(TypeError, match="sweep records have no field 'colour'"):
+        store.update_sweep(first, colour="red")
+
+    assert store.forget(sweep=first) == 2
+    assert [s.id for s in store.sweeps()] == [again]
+    assert store.forget([store.jobs(sweep=again)[0].key]) == 1
+    assert store.sweeps() == []  # a sweep goes with its last job
+    assert len(store.jobs()) == 1
+
+
+def test_a_job_taken_over_is_written_by_its_new_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    before, after = Store(path), Store(path)  # two kernels: the first one restarted
+    try:
+        old = before.record(network="local", address="TakenOver111", status="running")
+        old.append_logs(lines(0, 10))
+        assert before.flush()
+        new = after.take_over("TakenOver111")
+        assert after.flush()
+        old.append_logs(lines(10, 5, "stale {i}"))  # the old kernel, still writing
+        old.update(status="from the old kernel")
+        assert before.flush()
+        new.append_logs(lines(10, 5))
+        new.finish(status="succeeded")
+        assert after.flush()
+        job = after.job("TakenOver111")
+        assert (job.status, job.finished, job.log_lines) == ("succeeded", True, 15)
+        assert [g.text for g in after.logs(job.key)] == [f"line {i}" for i in range(15)]
+    finally:
+        before.close()
+        after.close()
