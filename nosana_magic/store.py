@@ -37,10 +37,12 @@ import logging
 import os
 import socket
 import sqlite3
+import struct
 import threading
 import time
 import uuid
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +81,14 @@ MAX_LOG_BYTES = 128 * 2**20
 #: A chunk of log is rewritten while it is smaller than this, then a new one starts.
 CHUNK_BYTES = 64 * 2**10
 #: Lines waiting for the writer, per job, beyond which new lines are counted but dropped (a
-#: writer that cannot commit must not grow the process without bound).
-MAX_PENDING_BYTES = 32 * 2**20
+#: writer that cannot commit, the database locked for long, must not grow the process without
+#: bound). The writer takes several hundred thousand lines a second.
+MAX_PENDING_LINES = 200_000
+#: zlib's level for log chunks: the fastest (the writer shares the interpreter with the loop
+#: thread; the disk is not what is scarce).
+_LEVEL = 1
+#: Lines waiting that wake the writer before its next tick.
+_WAKE_LINES = 20_000
 #: How long a connection waits for another process's transaction (seconds).
 BUSY_TIMEOUT_S = 10.0
 #: A recorder writes at least this often while its job runs, so a record whose writer died
@@ -391,10 +399,6 @@ def _reason(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- encoding
 
-#: A log line as the writer holds it: (timestamp, stream, op id, text).
-_Line = tuple[float, str, str | None, str]
-
-
 def _redact_tree(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return redact(value)
@@ -424,18 +428,99 @@ def _dumps(value: Any, redact: Callable[[str], str] | None) -> str:
     return json.dumps(value, default=_jsonable, ensure_ascii=False)
 
 
-def _encode_chunk(lines: Sequence[_Line]) -> bytes:
-    """Lines as one JSON document of four columns (one C-speed call, not one per line)."""
-    columns = ([line[0] for line in lines], [line[1] for line in lines],
-               [line[2] for line in lines], [line[3] for line in lines])
-    return json.dumps(columns, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass")
+_NONE = "\x00"  # an op id of None (a host line) in a joined column
 
 
-def _decode_chunk(data: bytes) -> list[_Line]:
-    stamps, streams, ops, texts = json.loads(zlib.decompress(data).decode("utf-8",
-                                                                          "surrogatepass"))
-    return list(zip(stamps, streams, ops, texts, strict=True))
+def _join(column: Sequence[str | None]) -> tuple[int, bytes]:
+    """A text column as newline-joined UTF-8 (one C call; flag 0), or as JSON when one of
+    its values holds a newline or is None-like (flag 1)."""
+    if _NONE not in column:
+        values = [_NONE if v is None else v for v in column] if None in column else column
+        joined = "\n".join(values)  # type: ignore[arg-type]
+        if joined.count("\n") == len(column) - 1:
+            return 0, joined.encode("utf-8", "surrogatepass")
+    return 1, json.dumps(list(column), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _split(flag: int, data: bytes, count: int) -> list[Any]:
+    if flag == 1:
+        values: list[Any] = json.loads(data.decode("utf-8", "surrogatepass"))
+        return values
+    if count == 0:
+        return []
+    parts: list[Any] = data.decode("utf-8", "surrogatepass").split("\n")
+    return [None if v == _NONE else v for v in parts] if _NONE in parts else parts
+
+
+@dataclass
+class _Columns:
+    """Log lines as four columns: how the writer handles, encodes and decodes them, so the
+    per-line work is a handful of C-speed calls per chunk."""
+
+    stamps: list[float]
+    streams: list[str]
+    ops: list[str | None]
+    texts: list[str]
+
+    @classmethod
+    def of(cls, lines: Sequence[LineLike]) -> _Columns:
+        return cls([line.timestamp for line in lines], [line.stream for line in lines],
+                   [line.op_id for line in lines], [line.text for line in lines])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __add__(self, other: _Columns) -> _Columns:
+        return _Columns(self.stamps + other.stamps, self.streams + other.streams,
+                        self.ops + other.ops, self.texts + other.texts)
+
+    def cut(self, start: int, stop: int) -> _Columns:
+        return _Columns(self.stamps[start:stop], self.streams[start:stop],
+                        self.ops[start:stop], self.texts[start:stop])
+
+    def pieces(self) -> Iterator[_Columns]:
+        """Runs of about :data:`CHUNK_BYTES` (one chunk each)."""
+        count = len(self)
+        size = sum(map(len, self.texts)) + 24 * count
+        per = max(1, count * CHUNK_BYTES // max(size, 1))
+        for start in range(0, count, per):
+            yield self.cut(start, start + per)
+
+    def encode(self) -> bytes:
+        """Version, count, the timestamps as doubles, then the three text columns."""
+        parts = [struct.pack("<BI", 1, len(self)), array("d", self.stamps).tobytes()]
+        for column in (self.streams, self.ops, self.texts):
+            flag, data = _join(column)
+            parts += [struct.pack("<BI", flag, len(data)), data]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, compressed: bytes) -> _Columns:
+        data = zlib.decompress(compressed)
+        version, count = struct.unpack_from("<BI", data)
+        if version != 1:
+            raise StoreError(f"a log chunk of an unknown format ({version})")
+        at = 5 + 8 * count
+        stamps = array("d")
+        stamps.frombytes(data[5:at])
+        columns: list[list[Any]] = []
+        for _ in range(3):
+            flag, size = struct.unpack_from("<BI", data, at)
+            at += 5
+            columns.append(_split(flag, data[at:at + size], count))
+            at += size
+        return cls(stamps.tolist(), *columns)
+
+    def redacted(self, redact: Callable[[str], str]) -> _Columns:
+        """One pass over the batch's text; line by line only when a secret spans lines."""
+        joined = "\n".join(self.texts)
+        result = redact(joined)
+        if result == joined:
+            return self
+        texts = result.split("\n")
+        if len(texts) != len(self.texts):
+            texts = [redact(text) for text in self.texts]
+        return _Columns(self.stamps, self.streams, self.ops, texts)
 
 
 # --------------------------------------------------------------------------- recorders
@@ -455,8 +540,7 @@ class JobRecorder:
         self.redactor = redactor
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}
-        self._lines: list[_Line] = []
-        self._pending_bytes = 0
+        self._lines: list[LineLike] = []
         self._dropped = 0
         self.finished = False
 
@@ -490,18 +574,18 @@ class JobRecorder:
         return values
 
     def append_logs(self, lines: Iterable[LineLike]) -> None:
-        """Add log lines (they are redacted, compressed and written by the writer)."""
-        batch = [(line.timestamp, line.stream, line.op_id, line.text) for line in lines]
-        if not batch:
-            return
-        size = sum(len(item[3]) for item in batch) + 32 * len(batch)
+        """Add log lines (immutable records: they are kept as they are until the writer
+        redacts, compresses and writes them)."""
         with self._lock:
-            if self._pending_bytes + size > MAX_PENDING_BYTES:
-                self._dropped += len(batch)
-            else:
-                self._lines.extend(batch)
-                self._pending_bytes += size
-        self.store._writer.touch(self, size)
+            before = len(self._lines)
+            if before >= MAX_PENDING_LINES:
+                added = len(lines) if isinstance(lines, Sequence) else sum(1 for _ in lines)
+                self._dropped += added
+                return
+            self._lines.extend(lines)
+            pending = len(self._lines)
+        if pending > before:
+            self.store._writer.touch(self, pending)
 
     def finish(self, **fields: Any) -> None:
         """The last fields of a job that ended; the writer commits them at once."""
@@ -510,21 +594,19 @@ class JobRecorder:
             self.finished = True
         self.store._writer.touch(self, urgent=True)
 
-    def _take(self) -> tuple[dict[str, Any], list[_Line], int, bool]:
+    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool]:
         with self._lock:
             fields, self._fields = self._fields, {}
             lines, self._lines = self._lines, []
             dropped, self._dropped = self._dropped, 0
-            self._pending_bytes = 0
             return fields, lines, dropped, self.finished
 
-    def _give_back(self, fields: dict[str, Any], lines: list[_Line], dropped: int) -> None:
+    def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int) -> None:
         """A batch that could not be committed goes back in front of what came since."""
         with self._lock:
             self._fields = {**fields, **self._fields}
             self._lines = lines + self._lines
             self._dropped += dropped
-            self._pending_bytes += sum(len(item[3]) + 32 for item in lines)
 
     def __repr__(self) -> str:
         return f"<JobRecorder {self.key[:8]} {self.store.path}>"
@@ -558,7 +640,7 @@ class _Batch:
     inserts: list[dict[str, Any]]
     takeovers: list[str]
     sweeps: list[tuple[str, dict[str, Any]]]
-    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[_Line], int, bool]]
+    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool]]
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
@@ -580,7 +662,7 @@ class _OpenChunk:
 
     seq: int
     first: int
-    lines: list[_Line]
+    lines: _Columns
     raw: int
     head: bool
 
@@ -637,11 +719,11 @@ class _Writer:
             self._live[recorder.key] = recorder
         self._wake.set()
 
-    def touch(self, recorder: JobRecorder, size: int = 0, *, urgent: bool = False) -> None:
+    def touch(self, recorder: JobRecorder, pending: int = 0, *, urgent: bool = False) -> None:
         with self._lock:
             self._dirty[recorder.key] = recorder
-        if urgent or size >= CHUNK_BYTES:
-            self._wake.set()
+        if urgent or pending >= _WAKE_LINES:
+            self._wake.set()  # a burst: write it now rather than at the next tick
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything handed over before this call is committed (or failed)."""
@@ -781,7 +863,8 @@ class _Writer:
             _scrub(conn)
 
     def _write_job(self, conn: sqlite3.Connection, rec: JobRecorder, fields: dict[str, Any],
-                   lines: list[_Line], dropped: int, finished: bool, stamp: float) -> None:
+                   lines: list[LineLike], dropped: int, finished: bool, stamp: float
+                   ) -> None:
         key = rec.key
         row = conn.execute("SELECT writer FROM jobs WHERE key = ?", (key,)).fetchone()
         if row is None or row[0] != self._store.writer_id:
@@ -816,16 +899,17 @@ class _Writer:
         self._logs[key] = state
         return state
 
-    def _append(self, conn: sqlite3.Connection, key: str, lines: list[_Line], dropped: int,
+    def _append(self, conn: sqlite3.Connection, key: str, given: list[LineLike], dropped: int,
                 redact: Callable[[str], str] | None) -> None:
         state = self._log_state(conn, key)
-        if redact is not None and lines:
-            lines = _redact_lines(lines, redact)
+        lines = _Columns.of(given)
+        if redact is not None and given:
+            lines = lines.redacted(redact)
         half = self._store.max_log_bytes // 2
         reopen, state.open = state.open, None
         first = reopen.first if reopen else state.next_index
-        for piece in _pieces(reopen.lines + lines if reopen else lines):
-            payload = _encode_chunk(piece)
+        for piece in (reopen.lines + lines if reopen else lines).pieces():
+            payload = piece.encode()
             if reopen is not None:
                 seq, head, grown = reopen.seq, reopen.head, len(payload) - reopen.raw
                 reopen = None
@@ -835,7 +919,7 @@ class _Writer:
             conn.execute("INSERT OR REPLACE INTO log_chunks (job_key, seq, first_index, lines, "
                          "raw_bytes, head, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (key, seq, first, len(piece), len(payload), int(head),
-                          zlib.compress(payload, 6)))
+                          zlib.compress(payload, _LEVEL)))
             if head:
                 state.head_bytes += grown
             elif state.tail and state.tail[-1][0] == seq:
@@ -863,31 +947,6 @@ class _Writer:
             removed += lines
             total -= raw
         return removed
-
-
-def _pieces(lines: list[_Line]) -> Iterator[list[_Line]]:
-    """``lines`` in runs of about :data:`CHUNK_BYTES` (one chunk each)."""
-    start, size = 0, 0
-    for i, line in enumerate(lines):
-        size += len(line[3]) + 32
-        if size >= CHUNK_BYTES:
-            yield lines[start:i + 1]
-            start, size = i + 1, 0
-    if start < len(lines):
-        yield lines[start:]
-
-
-def _redact_lines(lines: list[_Line], redact: Callable[[str], str]) -> list[_Line]:
-    """One pass over the batch's text; line by line only when a secret spans lines."""
-    texts = [line[3] for line in lines]
-    joined = "\n".join(texts)
-    redacted = redact(joined)
-    if redacted == joined:
-        return lines
-    parts = redacted.split("\n")
-    if len(parts) != len(lines):
-        parts = [redact(text) for text in texts]
-    return [(t, s, o, text) for (t, s, o, _), text in zip(lines, parts, strict=True)]
 
 
 _HOSTNAME = socket.gethostname()
@@ -1138,13 +1197,15 @@ class Store:
                                     (key, seq)).fetchall()
                 if not rows:
                     continue  # trimmed meanwhile: the gap shows as a marker
-                lines = _decode_chunk(rows[0][0])
+                lines = _Columns.decode(rows[0][0])
                 if first > expected and lines:
-                    yield _marker(expected, first, lines[0][0])
-                for offset, (stamp, stream, op_id, text) in enumerate(lines):
-                    index = first + offset
-                    if index >= start and (stop is None or index < stop):
-                        yield LogRecord(index, stamp, stream, op_id, text)
+                    yield _marker(expected, first, lines.stamps[0])
+                skip = max(0, start - first)
+                take = len(lines) if stop is None else max(0, min(len(lines), stop - first))
+                for offset, stamp, stream, op_id, text in zip(
+                        range(skip, take), lines.stamps[skip:take], lines.streams[skip:take],
+                        lines.ops[skip:take], lines.texts[skip:take], strict=True):
+                    yield LogRecord(first + offset, stamp, stream, op_id, text)
                 expected = max(expected, first + len(lines))
         end = found[0] if found is not None else expected
         if stop is not None:
@@ -1160,8 +1221,8 @@ class Store:
 def _marker(first: int, end: int, stamp: float) -> LogRecord:
     count = end - first
     return LogRecord(None, stamp, "store", None,
-                     f"[… {count:,} log line{'s' if count != 1 else ''} not kept: the local "
-                     f"store keeps the first and last part of a long log …]")
+                     f"[… {count:,} log line{'s' if count != 1 else ''} not kept by the local "
+                     "store …]")
 
 
 # --------------------------------------------------------------------------- one per process

@@ -30,7 +30,7 @@ from nosana_magic.store import (
     default_path,
     open_store,
 )
-from nosana_magic.store import _encode_chunk as encode_chunk
+from nosana_magic.store import _Columns as Columns
 
 from .waiting import PATIENCE, wait_until
 
@@ -309,7 +309,8 @@ def make_v1_database(path: Path) -> None:
         "INSERT INTO jobs (key, network, created_at, address, status, finished, results, "
         "params, log_lines, writer) VALUES ('oldkey', 'local', 1000.0, 'OldJobAddress1', "
         "'succeeded', 1, '{\"loss\": 0.5}', '{\"lr\": 0.1}', 3, 'gone')")
-    payload = encode_chunk([(1.0, "stdout", "train", f"old line {i}") for i in range(3)])
+    payload = Columns([1.0] * 3, ["stdout"] * 3, ["train"] * 3,
+                      [f"old line {i}" for i in range(3)]).encode()
     conn.execute("INSERT INTO log_chunks VALUES ('oldkey', 0, 0, 3, ?, 1, ?)",
                  (len(payload), zlib.compress(payload)))
     conn.close()
