@@ -58,13 +58,13 @@ __all__ = [
     "FLUSH_INTERVAL_S",
     "MAX_LOG_BYTES",
     "SCHEMA_VERSION",
-    "JobRecord",
     "JobRecorder",
-    "LogRecord",
     "Store",
     "StoreError",
+    "StoredJob",
+    "StoredLine",
+    "StoredSweep",
     "StoredUrl",
-    "SweepRecord",
     "default_path",
     "open_store",
 ]
@@ -92,7 +92,7 @@ _WAKE_LINES = 20_000
 #: How long a connection waits for another process's transaction (seconds).
 BUSY_TIMEOUT_S = 10.0
 #: A recorder writes at least this often while its job runs, so a record whose writer died
-#: (its kernel was killed) is seen as such: :attr:`JobRecord.stale`.
+#: (its kernel was killed) is seen as such: :attr:`StoredJob.stale`.
 HEARTBEAT_S = 10.0
 #: After this long failing to commit, the writer drops what it holds and says so once.
 GIVE_UP_S = 60.0
@@ -119,7 +119,7 @@ class LineLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class LogRecord:
+class StoredLine:
     """One stored log line. ``index`` counts every line the job printed, kept or not; the
     marker standing for the lines not kept has ``index=None`` and ``stream="store"``."""
 
@@ -142,7 +142,7 @@ class StoredUrl:
 
 
 @dataclass(frozen=True)
-class JobRecord:
+class StoredJob:
     """A job as the store holds it (a snapshot; fields a recorder never set are ``None``)."""
 
     key: str
@@ -192,8 +192,8 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
-class SweepRecord:
-    """A sweep: one definition run once per parameter set (its jobs are :class:`JobRecord`
+class StoredSweep:
+    """A sweep: one definition run once per parameter set (its jobs are :class:`StoredJob`
     with this ``sweep_id``)."""
 
     id: str
@@ -964,12 +964,12 @@ def _loads(row: sqlite3.Row, name: str, default: Any) -> Any:
     return default if text is None else json.loads(text)
 
 
-def _row_to_record(row: sqlite3.Row) -> JobRecord:
+def _row_to_record(row: sqlite3.Row) -> StoredJob:
     expiry = row["urls_expire_at"]
     urls = [] if expiry is not None and expiry < time.time() else [
         StoredUrl(u["url"], u["port"], u["op_id"], bool(u["private"]), u.get("expires_at"))
         for u in _loads(row, "urls", []) if isinstance(u, dict) and u.get("url")]
-    return JobRecord(
+    return StoredJob(
         key=row["key"], network=row["network"], created_at=row["created_at"],
         address=row["address"], market=row["market"], node=row["node"],
         placeholder=row["placeholder"], definition=_loads(row, "definition", None),
@@ -985,8 +985,8 @@ def _row_to_record(row: sqlite3.Row) -> JobRecord:
         sweep_index=row["sweep_index"])
 
 
-def _row_to_sweep(row: sqlite3.Row) -> SweepRecord:
-    return SweepRecord(
+def _row_to_sweep(row: sqlite3.Row) -> StoredSweep:
+    return StoredSweep(
         id=row["id"], name=row["name"], created_at=row["created_at"], network=row["network"],
         definition=_loads(row, "definition", None), params=_loads(row, "params", []),
         parallel=row["parallel"], estimate=row["estimate"], status=row["status"])
@@ -1104,7 +1104,7 @@ class Store:
 
     def jobs(self, *, last: int | None = None, status: str | Sequence[str] | None = None,
              sweep: str | None = None, network: str | None = None,
-             keys: Sequence[str] | None = None) -> list[JobRecord]:
+             keys: Sequence[str] | None = None) -> list[StoredJob]:
         """Recorded jobs, newest first (a ``sweep``'s in sweep order): the ``last`` N, with
         ``status`` (one word or several), of a ``sweep`` (see :meth:`sweep`), on
         ``network``, or with the given ``keys``."""
@@ -1132,7 +1132,7 @@ class Store:
         with self._connection() as conn:
             return [_row_to_record(row) for row in conn.execute(sql, args)]
 
-    def job(self, ref: str) -> JobRecord:
+    def job(self, ref: str) -> StoredJob:
         """One job by key, address, or the start of either (at least 4 characters)."""
         text = ref.strip()
         with self._connection() as conn:
@@ -1154,7 +1154,7 @@ class Store:
         return records[0]
 
     def sweeps(self, *, last: int | None = None, name: str | None = None
-               ) -> list[SweepRecord]:
+               ) -> list[StoredSweep]:
         """Recorded sweeps, newest first (the ``last`` N, or those called ``name``)."""
         sql = "SELECT * FROM sweeps" + (" WHERE name = ?" if name is not None else "")
         sql += " ORDER BY created_at DESC, rowid DESC"
@@ -1165,7 +1165,7 @@ class Store:
         with self._connection() as conn:
             return [_row_to_sweep(row) for row in conn.execute(sql, args)]
 
-    def sweep(self, ref: str) -> SweepRecord:
+    def sweep(self, ref: str) -> StoredSweep:
         """One sweep: by id, else the latest with that name, else by the start of its id."""
         text = ref.strip()
         with self._connection() as conn:
@@ -1181,7 +1181,7 @@ class Store:
         return _row_to_sweep(row)
 
     def iter_logs(self, key: str, start: int = 0, stop: int | None = None
-                  ) -> Iterator[LogRecord]:
+                  ) -> Iterator[StoredLine]:
         """The job's stored log lines with ``start <= index < stop``, one chunk in memory at
         a time; a marker line stands for each run of lines not kept."""
         with self._connection() as conn:
@@ -1205,7 +1205,7 @@ class Store:
                 for offset, stamp, stream, op_id, text in zip(
                         range(skip, take), lines.stamps[skip:take], lines.streams[skip:take],
                         lines.ops[skip:take], lines.texts[skip:take], strict=True):
-                    yield LogRecord(first + offset, stamp, stream, op_id, text)
+                    yield StoredLine(first + offset, stamp, stream, op_id, text)
                 expected = max(expected, first + len(lines))
         end = found[0] if found is not None else expected
         if stop is not None:
@@ -1213,14 +1213,14 @@ class Store:
         if end > expected:
             yield _marker(expected, end, stamp)
 
-    def logs(self, key: str, start: int = 0, stop: int | None = None) -> list[LogRecord]:
+    def logs(self, key: str, start: int = 0, stop: int | None = None) -> list[StoredLine]:
         """:meth:`iter_logs` as a list."""
         return list(self.iter_logs(key, start, stop))
 
 
-def _marker(first: int, end: int, stamp: float) -> LogRecord:
+def _marker(first: int, end: int, stamp: float) -> StoredLine:
     count = end - first
-    return LogRecord(None, stamp, "store", None,
+    return StoredLine(None, stamp, "store", None,
                      f"[… {count:,} log line{'s' if count != 1 else ''} not kept by the local "
                      "store …]")
 

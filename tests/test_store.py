@@ -24,8 +24,8 @@ from nosana_magic.secrets import Redactor
 from nosana_magic.settings import Settings
 from nosana_magic.store import (
     SCHEMA_VERSION,
-    JobRecord,
     Store,
+    StoredJob,
     StoreError,
     default_path,
     open_store,
@@ -124,9 +124,9 @@ def test_listing_filters_newest_first(store: Store) -> None:
 
 def test_a_record_whose_writer_stopped_writing_is_stale() -> None:
     old = time.time() - 10 * store_module.HEARTBEAT_S
-    assert JobRecord("k", "local", old, seen_at=old).stale
-    assert not JobRecord("k", "local", old, seen_at=old, finished=True).stale
-    assert not JobRecord("k", "local", old, seen_at=time.time()).stale
+    assert StoredJob("k", "local", old, seen_at=old).stale
+    assert not StoredJob("k", "local", old, seen_at=old, finished=True).stale
+    assert not StoredJob("k", "local", old, seen_at=time.time()).stale
 
 
 # --------------------------------------------------------------------------- logs
