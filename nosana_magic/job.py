@@ -33,7 +33,6 @@ import concurrent.futures
 import html
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -50,7 +49,7 @@ from .network.base import JobInfo, JobState, Market, Network, NetworkError
 from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
 from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
 from .secrets import Redactor, SecretError
-from .settings import Settings
+from .settings import Settings, reference_env
 
 __all__ = [
     "FINAL_STATUSES",
@@ -1190,7 +1189,7 @@ class ConfidentialJob:
         return (ready or markets)[0]
 
     def _env_map(self) -> Mapping[str, str]:
-        return self._env if self._env is not None else os.environ
+        return self._env if self._env is not None else reference_env()
 
     # -- following a listed job ----------------------------------------------------------
 
@@ -1642,7 +1641,7 @@ def run_confidential(
     ``definition``: cell text (JSON with comments), parsed JSON, or a :class:`JobDefinition`.
     ``timeout``: ``"30m"``, ``"2h"``, or seconds as an int (default: the settings', 30 min).
     ``network``: ``"local"`` (default: the embedded devnode), ``"devnet"``, ``"mainnet"``, or
-    a :class:`Network`. ``env`` (default ``os.environ``) and ``namespace`` resolve
+    a :class:`Network`. ``env`` (default: the process environment) and ``namespace`` resolve
     ``${env:…}``/``${var:…}`` just before the definition is sent to the host.
     ``send``/``receive`` select the placeholder variant (both: the CLI's; see
     :meth:`JobDefinition.placeholder`). Failures do not raise here: check ``job.ok`` or call

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
@@ -56,6 +55,7 @@ from .secrets import (
     resolve_references,
     token_name,
 )
+from .settings import reference_env
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -787,7 +787,7 @@ class JobDefinition(_Model):
     def check_references(self, *, env: Mapping[str, str] | None = None,
                          namespace: Mapping[str, object] | None = None) -> None:
         """Raise :class:`SecretError` naming every unresolvable reference; build nothing."""
-        resolve_references(self.to_dict(), env=os.environ if env is None else env,
+        resolve_references(self.to_dict(), env=reference_env() if env is None else env,
                            namespace=namespace or {}, positions=self._positions())
 
     def missing_references(self, *, env: Mapping[str, str] | None = None,
@@ -803,12 +803,12 @@ class JobDefinition(_Model):
                 namespace: Mapping[str, object] | None = None) -> ResolvedDefinition:
         """The body to POST to the host: references resolved, compact JSON, size-checked.
 
-        ``env`` defaults to ``os.environ``; ``namespace`` (notebook variables) to empty.
+        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to empty.
         The result's ``redactor`` hides the resolved ``${env:…}`` values in host text.
         """
         source = self.to_dict()
         resolved, secrets = resolve_references(
-            source, env=os.environ if env is None else env,
+            source, env=reference_env() if env is None else env,
             namespace=namespace or {}, positions=self._positions())
         _number_ports(source, resolved, self._doc)
         # A ${var:…} value can make a field invalid (an op id with a space, say): check again,

@@ -1,12 +1,10 @@
 """IPFS for the real networks: pinning through Pinata's API, reads through Nosana's gateway.
 
 Only the public *placeholder* of a confidential job is ever pinned (the real definition goes
-to the host directly). The upload credential is a Pinata JWT, looked up in this order:
-
-1. the ``jwt`` argument;
-2. the ``NOSANA_PINATA_JWT`` environment variable (``PINATA_JWT`` is accepted too);
-3. ``pinata_jwt`` in the user's credentials file, ``~/.config/nosana_magic/credentials.json``
-   on Linux (the platform's user config dir; ``NOSANA_CREDENTIALS_FILE`` overrides the path).
+to the host directly). The upload credential is a Pinata JWT, passed in by whoever builds the
+client (:meth:`SolanaNetwork.from_settings` reads it through the settings: the
+``NOSANA_PINATA_JWT`` or ``PINATA_JWT`` environment variable, else ``pinata_jwt`` in the
+user's credentials file, ``~/.config/nosana_magic/credentials.json`` on Linux).
 
 The JWT is kept in a private attribute and is never printed: not in the repr, not in an error
 message, not in a log line. Reads through the gateway are anonymous.
@@ -23,17 +21,14 @@ from typing import Any
 import httpx
 
 from ..protocol import CidError, cid_to_digest
-from ..settings import JWT_ENV_VARS, credentials_file, find_pinata_jwt
+from ..settings import credentials_file
 from .base import NetworkError
 
 __all__ = [
     "DEFAULT_GATEWAY",
     "DEFAULT_PINATA_API",
-    "JWT_ENV_VARS",
     "IpfsError",
     "PinataClient",
-    "credentials_file",
-    "find_pinata_jwt",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,8 +54,8 @@ def _no_credential_message() -> str:
 class PinataClient:
     """Pin JSON documents with Pinata (``POST /pinning/pinJSONToIPFS``) and read them back.
 
-    ``jwt``: the upload credential; ``None`` looks it up (module docstring). Reads work
-    without one. ``http``: an ``httpx.AsyncClient`` to share (not closed by :meth:`aclose`).
+    ``jwt``: the upload credential (``None``: none; pinning then says how to set one). Reads
+    work without one. ``http``: an ``httpx.AsyncClient`` to share (not closed by :meth:`aclose`).
     Every request is bounded: ``timeout_s`` each, ``attempts`` tries with backoff.
     """
 
@@ -74,11 +69,10 @@ class PinataClient:
         timeout_s: float = 20.0,
         attempts: int = 3,
         backoff_s: float = 0.5,
-        env: Mapping[str, str] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.gateway = gateway.rstrip("/")
-        self._jwt = jwt.strip() if jwt and jwt.strip() else find_pinata_jwt(env)
+        self._jwt = jwt.strip() if jwt and jwt.strip() else None
         self._http = http
         self._own_http = http is None
         self.timeout_s = timeout_s

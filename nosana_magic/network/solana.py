@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import statistics
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -65,7 +64,7 @@ from ..chain import (
     RunAccount,
 )
 from ..protocol import b58encode, format_duration
-from ..wallet import Wallet, WalletError, load_wallet
+from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
 from .markets import (
@@ -79,6 +78,9 @@ from .markets import (
     format_sol,
     priority_fee_lamports,
 )
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = [
     "DEFAULT_RPC_URLS",
@@ -193,22 +195,19 @@ class _MaskSecrets(logging.Filter):
 
 
 _MASK = _MaskSecrets()
-# httpx2 logs every request URL at INFO; websockets logs the request line at DEBUG.
-for _name in ("httpx2", "websockets.client"):
-    logging.getLogger(_name).addFilter(_MASK)
+#: httpx2 logs every request URL at INFO; websockets logs the request line at DEBUG.
+_LOGGERS_WITH_URLS = ("httpx2", "websockets.client")
 
 
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    raw = environ.get(name, "").strip()
-    if not raw or raw.lower() == "auto":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise NetworkError(f"{name}: expected a whole number, got {raw!r}") from None
-    if value < 0:
-        raise NetworkError(f"{name}: must be >= 0, got {value}")
-    return value
+def _mask_in_library_logs(*urls: str) -> None:
+    """Mask the keys of ``urls`` in the HTTP libraries' log records from now on. The filter
+    is installed by the first network that needs it, not when this module is imported."""
+    for url in urls:
+        _MASK.add_url(url)
+    for name in _LOGGERS_WITH_URLS:
+        logger = logging.getLogger(name)
+        if _MASK not in logger.filters:
+            logger.addFilter(_MASK)
 
 
 def _token_amount(data: bytes) -> int:
@@ -231,11 +230,10 @@ class _JobClosedError(NetworkError):
 class SolanaNetwork:
     """The Nosana jobs program on ``mainnet`` or ``devnet``, paying with ``wallet``.
 
-    Construction does no I/O. Defaults come from the environment when an argument is ``None``:
-    ``NOSANA_RPC_URL``, ``NOSANA_WS_URL``, ``NOSANA_COMMITMENT``, ``NOSANA_PRIORITY_FEE``
-    (micro-lamports per compute unit, or ``auto``), ``NOSANA_NODE_DOMAIN``,
-    ``NOSANA_NODE_URL_TEMPLATE``, ``NOSANA_MARKETS_API`` (``off`` disables the refresh),
-    ``NOSANA_PINATA_API_URL``, ``NOSANA_IPFS_GATEWAY``.
+    Construction does no I/O and reads no environment: every argument left ``None`` takes the
+    cluster's default (its public RPC, ``confirmed``, a priority fee chosen from recent fees,
+    its node domain, Nosana's markets API; ``markets_api="off"`` keeps to the built-in list).
+    :meth:`from_settings` fills them from :class:`~nosana_magic.settings.Settings`.
     """
 
     def __init__(
@@ -261,9 +259,7 @@ class SolanaNetwork:
         result_grace_s: float = 30.0,
         overdue_grace_s: float = 600.0,
         use_websocket: bool = True,
-        env: Mapping[str, str] | None = None,
     ) -> None:
-        environ = os.environ if env is None else env
         if not isinstance(wallet, Wallet):
             raise WalletError(f"{cluster} needs a wallet: set NOSANA_WALLET or create "
                               "~/.nosana/nosana_key.json")
@@ -273,43 +269,27 @@ class SolanaNetwork:
         self.name: str = name
         self.cluster: Cluster = chain.cluster(name)
         self.wallet = wallet
-        self.rpc_url = (rpc_url or environ.get("NOSANA_RPC_URL", "").strip()
-                        or DEFAULT_RPC_URLS[name])
+        self.rpc_url = rpc_url or DEFAULT_RPC_URLS[name]
         if urlsplit(self.rpc_url).scheme not in ("http", "https"):
             raise NetworkError(f"the Solana RPC URL must be http(s), got {_host(self.rpc_url)}")
-        self.ws_url = ws_url or environ.get("NOSANA_WS_URL", "").strip() or _ws_url(self.rpc_url)
-        _MASK.add_url(self.rpc_url)
-        _MASK.add_url(self.ws_url)
-        commitment = (commitment or environ.get("NOSANA_COMMITMENT", "").strip()
-                      or "confirmed").lower()
+        self.ws_url = ws_url or _ws_url(self.rpc_url)
+        _mask_in_library_logs(self.rpc_url, self.ws_url)
+        commitment = (commitment or "confirmed").lower()
         if commitment not in _COMMITMENT_RANK:
             raise NetworkError(
                 f"commitment {commitment!r} is not one of processed, confirmed, finalized"
             )
         self.commitment: Commitment = commitment  # type: ignore[assignment]
-        self.priority_fee_micro_lamports = (
-            priority_fee_micro_lamports if priority_fee_micro_lamports is not None
-            else _env_int(environ, "NOSANA_PRIORITY_FEE")
-        )
+        self.priority_fee_micro_lamports = priority_fee_micro_lamports
         self.max_priority_fee_micro_lamports = max_priority_fee_micro_lamports
-        self.node_domain = (node_domain or environ.get("NOSANA_NODE_DOMAIN", "").strip()
-                            or NODE_DOMAINS[name])
-        template = (node_url_template or environ.get("NOSANA_NODE_URL_TEMPLATE", "").strip()
-                    or f"https://{{node}}.{self.node_domain}")
+        self.node_domain = node_domain or NODE_DOMAINS[name]
+        template = node_url_template or f"https://{{node}}.{self.node_domain}"
         if "{node}" not in template:
             raise NetworkError(f"node URL template {template!r} has no {{node}}")
         self.node_url_template = template
-        if pinata is None:
-            pinata = PinataClient(
-                api_url=environ.get("NOSANA_PINATA_API_URL", "").strip() or DEFAULT_PINATA_API,
-                gateway=environ.get("NOSANA_IPFS_GATEWAY", "").strip() or DEFAULT_GATEWAY,
-                env=environ,
-            )
-        self.pinata = pinata
+        self.pinata = pinata if pinata is not None else PinataClient()
         if markets is None:
-            api = markets_api if markets_api is not None else environ.get(
-                "NOSANA_MARKETS_API", DEFAULT_MARKETS_API[name]
-            ).strip()
+            api = DEFAULT_MARKETS_API[name] if markets_api is None else markets_api.strip()
             markets = MarketDirectory(name, api_url=None if api.lower() in ("", "off") else api)
         self.directory = markets
         self.poll_interval_s = poll_interval_s
@@ -329,37 +309,38 @@ class SolanaNetwork:
 
     @classmethod
     def from_settings(
-        cls,
-        settings: Any,
-        wallet: Wallet | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        **overrides: Any,
+        cls, settings: Settings, wallet: Wallet | None = None, **overrides: Any
     ) -> SolanaNetwork:
-        """A network from a ``nosana_magic.settings.Settings`` (``network``, ``rpc_url``,
-        ``node_url_template``, ``wallet``; other knobs from the environment or ``overrides``).
+        """The network ``settings`` name (``devnet`` or ``mainnet``), every knob from them;
+        ``overrides`` win (tests shorten waits with them).
 
         ``wallet`` defaults to the settings' wallet (``NOSANA_WALLET`` or the Nosana CLI's key
         file); with none, :class:`~nosana_magic.wallet.WalletError` says where to put one.
+        The Pinata JWT is read from the settings' source now and kept by the Pinata client only.
         """
-        network = str(getattr(settings, "network", "mainnet"))
+        network = settings.network
         if network not in DEFAULT_RPC_URLS:
             raise NetworkError(f"network {network!r} is not a Solana cluster (mainnet, devnet)")
         if wallet is None:
-            source = getattr(settings, "wallet", None)
-            wallet = load_wallet(None if source in (None, "env:NOSANA_WALLET") else source,
-                                 env=env)
+            wallet = configured_wallet(settings)
         kwargs: dict[str, Any] = {
-            "rpc_url": getattr(settings, "rpc_url", None),
-            "node_url_template": getattr(settings, "node_url_template", None),
+            "cluster": network,
+            "rpc_url": settings.rpc_url,
+            "ws_url": settings.ws_url,
+            "commitment": settings.commitment,
+            "priority_fee_micro_lamports": settings.priority_fee,
+            "node_domain": settings.node_domain,
+            "node_url_template": settings.node_url_template,
+            "markets_api": settings.markets_api,
         }
-        for name in ("commitment", "priority_fee_micro_lamports", "node_domain", "ws_url",
-                     "markets_api"):
-            value = getattr(settings, name, None)
-            if value is not None:
-                kwargs[name] = value
+        if "pinata" not in overrides:
+            kwargs["pinata"] = PinataClient(
+                settings.read_pinata_jwt(),
+                api_url=settings.pinata_api_url or DEFAULT_PINATA_API,
+                gateway=settings.ipfs_gateway or DEFAULT_GATEWAY,
+            )
         kwargs.update(overrides)
-        return cls(wallet, cluster=network, env=env, **kwargs)  # type: ignore[arg-type]
+        return cls(wallet, **kwargs)
 
     def __repr__(self) -> str:
         return (f"SolanaNetwork({self.name}, wallet={self.wallet.address}, "
