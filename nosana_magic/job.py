@@ -43,13 +43,14 @@ from typing import Any, Literal, TypeVar
 
 from . import runner
 from .errors import NosanaError
-from .host import Backoff, HostClient, HostError, Retry
+from .host import HostClient, HostError
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
 from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
 from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
 from .secrets import Redactor, SecretError
 from .settings import Settings, reference_env
+from .transport import Backoff, Retry
 
 __all__ = [
     "FINAL_STATUSES",
