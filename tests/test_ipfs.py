@@ -14,6 +14,7 @@ import pytest
 from nosana_magic.network.ipfs import IpfsError, PinataClient
 from nosana_magic.protocol import cid_of, cid_to_digest
 from nosana_magic.settings import credentials_file, find_pinata_jwt
+from nosana_magic.transport import Retry
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
@@ -30,9 +31,9 @@ def pinata() -> Iterator[tuple[FakePinata, LoopbackServer]]:
         yield fake, server
 
 
-def client(server: LoopbackServer, jwt: str | None = JWT, **kw: object) -> PinataClient:
+def client(server: LoopbackServer, jwt: str | None = JWT, *, attempts: int = 3) -> PinataClient:
     return PinataClient(jwt, api_url=server.url, gateway=f"{server.url}/ipfs",
-                        backoff_s=0.01, **kw)  # type: ignore[arg-type]
+                        retry=Retry(first=0.01, attempts=attempts))
 
 
 async def test_pin_and_read_back(pinata: tuple[FakePinata, LoopbackServer]) -> None:
@@ -91,8 +92,8 @@ async def test_nothing_listening_is_a_bounded_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ipfs = PinataClient(JWT, api_url=f"http://127.0.0.1:{port}", attempts=2,
-                        backoff_s=0.01, timeout_s=PATIENCE)
+    ipfs = PinataClient(JWT, api_url=f"http://127.0.0.1:{port}",
+                        retry=Retry(first=0.01, attempts=2), timeout_s=PATIENCE)
     with pytest.raises(IpfsError) as err:
         await ipfs.pin_json(PLACEHOLDER)
     assert "127.0.0.1 cannot connect" in str(err.value) and "2 attempts" in str(err.value)

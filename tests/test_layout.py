@@ -71,3 +71,52 @@ def test_the_environment_check_sees_reads() -> None:
     settings_reads = {where for where, _ in environment_reads(
         dict(modules())["nosana_magic.settings"])}
     assert settings_reads and settings_reads <= ENVIRONMENT_READERS["nosana_magic.settings"]
+
+
+# --------------------------------------------------------------------------- sleeps
+
+#: Every sleep in the package that is not the retry policy's, by module and function: polls at
+#: a fixed pace, the devnode's emulated timings, the demo's and the job's short waits. None
+#: of them follows a failure; every "try again" sleeps in ``transport.Backoff.wait``.
+PACED_SLEEPS = {
+    "nosana_magic.transport": {"Backoff.wait"},  # the retry policy itself
+    "nosana_magic.network.api": {"ApiNetwork.watch"},  # the ledger poll's pace
+    "nosana_magic.job": {
+        "ConfidentialJob.wait_async.poll",  # waiting in slices for the end, from any loop
+        "ConfidentialJob._drain_logs",  # the end-of-job log drain's idle check
+    },
+    "nosana_magic.__main__": {"wait_for_service", "demo"},  # the demo's view ticks
+    "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode.wait_idle", "DevNode._serve"},
+    "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
+    "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
+    "nosana_magic.devnode.services": {"ServiceRegistry._health_loop"},  # health checks
+}
+
+
+def sleeps(tree: ast.Module) -> Iterator[tuple[str, int]]:
+    """``(function, line)`` of every ``asyncio.sleep(…)``/``time.sleep(…)`` call."""
+    for where, node in qualified_nodes(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "sleep" and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in ("asyncio", "time", "anyio", "trio")):
+            yield where, node.lineno
+
+
+def test_every_retry_sleeps_in_the_one_retry_policy() -> None:
+    found = {}
+    for module, tree in modules():
+        for where, line in sleeps(tree):
+            if where not in PACED_SLEEPS.get(module, set()):
+                found[f"{module}:{line}"] = where or "<module>"
+    assert found == {}, (
+        "a new sleep: a retry loop must run on transport.Backoff; a fixed-pace wait is listed "
+        "in PACED_SLEEPS with why")
+    seen = {(module, where) for module, tree in modules() for where, _ in sleeps(tree)}
+    listed = {(module, where) for module, names in PACED_SLEEPS.items() for where in names}
+    assert listed <= seen, f"listed but gone: {sorted(listed - seen)}"
+
+
+def test_the_sleep_check_sees_sleeps() -> None:
+    tree = ast.parse("import asyncio, time\nclass A:\n    async def f(self):\n"
+                     "        await asyncio.sleep(1)\n        time.sleep(2)\n")
+    assert sorted(sleeps(tree)) == [("A.f", 4), ("A.f", 5)]

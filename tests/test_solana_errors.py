@@ -28,6 +28,7 @@ from nosana_magic.network.solana import (
     TransactionFailedError,
 )
 from nosana_magic.settings import Settings
+from nosana_magic.transport import Retry
 from nosana_magic.wallet import WalletError
 from tests.fakes.solana_env import NOS, FakeSolana
 
@@ -190,7 +191,7 @@ async def test_rpc_down_names_the_host_not_the_key() -> None:
     key = "sk-live-0123456789"
     wallet = FakeSolana().wallet
     net = SolanaNetwork(wallet, rpc_url=f"http://127.0.0.1:{port}/rpc?api-key={key}",
-                        markets_api="off", rpc_attempts=3, retry_backoff_s=0.01,
+                        markets_api="off", retry=Retry(first=0.01, attempts=3),
                         request_timeout_s=PATIENCE)
     start = time.monotonic()
     with pytest.raises(NetworkError) as err:

@@ -26,6 +26,7 @@ import httpx
 from solders.pubkey import Pubkey
 
 from ..protocol import format_duration
+from ..transport import http_client_for
 from .base import NetworkError
 
 __all__ = [
@@ -368,7 +369,7 @@ class MarketDirectory:
         url = f"{self.api_url}/api/markets/"
         try:
             if self._http is None:
-                self._http = httpx.AsyncClient(timeout=self.timeout_s)
+                self._http = http_client_for(self.api_url, timeout=self.timeout_s)
             response = await self._http.get(url, timeout=self.timeout_s)
             response.raise_for_status()
             refs = _parse_markets(response.json())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import statistics
 import struct
 import time
@@ -64,6 +65,7 @@ from ..chain import (
     RunAccount,
 )
 from ..protocol import b58encode, format_duration
+from ..transport import Retry, one_line, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
@@ -117,6 +119,11 @@ _BUILTIN_UNITS = 3_000
 _COMPUTE_UNITS = _PROGRAM_UNITS + _BUILTIN_UNITS
 
 _COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
+
+#: Every RPC call and transaction send: three attempts, 0.5 s then 1 s apart.
+RPC_RETRY = Retry(first=0.5, cap=4.0, attempts=3, total=120.0)
+#: Status polls while confirming: the time bound (``confirm_timeout_s``) is what ends them.
+_MAX_POLLS = 10_000
 _SYSTEM = Pubkey.default()
 _ZERO32 = bytes(32)
 
@@ -140,15 +147,6 @@ class TransactionFailedError(NetworkError):
 def _short(address: str | Pubkey) -> str:
     text = str(address)
     return f"{text[:4]}…{text[-4:]}" if len(text) > 12 else text
-
-
-def _host(url: str) -> str:
-    """Scheme, host and port of ``url``: never its path, query or user info."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return host
 
 
 def _ws_url(rpc_url: str) -> str:
@@ -253,8 +251,7 @@ class SolanaNetwork:
         markets: MarketDirectory | None = None,
         poll_interval_s: float = 2.0,
         request_timeout_s: float = 10.0,
-        rpc_attempts: int = 3,
-        retry_backoff_s: float = 0.5,
+        retry: Retry = RPC_RETRY,
         confirm_timeout_s: float = 60.0,
         result_grace_s: float = 30.0,
         overdue_grace_s: float = 600.0,
@@ -271,7 +268,8 @@ class SolanaNetwork:
         self.wallet = wallet
         self.rpc_url = rpc_url or DEFAULT_RPC_URLS[name]
         if urlsplit(self.rpc_url).scheme not in ("http", "https"):
-            raise NetworkError(f"the Solana RPC URL must be http(s), got {_host(self.rpc_url)}")
+            raise NetworkError(
+                f"the Solana RPC URL must be http(s), got {url_host(self.rpc_url)}")
         self.ws_url = ws_url or _ws_url(self.rpc_url)
         _mask_in_library_logs(self.rpc_url, self.ws_url)
         commitment = (commitment or "confirmed").lower()
@@ -294,8 +292,8 @@ class SolanaNetwork:
         self.directory = markets
         self.poll_interval_s = poll_interval_s
         self.request_timeout_s = request_timeout_s
-        self.rpc_attempts = max(1, rpc_attempts)
-        self.retry_backoff_s = retry_backoff_s
+        #: The policy of every RPC call and transaction send (attempts, pauses, time bound).
+        self.retry = retry
         self.confirm_timeout_s = confirm_timeout_s
         self.result_grace_s = result_grace_s
         self.overdue_grace_s = overdue_grace_s
@@ -344,7 +342,7 @@ class SolanaNetwork:
 
     def __repr__(self) -> str:
         return (f"SolanaNetwork({self.name}, wallet={self.wallet.address}, "
-                f"rpc={_host(self.rpc_url)})")
+                f"rpc={url_host(self.rpc_url)})")
 
     # ------------------------------------------------------------------ Network: URLs, IPFS
 
@@ -365,7 +363,7 @@ class SolanaNetwork:
 
     @property
     def rpc_host(self) -> str:
-        return _host(self.rpc_url)
+        return url_host(self.rpc_url)
 
     def _rpc(self) -> AsyncClient:
         if self._client is None:
@@ -378,21 +376,19 @@ class SolanaNetwork:
         return self._client
 
     async def _call(self, what: str, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        """One RPC call with a timeout per attempt and ``rpc_attempts`` attempts."""
+        """One RPC call with a timeout per attempt, retried as :attr:`retry` says."""
+        backoff = self.retry.backoff()
         reason = "no answer"
-        for attempt in range(self.rpc_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        while True:
             try:
                 return await asyncio.wait_for(call(self._rpc()), self.request_timeout_s + 1)
             except RPCException as exc:
                 message = _rpc_error_text(exc)
-                if _retryable_rpc_error(message):
-                    reason = message
-                    continue
-                raise NetworkError(
-                    f"Solana RPC {self.rpc_host} refused {what}: {message}"
-                ) from None
+                if not _retryable_rpc_error(message):
+                    raise NetworkError(
+                        f"Solana RPC {self.rpc_host} refused {what}: {message}"
+                    ) from None
+                reason = message
             except RPCNoResultException as exc:
                 raise NetworkError(
                     f"Solana RPC {self.rpc_host} refused {what}: {_scrub(str(exc))}"
@@ -404,10 +400,11 @@ class SolanaNetwork:
                         f"Solana RPC {self.rpc_host} refused {what}: {reason} "
                         "(check NOSANA_RPC_URL)"
                     ) from None
-        raise NetworkError(
-            f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
-            f"{self.rpc_attempts} attempts; check NOSANA_RPC_URL or try again later"
-        )
+            if not await backoff.wait():
+                raise NetworkError(
+                    f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
+                    f"{backoff.attempt} attempts; check NOSANA_RPC_URL or try again later"
+                )
 
     async def _accounts(self, keys: Sequence[Pubkey], what: str) -> list[Any]:
         """``getMultipleAccounts`` in batches of 100; ``None`` for a missing account."""
@@ -599,54 +596,57 @@ class SolanaNetwork:
         tx = VersionedTransaction(message, list(signers))
         signature = tx.signatures[0]
         opts = TxOpts(skip_confirmation=True, preflight_commitment=self.commitment)
-        raw = bytes(tx)
+        await self._send_raw(bytes(tx), opts, signature, what)
+        await self._confirm(signature, blockhash.last_valid_block_height, what, job)
+        return str(signature)
+
+    async def _send_raw(self, raw: bytes, opts: TxOpts, signature: Signature, what: str) -> None:
+        """Send signed transaction bytes, retried as :attr:`retry` says. Resending the same
+        bytes is safe: a transaction lands at most once (same bytes, same signature)."""
+        backoff = self.retry.backoff()
         reason = "no answer"
-        for attempt in range(self.rpc_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        while True:
             try:
                 await asyncio.wait_for(
                     self._rpc().send_raw_transaction(raw, opts), self.request_timeout_s + 1
                 )
-                break
+                return
             except RPCException as exc:
                 error = exc.args[0] if exc.args else None
                 text = _rpc_error_text(exc)
                 if "already been processed" in text:
-                    break  # an earlier attempt landed: same bytes, same signature
+                    return  # an earlier attempt landed
                 if isinstance(error, SendTransactionPreflightFailureMessage):
                     logs = list(error.data.logs or [])
                     raise TransactionFailedError(
                         _failure_message(what, self.name, logs, str(error.data.err)),
                         logs=logs, signature=str(signature),
                     ) from None
-                if _retryable_rpc_error(text):
-                    reason = text
-                    continue
-                raise NetworkError(
-                    f"Solana RPC {self.rpc_host} refused {what}: {text}"
-                ) from None
+                if not _retryable_rpc_error(text):
+                    raise NetworkError(
+                        f"Solana RPC {self.rpc_host} refused {what}: {text}"
+                    ) from None
+                reason = text
             except (SolanaRpcException, httpx2.HTTPError, OSError, TimeoutError) as exc:
-                # Resending the same signed bytes is safe: a transaction lands at most once.
                 reason, retry = _transport_reason(exc)
                 if not retry:
                     raise NetworkError(
                         f"Solana RPC {self.rpc_host} refused {what}: {reason}"
                     ) from None
-        else:
-            raise NetworkError(
-                f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
-                f"{self.rpc_attempts} attempts; nothing was spent unless "
-                f"https://explorer.solana.com/tx/{signature} shows it"
-            )
-        await self._confirm(signature, blockhash.last_valid_block_height, what, job)
-        return str(signature)
+            if not await backoff.wait():
+                raise NetworkError(
+                    f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
+                    f"{backoff.attempt} attempts; nothing was spent unless "
+                    f"https://explorer.solana.com/tx/{signature} shows it"
+                )
 
     async def _confirm(self, signature: Signature, last_valid: int, what: str,
                        job: str | None) -> None:
+        """Poll the signature's status (pauses from 0.25 s to 2 s) until it reaches the
+        commitment, fails, or ``confirm_timeout_s`` passes."""
         want = _COMMITMENT_RANK[self.commitment]
-        deadline = time.monotonic() + self.confirm_timeout_s
-        delay = 0.25
+        backoff = Retry(first=0.25, cap=2.0, attempts=_MAX_POLLS,
+                        total=self.confirm_timeout_s).backoff()
         while True:
             resp = await self._call(
                 "confirming the transaction", lambda c: c.get_signature_statuses([signature])
@@ -661,7 +661,7 @@ class SolanaNetwork:
                 if (status.confirmation_status is not None
                         and int(status.confirmation_status) >= want):
                     return
-            if time.monotonic() >= deadline:
+            if not await backoff.wait():
                 where = f"; job {job}" if job else ""
                 raise NetworkError(
                     f"{what}: transaction {signature} not confirmed within "
@@ -669,8 +669,6 @@ class SolanaNetwork:
                     f"https://explorer.solana.com/tx/{signature}"
                     f"{'?cluster=devnet' if self.name == 'devnet' else ''}"
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ posting
 
@@ -1008,9 +1006,11 @@ class _AccountSignal:
 
     async def _run(self) -> None:
         net = self._network
-        for attempt in range(self._RECONNECTS):
-            if attempt:
-                await asyncio.sleep(min(net.poll_interval_s * 2 ** attempt, 30))
+        first = max(0.01, net.poll_interval_s * 2)
+        # Bounded in connections, not in time: the subscription lives as long as the watch.
+        backoff = Retry(first=first, cap=max(first, 30.0), attempts=self._RECONNECTS,
+                        total=math.inf).backoff()
+        while True:
             ws = SolanaWsClient(net.ws_url, request_timeout=net.request_timeout_s,
                                 open_timeout=net.request_timeout_s, close_timeout=2.0)
             try:
@@ -1023,25 +1023,21 @@ class _AccountSignal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # polling carries on without it
-                log.debug("job subscription on %s ended: %s", _host(net.ws_url),
+                log.debug("job subscription on %s ended: %s", url_host(net.ws_url),
                           type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 3)
+            if not await backoff.wait():
+                return
 
 
 # --------------------------------------------------------------------------- error text
 
 
 def _scrub(text: str) -> str:
-    """Drop URLs from ``text`` (they may carry keys) and keep it to one short line."""
-    words = []
-    for word in text.split():
-        if "://" in word:
-            word = _host(word.strip("'\"()<>,")) or "<url>"
-        words.append(word)
-    line = " ".join(words)
-    return line if len(line) <= 300 else line[:299] + "…"
+    """``text`` as one short line without URLs (they may carry keys): hosts only."""
+    return one_line(text, 300, keep_urls=False)
 
 
 def _rpc_error_text(exc: RPCException) -> str:
