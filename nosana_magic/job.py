@@ -46,7 +46,14 @@ from .errors import NosanaError
 from .host import HostClient, HostError
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
-from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
+from .protocol import (
+    EXPIRY_MARGIN_S,
+    DurationError,
+    exposed_services,
+    format_duration,
+    parse_duration,
+    service_url,
+)
 from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
 from .secrets import Redactor, SecretError
 from .settings import Settings, reference_env
@@ -99,8 +106,6 @@ LEDGER_DONE_TIMEOUT_S = 30.0
 #: How long the definition POST retries after the host took the job (it must first fetch
 #: the placeholder from IPFS).
 SEND_TIMEOUT_S = 300.0
-#: Extra time past a job's expiry before the machine stops waiting for its end.
-EXPIRY_MARGIN_S = 120.0
 #: How long Ctrl-C waits for the stop it started (the stop itself goes on after that).
 STOP_WAIT_S = 60.0
 #: Log drain at the end: caught up once every line arrived and this much silence followed.

@@ -21,6 +21,7 @@ from solders.signature import Signature
 from .errors import NosanaError
 
 __all__ = [
+    "EXPIRY_MARGIN_S",
     "AuthError",
     "CidError",
     "DurationError",
@@ -330,3 +331,12 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+# --------------------------------------------------------------------------- the end of a job
+
+#: How long past its expiry a job may take to read as ended before the client calls it lost:
+#: the host's 60 s results window (docs/protocol.md §10), then pinning the public result and
+#: completing the job on the ledger (a confirmed transaction on chain). The one margin both
+#: the job's machine and the ledger's watch use.
+EXPIRY_MARGIN_S = 180.0

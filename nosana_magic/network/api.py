@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ..protocol import EXPIRY_MARGIN_S
 from ..transport import Retry, http_client_for, server_message
 from ..wallet import Wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
@@ -29,9 +30,6 @@ __all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
 #: The message Nosana's API expects to be signed.
 API_AUTH_MESSAGE = "NosanaApiAuthentication"
 
-#: Extra time ``watch`` allows past a running job's expiry: the host's 60 s results window,
-#: pinning the public result and completing the job on the ledger.
-EXPIRY_MARGIN_S = 180.0
 
 def _int_or_none(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
