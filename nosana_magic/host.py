@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from .errors import NosanaError
+from .errors import HostError
 from .results import Endpoints, FlowState, InfoEvent, NodeLogEntry, ServiceUrl
 from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
 from .wallet import Wallet
@@ -87,34 +87,6 @@ _ROUTES: dict[Kind, tuple[str, str, str]] = {
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class HostError(NosanaError):
-    """A host refused a request, or could not be reached within the retry bound.
-
-    The message names the host and the route, and holds at most the host's short error
-    string (never a request or response body).
-    """
-
-    def __init__(
-        self,
-        host: str,
-        route: str,
-        problem: str,
-        *,
-        status: int | None = None,
-        host_message: str | None = None,
-        gave_up: bool = False,
-    ) -> None:
-        super().__init__(f"host {host}: {route}: {problem}")
-        self.host = host
-        self.route = route
-        self.status = status
-        #: The host's own error text (short, redacted), if it sent one.
-        self.host_message = host_message
-        #: True when a retry bound ran out (the host may answer again later); False when the
-        #: host refused (retrying the same request cannot help).
-        self.gave_up = gave_up
 
 
 # --------------------------------------------------------------------------- SSE

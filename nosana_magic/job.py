@@ -42,7 +42,16 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from . import runner
-from .errors import NosanaError
+from .errors import (
+    JobExpired,
+    JobFailed,
+    JobInterrupted,
+    JobLost,
+    JobNotFound,
+    JobStopped,
+    MissingResult,
+    NosanaError,
+)
 from .host import HostClient, HostError
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
@@ -185,64 +194,6 @@ class JobEvent:
     kind: Literal["phase", "log", "urls", "state", "done"]
     job: ConfidentialJob
     line: LogLine | None = None
-
-
-class JobFailed(NosanaError):
-    """A job that did not succeed (:meth:`ConfidentialJob.raise_for_status`). One line."""
-
-    def __init__(self, message: str, job: ConfidentialJob | None = None) -> None:
-        super().__init__(message)
-        self.job = job
-
-
-class JobStopped(JobFailed):
-    """A job that was stopped (by you) before it finished."""
-
-
-class JobExpired(JobFailed):
-    """A job that reached its timeout: the host ended it, its ops cut short."""
-
-
-class JobLost(JobFailed):
-    """A job whose outcome is unknown: its host (or the ledger) quit or stopped answering."""
-
-
-class JobInterrupted(KeyboardInterrupt):
-    """Ctrl-C while waiting on a job: the job was stopped. Shows one line, no traceback.
-
-    ``sent`` is True when the stop request went through.
-    """
-
-    def __init__(self, message: str, job: ConfidentialJob | None = None, *,
-                 sent: bool = False) -> None:
-        super().__init__(message)
-        self.job = job
-        self.sent = sent
-
-    def _render_traceback_(self) -> list[str]:
-        return [str(self)]
-
-
-class JobNotFound(NosanaError):
-    """No job of this process matches a reference (or more than one does)."""
-
-
-class MissingResult(KeyError):
-    """A name that is not among a job's results (or ops). One line: what there is, and why.
-
-    A ``KeyError``, so ``name in job.results`` and ``job.results.get(name)`` work as for any
-    dict; ``key`` is the name looked up.
-    """
-
-    def __init__(self, message: str, key: object = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
 
 
 _V = TypeVar("_V")

@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import NosanaError
+from .errors import JobDefinitionError
 from .jsonc import (
     JsoncDocument,
     JsoncError,
@@ -92,30 +92,6 @@ _RANGE = re.compile(r"^[0-9]+-[0-9]+$")
 _PUBLIC_SECRETS = (("IAM", "S3 credentials"), ("accessToken", "an access token"))
 # Union branches are tagged with a NUL prefix, so their tags can be dropped from error paths.
 _T = "\x00"
-
-
-class JobDefinitionError(NosanaError, ValueError):
-    """An invalid job definition: every problem found, each located.
-
-    ``line``/``column``/``path``/``message`` describe the first problem; ``problems`` holds all.
-    """
-
-    def __init__(self, problems: list[Problem]) -> None:
-        if not problems:
-            raise ValueError("JobDefinitionError needs at least one problem")
-        self.problems = problems
-        first = problems[0]
-        self.line = first.line
-        self.column = first.column
-        self.path = first.path
-        self.message = first.message
-        more = len(problems) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        super().__init__(f"{first}{suffix}")
-
-    def _render_traceback_(self) -> list[str]:
-        name = type(self).__name__
-        return [f"{name}: {self.problems[0]}", *(f"  {p}" for p in self.problems[1:])]
 
 
 def check_body_size(body: bytes) -> None:

@@ -46,7 +46,7 @@ from IPython.core.magic import (
 from traitlets import Bool, Int, TraitError, Unicode, validate
 
 from .display import JobView, Table, in_kernel
-from .errors import NosanaError
+from .errors import SpendNotConfirmed
 from .protocol import DurationError, format_duration, parse_duration
 from .settings import reference_env
 
@@ -136,10 +136,6 @@ def _line_magic(fn: _F) -> _F:
 def parse_argstring(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     """Parse ``line`` for ``magic``; bad input raises ``UsageError`` (the exact class)."""
     return _margs.parse_argstring(magic, line)  # type: ignore[no-untyped-call, no-any-return]
-
-
-class SpendNotConfirmed(NosanaError):
-    """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
 
 
 @magics_class

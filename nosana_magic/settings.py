@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import NosanaError
+from .errors import SettingsError
 from .protocol import DurationError, parse_duration
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ JWT_ENV_VARS = ("NOSANA_PINATA_JWT", "PINATA_JWT")
 DEFAULT = "default"
 #: Settings that are found, not chosen: no override sets them.
 _FOUND = ("pinata_jwt_set", "credentials_file")
-
-
-class SettingsError(NosanaError):
-    """A setting with a value that cannot work; the message names the setting and its source."""
 
 
 @dataclass(frozen=True)

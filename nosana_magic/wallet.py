@@ -17,7 +17,7 @@ from pathlib import Path
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from .errors import NosanaError
+from .errors import WalletError
 from .protocol import auth_header, b58decode
 from .settings import WALLET_FROM_ENV, Settings, looks_like_path
 
@@ -32,10 +32,6 @@ __all__ = [
 
 #: Where the Nosana CLI keeps its key (a JSON array of 64 integers).
 DEFAULT_KEY_FILE = Path("~/.nosana/nosana_key.json")
-
-
-class WalletError(NosanaError):
-    """No usable wallet: the message says where it looked, never what it read."""
 
 
 class Wallet:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import NosanaError
+from ..errors import NetworkError
 from ..wallet import Wallet
 
 __all__ = [
@@ -23,10 +23,6 @@ __all__ = [
     "Network",
     "NetworkError",
 ]
-
-
-class NetworkError(NosanaError):
-    """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
 
 
 class JobState(str, enum.Enum):

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
+from ..errors import IpfsError
 from ..protocol import CidError, cid_to_digest
 from ..settings import credentials_file
 from ..transport import Retry, http_client_for, one_line
-from .base import NetworkError
 
 __all__ = [
     "DEFAULT_GATEWAY",
@@ -39,10 +39,6 @@ DEFAULT_GATEWAY = "https://nosana.mypinata.cloud/ipfs"
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Pinning and gateway reads: three attempts, 0.5 s then 1 s apart.
 PINATA_RETRY = Retry(first=0.5, cap=4.0, attempts=3, total=120.0)
-
-
-class IpfsError(NetworkError):
-    """Pinning or reading a document failed (after bounded retries), or no credential is set."""
 
 
 def _no_credential_message() -> str:

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 from solders.pubkey import Pubkey
 
+from ..errors import UnknownMarketError
 from ..protocol import format_duration
 from ..transport import http_client_for
-from .base import NetworkError
 
 __all__ = [
     "DEFAULT_MARKETS_API",
@@ -98,10 +98,6 @@ DEFAULT_COMPUTE_UNITS_PER_INSTRUCTION = 200_000
 _ACCOUNT_STORAGE_OVERHEAD = 128
 _LAMPORTS_PER_BYTE_YEAR = 3_480
 _EXEMPTION_THRESHOLD_YEARS = 2
-
-
-class UnknownMarketError(NetworkError, LookupError):
-    """A market slug that no table knows, or text that is neither a slug nor an address."""
 
 
 def is_address(text: str) -> bool:

@@ -64,6 +64,7 @@ from ..chain import (
     QueueType,
     RunAccount,
 )
+from ..errors import InsufficientFundsError, TransactionFailedError
 from ..protocol import b58encode, format_duration
 from ..transport import Retry, one_line, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
@@ -129,19 +130,6 @@ _ZERO32 = bytes(32)
 
 # SPL token account: mint(32) owner(32) amount(u64) ...; 165 bytes.
 _TOKEN_ACCOUNT_LEN = 165
-
-
-class InsufficientFundsError(NetworkError):
-    """The wallet cannot pay for what was asked; the message says what is missing and how much."""
-
-
-class TransactionFailedError(NetworkError):
-    """The cluster rejected a transaction. ``logs`` holds the program's log lines."""
-
-    def __init__(self, message: str, *, logs: Sequence[str] = (), signature: str | None = None):
-        super().__init__(message)
-        self.logs = list(logs)
-        self.signature = signature
 
 
 def _short(address: str | Pubkey) -> str:
