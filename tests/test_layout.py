@@ -120,3 +120,94 @@ def test_the_sleep_check_sees_sleeps() -> None:
     tree = ast.parse("import asyncio, time\nclass A:\n    async def f(self):\n"
                      "        await asyncio.sleep(1)\n        time.sleep(2)\n")
     assert sorted(sleeps(tree)) == [("A.f", 4), ("A.f", 5)]
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _runtime_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import that runs (at module level or in a function), not those for type checkers."""
+    for child in ast.iter_child_nodes(tree):
+        if _is_type_checking(child):
+            continue
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        yield from _runtime_imports(child)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports when it runs."""
+    names = {name for name, _ in modules()}
+    packages = {name for name in names
+                if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").is_file()}
+    graph: dict[str, set[str]] = {}
+    for module, tree in modules():
+        here = module if module in packages else module.rpartition(".")[0]
+        targets = graph.setdefault(module, set())
+        for node in _runtime_imports(tree):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in names}
+                continue
+            base = here
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            source = f"{base}.{node.module}" if node.level and node.module else (
+                base if node.level else node.module or "")
+            for alias in node.names:
+                target = f"{source}.{alias.name}"
+                targets.add(target if target in names else source)
+        targets &= names
+        targets.discard(module)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
+
+
+def test_imports_run_one_way() -> None:
+    graph = import_graph()
+    devnode = "nosana_magic.devnode"
+    up = {(a, b) for a, targets in graph.items() if a.startswith(devnode)
+          for b in targets if b.startswith("nosana_magic.network")}
+    assert up == set(), "the devnode sits below the networks: import from protocol instead"
+    starters = {a for a, targets in graph.items() if not a.startswith(devnode)
+                and any(b.startswith(devnode) for b in targets)}
+    assert starters == {"nosana_magic.network.local"}, "only network/local.py starts a devnode"
+    assert graph["nosana_magic.transport"] == set(), "transport is the bottom layer"
+    assert graph["nosana_magic.errors"] == set()
+    assert _cycle(graph) is None, f"an import cycle: {' -> '.join(_cycle(graph) or [])}"
+
+
+def test_the_import_graph_is_read_right() -> None:
+    graph = import_graph()
+    assert {"nosana_magic.transport", "nosana_magic.errors"} <= graph["nosana_magic.host"]
+    assert "nosana_magic.runner" in graph["nosana_magic.job"]  # ``from . import runner``
+    assert "nosana_magic.devnode" in graph["nosana_magic.network.local"]  # in a function
+    assert "nosana_magic.job" not in graph["nosana_magic.errors"]  # only for type checkers
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ..network.base import JobState
+from ..protocol import JobState
 from .config import DevNodeConfig
 from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
