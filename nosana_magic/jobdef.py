@@ -694,11 +694,6 @@ class JobDefinition(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     @property
-    def source_json(self) -> dict[str, Any]:
-        """Alias of :meth:`to_dict`."""
-        return self.to_dict()
-
-    @property
     def warnings(self) -> list[str]:
         """Located warnings: a credential typed into the definition (never its value), odd
         ports, unknown ``depends_on`` targets, duplicate JSON keys."""

@@ -86,7 +86,7 @@ PACED_SLEEPS = {
         "ConfidentialJob._drain_logs",  # the end-of-job log drain's idle check
     },
     "nosana_magic.__main__": {"wait_for_service", "demo"},  # the demo's view ticks
-    "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode.wait_idle", "DevNode._serve"},
+    "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode._serve"},
     "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
     "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
     "nosana_magic.devnode.services": {"ServiceRegistry._health_loop"},  # health checks

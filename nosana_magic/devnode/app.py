@@ -172,14 +172,6 @@ class DevNode:
                 raise TimeoutError(f"job {address} is {state} after {timeout} s")
             time.sleep(0.02)
 
-    def wait_idle(self, timeout: float) -> None:
-        """Block until no host has a job (queued jobs that nobody takes are ignored)."""
-        deadline = time.monotonic() + timeout
-        while any(host.busy for host in self.hosts):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"hosts still busy after {timeout} s")
-            time.sleep(0.02)
-
     def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
         """Run ``fn`` on the devnode's event loop and return its result (thread-safe).
 
