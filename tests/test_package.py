@@ -85,13 +85,13 @@ def test_importing_the_package_loads_no_job_machinery() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_the_solana_module_leaves_logging_alone_until_used() -> None:
-    code = ("import logging, nosana_magic.network.solana as s\n"
-            "print([len(logging.getLogger(n).filters) for n in s._LOGGERS_WITH_URLS])\n"
+def test_the_solana_modules_leave_logging_alone_until_used() -> None:
+    code = ("import logging, nosana_magic.network.rpc as r, nosana_magic.network.solana as s\n"
+            "print([len(logging.getLogger(n).filters) for n in r._LOGGERS_WITH_URLS])\n"
             "from solders.keypair import Keypair\n"
             "from nosana_magic.wallet import Wallet\n"
             "s.SolanaNetwork(Wallet(Keypair()), rpc_url='https://rpc.example/?api-key=K')\n"
-            "print([len(logging.getLogger(n).filters) for n in s._LOGGERS_WITH_URLS])\n")
+            "print([len(logging.getLogger(n).filters) for n in r._LOGGERS_WITH_URLS])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.split("\n")[:2] == ["[0, 0]", "[1, 1]"]

@@ -291,7 +291,8 @@ async def test_an_anchor_error_is_shown_by_name(env: FakeSolana) -> None:
         vault=market.vault, authority=env.wallet.public_key,
     )
     with pytest.raises(TransactionFailedError) as err:
-        await net._send([delist], [env.wallet.keypair], "delisting the job", fee=0)
+        await net.rpc.send([delist], [env.wallet.keypair], "delisting the job",
+                           payer=env.wallet.public_key, fee=0)
     assert str(err.value) == (
         "delisting the job failed on mainnet: MarketInWrongState (6015): "
         "This market does not have the right status (account: market)"
