@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import secrets
 import socket
 import sys
@@ -178,16 +177,18 @@ def demo(*, timeout: str = "5m", quiet: bool = False) -> int:
     from .display import JobView
     from .job import run_confidential
     from .jobdef import parse_job_definition
+    from .settings import reference_env
 
-    # A stand-in for a real API key, made here so that it is never typed anywhere.
-    os.environ.setdefault("DEMO_API_TOKEN", secrets.token_hex(16))
+    # A stand-in for a real API key, made here so that it is never typed anywhere (or the
+    # caller's own DEMO_API_TOKEN).
+    token = reference_env().get("DEMO_API_TOKEN") or secrets.token_hex(16)
     definition = parse_job_definition(QUICKSTART_DEFINITION)
     for warning in definition.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for note in definition.notes:
         print(f"note: {note}", file=sys.stderr)
     job = run_confidential(
-        definition, timeout=timeout, wait=False, env=os.environ,
+        definition, timeout=timeout, wait=False, env={"DEMO_API_TOKEN": token},
         namespace={"TRAIN_PY": TRAIN_PY, "SERVE_PY": SERVE_PY, "PORT": free_port()},
         on_notice=print)
     view = JobView(job, quiet=quiet, mode="text").show()
@@ -209,7 +210,7 @@ def demo(*, timeout: str = "5m", quiet: bool = False) -> int:
         job.stop()
         return _fail(str(err))
     view.finish()
-    expected = "sha256:" + hashlib.sha256(os.environ["DEMO_API_TOKEN"].encode()).hexdigest()[:8]
+    expected = "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:8]
     checks = {
         "the job succeeded": job.ok,
         "train exited 0": job.ops["train"].exit_code == 0,

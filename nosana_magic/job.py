@@ -33,7 +33,6 @@ import concurrent.futures
 import html
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -43,14 +42,31 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from . import runner
-from .errors import NosanaError
-from .host import Backoff, HostClient, HostError, Retry
+from .errors import (
+    JobExpired,
+    JobFailed,
+    JobInterrupted,
+    JobLost,
+    JobNotFound,
+    JobStopped,
+    MissingResult,
+    NosanaError,
+)
+from .host import HostClient, HostError
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
-from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
+from .protocol import (
+    EXPIRY_MARGIN_S,
+    DurationError,
+    exposed_services,
+    format_duration,
+    parse_duration,
+    service_url,
+)
 from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
 from .secrets import Redactor, SecretError
-from .settings import Settings
+from .settings import Settings, reference_env
+from .transport import Backoff, Retry
 
 __all__ = [
     "FINAL_STATUSES",
@@ -99,8 +115,6 @@ LEDGER_DONE_TIMEOUT_S = 30.0
 #: How long the definition POST retries after the host took the job (it must first fetch
 #: the placeholder from IPFS).
 SEND_TIMEOUT_S = 300.0
-#: Extra time past a job's expiry before the machine stops waiting for its end.
-EXPIRY_MARGIN_S = 120.0
 #: How long Ctrl-C waits for the stop it started (the stop itself goes on after that).
 STOP_WAIT_S = 60.0
 #: Log drain at the end: caught up once every line arrived and this much silence followed.
@@ -180,64 +194,6 @@ class JobEvent:
     kind: Literal["phase", "log", "urls", "state", "done"]
     job: ConfidentialJob
     line: LogLine | None = None
-
-
-class JobFailed(NosanaError):
-    """A job that did not succeed (:meth:`ConfidentialJob.raise_for_status`). One line."""
-
-    def __init__(self, message: str, job: ConfidentialJob | None = None) -> None:
-        super().__init__(message)
-        self.job = job
-
-
-class JobStopped(JobFailed):
-    """A job that was stopped (by you) before it finished."""
-
-
-class JobExpired(JobFailed):
-    """A job that reached its timeout: the host ended it, its ops cut short."""
-
-
-class JobLost(JobFailed):
-    """A job whose outcome is unknown: its host (or the ledger) quit or stopped answering."""
-
-
-class JobInterrupted(KeyboardInterrupt):
-    """Ctrl-C while waiting on a job: the job was stopped. Shows one line, no traceback.
-
-    ``sent`` is True when the stop request went through.
-    """
-
-    def __init__(self, message: str, job: ConfidentialJob | None = None, *,
-                 sent: bool = False) -> None:
-        super().__init__(message)
-        self.job = job
-        self.sent = sent
-
-    def _render_traceback_(self) -> list[str]:
-        return [str(self)]
-
-
-class JobNotFound(NosanaError):
-    """No job of this process matches a reference (or more than one does)."""
-
-
-class MissingResult(KeyError):
-    """A name that is not among a job's results (or ops). One line: what there is, and why.
-
-    A ``KeyError``, so ``name in job.results`` and ``job.results.get(name)`` work as for any
-    dict; ``key`` is the name looked up.
-    """
-
-    def __init__(self, message: str, key: object = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
 
 
 _V = TypeVar("_V")
@@ -1190,7 +1146,7 @@ class ConfidentialJob:
         return (ready or markets)[0]
 
     def _env_map(self) -> Mapping[str, str]:
-        return self._env if self._env is not None else os.environ
+        return self._env if self._env is not None else reference_env()
 
     # -- following a listed job ----------------------------------------------------------
 
@@ -1642,7 +1598,7 @@ def run_confidential(
     ``definition``: cell text (JSON with comments), parsed JSON, or a :class:`JobDefinition`.
     ``timeout``: ``"30m"``, ``"2h"``, or seconds as an int (default: the settings', 30 min).
     ``network``: ``"local"`` (default: the embedded devnode), ``"devnet"``, ``"mainnet"``, or
-    a :class:`Network`. ``env`` (default ``os.environ``) and ``namespace`` resolve
+    a :class:`Network`. ``env`` (default: the process environment) and ``namespace`` resolve
     ``${env:…}``/``${var:…}`` just before the definition is sent to the host.
     ``send``/``receive`` select the placeholder variant (both: the CLI's; see
     :meth:`JobDefinition.placeholder`). Failures do not raise here: check ``job.ok`` or call

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import os
 import sys
 import textwrap
 import threading
@@ -47,8 +46,9 @@ from IPython.core.magic import (
 from traitlets import Bool, Int, TraitError, Unicode, validate
 
 from .display import JobView, Table, in_kernel
-from .errors import NosanaError
+from .errors import SpendNotConfirmed
 from .protocol import DurationError, format_duration, parse_duration
+from .settings import reference_env
 
 if TYPE_CHECKING:
     from .job import ConfidentialJob
@@ -60,19 +60,6 @@ __all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
 #: How long the main thread blocks in one wait on a running job. Short, so a kernel interrupt
 #: (Ctrl-C) is handled at once and the text view's lines are printed promptly.
 _WAIT_SLICE_S = 0.1
-
-# Trait name -> environment variable read by Settings.from_env (for ``%nosana config``).
-_ENV_OF = {
-    "network": "NOSANA_NETWORK",
-    "market": "NOSANA_MARKET",
-    "timeout": "NOSANA_TIMEOUT",
-    "devnode_url": "NOSANA_DEVNODE_URL",
-    "node_url_template": "NOSANA_NODE_URL_TEMPLATE",
-    "rpc_url": "NOSANA_RPC_URL",
-    "wallet": "NOSANA_WALLET",
-    "pinata_jwt": "PINATA_JWT",
-    "data_dir": "NOSANA_DATA_DIR",
-}
 
 _SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config", "help")
 
@@ -149,10 +136,6 @@ def _line_magic(fn: _F) -> _F:
 def parse_argstring(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     """Parse ``line`` for ``magic``; bad input raises ``UsageError`` (the exact class)."""
     return _margs.parse_argstring(magic, line)  # type: ignore[no-untyped-call, no-any-return]
-
-
-class SpendNotConfirmed(NosanaError):
-    """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
 
 
 @magics_class
@@ -244,9 +227,9 @@ class NosanaMagics(Magics):
         """The effective settings: flags > traits > environment > defaults."""
         from .settings import Settings
 
-        overrides = self._trait_overrides()
-        overrides.update({k: v for k, v in flags.items() if v is not None})
-        return Settings.from_env(**overrides)
+        return Settings.from_env(
+            source="%config NosanaMagics.{name}", **self._trait_overrides()
+        ).with_overrides(source="flag --{name}", **flags)
 
     # -- %%nosana_confidential -----------------------------------------------------------
 
@@ -319,7 +302,7 @@ class NosanaMagics(Magics):
             print(f"note: {note}", file=sys.stderr)
         namespace = self.shell.user_ns if self.shell is not None else {}
         # Every reference must resolve before anything is pinned or listed.
-        definition.check_references(env=os.environ, namespace=namespace)
+        definition.check_references(env=reference_env(), namespace=namespace)
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout)
         if settings.network != "local":
@@ -334,7 +317,7 @@ class NosanaMagics(Magics):
         job = run_confidential(
             definition, settings=settings, node=args.node,
             send=not args.receive_only, receive=not args.send_only, wait=False,
-            env=os.environ, namespace=namespace, on_notice=notices)
+            env=reference_env(), namespace=namespace, on_notice=notices)
         notices.flush()
         if args.out:
             namespace[args.out] = job
@@ -561,20 +544,7 @@ class NosanaMagics(Magics):
                      title=f"markets on {settings.network}")
 
     def _config_table(self) -> Table:
-        settings = self.settings()
-        traits = self._trait_overrides()
-        rows = []
-        for name, shown in settings.describe().items():
-            if name in traits:
-                source = f"%config NosanaMagics.{name}"
-            elif os.environ.get(_ENV_OF.get(name, ""), "").strip():
-                source = f"env {_ENV_OF[name]}"
-            else:
-                source = "default"
-            if name == "wallet":
-                # Credentials only as set/unset: a key file path or the variable's name.
-                shown = "set" if settings.wallet else "unset (the Nosana CLI key file if any)"
-            rows.append([name, "" if shown is None else str(shown), source])
+        rows = [list(row) for row in self.settings().explain()]
         rows.append(["log_tail", str(self.log_tail), self._trait_source("log_tail")])
         rows.append(["confirm_spend", str(self.confirm_spend), self._trait_source("confirm_spend")])
         return Table(["setting", "value", "source"], rows, title="nosana settings")

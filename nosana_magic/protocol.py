@@ -1,4 +1,5 @@
-"""Pure functions of the Nosana protocol: auth headers, expose ids, CIDs, durations.
+"""Pure functions and records of the Nosana protocol: auth headers, expose ids, CIDs,
+durations, a job's state on the ledger.
 
 Everything here is checked against the vectors computed by Nosana's official JavaScript
 packages. Nothing here does I/O.
@@ -6,6 +7,7 @@ packages. Nothing here does I/O.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 import time
@@ -21,10 +23,12 @@ from solders.signature import Signature
 from .errors import NosanaError
 
 __all__ = [
+    "EXPIRY_MARGIN_S",
     "AuthError",
     "CidError",
     "DurationError",
     "ExposedService",
+    "JobState",
     "auth_header",
     "b58decode",
     "b58encode",
@@ -330,3 +334,30 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+# --------------------------------------------------------------------------- jobs on the ledger
+
+
+class JobState(str, enum.Enum):
+    """A job's state on the ledger (docs/protocol.md §19). RUNNING is derived: a node has
+    taken the job."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    STOPPED = "STOPPED"
+
+    @property
+    def done(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.STOPPED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: How long past its expiry a job may take to read as ended before the client calls it lost:
+#: the host's 60 s results window (docs/protocol.md §10), then pinning the public result and
+#: completing the job on the ledger (a confirmed transaction on chain). The one margin both
+#: the job's machine and the ledger's watch use.
+EXPIRY_MARGIN_S = 180.0

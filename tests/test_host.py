@@ -1,4 +1,4 @@
-"""HostClient: the retry policy and SSE parsing, then every method over loopback."""
+"""HostClient: SSE parsing, then every method over loopback (the retry policy: test_transport)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from nosana_magic.devnode import DevNode
-from nosana_magic.host import Backoff, HostClient, HostError, Retry, SseParser
+from nosana_magic.host import HostClient, HostError, Retry, SseParser
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.results import NodeLogEntry
 from nosana_magic.wallet import Wallet
@@ -31,73 +31,6 @@ from .client_fixtures import (
     serve_app,
 )
 from .waiting import PATIENCE, until
-
-# --------------------------------------------------------------------------- retry policy
-
-
-class FakeClock:
-    """The host module's clock and sleep, under the test's control: a sleep advances it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import nosana_magic.host as host_module
-
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._real_sleep = asyncio.sleep
-        monkeypatch.setattr(host_module, "time", self)
-        monkeypatch.setattr(host_module.asyncio, "sleep", self.sleep)
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
-        await self._real_sleep(0)
-
-
-async def test_backoff_doubles_from_first_to_cap_and_stops_at_attempts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = FakeClock(monkeypatch)
-    backoff = Backoff(Retry(first=0.01, cap=0.04, attempts=5, total=10), total=10,
-                      started=clock.now)
-    while await backoff.wait():
-        pass
-    assert backoff.attempt == 5
-    assert clock.sleeps == pytest.approx([0.01, 0.02, 0.04, 0.04])
-
-
-async def test_backoff_stops_at_the_time_bound_with_a_last_attempt_at_the_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = FakeClock(monkeypatch)
-    backoff = Backoff(Retry(first=0.05, cap=0.05, attempts=1000), total=0.12,
-                      started=clock.now)
-    waits = 0
-    while await backoff.wait():
-        waits += 1
-    assert waits == 3  # 0.05 + 0.05 + 0.02 (cut to the bound)
-    assert clock.sleeps == pytest.approx([0.05, 0.05, 0.02])
-    assert clock.now - 1000.0 == pytest.approx(0.12)
-
-
-async def test_backoff_reset_restarts_the_bounds() -> None:
-    backoff = Backoff(Retry(first=0.01, cap=0.01, attempts=2), total=5)
-    assert await backoff.wait()
-    assert not await backoff.wait()
-    backoff.reset()
-    assert await backoff.wait()
-
-
-def test_retry_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        Retry(first=0)
-    with pytest.raises(ValueError):
-        Retry(first=3, cap=2)
-    with pytest.raises(ValueError):
-        Retry(attempts=0)
-
 
 # --------------------------------------------------------------------------- SSE
 

@@ -441,6 +441,18 @@ def test_config_shows_sources_and_credentials_only_as_set(
         assert secret not in shown and "jwt-SECRET-123" not in shown
 
 
+def test_config_renders_every_setting_with_its_source(
+        shell: InteractiveShell, magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOSANA_PRIORITY_FEE", "1234")
+    table = shell.run_line_magic("nosana", "config")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["priority_fee"][1:] == ["1234", "env NOSANA_PRIORITY_FEE"]
+    assert rows["devnode_url"][2] == "env NOSANA_DEVNODE_URL"
+    assert rows["commitment"][1:] == ["confirmed", "default"]
+    assert list(rows) == [name for name, _, _ in magics.settings().explain()] + [
+        "log_tail", "confirm_spend"]
+
+
 # --------------------------------------------------------------------------- settings
 
 
