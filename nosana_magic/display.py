@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from .protocol import format_duration
+from .protocol import format_duration, short_address
 from .runner import call_soon, get_loop, in_runner_thread, run_sync
 
 if TYPE_CHECKING:
@@ -120,12 +120,6 @@ def _price_text(job: ConfidentialJob) -> str:
     return f"{market.nos_per_hour:.4g} NOS/h"
 
 
-def _short(address: str | None, keep: int = 6) -> str:
-    if not address:
-        return "…"
-    return address if len(address) <= 2 * keep + 1 else f"{address[:keep]}…{address[-keep:]}"
-
-
 def _phase_line(job: ConfidentialJob, phase: str) -> str:
     """One line of the text view for a phase change."""
     if phase == "queued":
@@ -199,14 +193,14 @@ def _header_html(job: ConfidentialJob) -> str:
     parts = [
         f'<b style="color:{colour}">{html.escape(status)}</b>',
         f'job <code title="{html.escape(job.address or "")}">'
-        f"{html.escape(_short(job.address))}</code>",
+        f"{html.escape(short_address(job.address or '…'))}</code>",
         html.escape(job.network_name),
     ]
     if job.market is not None:
         parts.append(f"market <code>{html.escape(job.market.slug)}</code>")
     if job.node:
         parts.append(f'node <code title="{html.escape(job.node)}">'
-                     f"{html.escape(_short(job.node))}</code>")
+                     f"{html.escape(short_address(job.node))}</code>")
     if job.elapsed is not None:
         parts.append(html.escape(_elapsed_text(job.elapsed)))
     price = _price_text(job)

@@ -40,7 +40,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import NosanaError
-from .results import Endpoints, FlowState, InfoEvent, NodeLogEntry, ServiceUrl
+from .results import FlowState, InfoEvent, NodeLogEntry
 from .wallet import Wallet
 
 __all__ = [
@@ -53,15 +53,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
-#: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
-PRIVATE_EXPOSE_ID_LENGTH = 45
-
 #: Error strings of the host (docs/protocol.md §5), matched as prefixes.
 _INVALID_JOB_ID = "invalid job id"
 _CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
 _CANNOT_GET_RESULTS = "cannot get job result at this time"
-_NO_EXPOSED_URL = "no exposed url"
 _UNAUTHORIZED = "unauthorized request"
 
 #: WebSocket close codes of the node (docs/protocol.md §7) that retrying cannot fix.
@@ -70,7 +65,7 @@ _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refus
 #: chain for each subscription, and an RPC error there closes 3000 too.
 _WS_AUTH_CODE = 3000
 
-Kind = Literal["definition", "results", "endpoints", "stop"]
+Kind = Literal["definition", "results", "stop"]
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
@@ -80,7 +75,6 @@ _ROUTES: dict[Kind, tuple[str, str, str]] = {
     # kind: (method, current path, legacy path)
     "definition": ("POST", "/job/{job}/job-definition", "/job-definition/{job}"),
     "results": ("GET", "/job/{job}/results", "/job-result/{job}"),
-    "endpoints": ("GET", "/job/{job}/endpoints", "/service/url/{job}"),
     "stop": ("POST", "/job/{job}/stop", "/service/stop/{job}"),
 }
 
@@ -605,41 +599,6 @@ class HostClient:
             gave_up="no results after {elapsed:.1f} s ({attempts} attempts): {last}",
             patient=True,
         )
-
-    async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:
-        """The job's service URLs, private ones included (``[]`` when it exposes none).
-
-        A service is private when its id has the 45 characters of a host-made random id.
-        """
-
-        async def classify(response: httpx.Response) -> list[ServiceUrl] | _Again:
-            status = response.status_code
-            if status == 200:
-                return self._service_urls(response)
-            message = self._message(response)
-            if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
-                return []
-            if status < 500:
-                raise self._error("endpoints", "the host refused the endpoints", response)
-            return _Again(f"{status} {message}")
-
-        return await self._until_answered("endpoints", self.retry.backoff(timeout), classify)
-
-    def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
-        endpoints = self._body(
-            "endpoints", response, Endpoints, "the host sent endpoints in an unknown shape"
-        )
-        return [
-            ServiceUrl(
-                url=item.url,
-                port=item.port,
-                op_id=item.op_id,
-                private=len(expose_id) == PRIVATE_EXPOSE_ID_LENGTH,
-                status=item.status,
-                expose_id=expose_id,
-            )
-            for expose_id, item in endpoints.urls.items()
-        ]
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""

@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from . import runner
@@ -47,8 +46,23 @@ from .errors import NosanaError
 from .host import Backoff, HostClient, HostError, Retry
 from .jobdef import JobDefinition, JobDefinitionError, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
-from .protocol import DurationError, exposed_services, format_duration, parse_duration, service_url
-from .results import FlowState, InfoEvent, NodeLogEntry, OpLog, OpState, ServiceUrl, final_status
+from .protocol import (
+    DurationError,
+    exposed_services,
+    format_duration,
+    parse_duration,
+    service_url,
+    short_address,
+)
+from .results import (
+    FlowState,
+    InfoEvent,
+    LogLine,
+    OpState,
+    ServiceUrl,
+    final_status,
+    urls_from_secrets,
+)
 from .secrets import Redactor, SecretError
 from .settings import Settings
 
@@ -114,19 +128,6 @@ SYSTEM_ADDRESS = "11111111111111111111111111111111"
 
 
 # --------------------------------------------------------------------------- public records
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One line of a job's log: container output (``stdout``/``stderr``) or a host ``node`` line."""
-
-    op_id: str | None
-    stream: str
-    text: str
-    timestamp: float
-
-    def __str__(self) -> str:
-        return self.text
 
 
 @dataclass(frozen=True)
@@ -272,38 +273,7 @@ class Results(dict[str, _V]):
 
 
 def _short(address: str | None) -> str:
-    if not address:
-        return "(not listed)"
-    return address if len(address) <= 8 else f"{address[:4]}…{address[-2:]}"
-
-
-def _timestamp_s(value: str | int | float | None) -> float:
-    """Seconds from the host's ms integers or docker's ISO strings (``now`` if unknown)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value / 1000.0
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        # Docker writes nanoseconds; datetime takes microseconds.
-        head, dot, rest = text.partition(".")
-        if dot:
-            digits = "".join(c for c in rest if c.isdigit())
-            tail = rest[len(digits):]
-            text = f"{head}.{digits[:6]}{tail}"
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass
-    return time.time()
-
-
-def _strip_newline(text: str) -> str:
-    if text.endswith("\n"):
-        text = text[:-1]
-    if text.endswith("\r"):
-        text = text[:-1]
-    return text
+    return short_address(address) if address else "(not listed)"
 
 
 def _decode(value: Any) -> Any:
@@ -326,32 +296,6 @@ def _redact_tree(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, dict):
         return {key: _redact_tree(item, redact) for key, item in value.items()}
     return value
-
-
-def _urls_from_secrets(secrets: Mapping[str, Any] | None, job: str) -> list[ServiceUrl]:
-    """Service URLs in a flow's ``secrets`` (``{job: {exposeId: {opID, port, url, status}}}``)."""
-    if not secrets:
-        return []
-    entries = secrets.get(job)
-    if not isinstance(entries, Mapping):
-        return []
-    urls: list[ServiceUrl] = []
-    for expose_id, item in entries.items():
-        if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
-            continue
-        status = item.get("status")
-        urls.append(
-            ServiceUrl(
-                url=item["url"],
-                port=item.get("port", ""),
-                op_id=str(item.get("opID") or item.get("opId") or ""),
-                # A private service has a host-made random id of 45 characters.
-                private=len(str(expose_id)) == 45,
-                status=status if status in ("ONLINE", "OFFLINE", "UNKNOWN") else "UNKNOWN",
-                expose_id=str(expose_id),
-            )
-        )
-    return urls
 
 
 def _validation_summary(errors: list[Any]) -> str:
@@ -638,7 +582,7 @@ class ConfidentialJob:
             parts.append(self.market.slug)
         parts.append(self.status)
         if self.node:
-            parts.append(f"node {self.node[:2]}…")
+            parts.append(f"node {short_address(self.node)}")
         return " ".join(parts) + ">"
 
     def _repr_html_(self) -> str:
@@ -1382,7 +1326,7 @@ class ConfidentialJob:
                 op_id=op.operation_id,
                 host_status=op.status,
                 exit_code=op.exit_code,
-                logs=[self._op_line(op.operation_id, entry) for entry in op.logs],
+                logs=[LogLine.from_op_log(op.operation_id, entry) for entry in op.logs],
                 results=decoded,
                 ended_by=_op_ended_by(op, self._stop_requested),
                 ran=op.start_time is not None or op.status == "running",
@@ -1396,12 +1340,7 @@ class ConfidentialJob:
         self.ops = Results(ops, kind="op", explain=self._explain_missing)
         self.results = Results(merged, explain=self._explain_missing)
         if flow.secrets:
-            self._set_urls(_urls_from_secrets(flow.secrets, self.address or ""))
-
-    @staticmethod
-    def _op_line(op_id: str, entry: OpLog) -> LogLine:
-        stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
-        return LogLine(op_id, stream, _strip_newline(entry.log), _timestamp_s(entry.timestamp))
+            self._set_urls(urls_from_secrets(flow.secrets, self.address or ""))
 
     # -- ledger --------------------------------------------------------------------------
 
@@ -1495,7 +1434,7 @@ class ConfidentialJob:
 
     def _on_info(self, event: InfoEvent) -> None:
         self._flow_status = event.status
-        urls = _urls_from_secrets(event.secrets, self.address or "")
+        urls = urls_from_secrets(event.secrets, self.address or "")
         if urls:
             self._set_urls(urls)
         if event.end_time is not None:
@@ -1510,7 +1449,7 @@ class ConfidentialJob:
         while True:
             try:
                 async for entry in host.logs(since=host.log_cursor):
-                    line = self._log_line(entry)
+                    line = LogLine.from_log_entry(entry, self._redactor.redact)
                     self._logs.append(line)
                     if line.stream != "node":
                         self._container_lines += 1
@@ -1526,18 +1465,6 @@ class ConfidentialJob:
                 if not await self._resume(resume):
                     self._pulse()
                     return
-
-    def _log_line(self, entry: NodeLogEntry) -> LogLine:
-        payload = entry.payload if isinstance(entry.payload, Mapping) else {}
-        op_id = payload.get("opId") or payload.get("op_id") or payload.get("operationId")
-        text = self._redactor.redact(_strip_newline(entry.log))
-        stamp = entry.timestamp / 1000.0 if entry.timestamp else time.time()
-        if entry.type == "log":
-            stream = payload.get("stream") or payload.get("type")
-            stream = stream if stream in ("stdout", "stderr") else "stdout"
-        else:
-            stream = "node"
-        return LogLine(op_id if isinstance(op_id, str) else None, stream, text, stamp)
 
     async def _drain_logs(self, log_task: asyncio.Task[Any] | None) -> None:
         """Let the ``/log`` stream catch up before it is closed.
@@ -1577,13 +1504,8 @@ class ConfidentialJob:
         if definition is None or domain is None or self.address is None:
             return
         urls = [
-            ServiceUrl(
-                url=service_url(service.expose_id, domain),
-                port=service.port,
-                op_id=service.op_id,
-                private=False,
-                expose_id=service.expose_id,
-            )
+            ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
+                          port=service.port, op_id=service.op_id)
             for service in exposed_services(definition.to_dict(), self.address)
         ]
         if urls:

@@ -151,7 +151,7 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job.elapsed is not None and 0 <= job.elapsed < 3 * PATIENCE  # seconds, not ms
     assert job.address is not None and job.node is not None
     assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")
-    assert repr(job).endswith(f"local-cpu succeeded node {job.node[:2]}…>")
+    assert repr(job).endswith(f"local-cpu succeeded node {job.node[:4]}…{job.node[-4:]}>")
     assert job in jobs() and find_job(job.address[:10]) is job
 
 
@@ -362,7 +362,8 @@ def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork)
     assert stopped.status == "stopped" and stopped.exit_code in (137, 143)
     assert stopped.host_status == "success" and stopped.ended_by == "stop"
     assert not any("expired" in line.text.lower() for line in job.node_logs)
-    assert job.node is not None and repr(job).endswith(f" stopped node {job.node[:2]}…>")
+    assert job.node is not None and repr(job).endswith(
+        f" stopped node {job.node[:4]}…{job.node[-4:]}>")
 
 
 def test_a_job_past_its_timeout_expired(devnode: DevNode, net: ApiNetwork) -> None:

@@ -16,13 +16,12 @@ from nosana_magic.job import (
     LogLine,
     OpResult,
     _decode,
-    _timestamp_s,
-    _urls_from_secrets,
     _validation_summary,
     find_job,
 )
 from nosana_magic.network.base import JobInfo, JobState, Market
-from nosana_magic.results import FlowState, NodeLogEntry, ServiceUrl
+from nosana_magic.results import FlowState, NodeLogEntry, ServiceUrl, _timestamp_s
+from nosana_magic.results import urls_from_secrets as _urls_from_secrets
 from nosana_magic.secrets import Redactor
 from nosana_magic.wallet import Wallet
 
@@ -142,15 +141,15 @@ def test_reported_specific_status_wins() -> None:
 
 
 def test_log_lines_from_node_entries() -> None:
-    job = _job(address="JOB")
-    job._redactor = Redactor({"T": "secret-value"})
+    redact = Redactor({"T": "secret-value"}).redact
     container = NodeLogEntry(log="x secret-value\n", type="log", timestamp=1500,
                              payload={"opId": "a", "stream": "stderr"})
     node = NodeLogEntry(log="Job definition received", type="success", timestamp=2000)
-    assert job._log_line(container) == LogLine("a", "stderr", "x [secret:T]", 1.5)
-    assert job._log_line(node) == LogLine(None, "node", "Job definition received", 2.0)
+    assert LogLine.from_log_entry(container, redact) == LogLine("a", "stderr", "x [secret:T]", 1.5)
+    assert LogLine.from_log_entry(node, redact) == LogLine(None, "node", "Job definition received",
+                                                           2.0)
     bare = NodeLogEntry(log="plain\r\n", type="log", timestamp=None)
-    line = job._log_line(bare)
+    line = LogLine.from_log_entry(bare, redact)
     assert line.stream == "stdout" and line.text == "plain" and line.op_id is None
 
 
@@ -165,7 +164,7 @@ def test_repr_html_and_messages() -> None:
     job.price = 115 / 1e6
     job.started_at = time.time() - 5
     job.urls = [ServiceUrl('http://h/"><script>', 80, "web", True)]
-    assert repr(job) == "<ConfidentialJob 7xKX…q3 local-gpu running node 9f…>"
+    assert repr(job) == "<ConfidentialJob 7xKX…efq3 local-gpu running node 9fNode>"
     html = job._repr_html_()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "(private)" in html and "at most" in html

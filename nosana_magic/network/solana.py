@@ -64,7 +64,7 @@ from ..chain import (
     QueueType,
     RunAccount,
 )
-from ..protocol import b58encode, format_duration
+from ..protocol import b58encode, format_duration, short_address
 from ..wallet import Wallet, WalletError, load_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
@@ -133,11 +133,6 @@ class TransactionFailedError(NetworkError):
         super().__init__(message)
         self.logs = list(logs)
         self.signature = signature
-
-
-def _short(address: str | Pubkey) -> str:
-    text = str(address)
-    return f"{text[:4]}…{text[-4:]}" if len(text) > 12 else text
 
 
 def _host(url: str) -> str:
@@ -453,7 +448,7 @@ class SolanaNetwork:
         if account.owner != self.cluster.jobs_program:
             raise NetworkError(
                 f"{address} is not a Nosana {kind} on {self.name} "
-                f"(owned by {_short(account.owner)}, not the jobs program)"
+                f"(owned by {short_address(str(account.owner))}, not the jobs program)"
             )
         return bytes(account.data)
 
@@ -568,7 +563,7 @@ class SolanaNetwork:
         """Raise :class:`InsufficientFundsError` unless the wallet holds ``lamports`` more than
         its own rent-exempt reserve and ``nos_units`` NOS."""
         have_sol, have_nos = await self.balances()
-        who = f"wallet {_short(self.wallet.address)}"
+        who = f"wallet {short_address(self.wallet.address)}"
         reserve = await self._rent_for(0)
         need_sol = lamports + reserve
         if have_sol < need_sol:
@@ -788,7 +783,7 @@ class SolanaNetwork:
             raise NetworkError(f"{address[:60]!r} is not a Solana address") from None
         known_run = self._runs.get(str(job_key))
         keys = [job_key] + ([known_run] if known_run is not None else [])
-        accounts = await self._accounts(keys, f"reading job {_short(job_key)}")
+        accounts = await self._accounts(keys, f"reading job {short_address(str(job_key))}")
         job_acc = accounts[0]
         if job_acc is None:
             raise _JobClosedError(f"no job {job_key} on {self.name} (never listed, or closed)")
