@@ -51,7 +51,7 @@ from .errors import NosanaError
 from .protocol import DurationError, format_duration, parse_duration
 
 if TYPE_CHECKING:
-    from .job import ConfidentialJob
+    from .job import ConfidentialJob, Private
     from .network.base import Market, Network
     from .settings import Settings
 
@@ -331,9 +331,11 @@ class NosanaMagics(Magics):
             _with_network(settings, lambda network: network.market(market))
 
         notices = _Notices()
+        # --send-only keeps the input private, --receive-only the results.
+        private: Private = (
+            "input" if args.send_only else "results" if args.receive_only else "both")
         job = run_confidential(
-            definition, settings=settings, node=args.node,
-            send=not args.receive_only, receive=not args.send_only, wait=False,
+            definition, settings=settings, node=args.node, private=private, wait=False,
             env=os.environ, namespace=namespace, on_notice=notices)
         notices.flush()
         if args.out:

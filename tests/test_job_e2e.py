@@ -86,7 +86,7 @@ def _everything_shown(job: ConfidentialJob) -> str:
         job.stdout,
         job.stderr,
         "\n".join(line.text for line in job.logs),
-        json.dumps(job.result.to_wire()) if job.result else "",
+        json.dumps(job.flow.to_wire()) if job.flow else "",
         repr(job.ops),
         json.dumps(job.results, default=str),
         repr(job.urls),
@@ -175,8 +175,8 @@ def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwor
     received = next(e.timestamp for e in history if e.log == "Job definition received")
     assert waiting is not None and received is not None
     to_definition = (received - waiting) / 1000
-    assert job.result is not None and job.result.end_time is not None
-    to_results = job.timings["results"] - job.result.end_time / 1000
+    assert job.flow is not None and job.flow.end_time is not None
+    to_results = job.timings["results"] - job.flow.end_time / 1000
     log.info("waiting-for-job-definition -> definition received: %.3f s", to_definition)
     log.info("endTime -> results in hand: %.3f s", to_results)
     print(f"\nwaiting-for-definition->received {to_definition:.3f}s, "
@@ -287,7 +287,7 @@ def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwo
         seen = 0
         while not stop.is_set():
             job = next(iter(jobs()[-1:]), None)
-            host = job._host if job is not None else None
+            host = job._machine._host if job is not None else None
             if host is not None and host.log_connections != seen:
                 seen = host.log_connections
                 faults.drop_ws_after_frames = host.log_cursor + 6 if seen < 5 else None
@@ -303,7 +303,8 @@ def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwo
         dropper.join(2)
     assert job.ok, job._error_line()
     assert faults.fail_requests == 0
-    assert job._host is not None and job._host.log_connections >= 3
+    host = job._machine._host
+    assert host is not None and host.log_connections >= 3
     history = _host_history(devnode, job)
     assert [line.text for line in job.logs] == [e.log.rstrip("\n") for e in history]
     assert job.stdout == "\n".join(f"line{i}" for i in range(1, 41))
@@ -354,7 +355,7 @@ def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork)
     job.stop()
     job.wait(PATIENCE)
     assert job.status == "stopped" and not job.ok
-    assert job.result is not None
+    assert job.flow is not None
     assert job.ops["a"].logs[0].text == "started"
     # A host ends a job stopped through its API as an expiry ("success", jobExpired): the
     # stop was ours, and the op reads so. The host's raw words stay available.
@@ -421,7 +422,7 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert str(raised) == f"job {job.address} stopped"
     assert "still stopping it" in capsys.readouterr().err
     job.wait(PATIENCE)
-    assert job.status == "stopped" and job._stop_requested
+    assert job.status == "stopped" and job._machine.stop_requested
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
 
@@ -450,7 +451,7 @@ def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
     assert str(info.value) == (
         f"job {job.address}: stop requested, still running: local network: POST /stop: 503"
     )
-    assert not job._stop_requested and job.phase == "running"
+    assert not job._machine.stop_requested and job.phase == "running"
     monkeypatch.undo()
     job.stop()
     job.wait(PATIENCE)
@@ -491,9 +492,9 @@ def test_extend_past_the_original_expiry_finishes_ok(
     devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The wait for the end follows the extension: no early results GET, no stop."""
-    import nosana_magic.job as job_module
+    import nosana_magic.machine as machine_module
 
-    monkeypatch.setattr(job_module, "EXPIRY_MARGIN_S", 0.5)
+    monkeypatch.setattr(machine_module, "EXPIRY_MARGIN_S", 0.5)
     # The op runs until the test lets it end, once the original expiry and every margin the
     # client's wait could have used are past.
     work = "while [ ! -e go ]; do sleep 0.05; done; echo done"
@@ -522,7 +523,7 @@ def test_attach_streams_the_history_and_collects_the_results(
 ) -> None:
     script = "for i in $(seq 1 10); do echo line$i; done; sleep 1; echo 'acc=0.9'"
     original = _run(net, definition(op("a", script, results={"acc": "acc=(.*)"})),
-                    wait=False, receive=True)
+                    wait=False, private="both")
     _until(lambda: any(line.text == "line10" for line in original.logs))
     assert original.address is not None
     # Another kernel: the same wallet, a new network object, no knowledge of the definition.
@@ -572,7 +573,7 @@ def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork
 
 def test_send_only_reads_the_public_result(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(op("a", "echo public-out", results={"o": "(public-.*)"})),
-               receive=False)
+               private="input")
     assert job.ok, job._error_line()
     assert job.results == {"o": "public-out"}
     pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
@@ -631,7 +632,7 @@ def test_secrets_never_leave_the_machine(devnode: DevNode, net: ApiNetwork) -> N
     pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
     assert PLACEHOLDER in pinned
     # The handle keeps no reference to the environment once done.
-    assert job._env is None and job._namespace is None
+    assert job._machine._env is None and job._machine._namespace is None
 
 
 def test_wallet_of_the_network_signs(devnode: DevNode, net: ApiNetwork) -> None:

@@ -133,7 +133,7 @@ def test_send_only_reads_the_public_result_through_the_gateway(
     try:
         job = run_confidential(cell(op("a", "echo public-out", results={"o": "(public-.*)"})),
                                market="nvidia-4090", timeout=120, network=network,
-                               receive=False, env={})
+                               private="input", env={})
     finally:
         runner.run_sync(network.aclose(), timeout=10)
     assert job.ok, job.error
