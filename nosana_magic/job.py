@@ -188,6 +188,12 @@ class ConfidentialJob:
     Made by :func:`run_confidential` or :meth:`attach`. The attributes are snapshots that may
     be read from any thread; the job's machine changes them on the package's loop thread.
 
+    One :class:`concurrent.futures.Future`, :attr:`future`, is resolved when the job is
+    done: :meth:`wait`, :meth:`wait_async` and :meth:`add_done_callback` wait on it. The
+    handle is not itself a Future: ``done`` is a property (``if job.done:`` must not be a
+    bound method, always true) and ``result`` is, for one more release, the old name of
+    :attr:`flow`.
+
     Attributes:
 
     address       the job's address on the ledger (``None`` until it is listed)
@@ -226,6 +232,7 @@ class ConfidentialJob:
     elapsed       seconds since the host started it (until it ended)
     expires_at    Unix time its timeout is reached
     timings       Unix times of its milestones (``listed``, ``running``, ``results``, …)
+    future        the Future resolved (to the job) when it is done
     """
 
     def __init__(
@@ -266,9 +273,11 @@ class ConfidentialJob:
         self._logs: list[LogLine] = []
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._listeners_lock = threading.Lock()
-        #: Set after the "done" event reached every listener: what waiters wait for, so that
-        #: a waiter woken by the end sees what the listeners made of it.
-        self._settled = threading.Event()
+        #: Resolved (to the handle) once the "done" event reached every listener: what every
+        #: wait waits for, so a waiter woken by the end sees what the listeners made of it.
+        #: Running from the start, so it cannot be cancelled.
+        self._future: concurrent.futures.Future[ConfidentialJob] = concurrent.futures.Future()
+        self._future.set_running_or_notify_cancel()
         attach = address is not None and definition is None and source is None
         self._machine = JobMachine(
             self, network, definition=definition, source=source, attach=attach,
@@ -478,7 +487,7 @@ class ConfidentialJob:
                 listener(event)
             except Exception:
                 log.exception("a job listener failed (ignored)")
-        self._machine.pulse()
+        self._machine.changes.notify()
 
     # ------------------------------------------------------------------ written by the machine
 
@@ -562,7 +571,7 @@ class ConfidentialJob:
         self.timings.setdefault("done", time.time())
         self._emit("phase")
         self._emit("done")
-        self._settled.set()
+        self._future.set_result(self)
 
     # ------------------------------------------------------------------ starting
 
@@ -582,6 +591,19 @@ class ConfidentialJob:
 
     # ------------------------------------------------------------------ waiting, stop, extend
 
+    @property
+    def future(self) -> concurrent.futures.Future[ConfidentialJob]:
+        """The :class:`concurrent.futures.Future` of the job: resolved, to the job itself,
+        once it is done and every listener heard so. For ``concurrent.futures.wait`` or
+        ``as_completed`` over a sweep, or ``asyncio.wrap_future``. It cannot be cancelled
+        (:meth:`stop` ends a job), and its result never raises: check :attr:`ok`."""
+        return self._future
+
+    def add_done_callback(self, fn: Callable[[ConfidentialJob], object]) -> None:
+        """Call ``fn(job)`` once the job is done: on the package's loop thread, or at once
+        (on this thread) if it is done already. What ``fn`` raises is logged."""
+        self._future.add_done_callback(lambda _future: fn(self))
+
     def wait(self, timeout: float | None = None) -> ConfidentialJob:
         """Block until the job is done; returns the job (check :attr:`ok`).
 
@@ -593,11 +615,13 @@ class ConfidentialJob:
             raise runner.RunnerError("wait() on the loop thread: use await job.wait_async()")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self._settled.wait(0.1):
-                if deadline is not None and time.monotonic() >= deadline:
+            while not self._future.done():
+                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if remaining <= 0:
                     raise TimeoutError(
                         f"job {self._short()} still {self.phase} after {timeout:g} s"
                     )
+                concurrent.futures.wait([self._future], timeout=remaining)
         except KeyboardInterrupt:
             raise self.stop_after_interrupt() from None
         return self
@@ -643,17 +667,10 @@ class ConfidentialJob:
         return JobInterrupted(f"job {address}: stop requested, still running: {problem}", self)
 
     async def wait_async(self, timeout: float | None = None) -> ConfidentialJob:
-        """``await`` the end of the job (from any event loop)."""
-        done = self._settled
-
-        async def poll() -> None:
-            # A threading.Event is visible from every loop; waiting in short slices keeps
-            # this cancellable without a thread.
-            while not done.is_set():
-                await asyncio.sleep(0.05)
-
+        """``await`` the end of the job (from any event loop); cancelling the wait leaves
+        the job alone."""
         try:
-            await asyncio.wait_for(poll(), timeout)
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._future)), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"job {self._short()} still {self.phase} after {timeout:g} s"

@@ -43,7 +43,7 @@ from .protocol import exposed_services, format_duration, service_url, short_addr
 from .results import FlowState, InfoEvent, LogLine, ServiceUrl, urls_from_secrets
 from .secrets import Redactor
 
-__all__ = ["EXPIRY_MARGIN_S", "Failure", "Handle", "JobMachine", "Private"]
+__all__ = ["EXPIRY_MARGIN_S", "Changes", "Failure", "Handle", "JobMachine", "Private"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,38 @@ class Failure(Exception):
     def __init__(self, message: str, *, lost: bool = False) -> None:
         super().__init__(message)
         self.lost = lost
+
+
+class Changes:
+    """The machine's change notification, on its loop: :meth:`wait_for` re-checks its
+    condition each time :meth:`notify` is called (every write to the handle, a stop asked
+    for, a request done), and gives up at its timeout. Loop thread only."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def notify(self) -> None:
+        """Wake every waiter (each re-checks its condition)."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Until ``predicate()`` holds (True) or ``timeout`` seconds passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                self._waiters.discard(waiter)
+        return True
 
 
 class Handle(Protocol):
@@ -166,7 +198,8 @@ class JobMachine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._changed: asyncio.Event | None = None
+        #: What the machine's waits wait on: the handle notifies it on every write.
+        self.changes = Changes()
         #: Set once the machine is closing its clients (a stop then has nothing to do).
         self._finishing = False
         self._last_log_at = 0.0
@@ -201,7 +234,6 @@ class JobMachine:
 
     def _launch(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
         self._task = self._loop.create_task(self._main())
 
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -211,29 +243,6 @@ class JobMachine:
         if asyncio.get_running_loop() is loop:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    def pulse(self) -> None:
-        """Wake every :meth:`_until` waiter (they re-check their condition)."""
-        changed = self._changed
-        if changed is not None:
-            self._changed = asyncio.Event()
-            changed.set()
-
-    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds (re-checked on every change); False on timeout."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return predicate()
-        return True
 
     # ------------------------------------------------------------------ stop, extend
 
@@ -245,20 +254,20 @@ class JobMachine:
         if job.address is None:
             # Not listed yet: the machine sees the flag before listing (and does not list).
             self.stop_requested = True
-            self.pulse()
+            self.changes.notify()
             return
         if job.state is not None and job.state.done:
             return
         # Set while a stop is being sent (the machine then expects the host's refusals);
         # put back if the stop did not go through.
         before, self.stop_requested = self.stop_requested, True
-        self.pulse()
+        self.changes.notify()
         try:
             await self._send_stop(job.address)
         except BaseException:
             if not job.done and not self._finishing:
                 self.stop_requested = before
-                self.pulse()
+                self.changes.notify()
             raise
 
     async def _send_stop(self, address: str) -> None:
@@ -482,14 +491,14 @@ class JobMachine:
         if flow is not None:
             self._take_flow(flow)
         # The ledger's final state (the host completes the job after the window), bounded.
-        await self._until(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
+        await self.changes.wait_for(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
         await self._drain_logs(log_task, flow)
 
     async def _wait_for_host(self) -> bool:
         """Queued: until a host takes the job (True) or it ends without running (False)."""
         job = self.job
         horizon = job.timeout + EXPIRY_MARGIN_S + 24 * 3600.0
-        running = await self._until(
+        running = await self.changes.wait_for(
             lambda: job.node is not None or self._ledger_done() or self._ledger_error is not None,
             horizon,
         )
@@ -505,13 +514,13 @@ class JobMachine:
         self.redactor = resolved.redactor
         send = asyncio.create_task(host.send_definition(resolved.body, timeout=SEND_TIMEOUT_S))
         del resolved
-        send.add_done_callback(lambda _task: self.pulse())
+        send.add_done_callback(lambda _task: self.changes.notify())
 
         # A job stopped or ended meanwhile makes the POST pointless: stop trying.
         def pointless() -> bool:
             return self.stop_requested or self._ledger_done() or self.info_end is not None
 
-        await self._until(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
+        await self.changes.wait_for(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
         if not send.done():
             send.cancel()
             await asyncio.gather(send, return_exceptions=True)
@@ -547,7 +556,7 @@ class JobMachine:
                 raise Failure(f"job {job.address} did not end within {EXPIRY_MARGIN_S:g} s "
                               "of its expiry", lost=True)
             to_expiry = expiry - now
-            await self._until(self._ended, min(to_expiry, remaining) if to_expiry > 0
+            await self.changes.wait_for(self._ended, min(to_expiry, remaining) if to_expiry > 0
                               else remaining)
 
     # -- results -------------------------------------------------------------------------
@@ -568,9 +577,9 @@ class JobMachine:
         late = self.info_end is None and self._ledger_done()
         timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout
         fetch = asyncio.create_task(host.results(timeout=timeout))
-        fetch.add_done_callback(lambda _task: self.pulse())
+        fetch.add_done_callback(lambda _task: self.changes.notify())
         try:
-            await self._until(lambda: fetch.done() or self._ledger_done(), timeout + 1)
+            await self.changes.wait_for(lambda: fetch.done() or self._ledger_done(), timeout + 1)
             if not fetch.done():
                 # Late, the GET's own bound already is the short grace: what runs past it is
                 # an answer under way (a long result on a busy machine), given its request
@@ -604,7 +613,7 @@ class JobMachine:
             info = self.job.ledger
             return self._ledger_done() and info is not None and bool(info.ipfs_result)
 
-        await self._until(published, LEDGER_DONE_TIMEOUT_S + self._results_timeout)
+        await self.changes.wait_for(published, LEDGER_DONE_TIMEOUT_S + self._results_timeout)
         info = self.job.ledger
         fetch: Callable[[str], Awaitable[Any]] | None = getattr(self.network, "fetch", None)
         if info is None or not info.ipfs_result or fetch is None:
@@ -646,7 +655,7 @@ class JobMachine:
                 if not await backoff.wait():
                     self._ledger_error = str(exc)
                     job._warn(f"stopped following the ledger: {exc}")
-                    self.pulse()
+                    self.changes.notify()
                     return
 
     # -- host streams --------------------------------------------------------------------
@@ -676,13 +685,13 @@ class JobMachine:
         noted in the job's warnings; one that retrying cannot fix ends the stream."""
         if not exc.gave_up:
             self.job._warn(f"stopped following {stream}: {exc}")
-            self.pulse()
+            self.changes.notify()
             return False
         if stream not in self._interrupted:
             self._interrupted.add(stream)
             self.job._warn(f"{stream} interrupted (resuming): {exc}")
         if not await self._resume(resume):
-            self.pulse()
+            self.changes.notify()
             return False
         return True
 

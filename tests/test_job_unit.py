@@ -335,3 +335,23 @@ def test_help_lists_every_public_attribute_with_one_line() -> None:
     shown = pydoc.render_doc(ConfidentialJob, renderer=pydoc.plaintext)
     for name, line in entries:
         assert f"{name}" in shown and line.strip() in shown
+
+
+def test_the_handle_settles_one_future() -> None:
+    import asyncio
+    import concurrent.futures
+
+    job = _job(address="JOB")
+    heard: list[ConfidentialJob] = []
+    job.add_done_callback(heard.append)
+    assert not job.future.cancel()  # running from the start: a wait cannot cancel the job
+    with pytest.raises(TimeoutError, match=r"still validating after 0\.05 s"):
+        asyncio.run(job.wait_async(0.05))
+    assert not job.future.done() and heard == []
+    job._settle()
+    assert job.done and job.future.result(0) is job and heard == [job]
+    assert concurrent.futures.wait([job.future], 0).done == {job.future}
+    assert asyncio.run(job.wait_async(1)) is job and job.wait(1) is job
+    later: list[ConfidentialJob] = []
+    job.add_done_callback(later.append)  # done already: called at once
+    assert later == [job]
