@@ -46,6 +46,7 @@ __all__ = [
     "JobView",
     "Table",
     "ViewMode",
+    "follow",
     "format_line",
     "in_kernel",
     "summary_text",
@@ -612,6 +613,32 @@ class JobView:
 
     def __repr__(self) -> str:
         return f"JobView({self.job!r}, mode={self.mode!r}, tail={self.tail}, quiet={self.quiet})"
+
+
+def follow(job: ConfidentialJob, view: JobView, *,
+           each: Callable[[], object] | None = None) -> None:
+    """Block until the job is done, its view drained on this thread every slice (and
+    ``each()`` called), then write the view's summary: the one follow loop of the cell
+    magic, ``%nosana attach`` and the demo.
+
+    Ctrl-C stops the job as :meth:`ConfidentialJob.wait` does (a further Ctrl-C does not
+    cancel the stop; the end is waited for, bounded); the view then writes its summary,
+    saying so if the job has not ended yet, and the ``JobInterrupted`` is raised.
+    """
+
+    def tick() -> None:
+        if each is not None:
+            each()
+        view.drain()
+
+    try:
+        job.wait(each=tick)
+    except KeyboardInterrupt:  # JobInterrupted: the job was told to stop
+        view.finish(interrupted=True)
+        raise
+    if each is not None:
+        each()
+    view.finish()
 
 
 class Table:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import html
 import logging
 import sys
@@ -73,14 +74,18 @@ __all__ = [
     "job_status",
     "jobs",
     "run_confidential",
+    "stop_line",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How long Ctrl-C waits for the stop it started (the stop itself goes on after that).
+#: How long a stop is waited for: a Ctrl-C does not cancel it, and it goes on after that.
 STOP_WAIT_S = 60.0
+#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for (the
+#: host winds it down within seconds), so that what is said next is final.
+END_WAIT_S = 10.0
 
 EventKind = Literal["phase", "log", "urls", "state", "done"]
 
@@ -168,6 +173,15 @@ def find_job(ref: str) -> ConfidentialJob:
 def _register(job: ConfidentialJob) -> None:
     with _registry_lock:
         _registry.append(job)
+
+
+def stop_line(job: ConfidentialJob) -> str:
+    """What is said once a stop was accepted and the (bounded) wait for the end is over
+    (after Ctrl-C, ``%nosana stop``): how the job ended, or that it is still ending."""
+    if job.done:
+        return f"job {job.address or '(not listed)'} {job.status}"
+    return (f"job {job.address or '(not listed)'} stopping: the stop was accepted, the job has "
+            "not ended yet (job.wait() waits for the end)")
 
 
 def job_status(job: ConfidentialJob) -> str:
@@ -604,67 +618,26 @@ class ConfidentialJob:
         (on this thread) if it is done already. What ``fn`` raises is logged."""
         self._future.add_done_callback(lambda _future: fn(self))
 
-    def wait(self, timeout: float | None = None) -> ConfidentialJob:
-        """Block until the job is done; returns the job (check :attr:`ok`).
+    def wait(self, timeout: float | None = None, *, each: Callable[[], object] | None = None,
+             until: Callable[[], bool] | None = None) -> ConfidentialJob:
+        """Block until the job is done, or ``until()`` holds; returns the job (check
+        :attr:`ok`).
 
-        ``timeout`` (seconds): raise :class:`TimeoutError` if it is still running then.
+        ``timeout`` (seconds): raise :class:`TimeoutError` if neither happened by then.
+        ``each()`` is called on this thread about every 0.1 s (the text view prints there).
         Ctrl-C while waiting stops the job (the host ends it; when still queued, it is
-        delisted) and raises :class:`JobInterrupted` ("job X stopped").
+        delisted), waits up to ``END_WAIT_S`` for its end, and raises
+        :class:`JobInterrupted`, one line saying how it ended (:meth:`stop_after_interrupt`).
         """
         if runner.in_runner_thread():
             raise runner.RunnerError("wait() on the loop thread: use await job.wait_async()")
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self._future.done():
-                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"job {self._short()} still {self.phase} after {timeout:g} s"
-                    )
-                concurrent.futures.wait([self._future], timeout=remaining)
+            done = runner.wait(self._future, timeout, each=each, until=until)
         except KeyboardInterrupt:
-            raise self.stop_after_interrupt() from None
+            raise self.stop_after_interrupt(each=each) from None
+        if not done and (until is None or not until()):
+            raise TimeoutError(f"job {self._short()} still {self.phase} after {timeout:g} s")
         return self
-
-    def stop_after_interrupt(self) -> JobInterrupted:
-        """Ctrl-C while waiting on the job: stop it, and return the :class:`JobInterrupted`
-        to raise, whose one line says whether the stop went through.
-
-        The stop runs on the package's loop, where a further Ctrl-C cannot cancel it (that
-        would leave a paid job running): further interrupts are noted on stderr and the wait
-        goes on, bounded by ``STOP_WAIT_S``.
-        """
-        address = self.address or "(not listed)"
-        if self.done:
-            return JobInterrupted(f"job {address} already {self.status}", self)
-        future = runner.submit(self.stop_async())
-        deadline = time.monotonic() + STOP_WAIT_S
-        interrupts = 0
-        noted = 0
-        problem: str | None = None
-        while True:
-            try:
-                if interrupts > noted:
-                    noted = interrupts
-                    print(f"job {self._short()}: still stopping it (a stop is not "
-                          f"cancelled; waiting up to {STOP_WAIT_S:g} s)", file=sys.stderr)
-                remaining = deadline - time.monotonic()
-                if future.done() or remaining <= 0:
-                    break
-                concurrent.futures.wait([future], timeout=min(0.1, remaining))
-            except KeyboardInterrupt:
-                interrupts += 1
-        if not future.done():
-            problem = f"no answer within {STOP_WAIT_S:g} s (the stop request goes on)"
-        elif future.cancelled():
-            problem = "the stop request was cancelled"
-        else:
-            error = future.exception()
-            if error is not None:
-                problem = self._machine.redactor.redact(first_line(error))
-        if problem is None:
-            return JobInterrupted(f"job {address} stopped", self, sent=True)
-        return JobInterrupted(f"job {address}: stop requested, still running: {problem}", self)
 
     async def wait_async(self, timeout: float | None = None) -> ConfidentialJob:
         """``await`` the end of the job (from any event loop); cancelling the wait leaves
@@ -679,10 +652,59 @@ class ConfidentialJob:
 
     def stop(self) -> None:
         """End the job: the host stops it when running (results stay collectable), the
-        ledger delists it when queued. Returns once the request is accepted."""
+        ledger delists it when queued. Returns once the request is accepted.
+
+        A Ctrl-C meanwhile does not cancel the stop (that would leave a paid job running):
+        it is noted on stderr and the wait goes on, up to ``STOP_WAIT_S`` (then
+        :class:`TimeoutError`; the request goes on). A refused stop raises its error.
+        """
         if self.done:
             return
-        runner.run_sync(self.stop_async(), timeout=60)
+        future = self._stop_shielded()
+        if not future.done():
+            raise TimeoutError(f"job {self._short()}: {self._stop_problem(future)}")
+        future.result()
+
+    def stop_after_interrupt(self, *, each: Callable[[], object] | None = None
+                             ) -> JobInterrupted:
+        """Ctrl-C while waiting on the job: stop it, wait (bounded) for its end, and return
+        the :class:`JobInterrupted` to raise, whose one line says what happened.
+
+        The stop is not cancelled by a further Ctrl-C (see :meth:`stop`). Once it is
+        accepted, the end of the job is waited for, up to ``END_WAIT_S`` (a further Ctrl-C
+        ends that wait, not the stop), so the line is the final word where it can be. A job
+        already stopping is not stopped again: the line says where it is.
+        """
+        address = self.address or "(not listed)"
+        if self.done:
+            return JobInterrupted(f"job {address} already {self.status}", self)
+        if not self._machine.stop_requested:
+            problem = self._stop_problem(self._stop_shielded(each))
+            if problem is not None:
+                return JobInterrupted(f"job {address}: stop requested, still running: {problem}",
+                                      self)
+            with contextlib.suppress(KeyboardInterrupt):
+                runner.wait(self._future, END_WAIT_S, each=each)
+        return JobInterrupted(stop_line(self), self, sent=True)
+
+    def _stop_shielded(self, each: Callable[[], object] | None = None,
+                       ) -> concurrent.futures.Future[None]:
+        """The stop, sent on the loop and waited for through Ctrl-C (bounded)."""
+        def still_stopping() -> None:
+            print(f"job {self._short()}: still stopping it (a stop is not cancelled; waiting "
+                  f"up to {STOP_WAIT_S:g} s)", file=sys.stderr)
+
+        return runner.shielded(self.stop_async(), STOP_WAIT_S, each=each,
+                               interrupted=still_stopping)
+
+    def _stop_problem(self, future: concurrent.futures.Future[None]) -> str | None:
+        """What kept a stop from going through (``None``: it went through)."""
+        if not future.done():
+            return f"no answer within {STOP_WAIT_S:g} s (the stop request goes on)"
+        if future.cancelled():
+            return "the stop request was cancelled"
+        error = future.exception()
+        return None if error is None else self._machine.redactor.redact(first_line(error))
 
     async def stop_async(self) -> None:
         """``await`` :meth:`stop` (from any event loop)."""

@@ -46,7 +46,7 @@ from IPython.core.magic import (
 )
 from traitlets import Bool, Int, TraitError, Unicode, validate
 
-from .display import JobView, Table, in_kernel
+from .display import JobView, Table, follow, in_kernel
 from .errors import NosanaError
 from .protocol import DurationError, format_duration, parse_duration
 
@@ -56,10 +56,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
-
-#: How long the main thread blocks in one wait on a running job. Short, so a kernel interrupt
-#: (Ctrl-C) is handled at once and the text view's lines are printed promptly.
-_WAIT_SLICE_S = 0.1
 
 # Trait name -> environment variable read by Settings.from_env (for ``%nosana config``).
 _ENV_OF = {
@@ -346,48 +342,10 @@ class NosanaMagics(Magics):
             # The live view shows the job; a returned handle would be a second display of it,
             # a snapshot that goes stale. The handle is in -o NAME, or `%nosana status`.
             return None
-        self._follow(job, view, notices)
+        follow(job, view, each=notices.flush)
         job.raise_for_status()
         # With -o the handle is in its variable and the view's summary shows how it ended.
         return None if args.out else job
-
-    def _follow(self, job: ConfidentialJob, view: JobView, notices: _Notices) -> None:
-        """Block on the job in short waits; the main thread prints the text view meanwhile.
-
-        A ``KeyboardInterrupt`` (Ctrl-C, a kernel interrupt) means "stop the job", not just
-        "stop waiting": the job is stopped (a further Ctrl-C does not cancel the stop) and
-        one line is raised, ``job X stopped`` or why the job may still be running.
-        """
-        done = threading.Event()
-        unsubscribe = job.subscribe(lambda event: done.set() if event.kind == "done" else None)
-        try:
-            while not job.done:
-                notices.flush()
-                view.drain()
-                done.wait(_WAIT_SLICE_S)
-        except KeyboardInterrupt:
-            try:
-                interrupted = job.stop_after_interrupt()
-                # The stop is accepted before the job has ended (the host still winds it
-                # down): wait for the end, bounded (~10 s in short slices), so the summary is
-                # the final one. A further Ctrl-C ends this wait, not the stop.
-                try:
-                    for _ in range(round(10 / _WAIT_SLICE_S)):
-                        if job.done:
-                            break
-                        view.drain()
-                        done.wait(_WAIT_SLICE_S)
-                except KeyboardInterrupt:
-                    pass
-            finally:
-                unsubscribe()
-                view.finish(interrupted=True)
-            if interrupted.sent:
-                raise _interrupted_line(job) from None
-            raise interrupted from None
-        unsubscribe()
-        notices.flush()
-        view.finish()
 
     def _confirm_spend(
         self, settings: Settings, *, node: str | None = None, assume_yes: bool
@@ -496,13 +454,15 @@ class NosanaMagics(Magics):
                 print(prefix + log_line.text.rstrip("\n"), file=stream)
             return None
         # stop
+        from .job import END_WAIT_S, stop_line
+
         if job.done:
             print(f"job {job.address} already ended: {job.status}")
             return None
-        job.stop()
+        job.stop()  # a Ctrl-C does not cancel it
         with contextlib.suppress(TimeoutError):
-            job.wait(10)  # the host ends it within seconds; say how it ended when it has
-        print(_stop_line(job))
+            job.wait(END_WAIT_S)  # the host ends it within seconds; say how it ended
+        print(stop_line(job))
         return None
 
     # -- help ----------------------------------------------------------------------------
@@ -600,7 +560,7 @@ class NosanaMagics(Magics):
         view = JobView(job, tail=self.log_tail, quiet=quiet).show(background=background)
         if background:
             return None  # the live view shows it (`run = %nosana status JOB` gets the handle)
-        self._follow(job, view, notices)
+        follow(job, view, each=notices.flush)
         job.raise_for_status()
         return job
 
@@ -619,24 +579,6 @@ def _usage_text(doc: str | None, name: str, *, cell: bool) -> str:
     if cell:
         usage = usage.replace(f"%{name}", f"%%{name}", 1)
     return f"usage: {usage.strip()}\n\n{rest.strip()}"
-
-
-def _stop_line(job: ConfidentialJob) -> str:
-    """What ``%nosana stop`` says: how the job ended, or that it is still ending."""
-    if job.done:
-        return f"job {job.address} {job.status}"
-    return (f"job {job.address}: stop accepted, the host is still ending it "
-            "(`%nosana status` shows when it has)")
-
-
-def _interrupted_line(job: ConfidentialJob) -> BaseException:
-    """Ctrl-C's one line once the stop went through and the (bounded) wait is over."""
-    from .job import JobInterrupted
-
-    if job.done:
-        return JobInterrupted(f"job {job.address} {job.status}", job, sent=True)
-    return JobInterrupted(f"job {job.address}: stop accepted, still stopping (job.wait() "
-                          "waits for the end)", job, sent=True)
 
 
 def _with_network(settings: Settings,

@@ -426,6 +426,29 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
 
+def test_a_ctrl_c_during_stop_does_not_cancel_it(
+    devnode: DevNode, net: ApiNetwork, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run.stop() while the host's /stop fails for a while, and Ctrl-C twice meanwhile: the
+    stop goes through all the same (on the ledger) and stop() returns."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    _until(lambda: any(line.text == "started" for line in job.logs))
+    faults = devnode.config.faults
+    faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    threading.Timer(0.8, signal.raise_signal, args=(signal.SIGINT,)).start()
+    try:
+        job.stop()  # a KeyboardInterrupt escaping here would fail the test
+    finally:
+        faults.fail_requests = 0
+    assert capsys.readouterr().err.count("still stopping it") >= 1
+    job.wait(PATIENCE)
+    assert job.status == "stopped"
+    assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
+
+
 def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
     devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:

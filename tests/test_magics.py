@@ -336,6 +336,31 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert job.status == "stopped" and devnode.job(job.address).state.done
 
 
+def test_a_second_ctrl_c_does_not_cancel_percent_nosana_stop(
+    shell: InteractiveShell, devnode: DevNode
+) -> None:
+    """%nosana stop while the host's /stop fails for a while, and Ctrl-C twice meanwhile:
+    the stop goes through (on the ledger) and the magic says how the job ended."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o held", cell(op("long", "echo up; sleep 60")))
+    job = shell.user_ns["held"]
+    _until(lambda: job.phase == "running" and bool(job.logs))
+    faults = devnode.config.faults
+    faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    threading.Timer(0.8, signal.raise_signal, args=(signal.SIGINT,)).start()
+    try:
+        with capture_output() as captured:
+            shell.run_line_magic("nosana", f"stop {job.address}")
+    finally:
+        faults.fail_requests = 0
+    assert "still stopping it" in captured.stderr
+    assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
+    assert job.status == "stopped" and devnode.job(job.address).state.done
+
+
 def _live_jobs() -> list[ConfidentialJob]:
     return [job for job in jobs() if not job.done]
 
