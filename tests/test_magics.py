@@ -154,6 +154,7 @@ def test_background_returns_at_once_and_prints_the_summary_later(
     _until(lambda: job.phase == "running")
     workdir = devnode.workdir
     assert workdir is not None and job.address is not None
+    _until(lambda: (workdir / (job.address or "")).is_dir())  # the op has started
     (workdir / job.address / "go").touch()
     job.wait(PATIENCE)
     assert job.ops["slow"].logs[-1].text == "done"
