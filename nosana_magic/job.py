@@ -3,8 +3,9 @@
 The handle is what a cell returns and what a user reads: the job's live state, its logs,
 results and service URLs, and what can be done to it (:meth:`~ConfidentialJob.wait`,
 :meth:`~ConfidentialJob.stop`, :meth:`~ConfidentialJob.extend`, each with an ``…_async``
-twin). Behind it, the job's :class:`~nosana_magic.machine.JobMachine` does the I/O on the
-package's private loop and writes what it learns through a handful of the handle's methods.
+twin). Its state is a :class:`~nosana_magic.record.JobRecord`: the job's
+:class:`~nosana_magic.machine.JobMachine` does the I/O on the package's private loop and
+writes what it learns there, through the record's handful of ``_set_…`` methods.
 
 :attr:`ConfidentialJob.status` is the one word the package says about the job everywhere
 (view, summary, repr, ``%nosana jobs``, errors): the live phase (``stopping`` once a stop
@@ -23,35 +24,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import html
-import logging
 import sys
 import threading
 import time
 import warnings as _warnings
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, TypeVar, get_args
 
 from . import runner
 from .errors import NosanaError
-from .host import HostError, Retry
+from .host import Retry
 from .jobdef import JobDefinition, JobDefinitionError
-from .machine import RESULTS_TIMEOUT_S, SYSTEM_ADDRESS, Failure, JobMachine, Private
-from .network.base import JobInfo, JobState, Market, Network
-from .outcome import (
-    FINAL_STATUSES,
-    Facts,
-    MissingResult,
-    OpResult,
-    Phase,
-    Results,
-    first_line,
-    ops_and_results,
-    reason,
-    verdict,
-)
+from .machine import RESULTS_TIMEOUT_S, JobMachine, Private
+from .network.base import Network
+from .outcome import FINAL_STATUSES, Failure, MissingResult, OpResult, Results, first_line
 from .protocol import DurationError, format_duration, parse_duration, short_address
-from .results import FlowState, LogLine, ServiceUrl, urls_from_secrets
+from .record import JobEvent, JobRecord
+from .results import FlowState, LogLine
 from .secrets import SecretError
 from .settings import Settings
 
@@ -77,8 +66,6 @@ __all__ = [
     "stop_line",
 ]
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 #: How long a stop is waited for: a Ctrl-C does not cancel it, and it goes on after that.
@@ -87,23 +74,14 @@ STOP_WAIT_S = 60.0
 #: host winds it down within seconds), so that what is said next is final.
 END_WAIT_S = 10.0
 
-EventKind = Literal["phase", "log", "urls", "state", "done"]
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """What listeners of :meth:`ConfidentialJob.subscribe` receive."""
-
-    kind: EventKind
-    job: ConfidentialJob
-    line: LogLine | None = None
-
-
 # --------------------------------------------------------------------------- errors
 
 
 class JobFailed(NosanaError):
     """A job that did not succeed (:meth:`ConfidentialJob.raise_for_status`). One line."""
+
+    #: The job's outcome is unknown (its host or the ledger stopped answering).
+    lost: ClassVar[bool] = False
 
     def __init__(self, message: str, job: ConfidentialJob | None = None) -> None:
         super().__init__(message)
@@ -120,6 +98,8 @@ class JobExpired(JobFailed):
 
 class JobLost(JobFailed):
     """A job whose outcome is unknown: its host (or the ledger) quit or stopped answering."""
+
+    lost = True
 
 
 class JobInterrupted(KeyboardInterrupt):
@@ -188,19 +168,20 @@ def job_status(job: ConfidentialJob) -> str:
     """The one word the package says about ``job`` (see :func:`~nosana_magic.outcome.verdict`).
 
     Nothing here is stored: the view, the summary, the repr, ``%nosana`` and
-    :meth:`ConfidentialJob.raise_for_status` all read this.
+    :meth:`ConfidentialJob.raise_for_status` all read this (as :attr:`~JobRecord.status`).
     """
-    return verdict(job._facts())
+    return job.status
 
 
 # --------------------------------------------------------------------------- the handle
 
 
-class ConfidentialJob:
+class ConfidentialJob(JobRecord):
     """One confidential job: its live state, its logs and results, and what can be done to it.
 
     Made by :func:`run_confidential` or :meth:`attach`. The attributes are snapshots that may
-    be read from any thread; the job's machine changes them on the package's loop thread.
+    be read from any thread; the job's machine changes them on the package's loop thread
+    (they are the job's :class:`~nosana_magic.record.JobRecord`).
 
     One :class:`concurrent.futures.Future`, :attr:`future`, is resolved when the job is
     done: :meth:`wait`, :meth:`wait_async` and :meth:`add_done_callback` wait on it. The
@@ -267,31 +248,7 @@ class ConfidentialJob:
         retry: Retry | None = None,
     ) -> None:
         _check_private(private)
-        self.network = network
-        self.address: str | None = address
-        self.market: Market | None = None
-        self.node: str | None = None
-        self.phase: Phase = "validating"
-        self.flow: FlowState | None = None
-        self.ops: Results[OpResult] = Results(kind="op", explain=self._explain_missing)
-        self.results: Results[Any] = Results(explain=self._explain_missing)
-        self.urls: list[ServiceUrl] = []
-        self.price: float | None = None
-        self.timeout: int = timeout
-        self.started_at: float | None = None
-        self.ended_at: float | None = None
-        self.error: BaseException | None = None
-        self.ledger: JobInfo | None = None
-        self.timings: dict[str, float] = {}
-        self.warnings: list[str] = []
-        self._logs: list[LogLine] = []
-        self._listeners: list[Callable[[JobEvent], None]] = []
-        self._listeners_lock = threading.Lock()
-        #: Resolved (to the handle) once the "done" event reached every listener: what every
-        #: wait waits for, so a waiter woken by the end sees what the listeners made of it.
-        #: Running from the start, so it cannot be cancelled.
-        self._future: concurrent.futures.Future[ConfidentialJob] = concurrent.futures.Future()
-        self._future.set_running_or_notify_cancel()
+        super().__init__(network, timeout=timeout, address=address)
         attach = address is not None and definition is None and source is None
         self._machine = JobMachine(
             self, network, definition=definition, source=source, attach=attach,
@@ -313,118 +270,12 @@ class ConfidentialJob:
         return self._machine.private
 
     @property
-    def network_name(self) -> str:
-        return self.network.name
-
-    @property
-    def state(self) -> JobState | None:
-        """The ledger's state of the job (``None`` before the ledger said anything)."""
-        return None if self.ledger is None else self.ledger.state
-
-    @property
-    def done(self) -> bool:
-        """True once the machine is done with the job: its status is final."""
-        return self.phase == "done"
-
-    @property
-    def status(self) -> str:
-        """The package's one word for the job (see :func:`job_status`): the live phase
-        (``queued``, ``running``, ``stopping``…), then ``succeeded``, ``failed``,
-        ``stopped``, ``expired`` or ``lost``."""
-        return job_status(self)
-
-    @property
-    def ok(self) -> bool:
-        """True once the job is done and succeeded."""
-        return self.status == "succeeded"
-
-    @property
-    def reason(self) -> str:
-        """Why the job did not succeed, in one line ("" while it runs, or once it succeeded)."""
-        return reason(self._facts(), self._machine.redactor.redact)
-
-    @property
-    def host_status(self) -> str | None:
-        """The host's own status word for the flow, as it last reported it (``running``,
-        ``success``, ``failed``, ``stopped``, ``waiting-for-result``…), ``None`` before a host
-        said anything. Raw: a host says ``success`` after an op failed, or after a stop
-        through its API; :attr:`status` is the verdict."""
-        end = self._machine.info_end
-        if end is not None:
-            return end.status
-        if self.flow is not None:
-            return self.flow.status
-        info = self._machine.info
-        return None if info is None else info.status
-
-    @property
     def result(self) -> FlowState | None:
         """Deprecated: the host's raw results are :attr:`flow` (``results`` holds their
         values). ``result`` goes in the next release."""
         _warnings.warn("ConfidentialJob.result is deprecated: use .flow (the host's raw "
                        "results; .results holds the values)", DeprecationWarning, stacklevel=2)
         return self.flow
-
-    @property
-    def logs(self) -> list[LogLine]:
-        """Every line of the job's ``/log`` stream so far, in order (redacted)."""
-        return list(self._logs)
-
-    @property
-    def stdout(self) -> str:
-        """The ops' standard output, one line per entry."""
-        return "\n".join(line.text for line in self._logs if line.stream == "stdout")
-
-    @property
-    def stderr(self) -> str:
-        """The ops' standard error, one line per entry."""
-        return "\n".join(line.text for line in self._logs if line.stream == "stderr")
-
-    @property
-    def node_logs(self) -> list[LogLine]:
-        """The host's own progress lines ("Job definition received", …)."""
-        return [line for line in self._logs if line.stream == "node"]
-
-    @property
-    def cost(self) -> float | None:
-        """NOS: what the job cost once done, else the most it can cost (price × timeout)."""
-        if self.price is None:
-            return None
-        info = self.ledger
-        if self.done and info is not None and info.time_start and info.time_end:
-            return max(0, info.time_end - info.time_start) * self.price
-        if self.done and info is not None and info.time_start is None:
-            return 0.0  # never ran
-        return self.price * self.timeout
-
-    @property
-    def elapsed(self) -> float | None:
-        """Seconds since the host started the job (until it ended)."""
-        if self.started_at is None:
-            return None
-        end = self.ended_at if self.ended_at is not None else time.time()
-        return max(0.0, end - self.started_at)
-
-    @property
-    def expires_at(self) -> float | None:
-        """Unix time the job's timeout is reached (``None`` before it started)."""
-        return None if self.started_at is None else self.started_at + self.timeout
-
-    def _facts(self) -> Facts:
-        """The handle's state as the verdict sees it."""
-        error = self.error
-        end = self._machine.info_end
-        return Facts(
-            done=self.done, phase=self.phase, stopping=self._machine.stop_requested,
-            error=error,
-            error_lost=isinstance(error, JobLost) or (isinstance(error, HostError)
-                                                      and error.gave_up),
-            flow=self.flow, node=self.node, state=self.state,
-            reported=None if end is None else end.status, timeout=self.timeout,
-        )
-
-    def _short(self) -> str:
-        return short_address(self.address) if self.address else "(not listed)"
 
     # ------------------------------------------------------------------ reprs
 
@@ -474,118 +325,10 @@ class ConfidentialJob:
         )
         return f"<table class='nosana-job'>{body}</table>"
 
-    # ------------------------------------------------------------------ listeners
-
-    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
-        """Call ``listener(event)`` on every change from now on (on the loop thread).
-
-        Returns the function that unsubscribes. A listener that raises is logged and kept
-        away from the job. Nothing is replayed: read the handle's attributes for the past.
-        """
-        with self._listeners_lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._listeners_lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _emit(self, kind: EventKind, line: LogLine | None = None) -> None:
-        with self._listeners_lock:
-            listeners = list(self._listeners)
-        event = JobEvent(kind, self, line)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("a job listener failed (ignored)")
-        self._machine.changes.notify()
-
-    # ------------------------------------------------------------------ written by the machine
-
-    def _set_phase(self, phase: Phase) -> None:
-        if self.phase != phase:
-            self.phase = phase
-            self.timings.setdefault(phase, time.time())
-            log.debug("job %s: %s", self.address, phase)
-            self._emit("phase")
-
-    def _set_market(self, market: Market | None) -> None:
-        self.market = market
-        if market is not None:
-            self.price = market.price_per_second / 1e6
-
-    def _listed(self, address: str) -> None:
-        self.address = address
-        self.timings["listed"] = time.time()
-        self._emit("state")
-
-    def _set_ledger(self, info: JobInfo) -> None:
-        self.ledger = info
-        if info.node and info.node != SYSTEM_ADDRESS and info.state is not JobState.QUEUED:
-            self.node = info.node
-        if info.timeout:
-            self.timeout = info.timeout
-        if info.price:
-            self.price = info.price / 1e6
-        if info.time_start and self.started_at is None:
-            # The ledger has whole seconds; our own clock is finer when we saw it happen.
-            seen = time.time()
-            self.started_at = seen if seen - info.time_start < 2 else float(info.time_start)
-        if info.state.done and self.ended_at is None and info.time_end:
-            seen = time.time()
-            self.ended_at = seen if seen - info.time_end < 2 else float(info.time_end)
-        self._emit("state")
-
-    def _add_log(self, line: LogLine) -> None:
-        self._logs.append(line)
-        self._emit("log", line)
-
-    def _set_urls(self, urls: list[ServiceUrl]) -> None:
-        merged = {url.expose_id or url.url: url for url in self.urls}
-        for url in urls:
-            merged[url.expose_id or url.url] = url
-        new = list(merged.values())
-        if new != self.urls:
-            self.urls = new
-            self._emit("urls")
-
-    def _set_flow(self, flow: FlowState) -> None:
-        self.flow = flow
-        ops, merged = ops_and_results(flow, stopped_by_you=self._machine.stop_requested)
-        self.ops = Results(ops, kind="op", explain=self._explain_missing)
-        self.results = Results(merged, explain=self._explain_missing)
-        if flow.secrets:
-            self._set_urls(urls_from_secrets(flow.secrets, self.address or ""))
-
-    def _extended(self, seconds: int) -> None:
-        self.timeout += seconds
-        self._emit("state")
-
-    def _state_changed(self) -> None:
-        self._emit("state")
-
-    def _mark(self, milestone: str) -> None:
-        self.timings.setdefault(milestone, time.time())
-
-    def _warn(self, warning: str) -> None:
-        self.warnings.append(warning)
-
-    def _fail(self, error: BaseException) -> None:
+    def _public_error(self, error: BaseException) -> BaseException:
         if isinstance(error, Failure):
-            error = (JobLost if error.lost else JobFailed)(str(error), self)
-        if self.error is None:
-            self.error = error
-
-    def _settle(self) -> None:
-        self.phase = "done"  # the verdict is job_status()'s
-        self.ended_at = self.ended_at or time.time()
-        self.timings.setdefault("done", time.time())
-        self._emit("phase")
-        self._emit("done")
-        self._future.set_result(self)
+            return (JobLost if error.lost else JobFailed)(str(error), self)
+        return error
 
     # ------------------------------------------------------------------ starting
 
@@ -678,7 +421,7 @@ class ConfidentialJob:
         address = self.address or "(not listed)"
         if self.done:
             return JobInterrupted(f"job {address} already {self.status}", self)
-        if not self._machine.stop_requested:
+        if not self._stop_requested:
             problem = self._stop_problem(self._stop_shielded(each))
             if problem is not None:
                 return JobInterrupted(f"job {address}: stop requested, still running: {problem}",
@@ -704,7 +447,7 @@ class ConfidentialJob:
         if future.cancelled():
             return "the stop request was cancelled"
         error = future.exception()
-        return None if error is None else self._machine.redactor.redact(first_line(error))
+        return None if error is None else self._redactor.redact(first_line(error))
 
     async def stop_async(self) -> None:
         """``await`` :meth:`stop` (from any event loop)."""
@@ -745,20 +488,6 @@ class ConfidentialJob:
             raise JobStopped(f"job {address} stopped", self)
         kind = {"expired": JobExpired, "lost": JobLost}.get(status, JobFailed)
         raise kind(f"job {address} {status}: {self.reason}", self)
-
-    def _explain_missing(self, kind: str, key: str, names: list[str]) -> str:
-        """The line of a :class:`MissingResult`: what there is, and why not more."""
-        where = f"job {self.address or '(not listed)'}"
-        if not self.done:
-            return (f"no {kind} {key!r} yet: {where} is {self.status} ({kind}s arrive when "
-                    "it ends; job.wait() waits for that)")
-        have = f"its {kind}s are {', '.join(names)}" if names else f"it has no {kind}s"
-        line = f"no {kind} {key!r} in {where}: {have}"
-        if self.status != "succeeded":
-            line += f"; the job {self.status}: {self.reason}"
-        elif kind == "result" and not names:
-            line += " (no op's `results` pattern matched its output)"
-        return line
 
     # ------------------------------------------------------------------ attach
 

@@ -10,10 +10,10 @@ The machine (docs/protocol.md §2, without the CLI's faults of docs/protocol.md 
 It runs on the package's private loop (``runner``) and owns every call to the network and
 the host: the post and attach flows, the ledger watcher, the ``/info`` and ``/log``
 followers, sending the definition, collecting the results, draining the log and finishing.
-What it learns it writes to the job's handle (:class:`~nosana_magic.job.ConfidentialJob`)
-through the handful of methods of :class:`Handle`; the handle decides what to say about it.
-The machine keeps its own working facts: whether a stop was asked for, the host's last
-``/info`` event, the definition's :class:`~nosana_magic.secrets.Redactor`.
+What it learns it writes to the job's record (:class:`~nosana_magic.record.JobRecord`, the
+state side of the handle) through the record's handful of ``_set_…`` methods; the record
+decides what to say about it. The machine keeps only its I/O: the host client, its tasks,
+the environment and namespace until the definition is sent.
 
 Nothing secret is kept longer than needed: the resolved body goes to the host and is
 dropped; every host text passes through the redactor; the environment and namespace are
@@ -31,19 +31,19 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import runner
 from .errors import NosanaError
 from .host import Backoff, HostClient, HostError, Retry
 from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
-from .outcome import Phase, first_line, redact_flow
+from .outcome import Failure, first_line, redact_flow
 from .protocol import exposed_services, format_duration, service_url, short_address
-from .results import FlowState, InfoEvent, LogLine, ServiceUrl, urls_from_secrets
-from .secrets import Redactor
+from .record import JobRecord
+from .results import FlowState, LogLine, ServiceUrl
 
-__all__ = ["EXPIRY_MARGIN_S", "Changes", "Failure", "Handle", "JobMachine", "Private"]
+__all__ = ["EXPIRY_MARGIN_S", "JobMachine", "Private"]
 
 log = logging.getLogger(__name__)
 
@@ -67,88 +67,11 @@ LOG_IDLE_S = 0.2
 LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
 LOG_DRAIN_MAX_S = 120.0
-#: The node a job shows on chain when it was stopped before any host took it.
-SYSTEM_ADDRESS = "11111111111111111111111111111111"
 
 #: What a job keeps private (docs/protocol.md §11): ``"both"`` its definition and its results
 #: (the Nosana CLI's confidential job), ``"input"`` only the definition (the host pins the
 #: results publicly), ``"results"`` only the results (the definition is pinned publicly).
 Private = Literal["both", "input", "results"]
-
-
-class Failure(Exception):
-    """Why the machine gave up on a job; the handle words it as ``JobFailed`` or, when
-    ``lost``, as ``JobLost`` (the host or the ledger stopped answering)."""
-
-    def __init__(self, message: str, *, lost: bool = False) -> None:
-        super().__init__(message)
-        self.lost = lost
-
-
-class Changes:
-    """The machine's change notification, on its loop: :meth:`wait_for` re-checks its
-    condition each time :meth:`notify` is called (every write to the handle, a stop asked
-    for, a request done), and gives up at its timeout. Loop thread only."""
-
-    def __init__(self) -> None:
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    def notify(self) -> None:
-        """Wake every waiter (each re-checks its condition)."""
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Until ``predicate()`` holds (True) or ``timeout`` seconds passed (False)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            try:
-                await asyncio.wait({waiter}, timeout=remaining)
-            finally:
-                self._waiters.discard(waiter)
-        return True
-
-
-class Handle(Protocol):
-    """The job's handle as the machine sees it: what it reads, and the methods it writes
-    with. :class:`~nosana_magic.job.ConfidentialJob` is the one implementation."""
-
-    @property
-    def address(self) -> str | None: ...
-    @property
-    def node(self) -> str | None: ...
-    @property
-    def state(self) -> JobState | None: ...
-    @property
-    def ledger(self) -> JobInfo | None: ...
-    @property
-    def timeout(self) -> int: ...
-    @property
-    def expires_at(self) -> float | None: ...
-    @property
-    def done(self) -> bool: ...
-
-    def _set_phase(self, phase: Phase) -> None: ...
-    def _set_market(self, market: Market | None) -> None: ...
-    def _listed(self, address: str) -> None: ...
-    def _set_ledger(self, info: JobInfo) -> None: ...
-    def _add_log(self, line: LogLine) -> None: ...
-    def _set_urls(self, urls: list[ServiceUrl]) -> None: ...
-    def _set_flow(self, flow: FlowState) -> None: ...
-    def _extended(self, seconds: int) -> None: ...
-    def _state_changed(self) -> None: ...
-    def _mark(self, milestone: str) -> None: ...
-    def _warn(self, warning: str) -> None: ...
-    def _fail(self, error: BaseException) -> None: ...
-    def _settle(self) -> None: ...
 
 
 class JobMachine:
@@ -160,7 +83,7 @@ class JobMachine:
 
     def __init__(
         self,
-        job: Handle,
+        job: JobRecord,
         network: Network,
         *,
         definition: JobDefinition | None,
@@ -179,12 +102,6 @@ class JobMachine:
         self.network = network
         self.definition = definition
         self.private = private
-        #: Set once a stop was asked for (put back if it was refused).
-        self.stop_requested = False
-        #: The host's last ``/info`` event.
-        self.info: InfoEvent | None = None
-        #: Redacts the resolved ``${env:…}`` values from host text (known once resolved).
-        self.redactor: Redactor = Redactor.empty()
         self._source = source
         self._attach = attach
         self._market_ref = market
@@ -198,21 +115,11 @@ class JobMachine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        #: What the machine's waits wait on: the handle notifies it on every write.
-        self.changes = Changes()
+        #: What the machine's waits wait on: every write to the record notifies it.
+        self.changes = job._changes
         #: Set once the machine is closing its clients (a stop then has nothing to do).
         self._finishing = False
-        self._last_log_at = 0.0
-        self._container_lines = 0
         self._ledger_error: str | None = None
-        #: The host streams whose interruption was noted in the job's warnings.
-        self._interrupted: set[str] = set()
-
-    @property
-    def info_end(self) -> InfoEvent | None:
-        """The host's ``/info`` event that has ``endTime`` (the flow ended), once seen."""
-        info = self.info
-        return info if info is not None and info.end_time is not None else None
 
     @property
     def started(self) -> bool:
@@ -253,21 +160,19 @@ class JobMachine:
             return  # ended meanwhile: nothing to stop
         if job.address is None:
             # Not listed yet: the machine sees the flag before listing (and does not list).
-            self.stop_requested = True
-            self.changes.notify()
+            job._set_stop_requested(True)
             return
         if job.state is not None and job.state.done:
             return
         # Set while a stop is being sent (the machine then expects the host's refusals);
         # put back if the stop did not go through.
-        before, self.stop_requested = self.stop_requested, True
-        self.changes.notify()
+        before = job._stop_requested
+        job._set_stop_requested(True)
         try:
             await self._send_stop(job.address)
         except BaseException:
             if not job.done and not self._finishing:
-                self.stop_requested = before
-                self.changes.notify()
+                job._set_stop_requested(before)
             raise
 
     async def _send_stop(self, address: str) -> None:
@@ -319,14 +224,15 @@ class JobMachine:
             await self._abandon()
         except Exception as exc:  # a bug: keep the handle consistent, say what happened
             log.exception("job %s: unexpected error", job.address)
-            detail = self.redactor.redact(str(exc).splitlines()[0] if str(exc) else "")
+            detail = self.job._redactor.redact(str(exc).splitlines()[0] if str(exc) else "")
             self._fail(Failure(f"internal error: {type(exc).__name__}: {detail}"))
             await self._abandon()
         finally:
             await self._finish()
 
     def _fail(self, error: BaseException) -> None:
-        log.info("job %s failed: %s", self.job.address, self.redactor.redact(first_line(error)))
+        text = self.job._redactor.redact(first_line(error))
+        log.info("job %s failed: %s", self.job.address, text)
         self.job._fail(error)
 
     async def _abandon(self, timeout: float = 10) -> None:
@@ -380,7 +286,7 @@ class JobMachine:
                 self.network.wallet,
                 retry=self._retry,
                 # Looked up per call: the redactor is known only once the definition is resolved.
-                redact=lambda text: self.redactor.redact(text),
+                redact=lambda text: self.job._redactor.redact(text),
             )
         return self._host
 
@@ -420,12 +326,12 @@ class JobMachine:
                 f"timeout {format_duration(job.timeout)} exceeds market {market.slug}'s "
                 f"longest job ({format_duration(market.job_timeout)})"
             )
-        if self.stop_requested:
+        if self.job._stop_requested:
             return
 
         job._set_phase("pinning")
         cid = await self.network.pin(placeholder)
-        if self.stop_requested:
+        if self.job._stop_requested:
             return
 
         job._set_phase("listing")
@@ -433,7 +339,7 @@ class JobMachine:
         job._listed(listing.job)
         job._set_phase("queued")
         self._tasks.append(asyncio.create_task(self._watch_ledger()))
-        if self.stop_requested:
+        if self.job._stop_requested:
             await self.stop()
         await self._follow_job(definition)
 
@@ -478,21 +384,22 @@ class JobMachine:
         job._mark("running")
         self._precompute_urls(definition)
         host = self._host_client()
-        log_task = asyncio.create_task(self._follow_logs(host))
-        self._tasks += [log_task, asyncio.create_task(self._follow_info(host))]
+        streams = HostStreams(job, self._retry)
+        log_task = asyncio.create_task(streams.follow_logs(host))
+        self._tasks += [log_task, asyncio.create_task(streams.follow_info(host))]
         if definition is not None and not self._ledger_done():
             job._set_phase("sending-definition")
             await self._send_definition(host, definition)
         job._set_phase("running")
         await self._until_ended()
-        if self.info_end is not None:
+        if self.job._info_end is not None:
             job._mark("end-seen")
         flow = await self._collect()
         if flow is not None:
             self._take_flow(flow)
         # The ledger's final state (the host completes the job after the window), bounded.
         await self.changes.wait_for(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
-        await self._drain_logs(log_task, flow)
+        await streams.drain_logs(host, log_task, flow)
 
     async def _wait_for_host(self) -> bool:
         """Queued: until a host takes the job (True) or it ends without running (False)."""
@@ -511,14 +418,14 @@ class JobMachine:
     async def _send_definition(self, host: HostClient, definition: JobDefinition) -> None:
         """Resolve the definition (only now) and POST it to the host; the body is not kept."""
         resolved = definition.resolve(env=self._env_map(), namespace=self._namespace or {})
-        self.redactor = resolved.redactor
+        self.job._set_redactor(resolved.redactor)
         send = asyncio.create_task(host.send_definition(resolved.body, timeout=SEND_TIMEOUT_S))
         del resolved
         send.add_done_callback(lambda _task: self.changes.notify())
 
         # A job stopped or ended meanwhile makes the POST pointless: stop trying.
         def pointless() -> bool:
-            return self.stop_requested or self._ledger_done() or self.info_end is not None
+            return self.job._stop_requested or self._ledger_done() or self.job._info_end is not None
 
         await self.changes.wait_for(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
         if not send.done():
@@ -531,14 +438,14 @@ class JobMachine:
             self.job._mark("definition-sent")
         except HostError:
             # Stopped before the host took the definition: that refusal is expected.
-            if not self.stop_requested:
+            if not self.job._stop_requested:
                 raise
 
     def _ended(self) -> bool:
         """The host says the flow ended, the ledger says the job ended, or its expiry passed
         (the host then ends it)."""
         expiry = self.job.expires_at
-        return (self.info_end is not None or self._ledger_done()
+        return (self.job._info_end is not None or self._ledger_done()
                 or (expiry is not None and time.time() >= expiry))
 
     async def _until_ended(self) -> None:
@@ -574,7 +481,7 @@ class JobMachine:
             return await self._public_result()
         host = self._host_client()
         self.job._set_phase("collecting-results")
-        late = self.info_end is None and self._ledger_done()
+        late = self.job._info_end is None and self._ledger_done()
         timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout
         fetch = asyncio.create_task(host.results(timeout=timeout))
         fetch.add_done_callback(lambda _task: self.changes.notify())
@@ -597,7 +504,7 @@ class JobMachine:
                 )
             flow = fetch.result()
         except HostError as exc:
-            if self.stop_requested or self.job.state is JobState.STOPPED:
+            if self.job._stop_requested or self.job.state is JobState.STOPPED:
                 self.job._warn(f"no results: {exc}")
                 return None
             raise
@@ -629,8 +536,8 @@ class JobMachine:
 
     def _take_flow(self, flow: FlowState) -> None:
         """Hand the results to the job, every host text in them redacted."""
-        if self.redactor:
-            flow = redact_flow(flow, self.redactor.redact)
+        if self.job._redactor:
+            flow = redact_flow(flow, self.job._redactor.redact)
         self.job._set_flow(flow)
 
     # -- ledger --------------------------------------------------------------------------
@@ -658,7 +565,39 @@ class JobMachine:
                     self.changes.notify()
                     return
 
-    # -- host streams --------------------------------------------------------------------
+    # -- URLs ----------------------------------------------------------------------------
+
+    def _precompute_urls(self, definition: JobDefinition | None) -> None:
+        """Public service URLs are known before the job runs, where the network has a domain."""
+        domain = self.network.service_domain()
+        address = self.job.address
+        if definition is None or domain is None or address is None:
+            return
+        urls = [
+            ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
+                          port=service.port, op_id=service.op_id)
+            for service in exposed_services(definition.to_dict(), address)
+        ]
+        if urls:
+            self.job._set_urls(urls)
+
+    def __repr__(self) -> str:
+        return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"
+
+
+class HostStreams:
+    """The host's ``/info`` and ``/log`` streams of one job, followed on the loop into the
+    job's record. A stream that dies is resumed after a pause for as long as the job can live
+    (its expiry plus ``EXPIRY_MARGIN_S``, moved along with an extension); at the end the
+    log is drained, so that every line the host sent is in the record."""
+
+    def __init__(self, job: JobRecord, retry: Retry) -> None:
+        self.job = job
+        self._retry = retry
+        self._last_log_at = 0.0
+        self._container_lines = 0
+        #: The streams whose interruption was noted in the job's warnings.
+        self._interrupted: set[str] = set()
 
     def _stream_retry(self) -> Backoff:
         """How long a dead host stream is retried: slowly, for as long as the job can live
@@ -685,17 +624,17 @@ class JobMachine:
         noted in the job's warnings; one that retrying cannot fix ends the stream."""
         if not exc.gave_up:
             self.job._warn(f"stopped following {stream}: {exc}")
-            self.changes.notify()
+            self.job._changes.notify()
             return False
         if stream not in self._interrupted:
             self._interrupted.add(stream)
             self.job._warn(f"{stream} interrupted (resuming): {exc}")
         if not await self._resume(resume):
-            self.changes.notify()
+            self.job._changes.notify()
             return False
         return True
 
-    async def _follow_info(self, host: HostClient) -> None:
+    async def follow_info(self, host: HostClient) -> None:
         """Follow ``/info`` (status, URLs, ``endTime``) until the event that has ``endTime``.
 
         A stream that gave up is resumed: losing ``/info`` would mean noticing the end only
@@ -705,28 +644,19 @@ class JobMachine:
         while True:
             try:
                 async for event in host.info(timeout=self._retry.total):
-                    self._on_info(event)
+                    self.job._set_info(event)
                 return
             except HostError as exc:
                 if not await self._keep_following("/info", exc, resume):
                     return
 
-    def _on_info(self, event: InfoEvent) -> None:
-        self.info = event
-        urls = urls_from_secrets(event.secrets, self.job.address or "")
-        if urls:
-            self.job._set_urls(urls)
-        if event.end_time is not None:
-            self.job._mark("end-seen")
-        self.job._state_changed()
-
-    async def _follow_logs(self, host: HostClient) -> None:
+    async def follow_logs(self, host: HostClient) -> None:
         """Follow ``/log`` until cancelled; resumed from the cursor after the client gave up."""
         resume = self._stream_retry()
         while True:
             try:
                 async for entry in host.logs(since=host.log_cursor):
-                    line = LogLine.from_log_entry(entry, self.redactor.redact)
+                    line = LogLine.from_log_entry(entry, self.job._redactor.redact)
                     if line.stream != "node":
                         self._container_lines += 1
                     self._last_log_at = time.monotonic()
@@ -735,7 +665,8 @@ class JobMachine:
                 if not await self._keep_following("/log", exc, resume):
                     return
 
-    async def _drain_logs(self, log_task: asyncio.Task[Any], flow: FlowState | None) -> None:
+    async def drain_logs(self, host: HostClient, log_task: asyncio.Task[Any],
+                         flow: FlowState | None) -> None:
         """Let the ``/log`` stream catch up before it is closed.
 
         Caught up means: connected (not between reconnects), every container line the
@@ -744,9 +675,6 @@ class JobMachine:
         attaching to a long finished job gets every line; silence for ``LOG_STALL_S`` or
         ``LOG_DRAIN_MAX_S`` in all ends it.
         """
-        host = self._host
-        if host is None:
-            return
         expected = sum(
             1 for op in (flow.op_states if flow is not None else [])
             for entry in op.logs if entry.type in ("stdout", "stderr")
@@ -760,22 +688,3 @@ class JobMachine:
             if idle >= LOG_STALL_S or now - start >= LOG_DRAIN_MAX_S:
                 return
             await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
-
-    # -- URLs ----------------------------------------------------------------------------
-
-    def _precompute_urls(self, definition: JobDefinition | None) -> None:
-        """Public service URLs are known before the job runs, where the network has a domain."""
-        domain = self.network.service_domain()
-        address = self.job.address
-        if definition is None or domain is None or address is None:
-            return
-        urls = [
-            ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
-                          port=service.port, op_id=service.op_id)
-            for service in exposed_services(definition.to_dict(), address)
-        ]
-        if urls:
-            self.job._set_urls(urls)
-
-    def __repr__(self) -> str:
-        return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"

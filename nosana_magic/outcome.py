@@ -21,6 +21,7 @@ from .results import FlowState, LogLine, OpState, final_status
 __all__ = [
     "FINAL_STATUSES",
     "Facts",
+    "Failure",
     "MissingResult",
     "OpResult",
     "Phase",
@@ -52,6 +53,15 @@ EndedBy = Literal["stop", "expiry", "host"]
 
 
 # --------------------------------------------------------------------------- records
+
+
+class Failure(Exception):
+    """Why a job's machine gave up on it; the handle words it as ``JobFailed`` or, when
+    ``lost``, as ``JobLost`` (the host or the ledger stopped answering)."""
+
+    def __init__(self, message: str, *, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 @dataclass(frozen=True)

@@ -422,7 +422,7 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert str(raised) == f"job {job.address} stopped"
     assert "still stopping it" in capsys.readouterr().err
     job.wait(PATIENCE)
-    assert job.status == "stopped" and job._machine.stop_requested
+    assert job.status == "stopped" and job._stop_requested
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
 
@@ -474,7 +474,7 @@ def test_ctrl_c_whose_stop_fails_says_the_job_still_runs(
     assert str(info.value) == (
         f"job {job.address}: stop requested, still running: local network: POST /stop: 503"
     )
-    assert not job._machine.stop_requested and job.phase == "running"
+    assert not job._stop_requested and job.phase == "running"
     monkeypatch.undo()
     job.stop()
     job.wait(PATIENCE)

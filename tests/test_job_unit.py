@@ -47,7 +47,7 @@ def _done(job: ConfidentialJob) -> None:
 
 def _reported(job: ConfidentialJob, status: str) -> None:
     """The host's last /info event said ``status``, with its ``endTime``."""
-    job._machine.info = InfoEvent.model_validate({"status": status, "endTime": 2})
+    job._info = InfoEvent.model_validate({"status": status, "endTime": 2})
 
 
 def _flow(**kw: Any) -> FlowState:
@@ -105,7 +105,7 @@ def test_validation_summary_never_shows_values() -> None:
 
 def test_results_per_op_and_merged_with_clashes_qualified() -> None:
     job = _job(address="JOB")
-    job._machine.redactor = Redactor({"TOKEN": "tok-value-123"})
+    job._redactor = Redactor({"TOKEN": "tok-value-123"})
     _reported(job, "success")  # a host's "success" does not hide a failed op
     flow = _flow(opStates=[
         {"operationId": "a", "status": "success", "exitCode": 0,
@@ -178,7 +178,7 @@ def test_repr_html_and_messages() -> None:
     job.ledger = JobInfo(address="7xKXabcdefq3", state=JobState.COMPLETED, time_start=100,
                          time_end=160, price=115)
     _done(job)
-    job._machine.stop_requested = True
+    job._stop_requested = True
     assert job.cost == pytest.approx(60 * 115 / 1e6)
     with pytest.raises(JobStopped, match=r"^job 7xKXabcdefq3 stopped$"):
         job.raise_for_status()
@@ -215,12 +215,13 @@ def test_stream_retry_bound_follows_an_extension() -> None:
     job.started_at = time.time()
     base = 100 + machine_module.EXPIRY_MARGIN_S
     # The bounds count from the job's start: whatever time passed since is off them, exactly.
-    total = job._machine._stream_retry().total
+    streams = machine_module.HostStreams(job, Retry())
+    total = streams._stream_retry().total
     assert base - (time.time() - job.started_at) <= total <= base
     resume = Backoff(Retry(first=0.001, cap=0.001, attempts=100_000), total=base)
     resume.started -= base + 1  # a loop whose original bound is over...
     job.timeout += 3600  # ...of a job that was extended meanwhile
-    assert asyncio.run(job._machine._resume(resume)) is True
+    assert asyncio.run(streams._resume(resume)) is True
     remaining = resume.remaining  # until the new expiry and margin
     spent = time.time() - job.started_at  # (0.01: the loop's clock is not the wall clock)
     assert base + 3600 - spent - 0.01 <= remaining <= base + 3600 + 0.01
@@ -252,7 +253,7 @@ def test_the_verdict_is_worked_out_from_the_facts(
         ops: list[dict[str, Any]], stopped_by_you: bool, word: str, op_word: str) -> None:
     job = _job(address="JOB")
     job.node = "Node"
-    job._machine.stop_requested = stopped_by_you
+    job._stop_requested = stopped_by_you
     _reported(job, "success")
     job._machine._take_flow(_flow(opStates=ops))
     assert job.status == ("stopping" if stopped_by_you else "validating")  # not done yet
@@ -324,7 +325,7 @@ def test_help_lists_every_public_attribute_with_one_line() -> None:
 
     job = _job(address="JOB")
     public = {name for name in vars(job) if not name.startswith("_")}
-    public |= {name for name, value in vars(ConfidentialJob).items()
+    public |= {name for cls in ConfidentialJob.__mro__ for name, value in vars(cls).items()
                if isinstance(value, property) and not name.startswith("_")}
     assert {"address", "status", "phase", "results", "urls", "ops", "logs", "flow"} <= public
     section = textwrap.dedent((ConfidentialJob.__doc__ or "").split("Attributes:\n")[1])
