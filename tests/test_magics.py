@@ -598,6 +598,23 @@ def test_help_of_one_command(shell: InteractiveShell, line: str) -> None:
     assert "delists it while it is queued" in " ".join(captured.stdout.split())
 
 
+def test_every_command_is_routed_through_the_table_and_documented(
+        shell: InteractiveShell) -> None:
+    from nosana_magic.magics import _COMMANDS
+
+    assert list(_COMMANDS) == ["jobs", "status", "logs", "stop", "attach", "markets",
+                               "config", "help"]
+    with capture_output() as whole:
+        shell.run_line_magic("nosana", "help")
+    for name, command in _COMMANDS.items():
+        assert command.run.__doc__, name  # a command's help is its function's docstring
+        assert f"  {command.usage}" in whole.stdout and command.summary in whole.stdout
+        with capture_output() as one:
+            shell.run_line_magic("nosana", f"help {name}")
+        assert one.stdout.startswith(f"usage: {command.usage}\n\n")
+        assert " ".join(one.stdout.split()[1 + len(command.usage.split()):]) == command.help
+
+
 def test_help_of_an_unknown_command_is_a_usage_error(shell: InteractiveShell) -> None:
     with pytest.raises(UsageError, match=r"unknown command 'bogus' \(commands: jobs, "):
         shell.run_line_magic("nosana", "help bogus")
