@@ -22,7 +22,7 @@ from nosana_magic.network.api import ApiNetwork
 from nosana_magic.results import NodeLogEntry
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import (
+from .conftest import (
     definition,
     list_placeholder,
     network_for,

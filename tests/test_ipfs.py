@@ -21,7 +21,7 @@ from nosana_magic.protocol import cid_of, cid_to_digest
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
-from .devnode_fixtures import PLACEHOLDER
+from .conftest import PLACEHOLDER
 from .waiting import PATIENCE
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.test-only.signature"

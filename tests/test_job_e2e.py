@@ -39,7 +39,7 @@ from nosana_magic.secrets import ResolvedDefinition, SecretError
 from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
+from .conftest import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
 from .waiting import PATIENCE
 
 log = logging.getLogger(__name__)
