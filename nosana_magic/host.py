@@ -714,15 +714,7 @@ class HostClient:
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "path": "/log",
-                                "header": self._auth(),
-                                "body": {"jobAddress": self.job, "address": self.wallet.address},
-                            }
-                        )
-                    )
+                    await ws.send(self._log_subscription())
                     index = 0  # position in this connection's stream (replay, then live)
                     skip = self.log_cursor
                     async for raw in ws:
@@ -747,15 +739,7 @@ class HostClient:
                         yield entry
                     last = "the host closed the log stream"
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                if code in _WS_FATAL_CODES:
-                    problem = f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
-                    if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
-                        raise HostError(self.base_url, route, problem) from None
-                    last = problem
-                else:
-                    last = f"connection closed ({code})" if code else "connection lost"
+                last = self._closed(exc, route)
             except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
                 if isinstance(exc, InvalidURI):
                     raise HostError(self.base_url, route, "not a WebSocket URL") from None
@@ -769,6 +753,23 @@ class HostClient:
                     f"gave up after {backoff.attempt} attempts to reconnect: {last}",
                     gave_up=True,
                 )
+
+    def _log_subscription(self) -> str:
+        """The first frame of a ``/log`` connection: which job, signed by its owner."""
+        return json.dumps({"path": "/log", "header": self._auth(),
+                           "body": {"jobAddress": self.job, "address": self.wallet.address}})
+
+    def _closed(self, exc: ConnectionClosed, route: str) -> str:
+        """Why the host closed the log socket, in one line; raises :class:`HostError` when
+        retrying cannot help (docs/protocol.md §7)."""
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if code in _WS_FATAL_CODES:
+            problem = f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
+            if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
+                raise HostError(self.base_url, route, problem) from None
+            return problem
+        return f"connection closed ({code})" if code else "connection lost"
 
     def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:
         try:
