@@ -192,13 +192,11 @@ class ConfidentialJob(JobRecord):
     Attributes:
 
     address       the job's address on the ledger (``None`` until it is listed)
-    status        the one word for the job: its phase, then ``succeeded``, ``failed``,
-                  ``stopped``, ``expired`` or ``lost`` (:func:`job_status`)
+    status        its one word: the phase, then succeeded, failed, stopped, expired or lost
     ok            True once the job is done and succeeded
     done          True once the machine is done with the job (its status is final)
     reason        why the job did not succeed, in one line ("" otherwise)
-    phase         where the machine is: ``validating`` … ``running``, ``collecting-results``,
-                  ``done``
+    phase         where the machine is, ``validating`` … ``done`` (:attr:`status` is the verdict)
     results       every op's ``results`` values by name (``op.name`` when two ops share one)
     ops           each op's :class:`OpResult` (status, exit code, logs, results) by op id
     urls          the services the job exposes (:class:`~nosana_magic.results.ServiceUrl`)

@@ -329,8 +329,9 @@ def test_help_lists_every_public_attribute_with_one_line() -> None:
                if isinstance(value, property) and not name.startswith("_")}
     assert {"address", "status", "phase", "results", "urls", "ops", "logs", "flow"} <= public
     section = textwrap.dedent((ConfidentialJob.__doc__ or "").split("Attributes:\n")[1])
-    entries = [line.split(maxsplit=1) for line in section.splitlines()
-               if line and not line.startswith(" ")]
+    lines = [line for line in section.splitlines() if line]
+    assert not any(line.startswith(" ") for line in lines)  # one line each
+    entries = [line.split(maxsplit=1) for line in lines]
     assert {name for name, _ in entries} == public
     assert all(len(words) == 2 and words[1].strip() for words in entries)
     shown = pydoc.render_doc(ConfidentialJob, renderer=pydoc.plaintext)
