@@ -40,7 +40,7 @@ The tree::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .job import ConfidentialJob
@@ -206,6 +206,9 @@ class JobNotFound(NosanaError):
 class JobFailed(NosanaError):
     """A job that did not succeed (:meth:`ConfidentialJob.raise_for_status`). One line."""
 
+    #: The job's outcome is unknown (its host or the ledger stopped answering).
+    lost: ClassVar[bool] = False
+
     def __init__(self, message: str, job: ConfidentialJob | None = None) -> None:
         super().__init__(message)
         self.job = job
@@ -221,6 +224,8 @@ class JobExpired(JobFailed):
 
 class JobLost(JobFailed):
     """A job whose outcome is unknown: its host (or the ledger) quit or stopped answering."""
+
+    lost = True
 
 
 class JobInterrupted(KeyboardInterrupt):

@@ -37,7 +37,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import HostError
-from .results import Endpoints, FlowState, InfoEvent, NodeLogEntry, ServiceUrl
+from .results import FlowState, InfoEvent, NodeLogEntry
 from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
 from .wallet import Wallet
 
@@ -54,15 +54,10 @@ log = logging.getLogger(__name__)
 #: The node API's retry policy unless the caller gives one (from ~0.1 s to ~2 s, 60 s at most).
 _DEFAULT_RETRY = Retry()
 
-#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
-#: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
-PRIVATE_EXPOSE_ID_LENGTH = 45
-
 #: Error strings of the host (docs/protocol.md §5), matched as prefixes.
 _INVALID_JOB_ID = "invalid job id"
 _CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
 _CANNOT_GET_RESULTS = "cannot get job result at this time"
-_NO_EXPOSED_URL = "no exposed url"
 _UNAUTHORIZED = "unauthorized request"
 
 #: WebSocket close codes of the node (docs/protocol.md §7) that retrying cannot fix.
@@ -71,7 +66,7 @@ _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refus
 #: chain for each subscription, and an RPC error there closes 3000 too.
 _WS_AUTH_CODE = 3000
 
-Kind = Literal["definition", "results", "endpoints", "stop"]
+Kind = Literal["definition", "results", "stop"]
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
@@ -81,7 +76,6 @@ _ROUTES: dict[Kind, tuple[str, str, str]] = {
     # kind: (method, current path, legacy path)
     "definition": ("POST", "/job/{job}/job-definition", "/job-definition/{job}"),
     "results": ("GET", "/job/{job}/results", "/job-result/{job}"),
-    "endpoints": ("GET", "/job/{job}/endpoints", "/service/url/{job}"),
     "stop": ("POST", "/job/{job}/stop", "/service/stop/{job}"),
 }
 
@@ -465,41 +459,6 @@ class HostClient:
             patient=True,
         )
 
-    async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:
-        """The job's service URLs, private ones included (``[]`` when it exposes none).
-
-        A service is private when its id has the 45 characters of a host-made random id.
-        """
-
-        async def classify(response: httpx.Response) -> list[ServiceUrl] | _Again:
-            status = response.status_code
-            if status == 200:
-                return self._service_urls(response)
-            message = self._message(response)
-            if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
-                return []
-            if status < 500:
-                raise self._error("endpoints", "the host refused the endpoints", response)
-            return _Again(f"{status} {message}")
-
-        return await self._until_answered("endpoints", self.retry.backoff(timeout), classify)
-
-    def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
-        endpoints = self._body(
-            "endpoints", response, Endpoints, "the host sent endpoints in an unknown shape"
-        )
-        return [
-            ServiceUrl(
-                url=item.url,
-                port=item.port,
-                op_id=item.op_id,
-                private=len(expose_id) == PRIVATE_EXPOSE_ID_LENGTH,
-                status=item.status,
-                expose_id=expose_id,
-            )
-            for expose_id, item in endpoints.urls.items()
-        ]
-
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""
 
@@ -614,15 +573,7 @@ class HostClient:
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "path": "/log",
-                                "header": self._auth(),
-                                "body": {"jobAddress": self.job, "address": self.wallet.address},
-                            }
-                        )
-                    )
+                    await ws.send(self._log_subscription())
                     index = 0  # position in this connection's stream (replay, then live)
                     skip = self.log_cursor
                     async for raw in ws:
@@ -647,15 +598,7 @@ class HostClient:
                         yield entry
                     last = "the host closed the log stream"
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                if code in _WS_FATAL_CODES:
-                    problem = f"{_WS_FATAL_CODES[code]} ({code} {one_line(reason)})"
-                    if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
-                        raise HostError(self.base_url, route, problem) from None
-                    last = problem
-                else:
-                    last = f"connection closed ({code})" if code else "connection lost"
+                last = self._closed(exc, route)
             except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
                 if isinstance(exc, InvalidURI):
                     raise HostError(self.base_url, route, "not a WebSocket URL") from None
@@ -669,6 +612,23 @@ class HostClient:
                     f"gave up after {backoff.attempt} attempts to reconnect: {last}",
                     gave_up=True,
                 )
+
+    def _log_subscription(self) -> str:
+        """The first frame of a ``/log`` connection: which job, signed by its owner."""
+        return json.dumps({"path": "/log", "header": self._auth(),
+                           "body": {"jobAddress": self.job, "address": self.wallet.address}})
+
+    def _closed(self, exc: ConnectionClosed, route: str) -> str:
+        """Why the host closed the log socket, in one line; raises :class:`HostError` when
+        retrying cannot help (docs/protocol.md §7)."""
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if code in _WS_FATAL_CODES:
+            problem = f"{_WS_FATAL_CODES[code]} ({code} {one_line(reason)})"
+            if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
+                raise HostError(self.base_url, route, problem) from None
+            return problem
+        return f"connection closed ({code})" if code else "connection lost"
 
     def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:
         try:

@@ -1,5 +1,5 @@
 """Pure functions and records of the Nosana protocol: auth headers, expose ids, CIDs,
-durations, a job's state on the ledger.
+durations, addresses, a job's state on the ledger.
 
 Everything here is checked against the vectors computed by Nosana's official JavaScript
 packages. Nothing here does I/O.
@@ -24,6 +24,7 @@ from .errors import NosanaError
 
 __all__ = [
     "EXPIRY_MARGIN_S",
+    "PRIVATE_EXPOSE_ID_LENGTH",
     "AuthError",
     "CidError",
     "DurationError",
@@ -39,9 +40,11 @@ __all__ = [
     "expose_id",
     "exposed_services",
     "format_duration",
+    "is_private_expose_id",
     "now_ms",
     "parse_duration",
     "service_url",
+    "short_address",
     "verify_auth_header",
 ]
 
@@ -168,6 +171,16 @@ def expose_id(job_address: str, op_index: int | str, port: int | float | str) ->
     return create_hash(f"{_js_string(op_index)}:{_js_string(port)}:{job_address}", 44)
 
 
+#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
+#: public ids are 44 characters (:func:`expose_id`). The length is what tells them apart.
+PRIVATE_EXPOSE_ID_LENGTH = 45
+
+
+def is_private_expose_id(service_id: str) -> bool:
+    """True for the id of a private service: only the job's owner learns its URL."""
+    return len(service_id) == PRIVATE_EXPOSE_ID_LENGTH
+
+
 def deployment_hash(deployment_id: str, project: str) -> str:
     """The load-balanced domain key of a deployment (``createHash("{id}:{project}", 45)``)."""
     return create_hash(f"{deployment_id}:{project}", 45)
@@ -255,6 +268,18 @@ def has_private_ops(definition: Mapping[str, object]) -> bool:
         and op["args"].get("expose") is not None
         for op in ops
     )
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def short_address(address: str) -> str:
+    """An address (job, node, wallet) cut for one line of text: ``7xKX…q3Zk``.
+
+    The first and last four characters, as Solana explorers show keys; an address of nine
+    characters or fewer is shown whole.
+    """
+    return address if len(address) <= 9 else f"{address[:4]}…{address[-4:]}"
 
 
 # --------------------------------------------------------------------------- CIDs

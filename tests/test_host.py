@@ -22,7 +22,7 @@ from nosana_magic.network.api import ApiNetwork
 from nosana_magic.results import NodeLogEntry
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import (
+from .conftest import (
     definition,
     list_placeholder,
     network_for,
@@ -266,41 +266,6 @@ async def test_results_bodies_are_json_whatever_the_content_type(
     await host.aclose()
 
 
-async def test_endpoints_private_url_reachable_and_none(
-    devnode: DevNode, network: ApiNetwork
-) -> None:
-    from .client_fixtures import free_port
-
-    port = free_port()
-    host, _job = await _host_for(devnode, network)
-    server = op("web", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                expose=port, private=True)
-    await host.send_definition(_body(definition(server)), timeout=PATIENCE)
-    urls: list[Any] = []
-    deadline = time.monotonic() + PATIENCE
-    while not urls and time.monotonic() < deadline:
-        urls = await host.endpoints()
-        await asyncio.sleep(0.05)
-    [url] = urls
-    assert url.private and len(url.expose_id) == 45 and url.op_id == "web"
-    assert url.port == port
-    async with httpx.AsyncClient(trust_env=False, timeout=PATIENCE) as client:
-        while True:  # 502 until the server listens
-            response = await client.get(url.url + "/")
-            if response.status_code == 200 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-    assert response.status_code == 200
-    await host.stop()
-    await host.results(timeout=PATIENCE)  # closes the window: the host is free again
-    await host.aclose()
-
-    plain, _ = await _host_for(devnode, network)
-    await plain.send_definition(_body(definition(op("a", "sleep 0.3"))), timeout=PATIENCE)
-    assert await plain.endpoints() == []
-    await plain.aclose()
-
-
 async def test_stop_ends_a_running_job_and_results_stay_collectable(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
@@ -383,8 +348,6 @@ def _legacy_app(calls: list[str]) -> Starlette:
             return PlainTextResponse("Job definition received")
         if path.startswith("/job-result/"):
             return PlainTextResponse(_json.dumps(flow), media_type="text/html")
-        if path.startswith("/service/url/"):
-            return PlainTextResponse("No exposed url for job id", status_code=400)
         return PlainTextResponse("job stopped successfully")
 
     async def missing(request: Request) -> Response:
@@ -399,7 +362,6 @@ def _legacy_app(calls: list[str]) -> Starlette:
         routes=[
             Route("/job-definition/{job}", record, methods=["POST"]),
             Route("/job-result/{job}", record, methods=["GET"]),
-            Route("/service/url/{job}", record, methods=["GET"]),
             Route("/service/stop/{job}", record, methods=["POST"]),
             Route("/{rest:path}", missing, methods=["GET", "POST"]),
         ]
@@ -415,11 +377,9 @@ async def test_legacy_routes_are_used_after_a_404_and_remembered() -> None:
         assert calls == ["POST /job/JOB1/job-definition", "POST /job-definition/JOB1"]
         flow = await host.results(timeout=PATIENCE)
         assert flow.status == "waiting-for-result"
-        assert await host.endpoints() == []
         await host.stop()
         # Once known, the legacy paths are used directly.
-        assert calls[2:] == ["GET /job-result/JOB1", "GET /service/url/JOB1",
-                             "POST /service/stop/JOB1"]
+        assert calls[2:] == ["GET /job-result/JOB1", "POST /service/stop/JOB1"]
         await host.aclose()
 
 

@@ -18,7 +18,7 @@ from nosana_magic.transport import Retry
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
-from .devnode_fixtures import PLACEHOLDER
+from .conftest import PLACEHOLDER
 from .waiting import PATIENCE
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.test-only.signature"

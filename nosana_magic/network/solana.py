@@ -55,7 +55,7 @@ from ..chain import (
     RunAccount,
 )
 from ..errors import InsufficientFundsError, TransactionFailedError
-from ..protocol import b58encode, format_duration
+from ..protocol import b58encode, format_duration, short_address
 from ..transport import Retry, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
@@ -113,11 +113,6 @@ _ZERO32 = bytes(32)
 
 # SPL token account: mint(32) owner(32) amount(u64) ...; 165 bytes.
 _TOKEN_ACCOUNT_LEN = 165
-
-
-def _short(address: str | Pubkey) -> str:
-    text = str(address)
-    return f"{text[:4]}…{text[-4:]}" if len(text) > 12 else text
 
 
 def _token_amount(data: bytes) -> int:
@@ -281,7 +276,7 @@ class SolanaNetwork:
         if account.owner != self.cluster.jobs_program:
             raise NetworkError(
                 f"{address} is not a Nosana {kind} on {self.name} "
-                f"(owned by {_short(account.owner)}, not the jobs program)"
+                f"(owned by {short_address(str(account.owner))}, not the jobs program)"
             )
         return bytes(account.data)
 
@@ -396,7 +391,7 @@ class SolanaNetwork:
         """Raise :class:`InsufficientFundsError` unless the wallet holds ``lamports`` more than
         its own rent-exempt reserve and ``nos_units`` NOS."""
         have_sol, have_nos = await self.balances()
-        who = f"wallet {_short(self.wallet.address)}"
+        who = f"wallet {short_address(str(self.wallet.address))}"
         reserve = await self.rpc.rent(0)
         need_sol = lamports + reserve
         if have_sol < need_sol:
@@ -529,7 +524,7 @@ class SolanaNetwork:
             raise NetworkError(f"{address[:60]!r} is not a Solana address") from None
         known_run = self._runs.get(str(job_key))
         keys = [job_key] + ([known_run] if known_run is not None else [])
-        accounts = await self.rpc.accounts(keys, f"reading job {_short(job_key)}")
+        accounts = await self.rpc.accounts(keys, f"reading job {short_address(str(job_key))}")
         job_acc = accounts[0]
         if job_acc is None:
             raise _JobClosedError(f"no job {job_key} on {self.name} (never listed, or closed)")
