@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import NosanaError
+from .errors import ParamError
 
 __all__ = [
     "MAX_JOBS",
@@ -55,10 +55,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None, "none": None}
-
-
-class ParamError(NosanaError):
-    """A sweep's parameters cannot work; the message names the option or row, and what."""
 
 
 # --------------------------------------------------------------------------- values

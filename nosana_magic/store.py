@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import NosanaError
+from .errors import StoreError
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -96,10 +96,6 @@ BUSY_TIMEOUT_S = 10.0
 HEARTBEAT_S = 10.0
 #: After this long failing to commit, the writer drops what it holds and says so once.
 GIVE_UP_S = 60.0
-
-
-class StoreError(NosanaError):
-    """The store cannot be opened or read, or a job is not in it; the message says which."""
 
 
 # --------------------------------------------------------------------------- records
@@ -362,24 +358,46 @@ def _scrub(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
 
+def _create(path: Path) -> None:
+    """Make a new database beside ``path`` (WAL, current schema, mode 0600) and link it into
+    place, unless another process did first: nobody ever sees a half-made file, and no two
+    processes race to switch one file to WAL (a switch that does not wait for a busy
+    database)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _private_file(temporary)
+        conn = _connect(temporary)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            _migrate(conn, temporary)
+        finally:
+            conn.close()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it meanwhile: use theirs
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(temporary, path)
+    finally:
+        for leftover in path.parent.glob(temporary.name + "*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
 def _open_database(path: Path) -> None:
     """Create or migrate the database at ``path``; :class:`StoreError` in one line if not."""
     try:
+        if not path.exists():
+            _create(path)
         _private_file(path)
         conn = _connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the local store {path}: {_reason(exc)}") from None
     try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:  # two processes creating the database at once: one switches it to WAL
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")  # a file this module did not make
         _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot open the local store {path}: {_reason(exc)}") from None
