@@ -352,9 +352,12 @@ OPENER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_migrating_at_once_migrate_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", ["fresh", "version 1"])
+def test_two_processes_opening_at_once_create_or_migrate_once(tmp_path: Path,
+                                                              start: str) -> None:
     path, go = tmp_path / "runs.sqlite3", tmp_path / "go"
-    make_v1_database(path)
+    if start == "version 1":
+        make_v1_database(path)
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), str(go), tag],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for tag in ("first", "second")]
@@ -369,7 +372,9 @@ def test_two_processes_migrating_at_once_migrate_once(tmp_path: Path) -> None:
     assert [o[0].strip() for o in outs] == ["ok", "ok"], [o[1] for o in outs]
     store = Store(path)
     try:
-        assert sorted(j.status or "" for j in store.jobs()) == ["first", "second", "succeeded"]
+        expected = ["first", "second"] + (["succeeded"] if start == "version 1" else [])
+        assert sorted(j.status or "" for j in store.jobs()) == expected
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     finally:
         store.close()
 
