@@ -96,6 +96,9 @@ BUSY_TIMEOUT_S = 10.0
 HEARTBEAT_S = 10.0
 #: After this long failing to commit, the writer drops what it holds and says so once.
 GIVE_UP_S = 60.0
+#: The writer thread ends after this long with nothing to write and no job to record (the
+#: next record starts it again): a process that ran one job keeps no thread for it.
+IDLE_EXIT_S = 2.0
 
 
 # --------------------------------------------------------------------------- records
@@ -697,7 +700,12 @@ class _LogState:
 
 
 class _Writer:
-    """The one thread that writes a store's job records, with the one writing connection."""
+    """The one thread that writes a store's job records, with the one writing connection.
+
+    Started on the first record, it ends once idle (:data:`IDLE_EXIT_S`) and starts again on
+    the next one. Every hand-over takes the lock and checks the thread under it, so nothing
+    handed over is left without a thread to write it.
+    """
 
     def __init__(self, store: Store, interval: float) -> None:
         self._store = store
@@ -715,8 +723,23 @@ class _Writer:
         self._failing_since: float | None = None
         self._last_heartbeat = time.monotonic()
         self._last_purge = 0.0
-        self._thread = threading.Thread(target=self._run, name="nosana-store", daemon=True)
-        self._thread.start()
+        self._last_work = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _ensure_thread(self) -> None:
+        """Under the lock: a thread to write what was just handed over."""
+        if self._thread is None and not self._closed:
+            self._last_work = time.monotonic()
+            self._thread = threading.Thread(target=self._run, name="nosana-store",
+                                            daemon=True)
+            self._thread.start()
+
+    def _idle(self) -> bool:
+        """Under the lock: nothing to write, no job to record, for a while."""
+        return not (self._inserts or self._takeovers or self._sweeps or self._dirty
+                    or self._waiters or self._live) and (
+            time.monotonic() - self._last_work >= IDLE_EXIT_S)
 
     # -- from any thread ------------------------------------------------------------------
 
@@ -724,58 +747,75 @@ class _Writer:
         with self._lock:
             self._inserts.append(row)
             self._live[recorder.key] = recorder
+            self._ensure_thread()
         self._wake.set()
 
     def sweep(self, sweep_id: str, values: dict[str, Any]) -> None:
         with self._lock:
             self._sweeps.append((sweep_id, values))
+            self._ensure_thread()
         self._wake.set()
 
     def take_over(self, recorder: JobRecorder) -> None:
         with self._lock:
             self._takeovers.append(recorder.key)
             self._live[recorder.key] = recorder
+            self._ensure_thread()
         self._wake.set()
 
     def touch(self, recorder: JobRecorder, pending: int = 0, *, urgent: bool = False) -> None:
         with self._lock:
             self._dirty[recorder.key] = recorder
+            self._ensure_thread()
         if urgent or pending >= _WAKE_LINES:
             self._wake.set()  # a burst: write it now rather than at the next tick
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything handed over before this call is committed (or failed)."""
-        if not self._thread.is_alive():
-            return False
         done = threading.Event()
         with self._lock:
+            if self._thread is None and not (self._inserts or self._takeovers or self._sweeps
+                                             or self._dirty):
+                return True  # nothing handed over is waiting
+            if self._closed and self._thread is None:
+                return False
             self._waiters.append(done)
+            self._ensure_thread()
         self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float) -> None:
-        self._closing = True
+        with self._lock:
+            self._closing = True
+            self._closed = True
+            thread = self._thread
         self._wake.set()
-        self._thread.join(timeout)
+        if thread is not None:
+            thread.join(timeout)
 
     # -- on the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
-        while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            closing = self._closing
-            try:
-                if conn is None:
-                    conn = _connect(self._store.path)
-                self._cycle(conn)
-            except Exception as exc:  # never let the thread die: say it, keep going
-                self._failed(exc)
-            if closing:
-                break
-        if conn is not None:
-            conn.close()
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                closing = self._closing
+                try:
+                    if conn is None:
+                        conn = _connect(self._store.path)
+                    self._cycle(conn)
+                except Exception as exc:  # never let the thread die: say it, keep going
+                    self._failed(exc)
+                with self._lock:
+                    if closing or self._idle():
+                        self._thread = None
+                        self._logs.clear()
+                        return
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _cycle(self, conn: sqlite3.Connection) -> None:
         with self._lock:
@@ -785,6 +825,8 @@ class _Writer:
             dirty, self._dirty = self._dirty, {}
             waiters, self._waiters = self._waiters, []
         batches = {key: (rec, *rec._take()) for key, rec in dirty.items()}
+        if inserts or takeovers or sweeps or batches:
+            self._last_work = time.monotonic()
         now = time.monotonic()
         heartbeat = now - self._last_heartbeat >= HEARTBEAT_S
         purge = now - self._last_purge >= HEARTBEAT_S
@@ -1122,12 +1164,16 @@ class Store:
 
     def jobs(self, *, last: int | None = None, status: str | Sequence[str] | None = None,
              sweep: str | None = None, network: str | None = None,
-             keys: Sequence[str] | None = None) -> list[StoredJob]:
+             keys: Sequence[str] | None = None, finished: bool | None = None
+             ) -> list[StoredJob]:
         """Recorded jobs, newest first (a ``sweep``'s in sweep order): the ``last`` N, with
         ``status`` (one word or several), of a ``sweep`` (see :meth:`sweep`), on
-        ``network``, or with the given ``keys``."""
+        ``network``, with the given ``keys``, finished or not."""
         where: list[str] = []
         args: list[Any] = []
+        if finished is not None:
+            where.append("jobs.finished = ?")
+            args.append(int(finished))
         if status is not None:
             words = [status] if isinstance(status, str) else list(status)
             where.append(f"jobs.status IN ({', '.join('?' * len(words))})")

@@ -622,3 +622,19 @@ def test_a_job_taken_over_is_written_by_its_new_owner_only(tmp_path: Path) -> No
     finally:
         before.close()
         after.close()
+
+
+def test_the_writer_thread_ends_when_idle_and_comes_back(store: Store,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "IDLE_EXIT_S", 0.05)
+    first = store.record(network="local")
+    first.append_logs(lines(0, 3))
+    assert store._writer._thread is not None
+    first.finish(status="succeeded")
+    assert store.flush()
+    wait_until(lambda: store._writer._thread is None, what="the idle writer ended")
+    assert store.flush()  # nothing waiting: no thread needed
+    second = store.record(network="local", status="queued")
+    assert store.flush()
+    assert [j.key for j in store.jobs()] == [second.key, first.key]
+    assert len(store.logs(first.key)) == 3
