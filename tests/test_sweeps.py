@@ -62,6 +62,36 @@ def _overlap(runs: Runs) -> int:
     return most
 
 
+#: Run by a fresh interpreter: a sweep's runs listed, one job loaded, all with no network.
+READ_BACK = textwrap.dedent("""
+    import json, socket, sys
+    def refuse(*args, **kwargs):
+        raise OSError("no network in this process")
+    socket.socket.connect = refuse  # a load that talked to anything would fail
+    import nosana_magic
+    from nosana_magic.store import open_store
+    jobs = open_store().jobs(sweep=sys.argv[1])
+    job = nosana_magic.load(jobs[int(sys.argv[2])].address)
+    print(json.dumps({
+        "listed": [[j.sweep_index, j.params, j.status, j.results] for j in jobs],
+        "results": dict(job.results), "status": job.status, "params": job.params,
+        "stdout": job.stdout, "lines": len(job.logs), "ops": list(job.ops),
+        "exit": job.ops["train"].exit_code,
+    }))
+""")
+
+
+def _read_back(data_dir: Path, sweep_name: str, index: int) -> dict[str, Any]:
+    """What a new Python process reads from the store in ``data_dir``."""
+    env = {"NOSANA_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", READ_BACK, sweep_name, str(index)],
+                          capture_output=True, text=True, timeout=PATIENCE * 2, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    back: dict[str, Any] = json.loads(done.stdout)
+    return back
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -181,28 +211,7 @@ def test_a_new_process_reads_a_finished_sweep_back_without_the_network(
     runs = sweep(TRAIN, GRID, name="readback", settings=settings)
     assert runs.ok
     assert open_store(settings).flush()
-    script = textwrap.dedent("""
-        import json, socket, sys
-        def refuse(*args, **kwargs):
-            raise OSError("no network in this process")
-        socket.socket.connect = refuse  # a load that talked to anything would fail
-        import nosana_magic
-        from nosana_magic.store import open_store
-        store = open_store()
-        jobs = store.jobs(sweep="readback")
-        job = nosana_magic.load(jobs[4].address)
-        print(json.dumps({
-            "listed": [[j.sweep_index, j.params, j.status, j.results] for j in jobs],
-            "results": dict(job.results), "status": job.status, "params": job.params,
-            "stdout": job.stdout, "lines": len(job.logs), "ops": list(job.ops),
-            "exit": job.ops["train"].exit_code,
-        }))
-    """)
-    env = {"NOSANA_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=PATIENCE * 2, env=env, check=False)
-    assert done.returncode == 0, done.stderr
-    back = json.loads(done.stdout)
+    back = _read_back(tmp_path, "readback", 4)
     assert back["listed"] == [[i, job.params, "succeeded", dict(job.results)]
                               for i, job in enumerate(runs)]
     assert back["results"] == dict(runs[4].results) and back["status"] == "succeeded"
@@ -279,14 +288,24 @@ def test_the_widget_table_is_coalesced_and_each_fold_holds_its_log(
 
 def test_a_two_by_three_grid_on_the_default_network(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Done when: 6 rows, parameters and results as columns, on the embedded local network."""
+    """Done when: 6 rows, parameters and results as columns, on the embedded local network,
+    its jobs side by side; a fresh process lists the 6 runs and loads one, with no network."""
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("NOSANA_DEVNODE_URL", raising=False)
     monkeypatch.delenv("NOSANA_NETWORK", raising=False)
-    runs = nosana_magic.sweep(TRAIN, {"lr": [0.1, 0.2], "batch": [1, 2, 3]}, name="done-when")
+    slow = definition(op("train", ["sh", "-c", f"sleep 1; {LOSS}"],
+                         results={"loss": "loss=([0-9.e-]+)"}))
+    runs = nosana_magic.sweep(slow, {"lr": [0.1, 0.2], "batch": [1, 2, 3]}, name="done-when")
     frame = runs.to_pandas()
     assert frame.shape == (6, 7) and runs.network.name == "local"
     assert frame[["lr", "batch"]].values.tolist() == [[0.1, 1], [0.1, 2], [0.1, 3], [0.2, 1],
                                                       [0.2, 2], [0.2, 3]]
     assert frame["loss"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.2, 0.4, 0.6])
-    assert [j.sweep_name for j in open_store().jobs(sweep="done-when")] == ["done-when"] * 6
+    # The embedded network has hosts enough for the default parallelism: the jobs listed at
+    # once were taken by several hosts (one host would have run them in turn).
+    assert len({job.node for job in runs}) >= 3 and _overlap(runs) <= 4
+    assert open_store().flush()
+    back = _read_back(tmp_path, "done-when", 5)
+    assert [row[:3] for row in back["listed"]] == [[i, job.params, "succeeded"]
+                                                   for i, job in enumerate(runs)]
+    assert back["results"] == {"loss": 0.6} and back["stdout"] == runs[5].stdout
