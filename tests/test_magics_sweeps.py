@@ -249,3 +249,37 @@ def test_attach_after_a_restart_finds_the_job_and_its_network_in_the_store(
     assert attached.network.name == "local" and attached.ok
     assert "[train] one" in captured.stdout and "[train] two" in captured.stdout
     job.wait(PATIENCE)
+
+
+def test_ctrl_c_in_a_sweep_cell_stops_every_job(shell: InteractiveShell,
+                                                shell_devnode: DevNode) -> None:
+    import signal
+    import threading
+
+    from nosana_magic.errors import JobInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    before = set(shell_devnode.ledger.jobs)
+
+    def interrupt_once_two_run() -> None:
+        wait_until(lambda: sum(shell_devnode.job(a).state.name == "RUNNING"
+                               for a in set(shell_devnode.ledger.jobs) - before) >= 2,
+                   what="two jobs running")
+        signal.raise_signal(signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_two_run, daemon=True)
+    interrupter.start()
+    with capture_output() as captured, pytest.raises(JobInterrupted) as info:
+        shell.run_cell_magic(MAGIC, "--sweep n=1,2,3,4 --parallel 2 -o runs",
+                             cell("echo started ${param:n}; sleep 300"))
+    interrupter.join(PATIENCE)
+    runs = shell.user_ns["runs"]
+    assert str(info.value).startswith("sweep runs stopped: ")
+    runs.wait(PATIENCE)
+    assert [job.status for job in runs] == ["stopped"] * 4
+    listed = set(shell_devnode.ledger.jobs) - before
+    assert len(listed) == 2 and {job.address for job in runs[:2]} == listed
+    wait_until(lambda: all(shell_devnode.job(a).state.done for a in listed),
+               what="the listed jobs ended on the ledger")
+    assert "sweep runs" in captured.stdout
