@@ -116,6 +116,16 @@ def test_params_rows_from_the_namespace_and_failures_do_not_fail_the_cell(
     assert "  #1 loss=0.7 code=4: failed: op train exited with 4" in out.splitlines()
 
 
+def test_params_rows_may_be_a_dataframe(shell: InteractiveShell) -> None:
+    pandas = pytest.importorskip("pandas")
+    shell.user_ns["frame"] = pandas.DataFrame({"lr": [0.5, 0.25], "batch": [2, 8]})
+    runs, _ = _sweep(shell, "--params frame -o runs")
+    assert runs.ok and [job.params for job in runs] == [{"lr": 0.5, "batch": 2},
+                                                        {"lr": 0.25, "batch": 8}]
+    assert type(runs[1].params["batch"]) is int  # numpy's int64, unwrapped
+    assert [job.results["loss"] for job in runs] == [1, 2]
+
+
 def test_bad_sweep_lines_are_one_line_and_post_nothing(shell: InteractiveShell,
                                                        shell_devnode: DevNode) -> None:
     before = len(shell_devnode.ledger.jobs)
@@ -226,29 +236,55 @@ def test_forget_removes_records_and_says_how_many(shell: InteractiveShell) -> No
     assert shell.run_line_magic("nosana", "jobs").rows == []
 
 
+#: A kernel that posts a job, waits for its first line, and is then killed (by the test).
+POSTER = """
+import sys, time
+import nosana_magic
+from nosana_magic.store import open_store
+job = nosana_magic.run_confidential(sys.argv[1], wait=False)
+deadline = time.monotonic() + 60
+while not any(line.text == "one" for line in job.logs) and time.monotonic() < deadline:
+    time.sleep(0.02)
+assert open_store().flush()
+print(job.address, flush=True)
+time.sleep(600)
+"""
+
+
 def test_attach_after_a_restart_finds_the_job_and_its_network_in_the_store(
-        shell: InteractiveShell, magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch,
+        shell: InteractiveShell, shell_devnode: DevNode, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    with capture_output():
-        shell.run_cell_magic(MAGIC, "-b -q -o bg", cell("echo one; sleep 1; echo two"))
-    job = shell.user_ns["bg"]
-    wait_until(lambda: job.phase == "running", what="the job running")
-    assert open_store().flush()
-    # A restarted kernel: it does not know the job, and its configured network is another.
-    import nosana_magic.job as job_module
-    from nosana_magic.job import JobNotFound
+    import os
+    import subprocess
+    import sys
 
-    def not_found(ref: str) -> Any:
-        raise JobNotFound(f"no job {ref} in this kernel")
-
-    monkeypatch.setattr(job_module, "find_job", not_found)
+    env = {**os.environ, "NOSANA_DEVNODE_URL": shell_devnode.url,
+           "NOSANA_DATA_DIR": str(tmp_path)}
+    poster = subprocess.Popen([sys.executable, "-c", POSTER, cell("echo one; sleep 2; "
+                                                                   "echo two")],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert poster.stdout is not None
+        address = poster.stdout.readline().strip()
+    finally:
+        poster.kill()  # the kernel dies; its job goes on
+        poster.wait(PATIENCE)
+    assert address, "the poster printed no address"
+    assert not open_store().job(address).finished
+    # This kernel never knew the job, and its configured network is another.
     monkeypatch.setenv("NOSANA_NETWORK", "devnet")
     with capture_output() as captured:
-        attached = shell.run_line_magic("nosana", f"attach {job.address[:12]}")
-    assert attached is not job and attached.address == job.address
-    assert attached.network.name == "local" and attached.ok
+        attached = shell.run_line_magic("nosana", f"attach {address[:12]}")
+    assert attached.address == address and attached.network.name == "local" and attached.ok
     assert "[train] one" in captured.stdout and "[train] two" in captured.stdout
-    job.wait(PATIENCE)
+    # The record goes on from the attaching kernel: finished, the log once.
+    store = open_store()
+    assert store.flush()
+    record = store.job(address)
+    assert record.finished and record.status == "succeeded"
+    texts = [line.text for line in store.iter_logs(record.key)
+             if line.op_id == "train" and line.stream == "stdout"]
+    assert texts == ["one", "two"], texts
 
 
 def test_ctrl_c_in_a_sweep_cell_stops_every_job(shell: InteractiveShell,

@@ -172,6 +172,27 @@ def test_ctrl_c_stops_every_job_of_the_sweep(devnode: DevNode, settings: Setting
     assert all(devnode.job(address).state.done for address in listed)
 
 
+def test_stop_ends_every_job_and_those_not_started_never_start(
+        devnode: DevNode, settings: Settings) -> None:
+    long = definition(op("train", ["sh", "-c", "echo started ${param:n}; sleep 300"]))
+    runs = sweep(long, {"n": [0, 1, 2, 3]}, parallel=2, settings=settings, wait=False)
+    wait_until(lambda: sum(job.phase == "running" for job in runs) == 2,
+               what="two jobs running")
+    assert runs.status == "running" and runs.status_of(3) == "waiting"
+    runs.stop()
+    runs.wait(PATIENCE)
+    assert runs.status == "stopped" and [job.status for job in runs] == ["stopped"] * 4
+    assert [job.address is not None for job in runs] == [True, True, False, False]
+    stored = open_store(settings).jobs(sweep=runs.name)
+    wait_until(lambda: open_store(settings).flush() and all(
+        j.status == "stopped" for j in open_store(settings).jobs(sweep=runs.name)),
+        what="the stops recorded")
+    assert len(stored) == 4
+    assert open_store(settings).sweep(runs.name).status == "stopped"
+    with pytest.raises(TimeoutError, match=r"^sweep .* still running after 0.01 s"):
+        sweep(long, {"n": [9]}, settings=settings, wait=False).wait(0.01)
+
+
 def test_bad_sweeps_are_refused_before_anything_is_posted(devnode: DevNode,
                                                           settings: Settings) -> None:
     before = len(devnode.ledger.jobs)
