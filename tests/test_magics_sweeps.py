@@ -126,6 +126,18 @@ def test_params_rows_may_be_a_dataframe(shell: InteractiveShell) -> None:
     assert [job.results["loss"] for job in runs] == [1, 2]
 
 
+def test_a_background_sweep_returns_at_once_and_is_waited_for_later(
+        shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        result = shell.run_cell_magic(MAGIC, "--sweep lr=1,2 --sweep batch=3 -b -o runs",
+                                      cell("sleep 0.5; echo loss=${param:lr}${param:batch}",
+                                           results={"loss": "loss=([0-9]+)"}))
+    runs = shell.user_ns["runs"]
+    assert result is None and isinstance(runs, Runs) and not runs.done
+    assert runs.wait(PATIENCE).ok and [job.results["loss"] for job in runs] == [13, 23]
+    assert "sweep runs: 2 jobs on local" in captured.stdout
+
+
 def test_bad_sweep_lines_are_one_line_and_post_nothing(shell: InteractiveShell,
                                                        shell_devnode: DevNode) -> None:
     before = len(shell_devnode.ledger.jobs)
@@ -271,6 +283,9 @@ def test_attach_after_a_restart_finds_the_job_and_its_network_in_the_store(
         poster.wait(PATIENCE)
     assert address, "the poster printed no address"
     assert not open_store().job(address).finished
+    with pytest.raises(StoreError, match=rf"^job {address} has not finished .*; %nosana "
+                                         rf"attach {address} follows it$"):
+        shell.run_line_magic("nosana", f"show {address}")
     # This kernel never knew the job, and its configured network is another.
     monkeypatch.setenv("NOSANA_NETWORK", "devnet")
     with capture_output() as captured:
