@@ -87,6 +87,11 @@ def parse_value(text: str, *, where: str = "value") -> Any:
     return raw
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article (an int, a str)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _plain(value: Any, where: str) -> Any:
     """``value`` as plain JSON data: numpy scalars unwrapped, tuples as lists, checked."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -107,7 +112,7 @@ def _plain(value: Any, where: str) -> Any:
     item = getattr(value, "item", None)  # numpy and pandas scalars
     if callable(item) and getattr(value, "shape", None) == ():
         return _plain(item(), where)
-    raise ParamError(f"{where}: a {type(value).__name__} is not a JSON value "
+    raise ParamError(f"{where}: {_a(type(value).__name__)} is not a JSON value "
                      "(use str, int, float, bool, None, lists and dicts)")
 
 
@@ -217,7 +222,7 @@ def rows(value: object, *, name: str = "params") -> list[ParamSet]:
     for index, row in enumerate(value):
         at = f"{where}: row {index}"
         if not isinstance(row, Mapping):
-            raise ParamError(f"{at} is a {type(row).__name__}, not a dict")
+            raise ParamError(f"{at} is {_a(type(row).__name__)}, not a dict")
         if not row:
             raise ParamError(f"{at} is empty")
         params: ParamSet = {}

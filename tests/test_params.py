@@ -230,14 +230,14 @@ def test_rows_are_one_job_each_and_scalars_are_unwrapped() -> None:
     ("lr=1", "--params cfg: expected a list of dicts (one per job), got str"),
     (5, "--params cfg: expected a list of dicts (one per job), got int"),
     ([], "--params cfg: no rows"),
-    ([{"a": 1}, 3], "--params cfg: row 1 is a int, not a dict"),
+    ([{"a": 1}, 3], "--params cfg: row 1 is an int, not a dict"),
     ([{}], "--params cfg: row 0 is empty"),
     ([{1: 2}], "--params cfg: row 0: key 1 is not a string"),
     ([{"a b": 2}], "--params cfg: row 0: parameter name 'a b' must be letters, digits and "
                    "'_', not starting with a digit"),
     ([{"lr": float("nan")}], "--params cfg: row 0: lr: nan is not a finite number (JSON "
                              "cannot carry it)"),
-    ([{"lr": object()}], "--params cfg: row 0: lr: a object is not a JSON value (use str, "
+    ([{"lr": object()}], "--params cfg: row 0: lr: an object is not a JSON value (use str, "
                          "int, float, bool, None, lists and dicts)"),
 ])
 def test_bad_rows_are_one_line_errors(value: object, message: str) -> None:
