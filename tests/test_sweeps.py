@@ -314,7 +314,7 @@ def test_a_two_by_three_grid_on_the_default_network(tmp_path: Path,
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("NOSANA_DEVNODE_URL", raising=False)
     monkeypatch.delenv("NOSANA_NETWORK", raising=False)
-    slow = definition(op("train", ["sh", "-c", f"sleep 1; {LOSS}"],
+    slow = definition(op("train", ["sh", "-c", f"sleep 2; {LOSS}"],
                          results={"loss": "loss=([0-9.e-]+)"}))
     runs = nosana_magic.sweep(slow, {"lr": [0.1, 0.2], "batch": [1, 2, 3]}, name="done-when")
     frame = runs.to_pandas()
