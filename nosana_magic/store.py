@@ -564,6 +564,13 @@ class JobRecorder:
         self._lines: list[LineLike] = []
         self._dropped = 0
         self.finished = False
+        #: Taken over by another recorder of this process: what comes here is not written.
+        self.disowned = False
+
+    def _disown(self) -> None:
+        with self._lock:
+            self.disowned = True
+            self._fields, self._lines, self._dropped = {}, [], 0
 
     def _redact(self) -> Callable[[str], str] | None:
         redactor = self.redactor
@@ -573,6 +580,8 @@ class JobRecorder:
         """Set fields of the job's record (the latest value of each is written)."""
         values = self._encode(fields)
         with self._lock:
+            if self.disowned:
+                return
             self._fields.update(values)
         self.store._writer.touch(self)
 
@@ -598,6 +607,8 @@ class JobRecorder:
         """Add log lines (immutable records: they are kept as they are until the writer
         redacts, compresses and writes them)."""
         with self._lock:
+            if self.disowned:
+                return
             before = len(self._lines)
             if before >= MAX_PENDING_LINES:
                 added = len(lines) if isinstance(lines, Sequence) else sum(1 for _ in lines)
@@ -759,11 +770,20 @@ class _Writer:
     def take_over(self, recorder: JobRecorder) -> None:
         with self._lock:
             self._takeovers.append(recorder.key)
+            # Another handle of this process recorded the job so far: from now on only the
+            # new one writes (it replays the log from what is committed), as across processes.
+            before = self._live.get(recorder.key)
+            if before is not None and before is not recorder:
+                before._disown()
+                if self._dirty.get(recorder.key) is before:
+                    del self._dirty[recorder.key]
             self._live[recorder.key] = recorder
             self._ensure_thread()
         self._wake.set()
 
     def touch(self, recorder: JobRecorder, pending: int = 0, *, urgent: bool = False) -> None:
+        if recorder.disowned:
+            return
         with self._lock:
             self._dirty[recorder.key] = recorder
             self._ensure_thread()

@@ -334,3 +334,24 @@ def test_ctrl_c_in_a_sweep_cell_stops_every_job(shell: InteractiveShell,
     wait_until(lambda: all(shell_devnode.job(a).state.done for a in listed),
                what="the listed jobs ended on the ledger")
     assert "sweep runs" in captured.stdout
+
+
+def test_a_second_handle_of_one_kernel_takes_the_record_over_without_doubling_it(
+        shell: InteractiveShell) -> None:
+    from nosana_magic.job import ConfidentialJob
+    from nosana_magic.settings import Settings
+
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o bg", cell("echo one; sleep 1; echo two"))
+    job = shell.user_ns["bg"]
+    wait_until(lambda: any(line.text == "one" for line in job.logs), what="the first line")
+    assert open_store().flush()
+    again = ConfidentialJob.attach(job.address, Settings.from_env())
+    assert again.wait(PATIENCE).ok and job.wait(PATIENCE).ok
+    store = open_store()
+    assert store.flush()
+    record = store.job(job.address)
+    assert record.finished and record.status == "succeeded"
+    texts = [line.text for line in store.iter_logs(record.key)
+             if line.op_id == "train" and line.stream == "stdout"]
+    assert texts == ["one", "two"], texts
