@@ -481,7 +481,9 @@ class ConfidentialJob(JobRecord):
 
         Streams the host's replayed ``/log`` history and then the live log, and still collects
         the private results when the job ends (inside the host's window). The real definition
-        is not known here, so secret values cannot be redacted from what the host sends back.
+        is not known here: the secrets redacted from what the host sends back are the values
+        that the ``${env:NAME}`` references of its definition in the local store have in
+        this environment (none for a job the store does not hold).
         """
         net, owns = _open(network, on_notice=on_notice)
         job = cls(None, net, owns_network=owns, address=address, results_timeout=results_timeout)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from .protocol import EXPIRY_MARGIN_S
 from .record import JobEvent, JobRecord
+from .secrets import Redactor, find_references
+from .settings import reference_env
 from .store import JobRecorder, Store, StoreError
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ def record_job(job: JobRecord, store: Store, *,
             except StoreError:
                 stored = None
             if stored is not None:
+                _redact_as_recorded(job, stored.definition)
                 recorder = store.take_over(stored.key, redactor=redactor)
                 skip = stored.log_lines
                 skip_until = _last_stamp(store, stored.key, stored.log_lines)
@@ -151,6 +154,20 @@ def record_job(job: JobRecord, store: Store, *,
         return None
     job.subscribe(_Recording(job, recorder, definition, skip=skip, skip_until=skip_until))
     return recorder
+
+
+def _redact_as_recorded(job: JobRecord, definition: dict[str, Any] | None) -> None:
+    """A job followed again knows no secret values (its definition was sent by another
+    kernel), but its record keeps the definition as written: the values its ``${env:NAME}``
+    references have here (the same user's environment, as a rule) are redacted from what
+    the host sends back, in the handle and in the store."""
+    if definition is None or job._redactor:
+        return
+    refs, _ = find_references(definition)
+    env = reference_env()
+    values = {r.name: env[r.name] for r in refs if r.is_secret and env.get(r.name)}
+    if values:
+        job._set_redactor(Redactor(values))
 
 
 def _last_stamp(store: Store, key: str, count: int) -> float:

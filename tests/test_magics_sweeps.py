@@ -355,3 +355,39 @@ def test_a_second_handle_of_one_kernel_takes_the_record_over_without_doubling_it
     texts = [line.text for line in store.iter_logs(record.key)
              if line.op_id == "train" and line.stream == "stdout"]
     assert texts == ["one", "two"], texts
+
+
+def test_a_job_attached_after_a_restart_redacts_the_secrets_its_record_names(
+        shell: InteractiveShell, shell_devnode: DevNode, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import SECRET
+
+    monkeypatch.setenv("TOKEN", SECRET)  # this kernel's environment, as the poster's
+    env = {**os.environ, "NOSANA_DEVNODE_URL": shell_devnode.url,
+           "NOSANA_DATA_DIR": str(tmp_path)}
+    definition = json.loads(cell("echo one; sleep 1; echo tok=$TOKEN"))
+    definition["ops"][0]["args"]["env"] = {"TOKEN": "${env:TOKEN}"}
+    poster = subprocess.Popen([sys.executable, "-c", POSTER, json.dumps(definition)],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert poster.stdout is not None
+        address = poster.stdout.readline().strip()
+    finally:
+        poster.kill()
+        poster.wait(PATIENCE)
+    assert address, "the poster printed no address"
+    with capture_output() as captured:
+        attached = shell.run_line_magic("nosana", f"attach {address}")
+    assert attached.ok and "tok=[secret:TOKEN]" in attached.stdout
+    assert SECRET not in captured.stdout + captured.stderr
+    store = open_store()
+    assert store.flush()
+    texts = [line.text for line in store.iter_logs(store.job(address).key)
+             if line.stream == "stdout"]
+    assert texts == ["one", "tok=[secret:TOKEN]"], texts
+    blob = b"".join(p.read_bytes() for p in tmp_path.glob("runs.sqlite3*"))
+    assert SECRET.encode() not in blob
