@@ -12,7 +12,8 @@ The tree::
      │    ├── SettingsError             a setting that cannot work (names it and its source)
      │    ├── WalletError               no usable wallet (says where it looked)
      │    ├── JobDefinitionError        an invalid job definition, every problem located
-     │    ├── SecretError               a ${env:…}/${var:…} reference that does not resolve
+     │    ├── SecretError               a ${env:…}/${var:…}/${param:…} that does not resolve
+     │    ├── ParamError                a sweep's parameters that cannot work (says which and why)
      │    ├── SpendNotConfirmed         a job on a paid network that nobody confirmed
      │    ├── NetworkError              the ledger, IPFS or a market refused or is unreachable
      │    │    ├── UnknownMarketError   no such market (also a LookupError)
@@ -21,6 +22,7 @@ The tree::
      │    │    └── IpfsError            pinning or reading a document failed, or no JWT
      │    ├── HostError                 a job's host refused a request or stopped answering
      │    ├── JobNotFound               no job of this kernel matches a reference
+     │    ├── StoreError                the local store cannot be opened or read, or lacks a job
      │    └── JobFailed                 a job that did not succeed (``raise_for_status``)
      │         ├── JobStopped           stopped by you before it finished
      │         ├── JobExpired           it reached its timeout
@@ -60,9 +62,11 @@ __all__ = [
     "MissingResult",
     "NetworkError",
     "NosanaError",
+    "ParamError",
     "SecretError",
     "SettingsError",
     "SpendNotConfirmed",
+    "StoreError",
     "TransactionFailedError",
     "UnknownMarketError",
     "WalletError",
@@ -131,6 +135,15 @@ class SecretError(NosanaError):
         self.problems = problems
         self.names: list[str] = list(dict.fromkeys(names or []))
         """The variable names that could not be resolved, in order of appearance."""
+
+
+class ParamError(NosanaError):
+    """A sweep's parameters cannot work; the message names the option or row, and what."""
+
+
+class StoreError(NosanaError):
+    """The local store cannot be opened or read, or a job is not in it; the message says
+    which."""
 
 
 class SpendNotConfirmed(NosanaError):

@@ -50,6 +50,7 @@ from .record import JobEvent, JobRecord
 from .results import FlowState, LogLine
 from .secrets import SecretError
 from .settings import Settings
+from .store import Store, StoreError, open_store
 from .transport import Retry
 
 __all__ = [
@@ -172,6 +173,8 @@ class ConfidentialJob(JobRecord):
     network       the :class:`~nosana_magic.network.base.Network` the job runs on
     network_name  its name: ``local``, ``devnet`` or ``mainnet``
     definition    the job definition (``None`` for a job followed with :meth:`attach`)
+    params        its parameters, for a job of a sweep (``${param:NAME}``), else ``None``
+    placeholder   the CID of the public placeholder pinned for it
     private       what is kept private: ``both``, ``input`` or ``results``
     market        the market the job is listed on
     node          the address of the host that runs it
@@ -204,14 +207,15 @@ class ConfidentialJob(JobRecord):
         address: str | None = None,
         results_timeout: float | None = None,
         retry: Retry | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         _check_private(private)
-        super().__init__(network, timeout=timeout, address=address)
+        super().__init__(network, timeout=timeout, address=address, params=params)
         attach = address is not None and definition is None and source is None
         self._machine = JobMachine(
             self, network, definition=definition, source=source, attach=attach,
             market=market, node=node, private=private, env=env, namespace=namespace,
-            owns_network=owns_network, retry=retry or Retry(),
+            owns_network=owns_network, retry=retry or Retry(), params=params,
             results_timeout=RESULTS_TIMEOUT_S if results_timeout is None else results_timeout,
         )
 
@@ -296,6 +300,20 @@ class ConfidentialJob(JobRecord):
             return self
         _register(self)
         self._machine.start()
+        return self
+
+    def record_in(self, store: Store | Settings | None, **placement: Any) -> ConfidentialJob:
+        """Record the job in the local store as it goes (before :meth:`start`; the entry
+        points do it): ``store``, or the one of these settings. ``placement``: its
+        ``sweep_id`` and ``sweep_index``; ``take_over=True`` for a job followed again."""
+        from .recording import record_job
+
+        try:
+            opened = store if isinstance(store, Store) else open_store(store)
+        except StoreError as exc:
+            self._warn(f"not recorded in the local store: {exc}")
+            return self
+        record_job(self, opened, definition=lambda: self.definition, **placement)
         return self
 
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -463,10 +481,13 @@ class ConfidentialJob(JobRecord):
 
         Streams the host's replayed ``/log`` history and then the live log, and still collects
         the private results when the job ends (inside the host's window). The real definition
-        is not known here, so secret values cannot be redacted from what the host sends back.
+        is not known here: the secrets redacted from what the host sends back are the values
+        that the ``${env:NAME}`` references of its definition in the local store have in
+        this environment (none for a job the store does not hold).
         """
         net, owns = _open(network, on_notice=on_notice)
         job = cls(None, net, owns_network=owns, address=address, results_timeout=results_timeout)
+        job.record_in(network if isinstance(network, Settings) else None, take_over=True)
         job.start()
         return job.wait() if wait else job
 
@@ -512,6 +533,7 @@ def run_confidential(
     namespace: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     on_notice: Callable[[str], None] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> ConfidentialJob:
     """Run a confidential Nosana job; returns its handle (done when ``wait`` is true).
 
@@ -522,7 +544,9 @@ def run_confidential(
     the results, as the Nosana CLI's confidential jobs), ``"input"`` (the host pins the
     results publicly) or ``"results"`` (the definition is pinned publicly: it must hold no
     secret). ``env`` (default: the process environment) and ``namespace`` resolve ``${env:…}`` and
-    ``${var:…}`` just before the definition is sent to the host. Failures do not raise
+    ``${var:…}`` just before the definition is sent to the host; ``params`` resolve
+    ``${param:…}`` (a sweep runs one job per parameter set: :func:`nosana_magic.sweep`).
+    The job is recorded in the local store of ``settings`` as it goes. Failures do not raise
     here: check ``job.ok`` or call ``job.raise_for_status()``.
     """
     _check_private(private)
@@ -540,8 +564,9 @@ def run_confidential(
     source = definition if not isinstance(definition, JobDefinition) else None
     job = ConfidentialJob(
         parsed, net, market=base.market, timeout=base.timeout, node=node, private=private,
-        env=env, namespace=namespace, owns_network=owns, source=source,
+        env=env, namespace=namespace, owns_network=owns, source=source, params=params,
     )
+    job.record_in(base)
     job.start()
     if wait:
         job.wait()

@@ -667,7 +667,7 @@ class JobDefinition(_Model):
     Build it with :func:`parse_job_definition` (cell text, located errors) or
     :func:`validate_job_definition` (already-parsed JSON). It keeps the JSON exactly as
     written (:meth:`to_dict`), so what the host receives is what the user wrote, with only
-    ``${env:…}``/``${var:…}`` references resolved (:meth:`resolve`).
+    ``${env:…}``/``${var:…}``/``${param:…}`` references resolved (:meth:`resolve`).
     """
 
     version: Annotated[Literal["0.1"], PlainValidator(_one_of("0.1"))]
@@ -707,7 +707,8 @@ class JobDefinition(_Model):
 
     @property
     def references(self) -> list[Reference]:
-        """Every ``${env:NAME}``/``${var:NAME}`` reference, in document order."""
+        """Every ``${env:NAME}``/``${var:NAME}``/``${param:NAME}`` reference, in document
+        order."""
         return list(self._references)
 
     # -- ops and ports ---------------------------------------------------------------------
@@ -755,35 +756,45 @@ class JobDefinition(_Model):
     def _positions(self) -> Mapping[JsonPath, tuple[int, int]] | None:
         return self._doc.positions if self._doc is not None else None
 
+    @property
+    def param_names(self) -> list[str]:
+        """The names of the ``${param:NAME}`` references, each once, in document order."""
+        return list(dict.fromkeys(r.name for r in self._references if r.kind == "param"))
+
     def check_references(self, *, env: Mapping[str, str] | None = None,
-                         namespace: Mapping[str, object] | None = None) -> None:
+                         namespace: Mapping[str, object] | None = None,
+                         params: Mapping[str, object] | None = None) -> None:
         """Raise :class:`SecretError` naming every unresolvable reference; build nothing."""
         resolve_references(self.to_dict(), env=reference_env() if env is None else env,
-                           namespace=namespace or {}, positions=self._positions())
+                           namespace=namespace or {}, params=params,
+                           positions=self._positions())
 
     def missing_references(self, *, env: Mapping[str, str] | None = None,
-                           namespace: Mapping[str, object] | None = None) -> list[str]:
+                           namespace: Mapping[str, object] | None = None,
+                           params: Mapping[str, object] | None = None) -> list[str]:
         """Names of the variables that cannot be resolved (empty when all resolve)."""
         try:
-            self.check_references(env=env, namespace=namespace)
+            self.check_references(env=env, namespace=namespace, params=params)
         except SecretError as err:
             return err.names
         return []
 
     def resolve(self, *, env: Mapping[str, str] | None = None,
-                namespace: Mapping[str, object] | None = None) -> ResolvedDefinition:
+                namespace: Mapping[str, object] | None = None,
+                params: Mapping[str, object] | None = None) -> ResolvedDefinition:
         """The body to POST to the host: references resolved, compact JSON, size-checked.
 
-        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to empty.
+        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to
+        empty; ``params`` are the job's sweep parameters (``None``: not part of a sweep).
         The result's ``redactor`` hides the resolved ``${env:…}`` values in host text.
         """
         source = self.to_dict()
         resolved, secrets = resolve_references(
             source, env=reference_env() if env is None else env,
-            namespace=namespace or {}, positions=self._positions())
+            namespace=namespace or {}, params=params, positions=self._positions())
         _number_ports(source, resolved, self._doc)
-        # A ${var:…} value can make a field invalid (an op id with a space, say): check again,
-        # against the original positions, before anything is sent.
+        # A ${var:…}/${param:…} value can make a field invalid (an op id with a space, say):
+        # check again, against the original positions, before anything is sent.
         _validate(resolved, self._doc, resolved=True)
         try:
             body = json.dumps(resolved, separators=(",", ":"), ensure_ascii=False).encode()
@@ -1132,7 +1143,7 @@ def _credential_warnings(obj: object, doc: JsoncDocument | None) -> list[Problem
     the cell, so say where it is (never what it is) and how to reference it instead."""
     out: list[Problem] = []
     for path, text in _string_leaves(obj):
-        if not text or "${env:" in text or "${var:" in text:
+        if not text or "${env:" in text or "${var:" in text or "${param:" in text:
             continue  # a reference (or nothing) is not a literal credential
         what, name = None, None
         for tail, (field, variable) in _CREDENTIAL_FIELDS.items():

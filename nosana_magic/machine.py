@@ -100,6 +100,7 @@ class JobMachine:
         env: Mapping[str, str] | None,
         namespace: Mapping[str, Any] | None,
         owns_network: bool,
+        params: Mapping[str, Any] | None = None,
         results_timeout: float,
         retry: Retry,
     ) -> None:
@@ -113,6 +114,7 @@ class JobMachine:
         self._node_ref = node
         self._env = env
         self._namespace = namespace
+        self._params = params
         self._owns_network = owns_network
         self._results_timeout = results_timeout
         self._retry = retry
@@ -315,7 +317,8 @@ class JobMachine:
                 else validate_job_definition(source)
             )
             self.definition = definition
-        definition.check_references(env=self._env_map(), namespace=self._namespace or {})
+        definition.check_references(env=self._env_map(), namespace=self._namespace or {},
+                                    params=self._params)
         return definition
 
     async def _post_flow(self) -> None:
@@ -336,6 +339,7 @@ class JobMachine:
 
         job._set_phase("pinning")
         cid = await self.network.pin(placeholder)
+        job._set_placeholder(cid)
         if self.job._stop_requested:
             return
 
@@ -422,7 +426,8 @@ class JobMachine:
 
     async def _send_definition(self, host: HostClient, definition: JobDefinition) -> None:
         """Resolve the definition (only now) and POST it to the host; the body is not kept."""
-        resolved = definition.resolve(env=self._env_map(), namespace=self._namespace or {})
+        resolved = definition.resolve(env=self._env_map(), namespace=self._namespace or {},
+                                      params=self._params)
         self.job._set_redactor(resolved.redactor)
         send = asyncio.create_task(host.send_definition(resolved.body, timeout=SEND_TIMEOUT_S))
         del resolved

@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,9 +90,12 @@ def _says_lost(error: BaseException | None) -> bool:
 class JobRecord:
     """What is known about one job (documented on :class:`~nosana_magic.job.ConfidentialJob`)."""
 
-    def __init__(self, network: Network, *, timeout: int, address: str | None) -> None:
+    def __init__(self, network: Network, *, timeout: int, address: str | None,
+                 params: Mapping[str, Any] | None = None) -> None:
         self.network = network
         self.address: str | None = address
+        self.params: dict[str, Any] | None = None if params is None else dict(params)
+        self.placeholder: str | None = None
         self.market: Market | None = None
         self.node: str | None = None
         self.phase: Phase = "validating"
@@ -288,6 +291,9 @@ class JobRecord:
             self.timings.setdefault(phase, time.time())
             log.debug("job %s: %s", self.address, phase)
             self._emit("phase")
+
+    def _set_placeholder(self, cid: str) -> None:
+        self.placeholder = cid
 
     def _set_market(self, market: Market | None) -> None:
         self.market = market

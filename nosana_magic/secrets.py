@@ -1,4 +1,5 @@
-"""``${env:NAME}`` and ``${var:NAME}`` references in job definitions, and redaction of secrets.
+"""``${env:NAME}``, ``${var:NAME}`` and ``${param:NAME}`` references in job definitions, and
+redaction of secrets.
 
 The cell body is data, so the only substitutions are explicit references inside JSON strings:
 
@@ -44,7 +45,7 @@ __all__ = [
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # One scan finds escapes, references, and reference-looking text that is malformed.
-_TOKEN = re.compile(r"\$\$\{|\$\{(env|var):(" + _NAME + r")\}|\$\{(?:env|var):")
+_TOKEN = re.compile(r"\$\$\{|\$\{(env|var|param):(" + _NAME + r")\}|\$\{(env|var|param):")
 
 #: Credentials with a recognisable shape, and the variable such a value usually lives in.
 _TOKEN_SHAPES = (
@@ -85,13 +86,19 @@ def looks_like_token(text: str) -> bool:
 
 MALFORMED_MESSAGE = ("malformed reference: write ${env:NAME} or ${var:NAME}, NAME made of "
                      "letters, digits and '_' (write $${ for a literal ${)")
+MALFORMED_PARAM_MESSAGE = MALFORMED_MESSAGE.replace("${env:NAME} or ${var:NAME}",
+                                                    "${param:NAME}")
+
+#: Where a ``${param:…}`` gets its value, for the message when a job has no parameters.
+PARAM_HINT = "parameters come from --sweep NAME=… or --params ROWS"
 
 
 @dataclass(frozen=True)
 class Reference:
-    """One ``${env:NAME}``/``${var:NAME}`` in the definition, and the string value holding it."""
+    """One ``${env:NAME}``/``${var:NAME}``/``${param:NAME}`` in the definition, and the string
+    value holding it."""
 
-    kind: Literal["env", "var"]
+    kind: Literal["env", "var", "param"]
     name: str
     path: str
     line: int | None = None
@@ -125,9 +132,14 @@ def _problem(path: JsonPath, positions: Mapping[JsonPath, Location] | None,
     return Problem(line, column, format_path(path), message, typia_path(path))
 
 
+def _malformed(m: re.Match[str]) -> str:
+    return MALFORMED_PARAM_MESSAGE if m.group(3) == "param" else MALFORMED_MESSAGE
+
+
 def find_references(value: Any, positions: Mapping[JsonPath, Location] | None = None,
                     ) -> tuple[list[Reference], list[Problem]]:
-    """All references in ``value``, and a problem for each malformed ``${env:``/``${var:``."""
+    """All references in ``value``, and a problem for each malformed ``${env:``/``${var:``/
+    ``${param:``."""
     refs: list[Reference] = []
     problems: list[Problem] = []
     for path, text in _strings(value):
@@ -136,18 +148,21 @@ def find_references(value: Any, positions: Mapping[JsonPath, Location] | None = 
         line, column = (positions or {}).get(path, (None, None))
         for m in _TOKEN.finditer(text):
             if m.group(2):
-                kind: Literal["env", "var"] = "env" if m.group(1) == "env" else "var"
+                kind: Literal["env", "var", "param"] = (
+                    "env" if m.group(1) == "env" else "param" if m.group(1) == "param" else "var")
                 refs.append(Reference(kind, m.group(2), format_path(path), line, column))
             elif m.group() != "$${":
-                problems.append(_problem(path, positions, MALFORMED_MESSAGE))
+                problems.append(_problem(path, positions, _malformed(m)))
     return refs, problems
 
 
 def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping[str, object],
+                       params: Mapping[str, object] | None = None,
                        positions: Mapping[JsonPath, Location] | None = None,
                        ) -> tuple[Any, dict[str, str]]:
     """A copy of ``value`` with every reference replaced, and the secrets used (name → value).
 
+    ``params`` are this job's parameters (``None``: the job is not part of a sweep).
     Raises :class:`SecretError` naming every reference that cannot be resolved.
     """
     problems: list[Problem] = []
@@ -164,7 +179,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
             if not name:
                 if m.group() == "$${":
                     return "${"
-                problems.append(_problem(path, positions, MALFORMED_MESSAGE))
+                problems.append(_problem(path, positions, _malformed(m)))
                 return m.group()
             if kind == "env":
                 secret = env.get(name)
@@ -176,12 +191,17 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
                     return ""
                 secrets[name] = secret
                 return secret
-            if name not in namespace:
+            what = "parameter" if kind == "param" else "notebook variable"
+            source = (params or {}) if kind == "param" else namespace
+            if name not in source:
                 missing.append(name)
-                problems.append(_problem(path, positions,
-                                         f"notebook variable {name} is not defined"))
+                problems.append(_problem(path, positions, (
+                    f"notebook variable {name} is not defined" if kind == "var" else
+                    f"parameter {name} is not set ({PARAM_HINT})" if params is None else
+                    f"parameter {name} is not among this job's parameters "
+                    f"({', '.join(sorted(params)) or 'none'})")))
                 return ""
-            obj = namespace[name]
+            obj = source[name]
             if isinstance(obj, str):
                 return obj
             try:
@@ -190,7 +210,7 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
                 missing.append(name)
                 problems.append(_problem(
                     path, positions,
-                    f"notebook variable {name} has type {type(obj).__name__}, which is not JSON "
+                    f"{what} {name} has type {type(obj).__name__}, which is not JSON "
                     "serializable"))
                 return ""
 

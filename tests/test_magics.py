@@ -605,8 +605,8 @@ def test_every_command_is_routed_through_the_table_and_documented(
         shell: InteractiveShell) -> None:
     from nosana_magic.magics import _COMMANDS
 
-    assert list(_COMMANDS) == ["jobs", "status", "logs", "stop", "attach", "markets",
-                               "config", "help"]
+    assert list(_COMMANDS) == ["jobs", "status", "show", "logs", "forget", "stop", "attach",
+                               "markets", "config", "help"]
     with capture_output() as whole:
         shell.run_line_magic("nosana", "help")
     for name, command in _COMMANDS.items():

@@ -48,6 +48,9 @@ LOCAL_WALLET_FILE = "local-wallet.json"
 #: The embedded network's markets for each kind of Nosana market.
 LOCAL_GPU_MARKET = "local-gpu"
 LOCAL_CPU_MARKET = "local-cpu"
+#: Emulated hosts in each market of the embedded network: enough that a sweep's jobs run side
+#: by side (``sweeps.DEFAULT_PARALLEL`` at once), as they would on a market with idle hosts.
+LOCAL_HOSTS_PER_MARKET = 4
 
 _lock = threading.Lock()
 _devnode: DevNode | None = None
@@ -165,7 +168,7 @@ def _start_devnode() -> tuple[DevNode, bool]:
             from ..devnode import DevNode
         except ImportError as exc:  # pragma: no cover - the devnode ships with the package
             raise NetworkError(f"the local network is not available: {exc}") from None
-        node = DevNode()
+        node = DevNode(hosts_per_market=LOCAL_HOSTS_PER_MARKET)
         try:
             node.start()
         except Exception as exc:
