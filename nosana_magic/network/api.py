@@ -24,6 +24,7 @@ import httpx
 from ..host import Retry, http_client_for
 from ..wallet import Wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
+from .nosana_api import JOB_FIELDS, JobAnswer, ListAnswer, MarketAnswer, read
 
 __all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
 
@@ -52,15 +53,6 @@ def _error_text(response: httpx.Response) -> str:
     if not one_line or one_line.startswith("<"):
         return f"HTTP {response.status_code}"
     return one_line if len(one_line) <= 200 else one_line[:199] + "…"
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class ApiNetwork:
@@ -219,33 +211,15 @@ class ApiNetwork:
 
     # ------------------------------------------------------------------ markets
 
-    @staticmethod
-    def _market(data: Any) -> Market:
-        if not isinstance(data, dict) or not isinstance(data.get("address"), str):
-            raise NetworkError("a market in the ledger's answer has no address")
-        price = data.get("job_price")
-        if not isinstance(price, int) or isinstance(price, bool):
-            per_second = data.get("nos_job_price_per_second") or 0
-            price = round(float(per_second) * 1e6)
-        idle = data.get("idle_hosts")
-        if not isinstance(idle, int):
-            queue = data.get("queue")
-            idle = len(queue) if isinstance(queue, list) else 0
-        return Market(
-            address=data["address"],
-            slug=str(data.get("slug") or data["address"]),
-            name=str(data.get("name") or ""),
-            price_per_second=price,
-            job_timeout=_int_or_none(data.get("job_timeout")) or 0,
-            idle_hosts=idle,
-            network_fee_pct=float(data.get("network_fee_percentage") or 0.0),
-        )
+    def _market(self, data: Any, route: str) -> Market:
+        return read(MarketAnswer, data, f"{self.name} network: {route}").to_market()
 
     async def markets(self) -> list[Market]:
-        body = await self._call("GET", f"{self.base_url}/api/markets/", route="GET /api/markets/")
+        route = "GET /api/markets/"
+        body = await self._call("GET", f"{self.base_url}/api/markets/", route=route)
         if not isinstance(body, list):
-            raise NetworkError(f"{self.name} network: GET /api/markets/ did not answer a list")
-        return [self._market(item) for item in body]
+            raise NetworkError(f"{self.name} network: {route} did not answer a list")
+        return [self._market(item, route) for item in body]
 
     async def market(self, slug_or_address: str) -> Market:
         try:
@@ -261,7 +235,7 @@ class ApiNetwork:
             raise NetworkError(
                 f"{self.name} network: unknown market {slug_or_address!r} (known: {known})"
             ) from None
-        return self._market(body)
+        return self._market(body, f"GET /api/markets/{slug_or_address}/")
 
     # ------------------------------------------------------------------ jobs
 
@@ -271,53 +245,27 @@ class ApiNetwork:
         body: dict[str, Any] = {"ipfsHash": cid, "market": market.address, "timeout": timeout_s}
         if node is not None:
             body["node"] = node
+        route = "POST /api/jobs/list"
         answer = await self._call(
             "POST",
             f"{self.base_url}/api/jobs/list",
-            route="POST /api/jobs/list",
+            route=route,
             signed=True,
             json_body=body,
             retry_sent=False,
         )
-        if not isinstance(answer, dict) or not isinstance(answer.get("job"), str):
-            raise NetworkError(f"{self.name} network: POST /api/jobs/list answered no job")
-        return Listing(job=answer["job"], run=answer.get("run"), tx=answer.get("tx"))
+        return read(ListAnswer, answer, f"{self.name} network: {route}").to_listing()
 
-    @staticmethod
-    def _job_info(data: Any) -> JobInfo:
-        if not isinstance(data, dict) or not isinstance(data.get("address"), str):
-            raise NetworkError("the ledger's job answer has no address")
-        try:
-            state = JobState(str(data.get("state", "")).upper())
-        except ValueError:
-            raise NetworkError(
-                f"the ledger reports an unknown job state {data.get('state')!r}"
-            ) from None
-        node = data.get("node")
-        known = {
-            "address", "state", "node", "market", "project", "timeout", "timeStart", "timeEnd",
-            "ipfsJob", "ipfsResult", "price",
-        }
-        return JobInfo(
-            address=data["address"],
-            state=state,
-            market=str(data.get("market") or ""),
-            node=node if isinstance(node, str) and node else None,
-            project=str(data.get("project") or ""),
-            timeout=_int_or_none(data.get("timeout")) or 0,
-            time_start=_int_or_none(data.get("timeStart")) or None,
-            time_end=_int_or_none(data.get("timeEnd")) or None,
-            ipfs_job=data.get("ipfsJob") or None,
-            ipfs_result=data.get("ipfsResult") or None,
-            price=_int_or_none(data.get("price")) or 0,
-            extra={k: v for k, v in data.items() if k not in known},
-        )
+    def _job_info(self, data: Any, address: str, route: str) -> JobInfo:
+        """A job answer (numeric or named ``state``, no ``address``) as a :class:`JobInfo`."""
+        job = read(JobAnswer, data, f"{self.name} network: {route}")
+        extra = {k: v for k, v in data.items() if k not in JOB_FIELDS}
+        return job.to_info(address, extra)
 
     async def job(self, address: str) -> JobInfo:
-        body = await self._call(
-            "GET", f"{self.base_url}/api/jobs/{address}", route=f"GET /api/jobs/{address}"
-        )
-        return self._job_info(body)
+        route = f"GET /api/jobs/{address}"
+        body = await self._call("GET", f"{self.base_url}/api/jobs/{address}", route=route)
+        return self._job_info(body, address, route)
 
     async def watch(self, address: str) -> AsyncIterator[JobInfo]:
         """Yield the job's info at once, then on every change, until it is done.

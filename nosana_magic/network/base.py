@@ -59,6 +59,8 @@ class Market:
     #: Hosts waiting for work (a job listed now starts at once when > 0).
     idle_hosts: int = 0
     network_fee_pct: float = 0.0
+    #: What a host earns per hour in USD (Nosana's markets API), when known.
+    usd_per_hour: float | None = None
 
     @property
     def nos_per_hour(self) -> float:
@@ -67,6 +69,12 @@ class Market:
     def cost(self, seconds: float) -> float:
         """The most a job of ``seconds`` can cost, in NOS, fee included."""
         return self.price_per_second * seconds / 1e6 * (1 + self.network_fee_pct / 100)
+
+    def cost_usd(self, seconds: float) -> float | None:
+        """The most a job of ``seconds`` can cost in credits (USD, fee included), if known."""
+        if self.usd_per_hour is None:
+            return None
+        return self.usd_per_hour * seconds / 3600 * (1 + self.network_fee_pct / 100)
 
 
 @dataclass(frozen=True)
