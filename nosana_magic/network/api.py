@@ -6,9 +6,10 @@ The embedded devnode serves this shape (``GET /api/markets/``, ``POST /api/jobs/
 
 Calls that change something are signed by the wallet (``Authorization:
 NosanaApiAuthentication:<sig>:<ms>`` and ``x-user-id: <public key>``), with a fresh header per
-request. Reads and idempotent calls are retried with the package's bounded backoff; listing a
-job is retried only when the request cannot have reached the ledger (connecting failed), since
-a second listing would be a second job.
+request, or, when an API key is given, carry ``Authorization: Bearer <key>`` and are paid with
+its credits (docs/protocol.md §24). Reads and idempotent calls are retried with the package's
+bounded backoff; listing a job is retried only when the request cannot have reached the
+ledger (connecting failed), since a second listing would be a second job.
 """
 
 from __future__ import annotations
@@ -22,9 +23,19 @@ from typing import Any
 import httpx
 
 from ..host import Retry, http_client_for
+from ..protocol import AuthError
+from ..signer import PresignedSigner, Signer
 from ..wallet import Wallet
-from .base import JobInfo, JobState, Listing, Market, NetworkError
-from .nosana_api import JOB_FIELDS, JobAnswer, ListAnswer, MarketAnswer, read
+from .base import InsufficientCreditsError, JobInfo, JobState, Listing, Market, NetworkError
+from .nosana_api import (
+    JOB_FIELDS,
+    CreditBalance,
+    JobAnswer,
+    ListAnswer,
+    MarketAnswer,
+    SignAnswer,
+    read,
+)
 
 __all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
 
@@ -62,6 +73,11 @@ class ApiNetwork:
     ``poll_interval`` is how often :meth:`watch` asks the ledger (loopback is cheap: 0.1 s
     gives the ~100 ms reaction the job client wants). ``pin_token`` is the bearer token of the
     pinning route (any string for the devnode; a Pinata JWT elsewhere).
+
+    ``api_key`` (``nos_…``) makes it a credits network: jobs are listed, extended and stopped
+    with the key and paid with its credits, and the headers for a job's host come from the
+    signing service at ``signing_url`` (Nosana's client manager; docs/protocol.md §24).
+    The key is kept out of every repr and message.
     """
 
     #: Seconds one request may take.
@@ -83,6 +99,8 @@ class ApiNetwork:
         gateway_url: str | None = None,
         domain: str | None = None,
         retry: Retry | None = None,
+        api_key: str | None = None,
+        signing_url: str | None = None,
     ) -> None:
         if "{node}" not in node_url_template:
             raise NetworkError(f"node URL template {node_url_template!r} has no {{node}}")
@@ -99,9 +117,18 @@ class ApiNetwork:
         self._domain = domain
         self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
+        # Kept private and out of the repr: an API key spends the user's credits.
+        self._api_key = api_key or None
+        self.signing_url = (signing_url or self.base_url).rstrip("/")
 
     def __repr__(self) -> str:
-        return f"ApiNetwork({self.name!r}, {self.base_url!r}, wallet={self.wallet.address})"
+        pays = "credits" if self._api_key else f"wallet={self.wallet.address}"
+        return f"ApiNetwork({self.name!r}, {self.base_url!r}, {pays})"
+
+    @property
+    def pays_with(self) -> str:
+        """``credits`` (an API key pays) or ``wallet``."""
+        return "credits" if self._api_key else "wallet"
 
     # ------------------------------------------------------------------ Network: sync parts
 
@@ -124,10 +151,35 @@ class ApiNetwork:
     # ------------------------------------------------------------------ plumbing
 
     def _signed(self) -> dict[str, str]:
+        if self._api_key is not None:
+            return {"Authorization": f"Bearer {self._api_key}"}
         return {
             "Authorization": self.wallet.auth_header(API_AUTH_MESSAGE),
             "x-user-id": self.wallet.address,
         }
+
+    def _safe(self, text: str) -> str:
+        """Server text without the API key (a server may echo what it was sent)."""
+        return text.replace(self._api_key, "[API key]") if self._api_key else text
+
+    def _refused(self, status: int, text: str, route: str, doing: str | None) -> NetworkError:
+        """A 4xx as one line; the credit routes' answers say what to do (docs/protocol.md §24)."""
+        text = self._safe(text)
+        plain = f"{self.name} network: {route}: {status} {text}"
+        if self._api_key is None or doing is None:
+            return NetworkError(plain)
+        if status == 402:
+            said = text if "insufficient" in text.lower() else f"insufficient credits ({text})"
+            return InsufficientCreditsError(f"{self.name} network: {doing}: {said}")
+        if status == 401:
+            return NetworkError(
+                f"{self.name} network: {doing}: the API key was refused ({status} {text}); "
+                "check NOSANA_API_KEY")
+        if status == 403:
+            return NetworkError(
+                f"{self.name} network: {doing}: the API key may no longer be used ({status} "
+                f"{text}); make a new one on the Nosana dashboard (Account → API Keys)")
+        return NetworkError(f"{self.name} network: {doing}: {status} {text}")
 
     async def _call(
         self,
@@ -140,11 +192,13 @@ class ApiNetwork:
         headers: dict[str, str] | None = None,
         retry_sent: bool = True,
         timeout: float | None = None,
+        doing: str | None = None,
     ) -> Any:
         """One API call, retried with backoff on 5xx and network errors; returns its JSON.
 
         ``retry_sent=False``: retry only failures that cannot have reached the server
-        (connecting), for calls that must not happen twice. 4xx raise at once.
+        (connecting), for calls that must not happen twice. 4xx raise at once; ``doing``
+        (``"listing the job"``) names the action in the line a credit refusal becomes.
         """
         backoff = self.retry.backoff(timeout)
         last = "no attempt"
@@ -178,11 +232,10 @@ class ApiNetwork:
                             f"{self.name} network: {route}: the answer is not JSON"
                         ) from None
                 if response.status_code < 500 or not retry_sent:
-                    raise NetworkError(
-                        f"{self.name} network: {route}: {response.status_code} "
-                        f"{_error_text(response)}"
+                    raise self._refused(
+                        response.status_code, _error_text(response), route, doing
                     )
-                last = f"{response.status_code} {_error_text(response)}"
+                last = f"{response.status_code} {self._safe(_error_text(response))}"
             if not await backoff.wait():
                 raise NetworkError(
                     f"{self.name} network: {route}: gave up after {backoff.attempt} attempts "
@@ -253,6 +306,7 @@ class ApiNetwork:
             signed=True,
             json_body=body,
             retry_sent=False,
+            doing="listing the job (nothing was listed)",
         )
         return read(ListAnswer, answer, f"{self.name} network: {route}").to_listing()
 
@@ -303,6 +357,7 @@ class ApiNetwork:
             f"{self.base_url}/api/jobs/{address}/stop",
             route=f"POST /api/jobs/{address}/stop",
             signed=True,
+            doing=f"stopping job {address}",
         )
 
     async def extend(self, address: str, seconds: int) -> None:
@@ -313,4 +368,44 @@ class ApiNetwork:
             signed=True,
             json_body={"seconds": int(seconds)},
             retry_sent=False,
+            doing=f"extending job {address} (its timeout is unchanged)",
         )
+
+    # ------------------------------------------------------------------ credits
+
+    async def balance(self) -> CreditBalance:
+        """The API key's credits (USD). :class:`NetworkError` without an API key."""
+        if self._api_key is None:
+            raise NetworkError(f"{self.name} network: no API key, so no credit balance")
+        route = "GET /api/credits/balance"
+        body = await self._call(
+            "GET", f"{self.base_url}/api/credits/balance", route=route, signed=True,
+            doing="reading the credit balance",
+        )
+        return read(CreditBalance, body, f"{self.name} network: {route}")
+
+    async def signer(self, job: str, project: str | None = None) -> Signer:
+        """Who signs the requests to ``job``'s host: the wallet, or with an API key a header
+        from the signing service (asked once; each request then gets a fresh time).
+
+        ``project`` (the job's, from the ledger) is checked against the address the service
+        signs for, so a job the key did not list fails here in one line.
+        """
+        if self._api_key is None:
+            return self.wallet
+        route = "POST /auth/sign-message/external"
+        where = f"{self.name} network: signing service"
+        body = await self._call(
+            "POST", f"{self.signing_url}/auth/sign-message/external", route=route, signed=True,
+            json_body={"message": job}, doing=f"signing for the host of job {job}",
+        )
+        answer = read(SignAnswer, body, f"{where}: {route}")
+        if project and answer.user_address != project:
+            raise NetworkError(
+                f"{where} signs for {answer.user_address}, but job {job} belongs to {project}: "
+                "it was not listed with this API key, so its host will not answer"
+            )
+        try:
+            return PresignedSigner(answer.user_address, answer.header(job))
+        except (ValueError, AuthError) as exc:
+            raise NetworkError(f"{where}: {exc}") from None

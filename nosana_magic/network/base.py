@@ -16,6 +16,7 @@ from ..errors import NosanaError
 from ..wallet import Wallet
 
 __all__ = [
+    "InsufficientCreditsError",
     "JobInfo",
     "JobState",
     "Listing",
@@ -27,6 +28,10 @@ __all__ = [
 
 class NetworkError(NosanaError):
     """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
+
+
+class InsufficientCreditsError(NetworkError):
+    """The credits of the API key do not cover what was asked (nothing was listed or added)."""
 
 
 class JobState(str, enum.Enum):
@@ -84,6 +89,8 @@ class Listing:
     job: str
     run: str | None = None
     tx: str | None = None
+    #: What the credits paid for the listing (USD, held until the job ends), when they paid.
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,8 @@ class ListAnswer(_Answer):
     credits: CreditCharge | None = None
 
     def to_listing(self) -> Listing:
-        return Listing(job=self.job, run=self.run, tx=self.tx)
+        cost = self.credits.cost_usd if self.credits is not None else None
+        return Listing(job=self.job, run=self.run, tx=self.tx, cost_usd=cost)
 
 
 class ExtendAnswer(_Answer):
