@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.protocol import verify_auth_header
 
-from .conftest import FAST
-from .credits_fixtures import CreditProject
-from .devnode_fixtures import Project, definition, op
+from .conftest import FAST, CreditProject, Project, definition, op
 from .waiting import wait_until
 
 #: local-cpu: $0.05/h to the host + 10 % network fee, in micro-dollars per second.
@@ -29,9 +26,8 @@ def devnode_config() -> DevNodeConfig:
 
 
 @pytest.fixture
-def user(devnode: DevNode) -> Iterator[CreditProject]:
-    with CreditProject(devnode) as p:
-        yield p
+def user(credit_user: CreditProject) -> CreditProject:
+    return credit_user
 
 
 def micro(usd: float) -> int:

@@ -18,8 +18,7 @@ from nosana_magic.protocol import verify_auth_header
 from nosana_magic.signer import PresignedSigner
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import PLACEHOLDER, definition, list_placeholder, network_for, op
-from .conftest import FAST
+from .conftest import FAST, PLACEHOLDER, definition, list_placeholder, network_for, op
 from .waiting import PATIENCE
 
 FAST_RETRY = Retry(first=0.02, cap=0.1, attempts=50, total=PATIENCE)

@@ -31,7 +31,7 @@ from nosana_magic.network.nosana_api import (
 from nosana_magic.protocol import verify_auth_header
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import serve_app
+from .conftest import serve_app
 from .waiting import PATIENCE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nosana_api"

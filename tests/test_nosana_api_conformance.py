@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ from pydantic import BaseModel, ValidationError
 from nosana_magic.devnode import DevNode, DevNodeConfig
 
 from . import nosana_api_types as official
-from .conftest import FAST
-from .credits_fixtures import CreditProject
-from .devnode_fixtures import definition, op
+from .conftest import FAST, CreditProject, definition, op
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nosana_api"
 
@@ -110,9 +107,8 @@ def devnode_config() -> DevNodeConfig:
 
 
 @pytest.fixture
-def user(devnode: DevNode) -> Iterator[CreditProject]:
-    with CreditProject(devnode) as p:
-        yield p
+def user(credit_user: CreditProject) -> CreditProject:
+    return credit_user
 
 
 def official_market(answer: dict[str, Any]) -> None:

@@ -25,8 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..network.base import JobState
-from ..protocol import AuthError, CidError, cid_to_digest, now_ms, verify_auth_header
+from ..protocol import AuthError, CidError, JobState, cid_to_digest, now_ms, verify_auth_header
 from .config import MarketConfig
 from .credits import MICRO, ApiKey, CreditError, Credits
 from .ipfs import IpfsStore
@@ -487,27 +486,32 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """A route whose refusals become ``{"error": …}`` with their status."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            result = await handler(request)
+        except (LedgerError, CreditError) as exc:
+            return _error(exc.status, exc.message)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    return endpoint
+
+
+def _caller(ledger: Ledger, request: Request) -> tuple[str, ApiKey | None]:
+    """Who calls: an API key's account (``Bearer``), else a wallet's signed headers."""
+    if _is_bearer(request):
+        account = ledger.credits.authenticate(request.headers["authorization"])
+        return account.address, account
+    return _authenticate(request), None
+
+
 def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
     """The Nosana-API-shaped routes under ``/api``, and the signing service's."""
 
-    def guarded(
-        handler: Callable[[Request], Any],
-    ) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                result = await handler(request)
-            except (LedgerError, CreditError) as exc:
-                return _error(exc.status, exc.message)
-            return result if isinstance(result, Response) else JSONResponse(result)
-
-        return endpoint
-
     def caller(request: Request) -> tuple[str, ApiKey | None]:
-        """Who calls: an API key's account (``Bearer``), else a wallet's signed headers."""
-        if _is_bearer(request):
-            account = ledger.credits.authenticate(request.headers["authorization"])
-            return account.address, account
-        return _authenticate(request), None
+        return _caller(ledger, request)
 
     async def markets(request: Request) -> Any:
         return [ledger.market_json(m) for m in ledger.markets.values()]
@@ -556,12 +560,37 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         seconds = _positive_int(body.get("seconds"), "seconds")
         return ledger.extend(request.path_params["job"], project, seconds, account)
 
+    async def not_found(request: Request) -> Any:
+        raise LedgerError(404, f"no such API route: {request.method} {request.url.path[:120]}")
+
+    return [
+        Route("/api/markets", _guarded(markets), methods=["GET"]),
+        Route("/api/markets/", _guarded(markets), methods=["GET"]),
+        Route("/api/markets/{market}", _guarded(market), methods=["GET"]),
+        Route("/api/markets/{market}/", _guarded(market), methods=["GET"]),
+        Route("/api/jobs/list", _guarded(list_job), methods=["POST"]),
+        Route("/api/jobs/{job}", _guarded(get_job), methods=["GET"]),
+        Route("/api/jobs/{job}/", _guarded(get_job), methods=["GET"]),
+        Route("/api/jobs/{job}/stop", _guarded(stop_job), methods=["POST"]),
+        Route("/api/jobs/{job}/extend", _guarded(extend_job), methods=["POST"]),
+        *_credit_routes(ledger),
+        Route(
+            "/api/{rest:path}",
+            _guarded(not_found),
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        ),
+    ]
+
+
+def _credit_routes(ledger: Ledger) -> list[BaseRoute]:
+    """The credit balance, and the signing service (docs/protocol.md §24)."""
+
     async def balance(request: Request) -> Any:
         account = ledger.credits.authenticate(request.headers.get("authorization", ""))
         return ledger.credits.balance(account)
 
     async def sign_message(request: Request) -> Any:
-        """The signing service: sign ``message`` with the key's project key."""
+        """Sign ``message`` with the key's project key."""
         account = ledger.credits.authenticate(request.headers.get("authorization", ""))
         body = await _json_body(request)
         message = body.get("message")
@@ -577,25 +606,8 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
                 signature += f":{now_ms()}"
         return {"message": message, "userAddress": account.address, "signature": signature}
 
-    async def not_found(request: Request) -> Any:
-        raise LedgerError(404, f"no such API route: {request.method} {request.url.path[:120]}")
-
     return [
-        Route("/api/markets", guarded(markets), methods=["GET"]),
-        Route("/api/markets/", guarded(markets), methods=["GET"]),
-        Route("/api/markets/{market}", guarded(market), methods=["GET"]),
-        Route("/api/markets/{market}/", guarded(market), methods=["GET"]),
-        Route("/api/jobs/list", guarded(list_job), methods=["POST"]),
-        Route("/api/jobs/{job}", guarded(get_job), methods=["GET"]),
-        Route("/api/jobs/{job}/", guarded(get_job), methods=["GET"]),
-        Route("/api/jobs/{job}/stop", guarded(stop_job), methods=["POST"]),
-        Route("/api/jobs/{job}/extend", guarded(extend_job), methods=["POST"]),
-        Route("/api/credits/balance", guarded(balance), methods=["GET"]),
-        Route(f"{CLIENT_MANAGER_PREFIX}/auth/sign-message/external", guarded(sign_message),
+        Route("/api/credits/balance", _guarded(balance), methods=["GET"]),
+        Route(f"{CLIENT_MANAGER_PREFIX}/auth/sign-message/external", _guarded(sign_message),
               methods=["POST"]),
-        Route(
-            "/api/{rest:path}",
-            guarded(not_found),
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        ),
     ]
