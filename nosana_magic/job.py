@@ -507,6 +507,7 @@ def run_confidential(
     network: str | Network | None = None,
     node: str | None = None,
     private: Private = "both",
+    pay: str | None = None,
     wait: bool = True,
     env: Mapping[str, str] | None = None,
     namespace: Mapping[str, Any] | None = None,
@@ -521,14 +522,17 @@ def run_confidential(
     a :class:`Network`. ``private``: what is kept private, ``"both"`` (the definition and
     the results, as the Nosana CLI's confidential jobs), ``"input"`` (the host pins the
     results publicly) or ``"results"`` (the definition is pinned publicly: it must hold no
-    secret). ``env`` (default: the process environment) and ``namespace`` resolve ``${env:…}`` and
-    ``${var:…}`` just before the definition is sent to the host. Failures do not raise
-    here: check ``job.ok`` or call ``job.raise_for_status()``.
+    secret). ``pay``: ``"credits"`` (the API key in ``NOSANA_API_KEY``) or ``"wallet"``
+    (default: credits when an API key is set). ``env`` (default: the process environment) and
+    ``namespace`` resolve ``${env:…}`` and ``${var:…}`` just before the definition is sent to
+    the host. Failures do not raise here: check ``job.ok`` or call ``job.raise_for_status()``.
     """
     _check_private(private)
     base = settings or Settings.from_env()
     if market is not None:
         base = base.with_overrides(market=market)
+    if pay is not None:
+        base = base.with_overrides(pay=pay)
     if timeout is not None:
         try:
             seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)

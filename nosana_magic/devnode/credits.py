@@ -130,8 +130,8 @@ class Credits:
         if usd < 0:
             raise ValueError("credits must be >= 0")
         chosen = key if key is not None else new_api_key()
-        if not chosen.startswith(API_KEY_PREFIX) or len(chosen) <= len(API_KEY_PREFIX):
-            raise ValueError(f"an API key starts with {API_KEY_PREFIX!r}")
+        if not chosen or any(char.isspace() for char in chosen):
+            raise ValueError("an API key is one word")
         expires_at = None if expires_in is None else time.time() + expires_in
         with self._lock:
             if chosen in self._keys:
@@ -141,6 +141,14 @@ class Credits:
                 expires_at=expires_at,
             )
         return chosen
+
+    def admit(self, key: str, *, usd: float) -> None:
+        """Serve ``key`` with ``usd`` of credits, unless it is served already (the embedded
+        devnode takes the key a user configured)."""
+        with self._lock:
+            if key in self._keys:
+                return
+            self.issue(usd=usd, key=key)
 
     def revoke(self, key: str) -> None:
         with self._lock:

@@ -21,11 +21,14 @@ from typing import Any
 
 import httpx
 
+from ..errors import SettingsError
 from ..protocol import EXPIRY_MARGIN_S, AuthError
+from ..settings import Settings, credentials_file
 from ..signer import PresignedSigner, Signer
 from ..transport import Retry, http_client_for, server_message
 from ..wallet import Wallet
 from .base import InsufficientCreditsError, JobInfo, JobState, Listing, Market, NetworkError
+from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
 from .nosana_api import (
     JOB_FIELDS,
     CreditBalance,
@@ -36,10 +39,19 @@ from .nosana_api import (
     read,
 )
 
-__all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
+__all__ = ["API_AUTH_MESSAGE", "SIGNING_URLS", "ApiNetwork", "credits_network",
+           "require_api_key"]
 
 #: The message Nosana's API expects to be signed.
 API_AUTH_MESSAGE = "NosanaApiAuthentication"
+#: Nosana's signing service (the client manager) per cluster (docs/protocol.md §24).
+SIGNING_URLS = {
+    "mainnet": "https://client-manager.k8s.prd.nosana.com",
+    "devnet": "https://client-manager.k8s.dev.nosana.com",
+}
+#: How often a credits network on Nosana asks its API about a job (the host's own stream
+#: says when a run ends; the poll only has to notice that a host took the job).
+REMOTE_POLL_S = 2.0
 
 
 class ApiNetwork:
@@ -64,7 +76,7 @@ class ApiNetwork:
     def __init__(
         self,
         base_url: str,
-        wallet: Wallet,
+        wallet: Wallet | None,
         *,
         node_url_template: str,
         name: str = "local",
@@ -77,9 +89,12 @@ class ApiNetwork:
         retry: Retry | None = None,
         api_key: str | None = None,
         signing_url: str | None = None,
+        pinata: PinataClient | None = None,
     ) -> None:
         if "{node}" not in node_url_template:
             raise NetworkError(f"node URL template {node_url_template!r} has no {{node}}")
+        if wallet is None and not api_key:
+            raise NetworkError(f"{name} network: a wallet or an API key is needed to list jobs")
         self.base_url = base_url.rstrip("/")
         self.wallet = wallet
         self.name = name
@@ -96,9 +111,12 @@ class ApiNetwork:
         # Kept private and out of the repr: an API key spends the user's credits.
         self._api_key = api_key or None
         self.signing_url = (signing_url or self.base_url).rstrip("/")
+        # Nosana's API does not pin: on Nosana, placeholders go through Pinata.
+        self._pinata = pinata
 
     def __repr__(self) -> str:
-        pays = "credits" if self._api_key else f"wallet={self.wallet.address}"
+        pays = "credits" if self.wallet is None or self._api_key else (
+            f"wallet={self.wallet.address}")
         return f"ApiNetwork({self.name!r}, {self.base_url!r}, {pays})"
 
     @property
@@ -117,6 +135,8 @@ class ApiNetwork:
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
+        if self._pinata is not None:
+            await self._pinata.aclose()
 
     async def __aenter__(self) -> ApiNetwork:
         return self
@@ -127,7 +147,7 @@ class ApiNetwork:
     # ------------------------------------------------------------------ plumbing
 
     def _signed(self) -> dict[str, str]:
-        if self._api_key is not None:
+        if self._api_key is not None or self.wallet is None:
             return {"Authorization": f"Bearer {self._api_key}"}
         return {
             "Authorization": self.wallet.auth_header(API_AUTH_MESSAGE),
@@ -222,6 +242,8 @@ class ApiNetwork:
 
     async def pin(self, document: dict[str, Any]) -> str:
         """Pin ``document`` (sent as it is, not wrapped) and return its CIDv0."""
+        if self._pinata is not None:
+            return await self._pinata.pin_json(document)
         body = await self._call(
             "POST",
             self._pin_url,
@@ -236,6 +258,8 @@ class ApiNetwork:
 
     async def fetch(self, cid: str) -> Any:
         """A pinned JSON document (e.g. a job's public result) from the gateway."""
+        if self._pinata is not None:
+            return await self._pinata.get_json(cid)
         return await self._call("GET", f"{self._gateway}/{cid}", route=f"GET /ipfs/{cid}")
 
     # ------------------------------------------------------------------ markets
@@ -260,7 +284,13 @@ class ApiNetwork:
         except NetworkError as exc:
             if ": 404 " not in str(exc):
                 raise
-            known = ", ".join(m.slug for m in await self.markets())
+            # The route may know markets by address only: look the slug up in the list.
+            markets = await self.markets()
+            text = slug_or_address.strip()
+            for found in markets:
+                if text in (found.slug, found.address):
+                    return found
+            known = ", ".join(m.slug for m in markets)
             raise NetworkError(
                 f"{self.name} network: unknown market {slug_or_address!r} (known: {known})"
             ) from None
@@ -367,7 +397,11 @@ class ApiNetwork:
         ``project`` (the job's, from the ledger) is checked against the address the service
         signs for, so a job the key did not list fails here in one line.
         """
-        if self._api_key is None:
+        if self._api_key is None and self.wallet is not None:
+            if project and project != self.wallet.address:
+                raise NetworkError(
+                    f"job {job} was posted by {project}, not by this wallet "
+                    f"({self.wallet.address}): its host will not answer us")
             return self.wallet
         route = "POST /auth/sign-message/external"
         where = f"{self.name} network: signing service"
@@ -385,3 +419,48 @@ class ApiNetwork:
             return PresignedSigner(answer.user_address, answer.header(job))
         except (ValueError, AuthError) as exc:
             raise NetworkError(f"{where}: {exc}") from None
+
+
+def require_api_key(settings: Settings) -> str:
+    """The API key the settings point at, read now; one line saying how to set one if none."""
+    key = settings.read_api_key()
+    if not key:
+        raise SettingsError(
+            "pay: credits need a Nosana API key: set NOSANA_API_KEY (make one on the Nosana "
+            "dashboard, Account → API Keys) or put \"nosana_api_key\" in the credentials file "
+            f"({settings.credentials_file or credentials_file({})}); or pass --pay wallet")
+    if any(char.isspace() for char in key):
+        raise SettingsError(f"the Nosana API key ({settings.source('api_key_set')}) holds "
+                            "spaces or line breaks: copy the key alone")
+    return key
+
+
+def credits_network(settings: Settings) -> ApiNetwork:
+    """Nosana's API on ``settings.network`` (devnet, mainnet), paid with the API key.
+
+    No wallet is needed: the API lists, the key's credits pay, and the signing service signs
+    for the hosts. Placeholders are pinned with the Pinata JWT, as on the wallet path.
+    """
+    from .markets import DEFAULT_MARKETS_API
+    from .solana import NODE_DOMAINS
+
+    cluster = settings.network
+    if cluster not in SIGNING_URLS:
+        raise NetworkError(f"network {cluster!r} has no Nosana API (mainnet, devnet)")
+    key = require_api_key(settings)
+    domain = settings.node_domain or NODE_DOMAINS[cluster]
+    return ApiNetwork(
+        settings.api_url or DEFAULT_MARKETS_API[cluster],
+        None,
+        name=cluster,
+        node_url_template=settings.node_url_template or f"https://{{node}}.{domain}",
+        domain=domain,
+        poll_interval=REMOTE_POLL_S,
+        api_key=key,
+        signing_url=settings.signing_url or SIGNING_URLS[cluster],
+        pinata=PinataClient(
+            settings.read_pinata_jwt(),
+            api_url=settings.pinata_api_url or DEFAULT_PINATA_API,
+            gateway=settings.ipfs_gateway or DEFAULT_GATEWAY,
+        ),
+    )
