@@ -1,0 +1,245 @@
+"""``%%nosana_confidential --pay credits`` end to end on the devnode (docs/protocol.md §24).
+
+With ``NOSANA_API_KEY`` set to a key the devnode issued, a confidential job runs through the
+credits path: listed with the key, its host's headers from the signing service, live logs,
+private results, a private URL, the cost and the balance shown before listing and the
+balance charged and shown after. The key appears nowhere the user or the public sees.
+The same path on "mainnet" (Nosana's API, pointed at the devnode), the confirmation rules,
+and the refusals (too few credits, a refused key) as one line with nothing listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from nosana_magic.devnode import DevNode, DevNodeConfig
+from nosana_magic.errors import InsufficientCreditsError, NetworkError, SpendNotConfirmed
+from nosana_magic.job import ConfidentialJob, jobs
+from nosana_magic.magics import NosanaMagics
+from nosana_magic.network.markets import format_usd
+
+from .conftest import FAST, free_port, ipython_shell
+from .waiting import PATIENCE, wait_until
+
+MAGIC = "nosana_confidential"
+
+
+def cell(*ops: dict[str, Any]) -> str:
+    return json.dumps({"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
+                       "ops": list(ops)}, indent=2)
+
+
+def op(op_id: str, cmd: str | list[str], **args: Any) -> dict[str, Any]:
+    extra = {k: args.pop(k) for k in ("results",) if k in args}
+    return {"type": "container/run", "id": op_id,
+            "args": {"image": "python:3.11", "cmd": cmd, **args}, **extra}
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[DevNode]:
+    with DevNode(DevNodeConfig(**FAST)) as devnode:  # type: ignore[arg-type]
+        yield devnode
+
+
+@pytest.fixture(scope="module")
+def shell(node: DevNode) -> Iterator[InteractiveShell]:
+    with ipython_shell() as ip:
+        yield ip
+
+
+@pytest.fixture
+def key(node: DevNode) -> str:
+    """A fresh key with $5 of credits (so each test starts from a known balance)."""
+    return node.issue_api_key(5.0)
+
+
+@pytest.fixture(autouse=True)
+def isolated(node: DevNode, shell: InteractiveShell, key: str, monkeypatch: pytest.MonkeyPatch,
+             tmp_path: Path) -> Iterator[None]:
+    for var in ("NOSANA_NETWORK", "NOSANA_MARKET", "NOSANA_TIMEOUT", "NOSANA_WALLET",
+                "NOSANA_PAY", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT", "NOSANA_PINATA_JWT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NOSANA_DEVNODE_URL", node.url)
+    monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NOSANA_CREDENTIALS_FILE", str(tmp_path / "no-credentials.json"))
+    monkeypatch.setenv("NOSANA_API_KEY", key)
+    magics = next(m for m in shell.configurables if isinstance(m, NosanaMagics))
+    magics.pay = None
+    magics.confirm_spend = True
+    yield
+    for job in jobs():
+        if not job.done:
+            job.stop()
+        job.wait(PATIENCE)
+
+
+def balance(node: DevNode, key: str) -> dict[str, float]:
+    return node.ledger.credits.balance(node.ledger.credits.account(key))
+
+
+def test_a_confidential_job_runs_on_credits_end_to_end(
+        node: DevNode, shell: InteractiveShell, key: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    serve_once = ("import http.server as h\n"
+                  f"s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n"
+                  "s.timeout = 60\ns.handle_request()\nprint('served')\n")
+    body = cell(op("train", "echo epoch 1; echo 'loss=0.125'", results={"loss": "loss=(.*)"}),
+                op("web", ["python3", "-c", serve_once], expose=port, private=True))
+    fetched: list[int] = []
+
+    def visit_the_private_url() -> None:
+        # The handle is in `run` as soon as the job exists; its private URL once the host
+        # serves it. Visiting it lets the op end.
+        def private_url() -> str | None:
+            job = shell.user_ns.get("run")
+            return job.urls[0].url if job is not None and job.urls else None
+
+        url = wait_until(private_url, what="the private URL")
+        with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
+            def served() -> bool:
+                try:
+                    fetched.append(client.get(url + "/").status_code)
+                except httpx.TransportError:
+                    return False
+                return fetched[-1] == 200
+            wait_until(served, what="the private service")
+
+    visitor = threading.Thread(target=visit_the_private_url, daemon=True)
+    visitor.start()
+    caplog.set_level(logging.DEBUG)
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "--network local --pay credits -m local-cpu -t 10m -o run",
+                             body)
+    visitor.join(PATIENCE)
+    run: ConfidentialJob = shell.user_ns["run"]
+    assert run.ok, run._error_line()
+    out = captured.stdout
+    # Money first: what it can cost and what is there, before anything was listed.
+    assert ("local: market local-cpu at $0.055/h in credits, timeout 10m → at most $0.0092; "
+            "credits: $5.00 available") in out
+    assert out.index("credits: $5.00 available") < out.index("[train] epoch 1")
+    # Live logs, private results, a private URL.
+    assert "[train] loss=0.125" in out
+    assert run.results == {"loss": 0.125}
+    [url] = run.urls
+    assert url.private and url.op_id == "web" and fetched[-1] == 200
+    # Listed with the key: the job's project is the key's, whose headers the host took.
+    account = node.ledger.credits.account(key)
+    assert node.job(run.address or "").project == account.address
+    # Charged for the time it ran, and the balance shown after.
+    after = balance(node, key)
+    assert after["reservedCredits"] == 0 and 0 < after["settledCredits"] < 0.0092
+    spent = after["settledCredits"]
+    assert (f"credits: {format_usd(5.0 - spent)} available ({format_usd(spent)} spent since "
+            "this job was listed, $0.00 still reserved)") in out
+
+    # The key appears nowhere the user or the public sees.
+    with capture_output() as more:
+        config = shell.run_line_magic("nosana", "config")
+        shell.run_line_magic("config", "NosanaMagics")
+        shell.run_line_magic("nosana", "jobs")
+        shell.run_line_magic("nosana", f"status {run.address}")
+    places = [out, captured.stderr, more.stdout, more.stderr, repr(config),
+              config._repr_html_(), repr(run), run._repr_html_(), caplog.text,
+              json.dumps([v.decode("utf-8", "replace") for v in node.ipfs.all().values()])]
+    places += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    for place in places:
+        assert key not in place
+    assert any(row[0] == "api_key" and row[1] == "set" for row in config.rows)
+
+
+def test_credits_are_the_default_when_a_key_is_set_and_percent_nosana_credits(
+        node: DevNode, shell: InteractiveShell, key: str) -> None:
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-t 2m -o run", cell(op("a", "echo hi")))
+    assert "credits: $5.00 available" in captured.stdout
+    run: ConfidentialJob = shell.user_ns["run"]
+    assert node.job(run.address or "").project == node.ledger.credits.account(key).address
+    table = shell.run_line_magic("nosana", "credits")
+    rows = dict((name, value) for name, value in table.rows)
+    assert rows["assigned"] == "$5.00" and rows["reserved"] == "$0.00"
+    assert rows["settled"] != "$0.00"
+    assert key not in repr(table) and key not in table._repr_html_()
+    # --pay wallet still pays with the (local) wallet beside it.
+    with capture_output() as wallet_run:
+        shell.run_cell_magic(MAGIC, "--pay wallet -t 2m -o paid", cell(op("b", "echo hi")))
+    assert "credits:" not in wallet_run.stdout
+    paid: ConfidentialJob = shell.user_ns["paid"]
+    assert paid.ok and node.job(paid.address or "").payer == node.job(paid.address or "").project
+
+
+def test_too_few_credits_list_nothing(node: DevNode, shell: InteractiveShell,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    poor = node.issue_api_key(0.001)
+    monkeypatch.setenv("NOSANA_API_KEY", poor)
+    listed, pinned = len(node.ledger.jobs), len(node.ipfs.all())
+    with capture_output() as captured, pytest.raises(InsufficientCreditsError) as info:
+        shell.run_cell_magic(MAGIC, "-m local-cpu -t 1h", cell(op("a", "echo hi")))
+    assert str(info.value) == (
+        "local: not listed: this job can cost $0.055 (1h in local-cpu), and the API key has "
+        "$0.0010 of credits available; add credits on the Nosana dashboard or shorten --timeout")
+    assert "at most $0.055; credits: $0.0010 available" in captured.stdout
+    assert (len(node.ledger.jobs), len(node.ipfs.all())) == (listed, pinned)
+
+
+def test_a_refused_key_is_one_line_and_never_shown(node: DevNode, shell: InteractiveShell,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = "nos_" + "w" * 40
+    monkeypatch.setenv("NOSANA_API_KEY", wrong)
+    listed = len(node.ledger.jobs)
+    with capture_output(), pytest.raises(NetworkError) as info:
+        shell.run_cell_magic(MAGIC, "--pay credits -t 2m", cell(op("a", "echo hi")))
+    text = str(info.value)
+    assert text == ("local network: reading the credit balance: the API key was refused (401 "
+                    "Authentication failed: invalid API key); check NOSANA_API_KEY")
+    assert wrong not in "".join(info.value._render_traceback_())
+    assert len(node.ledger.jobs) == listed
+
+
+# ---------------------------------------------------------------------- "mainnet"
+
+
+@pytest.fixture
+def nosana_api_on_the_devnode(node: DevNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nosana's API, its signing service, Pinata and the hosts, all served by the devnode:
+    the mainnet credits path as it is, on loopback."""
+    monkeypatch.setenv("NOSANA_API_URL", node.url)
+    monkeypatch.setenv("NOSANA_SIGNING_URL", node.client_manager_url)
+    monkeypatch.setenv("NOSANA_PINATA_API_URL", node.url)
+    monkeypatch.setenv("NOSANA_PINATA_JWT", "local-jwt")
+    monkeypatch.setenv("NOSANA_IPFS_GATEWAY", f"{node.url}/ipfs")
+    monkeypatch.setenv("NOSANA_NODE_URL_TEMPLATE", node.node_url_template)
+
+
+@pytest.mark.usefixtures("nosana_api_on_the_devnode")
+def test_mainnet_on_credits_needs_no_wallet_and_confirms_like_a_wallet(
+        node: DevNode, shell: InteractiveShell, key: str) -> None:
+    listed = len(node.ledger.jobs)
+    line = "--network mainnet -m local-cpu -t 5m"
+    with capture_output() as refused, pytest.raises(SpendNotConfirmed, match="--yes"):
+        shell.run_cell_magic(MAGIC, line, cell(op("a", "echo hi")))
+    assert ("mainnet: market local-cpu at $0.055/h in credits, timeout 5m → at most $0.0046; "
+            "credits: $5.00 available") in refused.stdout
+    assert len(node.ledger.jobs) == listed  # headless and not confirmed: nothing listed
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, f"{line} --yes -o run",
+                             cell(op("a", "echo from mainnet; echo 'acc=0.5'",
+                                     results={"acc": "acc=(.*)"})))
+    run: ConfidentialJob = shell.user_ns["run"]
+    assert run.ok, run._error_line()
+    assert run.network_name == "mainnet" and run.results == {"acc": 0.5}
+    assert "[a] from mainnet" in captured.stdout
+    assert node.job(run.address or "").project == node.ledger.credits.account(key).address
+    assert "spent since this job was listed" in captured.stdout
+    assert key not in captured.stdout + captured.stderr
