@@ -160,10 +160,21 @@ def test_a_confidential_job_runs_on_credits_end_to_end(
 
 
 def test_credits_are_the_default_when_a_key_is_set_and_percent_nosana_credits(
-        node: DevNode, shell: InteractiveShell, key: str) -> None:
+        node: DevNode, shell: InteractiveShell, key: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[str] = []
+    sign = node.ledger.credits.sign
+
+    def counted(account: Any, message: str) -> str:
+        signed.append(message)
+        return sign(account, message)
+
+    monkeypatch.setattr(node.ledger.credits, "sign", counted)
     with capture_output() as captured:
-        shell.run_cell_magic(MAGIC, "-t 2m -o run", cell(op("a", "echo hi")))
+        shell.run_cell_magic(MAGIC, "-t 2m -o run", cell(op("a", "echo hi; sleep 0.5")))
     assert "credits: $5.00 available" in captured.stdout
+    # One signature for the whole job (definition, /info, /log, /results), stamped per request.
+    assert signed == [shell.user_ns["run"].address]
     run: ConfidentialJob = shell.user_ns["run"]
     assert node.job(run.address or "").project == node.ledger.credits.account(key).address
     table = shell.run_line_magic("nosana", "credits")
