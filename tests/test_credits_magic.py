@@ -5,7 +5,8 @@ credits path: listed with the key, its host's headers from the signing service, 
 private results, a private URL, the cost and the balance shown before listing and the
 balance charged and shown after. The key appears nowhere the user or the public sees.
 The same path on "mainnet" (Nosana's API, pointed at the devnode), the confirmation rules,
-and the refusals (too few credits, a refused key) as one line with nothing listed.
+and the refusals (too few credits, a refused key, no key) as one line with nothing listed;
+extend and stop with the key, and the credit price in ``%nosana markets``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
-from nosana_magic.errors import InsufficientCreditsError, NetworkError, SpendNotConfirmed
+from nosana_magic.errors import (
+    InsufficientCreditsError,
+    NetworkError,
+    SettingsError,
+    SpendNotConfirmed,
+)
 from nosana_magic.job import ConfidentialJob, jobs
 from nosana_magic.magics import NosanaMagics
 from nosana_magic.network.markets import format_usd
@@ -254,3 +260,75 @@ def test_mainnet_on_credits_needs_no_wallet_and_confirms_like_a_wallet(
     assert node.job(run.address or "").project == node.ledger.credits.account(key).address
     assert "spent since this job was listed" in captured.stdout
     assert key not in captured.stdout + captured.stderr
+
+
+def test_a_running_credit_job_is_extended_and_stopped_with_the_key(
+        node: DevNode, shell: InteractiveShell, key: str) -> None:
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-b -q -m local-cpu -t 10m -o long",
+                             cell(op("long", "echo up; sleep 120")))
+        run: ConfidentialJob = shell.user_ns["long"]
+        wait_until(lambda: run.phase == "running" and bool(run.logs), what="the job running")
+        account = node.ledger.credits.account(key)
+        held = balance(node, key)["reservedCredits"]
+        assert held == pytest.approx(0.055 * 600 / 3600, abs=1e-6)
+        # Extended through Nosana's API with the key: its timeout and its reservation grow.
+        run.extend("5m")
+        assert node.job(run.address or "").timeout == 900
+        assert balance(node, key)["reservedCredits"] == pytest.approx(0.055 * 900 / 3600,
+                                                                      abs=2e-6)
+        shell.run_line_magic("nosana", f"stop {run.address}")
+    run.wait(PATIENCE)
+    assert run.status == "stopped"
+    assert captured.stdout.strip().splitlines()[-1] == f"job {run.address} stopped"
+    # Charged for the seconds it ran, not the 15 minutes it held; nothing still held.
+    after = balance(node, key)
+    assert after["reservedCredits"] == 0
+    assert 0 < after["settledCredits"] < 0.055 * 120 / 3600
+    assert node.job(run.address or "").project == account.address
+    assert key not in captured.stdout + captured.stderr
+
+
+def test_percent_nosana_credits_without_a_key_says_how_to_get_one(
+        shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOSANA_API_KEY")
+    with pytest.raises(SettingsError) as info:
+        shell.run_line_magic("nosana", "credits")
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith("pay: credits need a Nosana API key: set NOSANA_API_KEY")
+
+
+def test_percent_nosana_markets_shows_the_credit_price(shell: InteractiveShell) -> None:
+    table = shell.run_line_magic("nosana", "markets")
+    assert table.columns == ["market", "address", "NOS/h", "credits/h", "idle hosts"]
+    rows = {row[0]: row for row in table.rows}
+    assert rows["local-cpu"][3] == "$0.055"  # $0.05/h and the 10 % network fee
+
+
+@pytest.mark.usefixtures("nosana_api_on_the_devnode")
+def test_mainnet_on_credits_asks_when_someone_can_answer(
+        node: DevNode, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts: list[str] = []
+    answers = iter(["n", "yes"])
+
+    def ask(self: NosanaMagics, prompt: str) -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(NosanaMagics, "_ask", ask)
+    listed, pinned = len(node.ledger.jobs), len(node.ipfs.all())
+    line = "--network mainnet -m local-cpu -t 2m"
+    with capture_output(), pytest.raises(SpendNotConfirmed, match="not confirmed"):
+        shell.run_cell_magic(MAGIC, line, cell(op("a", "echo hi")))
+    assert prompts == ["List the job and spend these credits? [y/N] "]
+    assert (len(node.ledger.jobs), len(node.ipfs.all())) == (listed, pinned)
+    with capture_output():
+        shell.run_cell_magic(MAGIC, f"{line} -o run", cell(op("a", "echo hi")))
+    assert len(prompts) == 2 and shell.user_ns["run"].ok
+    # confirm_spend = False: no question at all.
+    magics = next(m for m in shell.configurables if isinstance(m, NosanaMagics))
+    magics.confirm_spend = False
+    with capture_output():
+        shell.run_cell_magic(MAGIC, f"{line} -o again", cell(op("a", "echo hi")))
+    assert len(prompts) == 2 and shell.user_ns["again"].ok
