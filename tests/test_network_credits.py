@@ -219,3 +219,40 @@ def test_the_embedded_devnode_pays_with_its_own_key_or_takes_yours(tmp_path: Pat
             node.ledger.credits.account(node.api_key).address)
     finally:
         stop_embedded_devnode()
+
+
+async def test_control_refusals_are_one_line_and_change_nothing(
+        devnode: DevNode, network: ApiNetwork) -> None:
+    job = await list_placeholder(network)
+    held = (await network.balance()).reserved
+    # An extend the credits cannot cover: 402, the timeout and the reservation as they were.
+    with pytest.raises(InsufficientCreditsError) as info:
+        await network.extend(job, 10_000_000)
+    line = str(info.value)
+    assert line.startswith(f"local network: extending job {job} (its timeout is unchanged): "
+                           "Insufficient credits") and "\n" not in line
+    assert (await network.balance()).reserved == held
+    timeout = (await network.job(job)).timeout
+    await network.stop(job)
+    assert (await network.job(job)).timeout == timeout
+    # A job that has ended cannot be stopped or extended: 400, as one line.
+    for control, doing in ((network.stop(job), f"stopping job {job}"),
+                           (network.extend(job, 60), f"extending job {job}")):
+        with pytest.raises(NetworkError) as refused:
+            await control
+        assert str(refused.value).startswith(f"local network: {doing}")
+        assert ": 400 " in str(refused.value) and "\n" not in str(refused.value)
+
+
+async def test_a_server_that_echoes_the_key_does_not_show_it(
+        devnode: DevNode, network: ApiNetwork, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nosana_magic.devnode.credits import CreditError
+
+    def echoing(header: str) -> None:
+        raise CreditError(401, f"Authentication failed for {header}")
+
+    monkeypatch.setattr(devnode.ledger.credits, "authenticate", echoing)
+    with pytest.raises(NetworkError) as info:
+        await network.balance()
+    assert devnode.api_key not in str(info.value)
+    assert "Authentication failed for Bearer [API key]" in str(info.value)
