@@ -332,3 +332,37 @@ def test_mainnet_on_credits_asks_when_someone_can_answer(
     with capture_output():
         shell.run_cell_magic(MAGIC, f"{line} -o again", cell(op("a", "echo hi")))
     assert len(prompts) == 2 and shell.user_ns["again"].ok
+
+
+def test_attach_with_the_key_from_another_kernel_and_not_with_another_key(
+        node: DevNode, shell: InteractiveShell, key: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script = "for i in 1 2 3; do echo line$i; done; sleep 1; echo 'acc=0.75'"
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -t 2m -o original",
+                             cell(op("a", script, results={"acc": "acc=(.*)"})))
+    original: ConfidentialJob = shell.user_ns["original"]
+    wait_until(lambda: any(line.text == "line3" for line in original.logs), what="line3")
+    address = original.address or ""
+    magics = next(m for m in shell.configurables if isinstance(m, NosanaMagics))
+    # Another kernel with the same key: a new network from the settings, the job's host
+    # answering the signing service's headers; the private results still collected.
+    attached = ConfidentialJob.attach(address, magics.settings())
+    attached.wait(PATIENCE)
+    original.wait(PATIENCE)
+    assert attached is not original and attached.ok, attached._error_line()
+    assert attached.results == {"acc": 0.75} and "line1" in attached.stdout
+    # Another key's job: refused in one line before its host is asked, naming no key.
+    other = node.issue_api_key(1.0)
+    monkeypatch.setenv("NOSANA_API_KEY", other)
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -t 2m -o mine", cell(op("b", "sleep 30")))
+    mine: ConfidentialJob = shell.user_ns["mine"]
+    wait_until(lambda: mine.address is not None, what="the job listed")
+    monkeypatch.setenv("NOSANA_API_KEY", key)
+    stranger = ConfidentialJob.attach(mine.address or "", magics.settings())
+    stranger.wait(PATIENCE)
+    assert stranger.status == "failed"
+    error = str(stranger.error)
+    assert "it was not listed with this API key" in error and "\n" not in error
+    assert key not in error and other not in error
