@@ -1,5 +1,6 @@
 """The client's reading of the Nosana API (docs/protocol.md §22, §24): the answer models, and
-``ApiNetwork`` against a loopback server that answers exactly the official shapes."""
+``ApiNetwork`` against a loopback server that answers exactly the official shapes, with a
+wallet and with an API key."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "nosana_api"
 FAST_RETRY = Retry(first=0.02, cap=0.1, attempts=5, total=PATIENCE)
 JOB = "2iXtA8oeZqUU5pofxK971TCEvFGfems2AcDRaZHKD2pQ"
 NODE = "GhFJh9xhWQULf6W1WJLNTViiTWEs4wAj3FevZ616wxL2"
+#: The project key the loopback signing service holds for the API key below.
+PROJECT = Keypair()
+API_KEY = "nos_official-shapes-test-key-0123456789"
 
 
 def fixture(name: str) -> Any:
@@ -180,7 +184,16 @@ def _official_api(calls: list[dict[str, Any]], states: list[str]) -> Starlette:
             return JSONResponse(fixture(name))
         return endpoint
 
+    async def sign(request: Request) -> Response:
+        # The official answer's shape, signed with the key's project (a bare signature).
+        await record(request)
+        message = (await request.json())["message"]
+        return JSONResponse({"message": message, "userAddress": str(PROJECT.pubkey()),
+                             "signature": str(PROJECT.sign_message(message.encode()))})
+
     return Starlette(routes=[
+        Route("/api/credits/balance", answer("balance.json"), methods=["GET"]),
+        Route("/auth/sign-message/external", sign, methods=["POST"]),
         Route("/api/markets/", list_markets, methods=["GET"]),
         Route("/api/markets/{id}/", one_market, methods=["GET"]),
         Route("/api/jobs/list", answer("list.json"), methods=["POST"]),
@@ -245,3 +258,40 @@ async def test_api_network_watches_numeric_states_to_the_end(
     assert all(i.address == JOB for i in seen)
     assert seen[2].ipfs_result == "QmXA7WdExBCQZm9wkx5tMGRkuEt1MH74mbkW4TcwJY26wr"
     assert seen[2].extra["jobStatus"] == "success"
+
+
+async def test_api_network_with_an_api_key_on_official_answers(
+        official: tuple[ApiNetwork, list[dict[str, Any]]]) -> None:
+    url = official[0].base_url
+    calls = official[1]
+    net = ApiNetwork(url, None, node_url_template=url + "/node/{node}", name="mainnet",
+                     retry=FAST_RETRY, api_key=API_KEY, signing_url=url)
+    try:
+        balance = await net.balance()
+        assert (balance.assigned, balance.reserved, balance.settled) == (50, 0.33, 12.5)
+        listing = await net.post("Qmf3TzFrnBUQ6cSG6pJ6ptAariPaaZ9a8Q2enp8YBisNW2",
+                                 await net.market("nvidia-4090"), 1800)
+        assert listing.job == JOB and listing.cost_usd == 0.22
+        await net.extend(JOB, 900)
+        await net.stop(JOB)
+        signer = await net.signer(JOB)
+        assert signer.address == str(PROJECT.pubkey())
+        header = signer.auth_header("ignored")
+        assert header.startswith(f"{JOB}:")
+        verify_auth_header(header, signer.address, expiry_s=60)
+    finally:
+        await net.aclose()
+    # Every call that spends or signs carries the key as a Bearer token and nothing else of
+    # the wallet scheme; the reads carry no key at all.
+    paid = ("POST /api/jobs/list", f"POST /api/jobs/{JOB}/extend",
+            f"POST /api/jobs/{JOB}/stop", "GET /api/credits/balance",
+            "POST /auth/sign-message/external")
+    for call in calls:
+        if call["route"] in paid:
+            assert call["headers"]["authorization"] == f"Bearer {API_KEY}", call["route"]
+            assert "x-user-id" not in call["headers"]
+        else:
+            assert "authorization" not in call["headers"], call["route"]
+    assert {c["route"] for c in calls} >= set(paid)
+    assert next(c for c in calls if c["route"].startswith("POST /auth"))["body"] == {
+        "message": JOB}
