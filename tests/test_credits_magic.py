@@ -260,6 +260,12 @@ def test_mainnet_on_credits_needs_no_wallet_and_confirms_like_a_wallet(
     assert node.job(run.address or "").project == node.ledger.credits.account(key).address
     assert "spent since this job was listed" in captured.stdout
     assert key not in captured.stdout + captured.stderr
+    # %nosana credits on mainnet: Nosana's balance route, with the key.
+    table = shell.run_line_magic("nosana", "credits --network mainnet")
+    rows = dict((name, value) for name, value in table.rows)
+    assert table.title == "nosana credits on mainnet" and rows["assigned"] == "$5.00"
+    spent = balance(node, key)["settledCredits"]
+    assert spent > 0 and rows["available"] == format_usd(5.0 - spent)
 
 
 def test_a_running_credit_job_is_extended_and_stopped_with_the_key(
