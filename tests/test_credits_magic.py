@@ -372,3 +372,22 @@ def test_attach_with_the_key_from_another_kernel_and_not_with_another_key(
     error = str(stranger.error)
     assert "it was not listed with this API key" in error and "\n" not in error
     assert key not in error and other not in error
+
+
+def test_a_queued_credit_job_stopped_is_delisted_and_costs_nothing(
+        node: DevNode, shell: InteractiveShell, key: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node.config, "pickup_delay", None)  # no host takes it
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-b -q -m local-cpu -t 1h -o queued",
+                             cell(op("a", "echo never")))
+        run: ConfidentialJob = shell.user_ns["queued"]
+        wait_until(lambda: run.phase == "queued", what="the job queued")
+        assert balance(node, key)["reservedCredits"] == pytest.approx(0.055)
+        shell.run_line_magic("nosana", f"stop {run.address}")
+    run.wait(PATIENCE)
+    assert run.status == "stopped" and not run.logs
+    assert captured.stdout.strip().splitlines()[-1] == f"job {run.address} stopped"
+    # Delisted through Nosana's API with the key: the whole reservation comes back.
+    after = balance(node, key)
+    assert (after["reservedCredits"], after["settledCredits"]) == (0, 0)
