@@ -451,7 +451,8 @@ class NosanaMagics(Magics):
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout,
                                  pay=args.pay)
-        credits = self._before_listing(settings, node=args.node, assume_yes=args.yes)
+        settings, credits = self._before_listing(settings, node=args.node,
+                                                 assume_yes=args.yes)
 
         notices = _Notices()
         # --send-only keeps the input private, --receive-only the results.
@@ -477,11 +478,16 @@ class NosanaMagics(Magics):
         return None if args.out else job
 
     def _before_listing(self, settings: Settings, *, node: str | None,
-                        assume_yes: bool) -> CreditBalance | None:
+                        assume_yes: bool) -> tuple[Settings, CreditBalance | None]:
         """What must hold before anything is pinned: the cost stated (and confirmed on a paid
-        network), the credits checked; returns the balance when credits pay."""
+        network), the credits checked. Returns the settings to list with (with credits, the
+        market the cost was stated for, so the job cannot pick another) and the balance when
+        credits pay."""
         if settings.pays_with == "credits":
-            return self._confirm_credits(settings, assume_yes=assume_yes)
+            chosen, balance = self._confirm_credits(settings, assume_yes=assume_yes)
+            if settings.market is None:
+                settings = settings.with_overrides(market=chosen.address)
+            return settings, balance
         if settings.network != "local":
             self._confirm_spend(settings, node=node, assume_yes=assume_yes)
         elif settings.market is not None and settings.devnode_url:
@@ -489,9 +495,10 @@ class NosanaMagics(Magics):
             # anything is pinned. (The embedded one is checked before it is started.)
             market = settings.market
             _with_network(settings, lambda network: network.market(market))
-        return None
+        return settings, None
 
-    def _confirm_credits(self, settings: Settings, *, assume_yes: bool) -> CreditBalance:
+    def _confirm_credits(self, settings: Settings, *,
+                         assume_yes: bool) -> tuple[Market, CreditBalance]:
         """The credits path: the job's most cost in USD and the balance, before listing; the
         same question as for a wallet on a paid network; too few credits list nothing."""
         from .errors import InsufficientCreditsError
@@ -516,7 +523,7 @@ class NosanaMagics(Magics):
             raise InsufficientCreditsError(f"{settings.network}: {estimate.shortfall()}")
         if settings.network != "local" and not assume_yes and self.confirm_spend:
             self._confirmed(settings, "List the job and spend these credits? [y/N] ")
-        return balance
+        return market, balance
 
     def _credits_after(self, settings: Settings, before: CreditBalance) -> None:
         """After the job: what the credits were charged, and what is left."""

@@ -11,6 +11,7 @@ extend and stop with the key, and the credit price in ``%nosana markets``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from nosana_magic.errors import (
 )
 from nosana_magic.job import ConfidentialJob, jobs
 from nosana_magic.magics import NosanaMagics
+from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.markets import format_usd
 
 from .conftest import FAST, free_port, ipython_shell
@@ -391,3 +393,24 @@ def test_a_queued_credit_job_stopped_is_delisted_and_costs_nothing(
     # Delisted through Nosana's API with the key: the whole reservation comes back.
     after = balance(node, key)
     assert (after["reservedCredits"], after["settledCredits"]) == (0, 0)
+
+
+def test_the_job_is_listed_in_the_market_its_cost_was_shown_for(
+        node: DevNode, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without -m the local network picks a market; if its markets changed order between the
+    # estimate and the listing, the job must still go where the cost was stated.
+    original = ApiNetwork.markets
+    calls = [0]
+
+    async def shuffled(self: ApiNetwork) -> list[Any]:
+        calls[0] += 1
+        markets = [dataclasses.replace(m, idle_hosts=1) for m in await original(self)]
+        return markets if calls[0] % 2 else markets[::-1]
+
+    monkeypatch.setattr(ApiNetwork, "markets", shuffled)
+    with capture_output() as captured:
+        shell.run_cell_magic(MAGIC, "-t 2m -o run", cell(op("a", "echo hi")))
+    run: ConfidentialJob = shell.user_ns["run"]
+    assert run.ok, run._error_line()
+    listed_in = node.ledger.market(node.job(run.address or "").market)
+    assert f"local: market {listed_in.slug} at " in captured.stdout
