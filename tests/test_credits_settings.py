@@ -89,3 +89,20 @@ async def test_mainnet_with_a_key_is_nosanas_api_with_no_wallet(tmp_path: Path) 
     assert devnet.base_url == "https://dashboard.k8s.dev.nos.ci"
     assert devnet.signing_url == "https://client-manager.k8s.dev.nosana.com"
     await devnet.aclose()
+
+
+async def test_pay_wallet_with_a_key_set_is_the_jobs_program(tmp_path: Path) -> None:
+    from nosana_magic.network.solana import SolanaNetwork
+    from nosana_magic.wallet import Wallet
+
+    wallet = tmp_path / "wallet.json"
+    wallet.write_text(json.dumps(list(bytes(Wallet.generate().keypair))))
+    wallet.chmod(0o600)
+    settings = Settings.from_env(env(tmp_path, NOSANA_NETWORK="mainnet", NOSANA_API_KEY=KEY,
+                                     NOSANA_PAY="wallet", NOSANA_WALLET=str(wallet)))
+    network = open_network(settings)
+    try:
+        assert isinstance(network, SolanaNetwork) and network.pays_with == "wallet"
+        assert KEY not in repr(network)
+    finally:
+        await network.aclose()
