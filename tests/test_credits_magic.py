@@ -23,6 +23,7 @@ import httpx
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from traitlets import TraitError
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.errors import (
@@ -414,3 +415,26 @@ def test_the_job_is_listed_in_the_market_its_cost_was_shown_for(
     assert run.ok, run._error_line()
     listed_in = node.ledger.market(node.job(run.address or "").market)
     assert f"local: market {listed_in.slug} at " in captured.stdout
+
+
+def test_the_pay_trait_chooses_and_the_flag_wins(
+        node: DevNode, shell: InteractiveShell, key: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    magics = next(m for m in shell.configurables if isinstance(m, NosanaMagics))
+    with pytest.raises(TraitError, match="pay must be one of credits, wallet, got 'cash'"):
+        magics.pay = "cash"
+    shell.run_line_magic("config", "NosanaMagics.pay = 'Wallet'")
+    assert magics.pay == "wallet"
+    with capture_output() as by_trait:
+        shell.run_cell_magic(MAGIC, "-t 2m -o paid", cell(op("a", "echo hi")))
+    paid: ConfidentialJob = shell.user_ns["paid"]
+    assert paid.ok and "credits:" not in by_trait.stdout
+    assert node.job(paid.address or "").project != node.ledger.credits.account(key).address
+    # The environment does not override the trait; the flag does.
+    monkeypatch.setenv("NOSANA_PAY", "credits")
+    assert magics.settings().pays_with == "wallet"
+    with capture_output() as by_flag:
+        shell.run_cell_magic(MAGIC, "--pay credits -t 2m -o run", cell(op("a", "echo hi")))
+    run: ConfidentialJob = shell.user_ns["run"]
+    assert run.ok and "credits: $5.00 available" in by_flag.stdout
+    assert node.job(run.address or "").project == node.ledger.credits.account(key).address
