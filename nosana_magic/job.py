@@ -179,6 +179,7 @@ class ConfidentialJob(JobRecord):
     ledger        the ledger's last record of it
     price         NOS per second
     cost          NOS: what it cost once done, else the most it can cost
+    cost_usd      the same in USD when credits pay (else None)
     timeout       its timeout in seconds (extensions included)
     started_at    Unix time the host started it
     ended_at      Unix time it ended
@@ -260,7 +261,14 @@ class ConfidentialJob(JobRecord):
             rows.append(("node", html.escape(self.node)))
         if self.elapsed is not None:
             rows.append(("elapsed", html.escape(format_duration(self.elapsed))))
-        if self.price is not None:
+        usd = self.cost_usd
+        if usd is not None and self.market is not None:
+            from .network.markets import format_usd
+
+            money = (f"{format_usd(self.market.usd_per_hour_with_fee or 0)}/h in credits, "
+                     f"{'cost' if self.done else 'at most'} {format_usd(usd)}")
+            rows.append(("price", html.escape(money)))
+        elif self.price is not None:
             cost = self.cost
             money = f"{self.price:.6g} NOS/s"
             if cost is not None:

@@ -470,9 +470,14 @@ class NosanaMagics(Magics):
             # The live view shows the job; a returned handle would be a second display of it,
             # a snapshot that goes stale. The handle is in -o NAME, or `%nosana status`.
             return None
-        follow(job, view, each=notices.flush)
-        if credits is not None:
-            self._credits_after(settings, credits)
+        try:
+            follow(job, view, each=notices.flush)
+        finally:
+            # Also after a Ctrl-C (the job stopped): what was spent is part of what happened.
+            if credits is not None and job.done:
+                # A further Ctrl-C skips the line, never the report of how the job ended.
+                with contextlib.suppress(KeyboardInterrupt):
+                    self._credits_after(settings, credits)
         job.raise_for_status()
         # With -o the handle is in its variable and the view's summary shows how it ended.
         return None if args.out else job

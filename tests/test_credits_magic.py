@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,14 @@ from IPython.utils.capture import capture_output
 from traitlets import TraitError
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
+from nosana_magic.display import summary_text
 from nosana_magic.errors import (
     InsufficientCreditsError,
     NetworkError,
     SettingsError,
     SpendNotConfirmed,
 )
-from nosana_magic.job import ConfidentialJob, jobs
+from nosana_magic.job import ConfidentialJob, JobInterrupted, jobs
 from nosana_magic.magics import NosanaMagics
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.markets import format_usd
@@ -152,6 +154,12 @@ def test_a_confidential_job_runs_on_credits_end_to_end(
     spent = after["settledCredits"]
     assert (f"credits: {format_usd(5.0 - spent)} available ({format_usd(spent)} spent since "
             "this job was listed, $0.00 still reserved)") in out
+    # The summary and the handle speak of credits in dollars, not of the NOS on chain.
+    summary = summary_text(run)
+    assert run.cost_usd is not None and 0 <= run.cost_usd < 0.0092
+    assert f"cost {format_usd(run.cost_usd)} in credits" in summary and " NOS" not in summary
+    assert "$0.055/h in credits, cost " in run._repr_html_() and " NOS" not in run._repr_html_()
+    assert summary in out
 
     # The key appears nowhere the user or the public sees.
     with capture_output() as more:
@@ -289,7 +297,7 @@ def test_a_running_credit_job_is_extended_and_stopped_with_the_key(
         shell.run_line_magic("nosana", f"stop {run.address}")
     run.wait(PATIENCE)
     assert run.status == "stopped"
-    assert captured.stdout.strip().splitlines()[-1] == f"job {run.address} stopped"
+    assert f"job {run.address} stopped" in captured.stdout.splitlines()
     # Charged for the seconds it ran, not the 15 minutes it held; nothing still held.
     after = balance(node, key)
     assert after["reservedCredits"] == 0
@@ -390,7 +398,7 @@ def test_a_queued_credit_job_stopped_is_delisted_and_costs_nothing(
         shell.run_line_magic("nosana", f"stop {run.address}")
     run.wait(PATIENCE)
     assert run.status == "stopped" and not run.logs
-    assert captured.stdout.strip().splitlines()[-1] == f"job {run.address} stopped"
+    assert f"job {run.address} stopped" in captured.stdout.splitlines()
     # Delisted through Nosana's API with the key: the whole reservation comes back.
     after = balance(node, key)
     assert (after["reservedCredits"], after["settledCredits"]) == (0, 0)
@@ -438,3 +446,34 @@ def test_the_pay_trait_chooses_and_the_flag_wins(
     run: ConfidentialJob = shell.user_ns["run"]
     assert run.ok and "credits: $5.00 available" in by_flag.stdout
     assert node.job(run.address or "").project == node.ledger.credits.account(key).address
+
+
+def test_ctrl_c_stops_a_credit_job_and_says_what_it_cost(
+        node: DevNode, shell: InteractiveShell, key: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    shell.user_ns.pop("stopped", None)
+
+    def interrupt_once_running() -> None:
+        def running() -> bool:
+            job = shell.user_ns.get("stopped")
+            return job is not None and job.phase == "running" and bool(job.logs)
+        wait_until(running, what="the job running")
+        signal.raise_signal(signal.SIGINT)  # what a kernel interrupt does
+
+    timer = threading.Thread(target=interrupt_once_running, daemon=True)
+    timer.start()
+    with capture_output() as captured:
+        result = shell.run_cell(
+            f"%%{MAGIC} -m local-cpu -t 10m -o stopped\n{cell(op('long', 'echo up; sleep 300'))}")
+    timer.join(PATIENCE)
+    run: ConfidentialJob = shell.user_ns["stopped"]
+    assert isinstance(result.error_in_exec, JobInterrupted)
+    assert run.done and run.status == "stopped"
+    # Stopped by its host with the signing service's header, and charged for the seconds run.
+    after = balance(node, key)
+    assert after["reservedCredits"] == 0 and 0 < after["settledCredits"] < 0.0092
+    spent = after["settledCredits"]
+    assert (f"credits: {format_usd(5.0 - spent)} available ({format_usd(spent)} spent since "
+            "this job was listed, $0.00 still reserved)") in captured.stdout
+    assert f"job {run.address} stopped" in captured.stdout.splitlines()
