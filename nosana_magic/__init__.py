@@ -44,6 +44,7 @@ _EXPORTS = {
     "SpendNotConfirmed": "errors",
     "NetworkError": "errors",
     "UnknownMarketError": "errors",
+    "InsufficientCreditsError": "errors",
     "InsufficientFundsError": "errors",
     "TransactionFailedError": "errors",
     "IpfsError": "errors",
@@ -63,6 +64,7 @@ __all__ = [
     "ConfidentialJob",
     "FlowState",
     "HostError",
+    "InsufficientCreditsError",
     "InsufficientFundsError",
     "IpfsError",
     "JobDefinition",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
 
     from .errors import (
         HostError,
+        InsufficientCreditsError,
         InsufficientFundsError,
         IpfsError,
         JobDefinitionError,

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
+from .network.markets import format_usd
 from .protocol import format_duration, short_address
 from .runner import call_soon, get_loop, in_runner_thread, run_sync
 
@@ -158,12 +159,18 @@ class Summary:
     results: tuple[tuple[str, Any], ...]
     urls: tuple[ServiceUrl, ...]
     reason: str
+    #: USD, when credits pay (then ``price`` and the cost are in credits, not NOS).
+    cost_usd: float | None = None
 
     @classmethod
     def of(cls, job: ConfidentialJob) -> Summary:
         market = job.market
         price = (f"{market.nos_per_hour:.4g} NOS/h"
                  if market is not None and market.price_per_second else "")
+        cost_usd = job.cost_usd
+        if cost_usd is not None and market is not None:
+            # Paid with credits: the NOS on chain are Nosana's, the dollars are the user's.
+            price = f"{format_usd(market.usd_per_hour_with_fee or 0)}/h in credits"
         done = job.done
         return cls(
             address=job.address, network=job.network_name, status=str(job.status),
@@ -172,7 +179,7 @@ class Summary:
             ops=tuple((op_id, op.status, None if op.exit_code is None or not op.ran
                        else op.exit_code) for op_id, op in job.ops.items()),
             results=tuple(job.results.items()), urls=tuple(job.urls),
-            reason=job.reason if done else "",
+            reason=job.reason if done else "", cost_usd=cost_usd,
         )
 
     def service_status(self, url: ServiceUrl) -> str:
@@ -193,7 +200,10 @@ class Summary:
             details.append(f"market {self.market}")
         if self.node:
             details.append(f"node {self.node}")
-        if self.cost is not None:
+        if self.cost_usd is not None:
+            details.append(f"{'cost' if self.done else 'at most'} {format_usd(self.cost_usd)} "
+                           "in credits")
+        elif self.cost is not None:
             details.append(f"{'cost' if self.done else 'at most'} {_nos(self.cost)} NOS")
         if details:
             lines.append("  " + " · ".join(details))

@@ -18,6 +18,7 @@ The tree::
      │    ├── NetworkError              the ledger, IPFS or a market refused or is unreachable
      │    │    ├── UnknownMarketError   no such market (also a LookupError)
      │    │    ├── InsufficientFundsError  the wallet cannot pay; says what is missing
+     │    │    ├── InsufficientCreditsError  the API key's credits cannot pay (402)
      │    │    ├── TransactionFailedError  the cluster rejected a transaction (``logs``)
      │    │    └── IpfsError            pinning or reading a document failed, or no JWT
      │    ├── HostError                 a job's host refused a request or stopped answering
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostError",
+    "InsufficientCreditsError",
     "InsufficientFundsError",
     "IpfsError",
     "JobDefinitionError",
@@ -163,6 +165,10 @@ class UnknownMarketError(NetworkError, LookupError):
 
 class InsufficientFundsError(NetworkError):
     """The wallet cannot pay for what was asked; the message says what is missing and how much."""
+
+
+class InsufficientCreditsError(NetworkError):
+    """The API key's credits do not cover what was asked; nothing was listed or added."""
 
 
 class TransactionFailedError(NetworkError):

@@ -38,8 +38,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import HostError
 from .results import FlowState, InfoEvent, NodeLogEntry
+from .signer import Signer
 from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
-from .wallet import Wallet
 
 __all__ = [
     "Backoff",
@@ -164,7 +164,7 @@ class HostClient:
         self,
         base_url: str,
         job: str,
-        wallet: Wallet,
+        signer: Signer,
         *,
         http: httpx.AsyncClient | None = None,
         retry: Retry = _DEFAULT_RETRY,
@@ -172,7 +172,9 @@ class HostClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.job = job
-        self.wallet = wallet
+        #: Who signs the requests: the job's project (a wallet, or the signing service's
+        #: header for a credit job; docs/protocol.md §3, §24).
+        self.signer = signer
         self.retry = retry
         self._redact = redact or (lambda text: text)
         self._http = http or http_client_for(self.base_url)
@@ -207,7 +209,7 @@ class HostClient:
     def _auth(self) -> str:
         # The host checks the signer and the timestamp, not the message (docs/protocol.md §3);
         # the job address is a message without ":" that says what the header is for.
-        return self.wallet.auth_header(self.job)
+        return self.signer.auth_header(self.job)
 
     def _headers(self, *, legacy: bool = False) -> dict[str, str]:
         header = self._auth()
@@ -616,7 +618,7 @@ class HostClient:
     def _log_subscription(self) -> str:
         """The first frame of a ``/log`` connection: which job, signed by its owner."""
         return json.dumps({"path": "/log", "header": self._auth(),
-                           "body": {"jobAddress": self.job, "address": self.wallet.address}})
+                           "body": {"jobAddress": self.job, "address": self.signer.address}})
 
     def _closed(self, exc: ConnectionClosed, route: str) -> str:
         """Why the host closed the log socket, in one line; raises :class:`HostError` when

@@ -182,6 +182,7 @@ class ConfidentialJob(JobRecord):
     ledger        the ledger's last record of it
     price         NOS per second
     cost          NOS: what it cost once done, else the most it can cost
+    cost_usd      the same in USD when credits pay (else None)
     timeout       its timeout in seconds (extensions included)
     started_at    Unix time the host started it
     ended_at      Unix time it ended
@@ -264,7 +265,14 @@ class ConfidentialJob(JobRecord):
             rows.append(("node", html.escape(self.node)))
         if self.elapsed is not None:
             rows.append(("elapsed", html.escape(format_duration(self.elapsed))))
-        if self.price is not None:
+        usd = self.cost_usd
+        if usd is not None and self.market is not None:
+            from .network.markets import format_usd
+
+            money = (f"{format_usd(self.market.usd_per_hour_with_fee or 0)}/h in credits, "
+                     f"{'cost' if self.done else 'at most'} {format_usd(usd)}")
+            rows.append(("price", html.escape(money)))
+        elif self.price is not None:
             cost = self.cost
             money = f"{self.price:.6g} NOS/s"
             if cost is not None:
@@ -528,6 +536,7 @@ def run_confidential(
     network: str | Network | None = None,
     node: str | None = None,
     private: Private = "both",
+    pay: str | None = None,
     wait: bool = True,
     env: Mapping[str, str] | None = None,
     namespace: Mapping[str, Any] | None = None,
@@ -543,16 +552,19 @@ def run_confidential(
     a :class:`Network`. ``private``: what is kept private, ``"both"`` (the definition and
     the results, as the Nosana CLI's confidential jobs), ``"input"`` (the host pins the
     results publicly) or ``"results"`` (the definition is pinned publicly: it must hold no
-    secret). ``env`` (default: the process environment) and ``namespace`` resolve ``${env:…}`` and
-    ``${var:…}`` just before the definition is sent to the host; ``params`` resolve
-    ``${param:…}`` (a sweep runs one job per parameter set: :func:`nosana_magic.sweep`).
-    The job is recorded in the local store of ``settings`` as it goes. Failures do not raise
-    here: check ``job.ok`` or call ``job.raise_for_status()``.
+    secret). ``pay``: ``"credits"`` (the API key in ``NOSANA_API_KEY``) or ``"wallet"``
+    (default: credits when an API key is set). ``env`` (default: the process environment) and
+    ``namespace`` resolve ``${env:…}`` and ``${var:…}`` just before the definition is sent to
+    the host; ``params`` resolve ``${param:…}`` (a sweep runs one job per parameter set:
+    :func:`nosana_magic.sweep`). The job is recorded in the local store of ``settings`` as it
+    goes. Failures do not raise here: check ``job.ok`` or call ``job.raise_for_status()``.
     """
     _check_private(private)
     base = settings or Settings.from_env()
     if market is not None:
         base = base.with_overrides(market=market)
+    if pay is not None:
+        base = base.with_overrides(pay=pay)
     if timeout is not None:
         try:
             seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)

@@ -48,6 +48,7 @@ from .protocol import (
 from .record import JobRecord
 from .results import FlowState, LogLine, ServiceUrl
 from .settings import reference_env
+from .signer import Signer
 from .transport import Backoff, Retry
 
 __all__ = ["JobMachine", "Private"]
@@ -119,6 +120,7 @@ class JobMachine:
         self._results_timeout = results_timeout
         self._retry = retry
         self._host: HostClient | None = None
+        self._signer_of_job: Signer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -186,10 +188,10 @@ class JobMachine:
         job = self.job
         if job.state is JobState.RUNNING and job.node is not None:
             try:
-                await self._host_client().stop()
+                await (await self._host_client()).stop()
                 job._mark("stop-sent")
                 return
-            except HostError as exc:
+            except (HostError, NetworkError) as exc:
                 log.info("host stop failed (%s); stopping on the ledger", exc)
             except RuntimeError:
                 if self._finishing:
@@ -253,7 +255,7 @@ class JobMachine:
             # Like stop(): the host first, one bounded POST (a ledger stop on Solana is a
             # transaction, which rarely fits these budgets), then the ledger.
             try:
-                host = self._host_client()
+                host = await asyncio.wait_for(self._host_client(), timeout / 4)
                 await asyncio.wait_for(host.stop(timeout=timeout / 2), timeout / 2 + 0.5)
                 job._warn(f"job {job.address} was stopped after the failure")
                 return
@@ -283,14 +285,26 @@ class JobMachine:
         self._namespace = None
         self.job._settle()
 
-    def _host_client(self) -> HostClient:
+    async def _signer(self, project: str | None = None) -> Signer:
+        """The job's project as a signer (asked of the network once: with credits, that is
+        one request to the signing service). ``project``: the ledger's, if not yet recorded."""
+        job = self.job
+        assert job.address is not None
+        if self._signer_of_job is None:
+            if project is None and job.ledger is not None:
+                project = job.ledger.project
+            self._signer_of_job = await self.network.signer(job.address, project or None)
+        return self._signer_of_job
+
+    async def _host_client(self) -> HostClient:
         job = self.job
         assert job.address is not None and job.node is not None
+        signer = await self._signer()
         if self._host is None:
             self._host = HostClient(
                 self.network.node_url(job.node),
                 job.address,
-                self.network.wallet,
+                signer,
                 retry=self._retry,
                 # Looked up per call: the redactor is known only once the definition is resolved.
                 redact=lambda text: self.job._redactor.redact(text),
@@ -371,10 +385,8 @@ class JobMachine:
         job = self.job
         assert job.address is not None
         info = await self.network.job(job.address)
-        wallet = self.network.wallet.address
-        if info.project and info.project != wallet:
-            raise Failure(f"job {job.address} was posted by {info.project}, not by this wallet "
-                          f"({wallet}): its host will not answer us")
+        # Refuses a job this wallet (or API key) did not list: its host would not answer.
+        await self._signer(info.project)
         job._set_ledger(info)
         try:
             job._set_market(await self.network.market(info.market))
@@ -392,7 +404,7 @@ class JobMachine:
             return  # ended before it ran (delisted): nothing to collect
         job._mark("running")
         self._precompute_urls(definition)
-        host = self._host_client()
+        host = await self._host_client()
         streams = HostStreams(job, self._retry)
         log_task = asyncio.create_task(streams.follow_logs(host))
         self._tasks += [log_task, asyncio.create_task(streams.follow_info(host))]
@@ -489,7 +501,7 @@ class JobMachine:
         """
         if self.private == "input":
             return await self._public_result()
-        host = self._host_client()
+        host = await self._host_client()
         self.job._set_phase("collecting-results")
         late = self.job._info_end is None and self._ledger_done()
         timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout

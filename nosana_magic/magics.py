@@ -8,7 +8,8 @@ Settings precedence, highest first:
 1. a flag on the magic line (``--market``, ``--timeout``, ``--network``, ``--node``);
 2. a ``%config NosanaMagics.<trait>`` value (or ``c.NosanaMagics.<trait>`` in a config file);
 3. the environment (``NOSANA_NETWORK``, ``NOSANA_MARKET``, ``NOSANA_TIMEOUT``,
-   ``NOSANA_DEVNODE_URL``, ``NOSANA_NODE_URL_TEMPLATE``, ``NOSANA_RPC_URL``, ``NOSANA_WALLET``);
+   ``NOSANA_DEVNODE_URL``, ``NOSANA_NODE_URL_TEMPLATE``, ``NOSANA_RPC_URL``, ``NOSANA_WALLET``,
+   ``NOSANA_PAY``, ``NOSANA_API_KEY``);
 4. the defaults of :class:`~nosana_magic.settings.Settings` (the local network, 30 minutes).
 
 A trait left at ``None`` is *unset*, so the environment shows through it. Traits hold no
@@ -47,7 +48,7 @@ from IPython.core.magic import (
 from traitlets import Bool, Int, TraitError, Unicode, validate
 
 from .display import JobView, Table, follow, in_kernel
-from .errors import SpendNotConfirmed
+from .errors import NosanaError, SpendNotConfirmed
 from .protocol import DurationError, format_duration, parse_duration
 from .settings import reference_env
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .job import ConfidentialJob, Private
     from .jobdef import JobDefinition
     from .network.base import Market, Network
+    from .network.nosana_api import CreditBalance
     from .settings import Settings
     from .sweeps import Runs
 
@@ -311,12 +313,31 @@ def _recorded(magics: NosanaMagics, ref: str, network: str | None) -> tuple[str,
 
 @_command("markets", "%nosana markets [--network NETWORK]", "a network's markets")
 def _markets(magics: NosanaMagics, args: argparse.Namespace) -> Table:
-    """The markets of a network: address, price per hour, idle hosts."""
+    """The markets of a network: address, price per hour (in NOS, and in credits where the
+    market says), idle hosts."""
+    from .network.markets import format_usd
+
     settings = magics.settings(network=args.network)
     markets = _with_network(settings, lambda network: network.markets())
-    rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}", str(m.idle_hosts)] for m in markets]
-    return Table(["market", "address", "NOS/h", "idle hosts"], rows,
+    rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}",
+             "" if (usd := m.usd_per_hour_with_fee) is None else format_usd(usd),
+             str(m.idle_hosts)] for m in markets]
+    return Table(["market", "address", "NOS/h", "credits/h", "idle hosts"], rows,
                  title=f"markets on {settings.network}")
+
+
+@_command("credits", "%nosana credits [--network NETWORK]", "the API key's credit balance")
+def _credits(magics: NosanaMagics, args: argparse.Namespace) -> Table:
+    """The credits of the API key (NOSANA_API_KEY): assigned, reserved for jobs that have
+    not ended, settled (spent) and available, in USD."""
+    from .network.markets import format_usd
+
+    settings = magics.settings(network=args.network, pay="credits")
+    balance = _with_network(settings, _balance)
+    rows = [[name, format_usd(value)] for name, value in (
+        ("assigned", balance.assigned), ("reserved", balance.reserved),
+        ("settled", balance.settled), ("available", balance.available))]
+    return Table(["credits", "USD"], rows, title=f"nosana credits on {settings.network}")
 
 
 @_command("config", "%nosana config", "the settings and their sources")
@@ -365,6 +386,20 @@ class NosanaMagics(Magics):
     confirm_spend = Bool(
         True, help="Ask before listing a job on devnet/mainnet (headless runs refuse "
                    "unless --yes or this is False).").tag(config=True)
+    pay = Unicode(
+        None, allow_none=True,
+        help="How jobs are paid: credits (a Nosana API key, from NOSANA_API_KEY or the "
+             "credentials file, never a trait) or wallet. Unset: NOSANA_PAY, else credits "
+             "when an API key is set, else the wallet.").tag(config=True)
+
+    @validate("pay")
+    def _check_pay(self, proposal: dict[str, Any]) -> str | None:
+        from .settings import PAYMENTS
+
+        value = proposal["value"]
+        if value is not None and value.lower() not in PAYMENTS:
+            raise TraitError(f"pay must be one of {', '.join(PAYMENTS)}, got {value!r}")
+        return None if value is None else str(value).lower()
 
     @validate("network")
     def _check_network(self, proposal: dict[str, Any]) -> str | None:
@@ -414,7 +449,7 @@ class NosanaMagics(Magics):
         """The traits that are set (``None`` means unset: the environment shows through)."""
         return {name: getattr(self, name)
                 for name in ("network", "market", "timeout", "devnode_url",
-                             "node_url_template", "rpc_url")
+                             "node_url_template", "rpc_url", "pay")
                 if getattr(self, name) is not None}
 
     def settings(self, **flags: Any) -> Settings:
@@ -457,6 +492,9 @@ class NosanaMagics(Magics):
                    "DataFrame); with --sweep, every row with every grid point.")
     @argument("--parallel", type=int, metavar="N",
               help="A sweep's jobs that run at once (default 4).")
+    @argument("--pay", choices=["credits", "wallet"],
+              help="Pay with the API key's credits (NOSANA_API_KEY) or the wallet (default: "
+                   "credits when an API key is set).")
     @_cell_magic
     def nosana_confidential(self, line: str, cell: str) -> ConfidentialJob | Runs | None:
         """Run the cell's Nosana job definition (JSON, comments allowed) as a confidential job.
@@ -494,18 +532,14 @@ class NosanaMagics(Magics):
         definition.check_references(env=reference_env(), namespace=namespace,
                                     params=sets[0] if sets else None)
 
-        settings = self.settings(network=args.network, market=args.market, timeout=timeout)
-        if settings.network != "local":
-            self._confirm_spend(settings, node=args.node, assume_yes=args.yes,
-                                jobs=len(sets) if sets else 1)
-        elif settings.market is not None and settings.devnode_url:
-            # A devnode started by hand: ask it now, so an unknown market is one line, before
-            # anything is pinned. (The embedded one is checked before it is started.)
-            market = settings.market
-            _with_network(settings, lambda network: network.market(market))
+        settings = self.settings(network=args.network, market=args.market, timeout=timeout,
+                                 pay=args.pay)
+        settings, credits = self._before_listing(settings, node=args.node,
+                                                 assume_yes=args.yes,
+                                                 jobs=len(sets) if sets else 1)
         if sets is not None:
             return self._run_sweep(args, definition, sets, settings, namespace)
-        return self._run_one(args, definition, settings, namespace)
+        return self._run_one(args, definition, settings, namespace, credits)
 
     def _cell_args(self, line: str) -> tuple[argparse.Namespace, int | None]:
         args = parse_argstring(self.nosana_confidential, line)
@@ -560,7 +594,8 @@ class NosanaMagics(Magics):
         return "input" if args.send_only else "results" if args.receive_only else "both"
 
     def _run_one(self, args: argparse.Namespace, definition: JobDefinition,
-                 settings: Settings, namespace: dict[str, Any]) -> ConfidentialJob | None:
+                 settings: Settings, namespace: dict[str, Any],
+                 credits: CreditBalance | None) -> ConfidentialJob | None:
         from .job import run_confidential
 
         notices = _Notices()
@@ -576,7 +611,14 @@ class NosanaMagics(Magics):
             # The live view shows the job; a returned handle would be a second display of it,
             # a snapshot that goes stale. The handle is in -o NAME, or `%nosana status`.
             return None
-        follow(job, view, each=notices.flush)
+        try:
+            follow(job, view, each=notices.flush)
+        finally:
+            # Also after a Ctrl-C (the job stopped): what was spent is part of what happened.
+            if credits is not None and job.done:
+                # A further Ctrl-C skips the line, never the report of how the job ended.
+                with contextlib.suppress(KeyboardInterrupt):
+                    self._credits_after(settings, credits)
         job.raise_for_status()
         # With -o the handle is in its variable and the view's summary shows how it ended.
         return None if args.out else job
@@ -602,6 +644,78 @@ class NosanaMagics(Magics):
         follow_sweep(runs, view, each=notices.flush)
         return None if args.out else runs
 
+    def _before_listing(self, settings: Settings, *, node: str | None, assume_yes: bool,
+                        jobs: int = 1) -> tuple[Settings, CreditBalance | None]:
+        """What must hold before anything is pinned: the cost stated (and confirmed on a paid
+        network), the credits checked. Returns the settings to list with (with credits, the
+        market the cost was stated for, so the job cannot pick another) and the balance when
+        credits pay."""
+        if settings.pays_with == "credits":
+            chosen, balance = self._confirm_credits(settings, assume_yes=assume_yes, jobs=jobs)
+            if settings.market is None:
+                settings = settings.with_overrides(market=chosen.address)
+            return settings, balance
+        if settings.network != "local":
+            self._confirm_spend(settings, node=node, assume_yes=assume_yes, jobs=jobs)
+        elif settings.market is not None and settings.devnode_url:
+            # A devnode started by hand: ask it now, so an unknown market is one line, before
+            # anything is pinned. (The embedded one is checked before it is started.)
+            market = settings.market
+            _with_network(settings, lambda network: network.market(market))
+        return settings, None
+
+    def _confirm_credits(self, settings: Settings, *, assume_yes: bool,
+                         jobs: int = 1) -> tuple[Market, CreditBalance]:
+        """The credits path: the job's most cost in USD and the balance, before listing; the
+        same question as for a wallet on a paid network; too few credits list nothing."""
+        from .errors import InsufficientCreditsError
+        from .network.markets import CreditEstimate
+
+        if settings.market is None and settings.network != "local":
+            raise UsageError(f"--market is required on {settings.network}")
+
+        async def query(network: Network) -> tuple[Market, CreditBalance]:
+            if settings.market is not None:
+                market = await network.market(settings.market)
+            else:  # as the job will choose: a local market with an idle host first
+                markets = await network.markets()
+                market = ([m for m in markets if m.idle_hosts > 0] or markets)[0]
+            return market, await _balance(network)
+
+        market, balance = _with_network(settings, query)
+        estimate = CreditEstimate(settings.network, market.slug, market.usd_per_hour_with_fee,
+                                  settings.timeout, balance.available, jobs=jobs)
+        print(estimate.describe())
+        if not estimate.covered:
+            raise InsufficientCreditsError(f"{settings.network}: {estimate.shortfall()}")
+        if settings.network != "local" and not assume_yes and self.confirm_spend:
+            self._confirmed(settings, f"List the {'job' if jobs == 1 else f'{jobs} jobs'} and "
+                                      "spend these credits? [y/N] ")
+        return market, balance
+
+    def _credits_after(self, settings: Settings, before: CreditBalance) -> None:
+        """After the job: what the credits were charged, and what is left."""
+        from .network.markets import format_usd
+
+        try:
+            after = _with_network(settings, _balance)
+        except NosanaError as exc:
+            print(f"credits: the balance could not be read: {exc}")
+            return
+        print(f"credits: {format_usd(after.available)} available "
+              f"({format_usd(after.settled - before.settled)} spent since this job was listed, "
+              f"{format_usd(after.reserved)} still reserved)")
+
+    def _confirmed(self, settings: Settings, prompt: str) -> None:
+        """Ask; refuse (:class:`SpendNotConfirmed`) unless someone answers yes."""
+        answer = self._ask(prompt)
+        if answer is None:
+            raise SpendNotConfirmed(
+                f"not listed: nobody can confirm spending on {settings.network} in this "
+                "session; pass --yes or set %config NosanaMagics.confirm_spend = False")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise SpendNotConfirmed("not listed: spending was not confirmed")
+
     def _confirm_spend(
         self, settings: Settings, *, node: str | None = None, assume_yes: bool, jobs: int = 1
     ) -> None:
@@ -623,14 +737,8 @@ class NosanaMagics(Magics):
             print(f"  {detail}")
         if assume_yes or not self.confirm_spend:
             return
-        answer = self._ask(f"List the {'job' if jobs == 1 else f'{jobs} jobs'} and spend this? "
-                           "[y/N] ")
-        if answer is None:
-            raise SpendNotConfirmed(
-                f"not listed: nobody can confirm spending on {settings.network} in this "
-                "session; pass --yes or set %config NosanaMagics.confirm_spend = False")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise SpendNotConfirmed("not listed: spending was not confirmed")
+        self._confirmed(settings, f"List the {'job' if jobs == 1 else f'{jobs} jobs'} and "
+                                  "spend this? [y/N] ")
 
     def _ask(self, prompt: str) -> str | None:
         """``input(prompt)`` when a person can answer; ``None`` in a headless run."""
@@ -672,7 +780,7 @@ class NosanaMagics(Magics):
               help="attach: return at once; the view keeps updating.")
     @argument("-q", "--quiet", action="store_true", help="attach: status only.")
     @argument("--network", choices=["local", "devnet", "mainnet"],
-              help="attach/markets: the network (default: the configured one).")
+              help="attach/markets/credits: the network (default: the configured one).")
     @argument("--last", type=int, default=20, metavar="N",
               help="jobs: the N latest runs (default 20).")
     @argument("--sweep", metavar="NAME", help="jobs, forget: a sweep's jobs.")
@@ -751,6 +859,17 @@ def _usage_text(doc: str | None, name: str, *, cell: bool) -> str:
     if cell:
         usage = usage.replace(f"%{name}", f"%%{name}", 1)
     return f"usage: {usage.strip()}\n\n{rest.strip()}"
+
+
+async def _balance(network: Network) -> CreditBalance:
+    """The credit balance of a network paid with credits (:class:`NetworkError` otherwise)."""
+    from .errors import NetworkError
+
+    read = getattr(network, "balance", None)
+    if read is None or network.pays_with != "credits":
+        raise NetworkError(f"{network.name} network: not paid with credits, so no balance")
+    balance: CreditBalance = await read()
+    return balance
 
 
 def _with_network(settings: Settings,

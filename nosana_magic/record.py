@@ -199,12 +199,25 @@ class JobRecord:
         """NOS: what the job cost once done, else the most it can cost (price × timeout)."""
         if self.price is None:
             return None
+        return self._charged_seconds() * self.price
+
+    @property
+    def cost_usd(self) -> float | None:
+        """USD, for a job paid with credits (else ``None``): what it cost once done, else the
+        most it can cost (the market's credit price × timeout)."""
+        if getattr(self.network, "pays_with", "wallet") != "credits" or self.market is None:
+            return None
+        per_hour = self.market.usd_per_hour_with_fee
+        return None if per_hour is None else self._charged_seconds() * per_hour / 3600
+
+    def _charged_seconds(self) -> float:
+        """The seconds paid for: those it ran once done, else the whole timeout."""
         info = self.ledger
         if self.done and info is not None and info.time_start and info.time_end:
-            return max(0, info.time_end - info.time_start) * self.price
+            return max(0, info.time_end - info.time_start)
         if self.done and info is not None and info.time_start is None:
             return 0.0  # never ran
-        return self.price * self.timeout
+        return float(self.timeout)
 
     @property
     def elapsed(self) -> float | None:

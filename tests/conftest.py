@@ -37,6 +37,7 @@ from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.devnode.host import JobRecord
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.base import JobState
+from nosana_magic.protocol import now_ms
 from nosana_magic.wallet import Wallet
 
 from .waiting import PATIENCE, until
@@ -480,6 +481,52 @@ class Project:
 def project(devnode: DevNode) -> Iterator[Project]:
     """A wallet that posts jobs to the ``devnode`` fixture and signs its host requests."""
     with Project(devnode) as p:
+        yield p
+
+
+class CreditProject(Project):
+    """A :class:`Project` that pays with an API key: its ledger calls carry ``Bearer <key>``
+    and its node headers come from the devnode's signing service (signed by the key's
+    project key), as a credits user reaches a host."""
+
+    def __init__(self, node: DevNode, key: str | None = None) -> None:
+        super().__init__(node)
+        self.key = key if key is not None else node.api_key
+
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def address(self) -> str:
+        """The key's project address (what jobs listed with it have as ``project``)."""
+        return self.node.ledger.credits.account(self.key).address
+
+    def sign(self, message: str = "nosana-auth", **body: Any) -> httpx.Response:
+        return self.http.post(f"{self.node.client_manager_url}/auth/sign-message/external",
+                              json={"message": message, **body}, headers=self.api_headers())
+
+    def header(self, message: str = "nosana-auth", **kw: Any) -> dict[str, str]:
+        response = self.sign(message)
+        assert response.status_code == 200, response.text
+        signature = response.json()["signature"]
+        base = signature if ":" in signature else f"{message}:{signature}"
+        return {"Authorization": f"{base}:{now_ms()}"}
+
+    def list_answer(self, *, market: str = "local-cpu", timeout: int = 60) -> httpx.Response:
+        body = {"ipfsHash": self.pin(PLACEHOLDER), "market": market, "timeout": timeout}
+        return self.http.post("/api/jobs/list", json=body, headers=self.api_headers())
+
+    def balance(self) -> dict[str, Any]:
+        response = self.http.get("/api/credits/balance", headers=self.api_headers())
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+@pytest.fixture
+def credit_user(devnode: DevNode) -> Iterator[CreditProject]:
+    """The ``devnode`` fixture's own API key, as a :class:`CreditProject`."""
+    with CreditProject(devnode) as p:
         yield p
 
 

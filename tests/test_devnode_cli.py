@@ -49,17 +49,32 @@ def finish(process: subprocess.Popen[str], sig: int) -> str:
 
 @pytest.mark.slow
 def test_cli_serves_and_stops_on_ctrl_c() -> None:
-    process, lines = start("--hosts", "3", "--results-window", "1", "--legacy-routes")
+    key = "nos_" + "c" * 40
+    process, lines = start("--hosts", "3", "--results-window", "1", "--legacy-routes",
+                           "--api-key", key, "--credits", "3")
     url = lines[0].rsplit(" ", 1)[1]
     assert url.startswith("http://127.0.0.1:")
     assert any("RUN" in line.upper() and "THIS MACHINE" in line.upper() for line in lines)
     assert sum(line.startswith("host ") for line in lines) == 3
     assert sum(line.startswith("market ") for line in lines) == 2
+    assert f"API key ($3.00 of local credits): {key}" in lines
+    assert f"signing service: {url}/client-manager" in lines
     with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
         assert len(client.get("/").json()["hosts"]) == 3
+        balance = client.get("/api/credits/balance", headers={"Authorization": f"Bearer {key}"})
+        assert balance.json()["assignedCredits"] == 3.0
     out = finish(process, signal.SIGINT)
     assert process.returncode == 0
     assert "devnode stopped" in out
+
+
+def test_cli_refuses_a_key_that_is_not_a_nosana_key() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["--api-key", "sk_live_123"], ["--credits", "-1"]):
+        done = subprocess.run([sys.executable, "-m", "nosana_magic.devnode", *args],
+                              capture_output=True, text=True, env=env, cwd=ROOT,
+                              timeout=PATIENCE)
+        assert done.returncode == 2 and done.stderr.startswith("--"), done.stderr
 
 
 @pytest.mark.slow
@@ -75,7 +90,7 @@ def test_cli_sigterm_kills_running_jobs() -> None:
                           headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
                                    "x-user-id": wallet.address}).json()["job"]
         deadline = time.monotonic() + PATIENCE
-        while client.get(f"/api/jobs/{job}").json()["node"] is None:
+        while client.get(f"/api/jobs/{job}").json()["state"] == 0:  # QUEUED
             assert time.monotonic() < deadline
             time.sleep(0.05)
         node = client.get(f"/api/jobs/{job}").json()["node"]

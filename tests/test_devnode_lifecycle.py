@@ -14,6 +14,9 @@ from nosana_magic.devnode.host import NOT_COLLECTED
 from .conftest import FAST, PLACEHOLDER, Project, definition, op
 from .waiting import PATIENCE, wait_until
 
+#: The Nosana API's numeric job states.
+QUEUED, COMPLETED, STOPPED = 0, 2, 3
+
 
 def public_result(project: Project, job: str, timeout: float = PATIENCE) -> dict[str, Any]:
     info = project.node.wait_job(job, timeout=timeout)
@@ -45,7 +48,7 @@ def test_confidential_job_end_to_end(project: Project) -> None:
     assert blank == {"status": "success", "startTime": result["startTime"],
                      "endTime": result["endTime"], "opStates": [], "errors": []}
     info = project.job(job)
-    assert info["state"] == "COMPLETED" and info["timeEnd"] is not None
+    assert info["state"] == COMPLETED and info["timeEnd"] > 0
     # Nothing private reached IPFS: neither the definition nor its secret nor the logs.
     for blob in project.node.ipfs.all().values():
         assert secret.encode() not in blob and b"loss=0.25" not in blob
@@ -101,7 +104,7 @@ def test_node_stop_route_expires_the_job_now(project: Project) -> None:
     (long,) = result["opStates"]
     assert long["diagnostics"]["reason"]["jobExpired"] is True
     assert public_result(project, job)["status"] == "success"
-    assert project.job(job)["state"] == "COMPLETED"
+    assert project.job(job)["state"] == COMPLETED
 
 
 def test_project_ends_a_running_job(project: Project) -> None:
@@ -114,7 +117,7 @@ def test_project_ends_a_running_job(project: Project) -> None:
     blank = public_result(project, job)
     assert blank["status"] == "stopped"
     info = project.job(job)
-    assert info["state"] == "STOPPED" and info["ipfsResult"] is not None
+    assert info["state"] == STOPPED and info["ipfsResult"] is not None
 
 
 def test_project_ends_a_job_waiting_for_its_definition(project: Project) -> None:
@@ -124,7 +127,7 @@ def test_project_ends_a_job_waiting_for_its_definition(project: Project) -> None
     project.collect(job)
     blank = public_result(project, job)
     assert blank["status"] == "waiting-for-job-definition"
-    assert project.job(job)["state"] == "STOPPED"
+    assert project.job(job)["state"] == STOPPED
 
 
 def test_expiry_ends_the_wait_for_a_definition(project: Project) -> None:
@@ -178,7 +181,7 @@ def test_public_job_runs_its_pinned_definition_and_publishes_everything(
     result = public_result(project, job)
     assert result["status"] == "success"
     assert result["opStates"][0]["logs"][0]["log"] == "public hello\n"
-    assert project.job(job)["state"] == "COMPLETED"
+    assert project.job(job)["state"] == COMPLETED
 
 
 def test_missing_placeholder_fails_the_job(project: Project) -> None:
@@ -193,7 +196,7 @@ def test_a_busy_host_takes_no_other_job(project: Project) -> None:
     first = project.submit(definition(op("long", "sleep 30")))
     second = project.post_placeholder()
     time.sleep(0.3)
-    assert project.job(second)["state"] == "QUEUED"
+    assert project.job(second)["state"] == QUEUED
     market = project.http.get("/api/markets/local-cpu/").json()
     assert market["idle_hosts"] == 0 and market["queued_jobs"] == 1
     project.post(first, "/stop")

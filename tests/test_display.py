@@ -66,6 +66,7 @@ class FakeJob:
         self.ok = False
         self.elapsed: float | None = 1.0
         self.cost: float | None = None
+        self.cost_usd: float | None = None
         self.ops: dict[str, Op] = {}
         self.results: dict[str, Any] = {}
         self.urls: list[ServiceUrl] = []

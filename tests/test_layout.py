@@ -15,7 +15,8 @@ PACKAGE = Path(nosana_magic.__file__).parent
 #: ops' child processes inherit). Keyed by module, then function (``""``: module level).
 ENVIRONMENT_READERS = {
     "nosana_magic.settings": {"reference_env", "Settings.from_env", "Settings.read_wallet_secret",
-                              "Settings.read_pinata_jwt", "credentials_file", "find_pinata_jwt",
+                              "Settings.read_pinata_jwt", "Settings.read_api_key",
+                              "credentials_file", "find_pinata_jwt", "find_api_key",
                               "looks_like_path"},
     "nosana_magic.devnode.executor": {"_Sandbox.env"},
 }

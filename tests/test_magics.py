@@ -68,11 +68,14 @@ def isolated(shell_devnode: DevNode, shell: InteractiveShell, magics: NosanaMagi
              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """A clean environment and settings per test; the shell_devnode back to its defaults."""
     for var in ("NOSANA_NETWORK", "NOSANA_MARKET", "NOSANA_TIMEOUT", "NOSANA_WALLET",
-                "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT"):
+                "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT", "NOSANA_API_KEY",
+                "NOSANA_PAY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NOSANA_DEVNODE_URL", shell_devnode.url)
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
-    for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url"):
+    monkeypatch.setenv("NOSANA_CREDENTIALS_FILE", str(tmp_path / "no-credentials.json"))
+    for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url",
+                 "pay"):
         setattr(magics, name, None)
     magics.log_tail = 1000
     magics.confirm_spend = True
@@ -606,7 +609,7 @@ def test_every_command_is_routed_through_the_table_and_documented(
     from nosana_magic.magics import _COMMANDS
 
     assert list(_COMMANDS) == ["jobs", "status", "show", "logs", "forget", "stop", "attach",
-                               "markets", "config", "help"]
+                               "markets", "credits", "config", "help"]
     with capture_output() as whole:
         shell.run_line_magic("nosana", "help")
     for name, command in _COMMANDS.items():

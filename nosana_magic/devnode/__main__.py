@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="also serve the pre-2025-10 node routes (/job-definition/:id …)")
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="where job working directories go (default: a temporary one)")
+    parser.add_argument("--api-key", default=None, metavar="nos_…",
+                        help="the API key to serve (default: a fresh one, printed at start)")
+    parser.add_argument("--credits", type=float, default=10.0, metavar="USD",
+                        help="the credits of that API key, in USD (default 10)")
     return parser
 
 
@@ -44,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hosts < 1:
         print("--hosts must be at least 1", file=sys.stderr)
         return 2
+    if args.api_key is not None and (not args.api_key.startswith("nos_") or args.api_key == "nos_"):
+        print("--api-key must look like nos_…", file=sys.stderr)
+        return 2
+    if args.credits < 0:
+        print("--credits must be at least 0", file=sys.stderr)
+        return 2
     config = DevNodeConfig(
         hosts=args.hosts,
         results_window=args.results_window,
@@ -51,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         legacy_routes=args.legacy_routes,
         workdir=args.workdir,
         port=args.port,
+        api_key=args.api_key,
+        credits_usd=args.credits,
     )
     stop = threading.Event()
 
@@ -72,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({market.price} NOS base units/s, job timeout {market.job_timeout} s)")
         for host in node.hosts:
             print(f"host {host.address} in {host.market.slug}")
+        # Printed so that a notebook can use it (NOSANA_API_KEY); it pays on this devnode only.
+        print(f"API key (${args.credits:.2f} of local credits): {node.api_key}")
+        print(f"signing service: {node.client_manager_url}")
         print("WARNING: the hosts run job commands as local processes on this machine.")
         print("Ctrl-C to stop.", flush=True)
         # Bounded waits so a signal is handled promptly on every platform.

@@ -31,7 +31,7 @@ from ..protocol import JobState
 from .config import DevNodeConfig
 from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
-from .ledger import Ledger, LedgerJob, ledger_routes
+from .ledger import CLIENT_MANAGER_PREFIX, Ledger, LedgerJob, ledger_routes
 from .node_api import NodeApi
 from .services import ServiceRegistry
 
@@ -53,7 +53,16 @@ class DevNode:
         if not self.config.markets:
             raise ValueError("a devnode needs at least one market")
         self.ipfs = IpfsStore()
-        self.ledger = Ledger(self.config.markets, pickup_delay=lambda: self.config.pickup_delay)
+        self.ledger = Ledger(
+            self.config.markets,
+            pickup_delay=lambda: self.config.pickup_delay,
+            ipfs=self.ipfs,
+            signing_answer=lambda: self.config.signing_answer,
+        )
+        # Kept out of every repr: an API key is a credential (of the local network only).
+        self._api_key = self.ledger.credits.issue(
+            usd=self.config.credits_usd, key=self.config.api_key
+        )
         self.url = ""
         self.node_url_template = ""
         self.services = ServiceRegistry(lambda: self.url)
@@ -88,6 +97,21 @@ class DevNode:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
+
+    @property
+    def api_key(self) -> str:
+        """The API key the devnode made at start (``nos_…``): ``Bearer`` on the credit
+        routes, with :attr:`DevNodeConfig.credits_usd` of credits."""
+        return self._api_key
+
+    @property
+    def client_manager_url(self) -> str:
+        """The base URL of the signing service (``…/auth/sign-message/external``)."""
+        return f"{self.url}{CLIENT_MANAGER_PREFIX}" if self.url else ""
+
+    def issue_api_key(self, usd: float = 10.0, *, expires_in: float | None = None) -> str:
+        """Another API key with ``usd`` of credits (and its own project key)."""
+        return self.ledger.credits.issue(usd=usd, expires_in=expires_in)
 
     def node_url(self, node: str) -> str:
         return self.node_url_template.format(node=node)

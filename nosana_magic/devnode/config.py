@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .faults import Faults
 
@@ -21,13 +22,16 @@ class MarketConfig:
     job_timeout: int
     network_fee_percentage: float = 10.0
     gpu_types: tuple[str, ...] = ()
+    #: What a host earns per hour, in USD; a credit job costs this plus the network fee.
+    usd_per_hour: float = 0.1
 
 
 def _default_markets() -> list[MarketConfig]:
     return [
-        MarketConfig("local-cpu", "Local CPU", price=20, job_timeout=86_400),
+        MarketConfig("local-cpu", "Local CPU", price=20, job_timeout=86_400, usd_per_hour=0.05),
         MarketConfig(
-            "local-gpu", "Local GPU", price=115, job_timeout=86_400, gpu_types=("local",)
+            "local-gpu", "Local GPU", price=115, job_timeout=86_400, gpu_types=("local",),
+            usd_per_hour=0.4,
         ),
     ]
 
@@ -71,3 +75,11 @@ class DevNodeConfig:
     log_history_bytes: int = 64 * 1024 * 1024
     #: Log entries kept per op in ``opStates[].logs`` (the node's cap).
     op_log_cap: int = 24_999
+    #: The API key the devnode makes at start (``None``: a fresh random ``nos_…`` key)...
+    api_key: str | None = None
+    #: ...and the USD credits it holds.
+    credits_usd: float = 10.0
+    #: What the signing service answers in ``signature``: the bare base58 signature (as
+    #: ``@nosana/api`` 2.1.8 returns it) or a whole ``message:signature`` header (as older
+    #: services did). Clients must take both (docs/protocol.md §24).
+    signing_answer: Literal["signature", "header"] = "signature"

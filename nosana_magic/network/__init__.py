@@ -28,12 +28,17 @@ def open_network(
 
     ``local`` is the embedded devnode (started on first use; ``on_notice`` then gets one line
     saying so) or the devnode at ``settings.devnode_url``. ``devnet``/``mainnet`` are the
-    Solana jobs program.
+    Solana jobs program paid by the wallet, or Nosana's API paid with an API key's credits
+    (``settings.pays_with``; docs/protocol.md §24).
     """
     if settings.network == "local":
         from .local import local_network
 
         return local_network(settings, on_notice=on_notice)
+    if settings.pays_with == "credits":
+        from .api import credits_network
+
+        return credits_network(settings)
     from .solana import SolanaNetwork
 
     network: Network = SolanaNetwork.from_settings(settings)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..wallet import Wallet, create_wallet_file
-from .api import ApiNetwork
+from .api import ApiNetwork, require_api_key
 from .base import Market, NetworkError
 from .markets import MAINNET_MARKETS, UnknownMarketError, close_slugs
 
@@ -210,13 +210,21 @@ def local_network(
     can run (:class:`UnknownMarketError` otherwise, and nothing is started). When this call
     starts it, ``on_notice`` gets the one line that tells the user (it may be called from any
     thread: the caller decides where to print it).
+
+    Paid with credits (``settings.pays_with``), it lists with the API key and its hosts'
+    headers come from the devnode's signing service. A devnode started by hand knows only the
+    key it printed; the embedded one pays with its own key when none is set, and gives a key
+    it does not know yet its starting credits (local credits: nothing leaves this machine).
     """
     wallet = local_wallet(settings)
+    credits = settings.pays_with == "credits"
     if settings.devnode_url:
         base = settings.devnode_url.rstrip("/")
         template = settings.node_url_template or f"{base}/node/{{node}}"
         return LocalNetwork(base, wallet, node_url_template=template, name="local",
-                            on_notice=on_notice)
+                            on_notice=on_notice,
+                            api_key=require_api_key(settings) if credits else None,
+                            signing_url=settings.signing_url or f"{base}/client-manager")
     check_local_market(settings.market, embedded_devnode())
     node, started = _start_devnode()
     if started and on_notice is not None:
@@ -224,10 +232,16 @@ def local_network(
             f"Started the local Nosana network at {node.url} "
             "(jobs run as local processes on this machine)"
         )
+    api_key = None
+    if credits:
+        api_key = settings.read_api_key() or node.api_key
+        node.ledger.credits.admit(api_key, usd=node.config.credits_usd)
     return LocalNetwork(
         node.url,
         wallet,
         node_url_template=settings.node_url_template or node.node_url_template,
         name="local",
         on_notice=on_notice,
+        api_key=api_key,
+        signing_url=settings.signing_url or node.client_manager_url,
     )

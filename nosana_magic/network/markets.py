@@ -36,6 +36,7 @@ __all__ = [
     "LAMPORTS_PER_SIGNATURE",
     "LAMPORTS_PER_SOL",
     "MAINNET_MARKETS",
+    "CreditEstimate",
     "Estimate",
     "MarketDirectory",
     "MarketRef",
@@ -44,6 +45,7 @@ __all__ = [
     "estimate",
     "format_nos",
     "format_sol",
+    "format_usd",
     "is_address",
     "nos_deposit_units",
     "nos_fee_units",
@@ -162,6 +164,69 @@ def format_sol(lamports: int | float) -> str:
         return "0 SOL"
     decimals = min(9, max(4, 2 - math.floor(math.log10(abs(sol)))))
     return f"{sol:.{decimals}f}".rstrip("0").rstrip(".") + " SOL"
+
+
+def format_usd(usd: float) -> str:
+    """US dollars with two significant digits past the cent when under a dollar: ``$9.78``,
+    ``$0.22``, ``$0.0092``, ``$0.000015`` (credits pay for GPU seconds)."""
+    if usd == 0:
+        return "$0.00"
+    decimals = min(6, max(2, 1 - math.floor(math.log10(abs(usd)))))
+    return f"{'-' if usd < 0 else ''}${abs(usd):,.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class CreditEstimate:
+    """What a credit job can cost, against the credits available, shown before listing."""
+
+    network: str
+    market: str
+    #: USD per hour, the network fee included; ``None`` when the market does not say.
+    usd_per_hour: float | None
+    timeout_s: int
+    #: The API key's credits that new jobs can use (USD).
+    available: float
+    #: How many such jobs (a sweep's): one statement and one question for them all.
+    jobs: int = 1
+
+    @property
+    def each(self) -> float | None:
+        """The most one job can cost (reserved at listing; what it does not use comes back)."""
+        return None if self.usd_per_hour is None else self.usd_per_hour * self.timeout_s / 3600
+
+    @property
+    def cost(self) -> float | None:
+        """The most all the jobs can cost together."""
+        each = self.each
+        return None if each is None else each * self.jobs
+
+    @property
+    def covered(self) -> bool:
+        cost = self.cost
+        return cost is None or cost <= self.available
+
+    def describe(self) -> str:
+        """One line: ``mainnet: market nvidia-4090 at $0.44/h in credits, timeout 30m → at
+        most $0.22; credits: $9.78 available``."""
+        cost, per_hour = self.cost, self.usd_per_hour
+        price = ("at an unknown credit price (the market does not say)" if per_hour is None
+                 else f"at {format_usd(per_hour)}/h in credits")
+        each, most = self.each, ""
+        if cost is not None and each is not None:
+            most = (f" → at most {format_usd(cost)}" if self.jobs == 1 else
+                    f" → {self.jobs} jobs × at most {format_usd(each)} = at most "
+                    f"{format_usd(cost)}")
+        return (f"{self.network}: market {self.market} {price}, timeout "
+                f"{format_duration(self.timeout_s)}{most}; credits: "
+                f"{format_usd(self.available)} available")
+
+    def shortfall(self) -> str:
+        """Why the job is not listed when the credits do not cover it."""
+        what = "this job" if self.jobs == 1 else f"these {self.jobs} jobs"
+        return (f"not listed: {what} can cost {format_usd(self.cost or 0)} "
+                f"({format_duration(self.timeout_s)} in {self.market}), and the API key has "
+                f"{format_usd(self.available)} of credits available; add credits on the "
+                "Nosana dashboard or shorten --timeout")
 
 
 @dataclass(frozen=True)

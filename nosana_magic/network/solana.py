@@ -56,6 +56,7 @@ from ..chain import (
 )
 from ..errors import InsufficientFundsError, TransactionFailedError
 from ..protocol import b58encode, format_duration, short_address
+from ..signer import Signer
 from ..transport import Retry, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
@@ -238,6 +239,17 @@ class SolanaNetwork:
     def __repr__(self) -> str:
         return (f"SolanaNetwork({self.name}, wallet={self.wallet.address}, "
                 f"rpc={self.rpc.host})")
+
+    #: The wallet lists the job on chain and pays for it.
+    pays_with = "wallet"
+
+    async def signer(self, job: str, project: str | None = None) -> Signer:
+        """The wallet: it is the project of every job it lists (docs/protocol.md §3)."""
+        if project and project != self.wallet.address:
+            raise NetworkError(
+                f"job {job} was posted by {project}, not by this wallet "
+                f"({self.wallet.address}): its host will not answer us")
+        return self.wallet
 
     @property
     def rpc_url(self) -> str:
