@@ -375,7 +375,8 @@ class HostClient:
                 text = decoded
         if text.startswith("<"):
             return f"HTTP {response.status_code}"
-        return self._redact(_short(text)) or f"HTTP {response.status_code}"
+        # Redacted before it is shortened: a cut would leave a piece of a secret unrecognised.
+        return _short(self._redact(text)) or f"HTTP {response.status_code}"
 
     def _error(
         self,
