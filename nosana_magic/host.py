@@ -53,6 +53,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+class _NoFrameLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger our WebSocket connections get. websockets logs every frame at DEBUG, and
+    ours carry the job's output (and the first one our auth header): never at DEBUG, so
+    frames are not even formatted; INFO and up pass to ``websockets.client`` as usual."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WS_LOGGER = _NoFrameLog(logging.getLogger("websockets.client"), {})
+
 #: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
 #: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
 PRIVATE_EXPOSE_ID_LENGTH = 45
@@ -753,6 +765,7 @@ class HostClient:
                     close_timeout=2,
                     max_size=2**24,
                     proxy=None if is_loopback(url) else True,
+                    logger=_WS_LOGGER,
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True

@@ -311,14 +311,20 @@ class Redactor:
       prints it sends it line by line, so every line of it of at least :attr:`MIN_LENGTH`
       characters (without its surrounding spaces) is a secret of its own, and so is the value
       with its line breaks written ``\n`` or ``\r\n``;
-    * **the pieces of a cut line**: a host cuts a very long output line into several log
-      lines (docs/protocol.md §14), and the cut can fall inside a secret. So a line that
-      *starts* with the end of a secret (or of one of its lines), or *ends* with its beginning
-      (before the line break), has that piece hidden too. Pieces of at least 3 characters are
-      hidden (2 for a secret of 5 characters or fewer): a cut shows at most 2 characters of a
-      secret, and 1 of a short one. A piece that is one character repeated (``-----`` of a
-      PEM header, spaces) is not: it says nothing of the secret and such runs are common.
-      A secret longer than the host's cut (64 KiB) can still show a middle piece.
+    * **the pieces of a cut line**: a host cuts an output line longer than its limit into
+      several log lines (docs/protocol.md §14), and the cut can fall inside a secret. So a
+      line long enough to have been cut (:data:`CUT_MIN_CHARS`, with no line break at its
+      end) has a beginning of a secret (or of one of its lines) hidden at its end, and the
+      lines that follow it (the next :attr:`AFTER_CUT_LINES`: the rest of the cut line comes
+      next in its stream, other streams may come between) have an end of a secret hidden at
+      their start. Pieces of at least 3 characters are hidden (2 for a secret of 5 characters
+      or fewer): a cut shows at most 2 characters of a secret, and 1 of a short one. A piece
+      that is one character repeated (``-----`` of a PEM header, spaces) is not: it says
+      nothing of the secret and such runs are common. Only lines near a cut are looked at,
+      so a line that merely starts like a secret ends (``token=…`` for a secret ending in
+      ``token``) is left alone. A secret longer than the cut can still show a middle piece.
+
+    So the redactor is fed a stream's lines in order; it is not thread-safe.
 
     Values shorter than :attr:`MIN_LENGTH` (3) characters are not redacted: an empty or
     one-character "secret" would blank out every log line, and such a value protects nothing.
@@ -330,6 +336,8 @@ class Redactor:
     #: Cut pieces shorter than this are shown (2 for a secret of ``SHORT_SECRET`` characters).
     MIN_PIECE = 3
     SHORT_SECRET = 5
+    #: How many lines after a possible cut have their start looked at.
+    AFTER_CUT_LINES = 32
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
         self._secrets = dict(secrets)
@@ -368,6 +376,7 @@ class Redactor:
             size = 2 if len(unit) <= self.SHORT_SECRET else self.MIN_PIECE
             _index_pieces(unit, name, size, *indexes.setdefault(size, ({}, {})))
         self._indexes = [(size, *pair) for size, pair in sorted(indexes.items(), reverse=True)]
+        self._after_cut = 0  # lines still to look at for the rest of a cut secret
 
     @classmethod
     def empty(cls) -> Redactor:
@@ -392,16 +401,24 @@ class Redactor:
                 if form in text:
                     text = self._pattern.sub(self._marker, text)
                     break
-        for size, starts, ends in self._indexes:
-            key = text[:size] if text[:1] != "\ufffd" else text.lstrip("\ufffd")[:size]
-            candidates = starts.get(key)
-            if candidates:
-                text = _hide_start(text, candidates)
-            if len(text) >= CUT_MIN_CHARS:  # only a line this long can have been cut
-                body = text.rstrip("\r\n\ufffd")
+        if not self._indexes:
+            return text
+        if self._after_cut:
+            self._after_cut -= 1
+            for size, starts, _ends in self._indexes:
+                key = text[:size] if text[:1] != "\ufffd" else text.lstrip("\ufffd")[:size]
+                candidates = starts.get(key)
+                if candidates:
+                    text = _hide_start(text, candidates)
+                    break
+        if len(text) >= CUT_MIN_CHARS and text[-1] != "\n":  # it may have been cut here
+            self._after_cut = self.AFTER_CUT_LINES
+            body = text.rstrip("\r\ufffd")
+            for size, _starts, ends in self._indexes:
                 candidates = ends.get(body[-size:])
                 if candidates:
                     text = _hide_end(text, body, candidates)
+                    break
         return text
 
     def _marker(self, match: re.Match[str]) -> str:
@@ -420,7 +437,8 @@ class Redactor:
 _PieceIndex = dict[str, list[tuple[str, int, str]]]
 
 #: The shortest line a host cuts, in characters: Docker cuts at 16 KiB (4-byte characters
-#: make that 4,096), the local network at 64 KiB (docs/protocol.md §14).
+#: make that 4,096), the local network at 64 KiB (docs/protocol.md §14). A line this long that
+#: ends without a line break may go on in the next one.
 CUT_MIN_CHARS = 4096
 
 

@@ -275,23 +275,26 @@ def _pieces_shown(secret: str, shown: str, at_least: int = 3) -> list[str]:
                                     "sk-abc-DEF-123"])
 def test_a_secret_cut_by_the_host_shows_in_no_piece(secret: str) -> None:
     # The host cuts a line longer than its limit into several log lines; the cut can fall
-    # anywhere inside the secret.
-    r = Redactor({"S": secret})
+    # anywhere inside the secret. The redactor sees the lines in order.
+    line = "x" * 70_000 + " token=" + secret + " rest of the line\n"
     for at in range(1, len(secret)):
-        line = "x" * 70_000 + " token=" + secret + " rest of the line"
         head, tail = _cut(line, 70_007 + at)
-        for shown in (r.redact(head), r.redact(tail), r.redact(head + "\n"),
-                      r.redact(tail + "\n")):
-            assert _pieces_shown(secret, shown) == [], at
+        r = Redactor({"S": secret})
+        shown_head, shown_tail = r.redact(head), r.redact(tail)
+        assert _pieces_shown(secret, shown_head + "|" + shown_tail) == [], at
         # What is hidden is said: each side holds the marker (or shows at most 2 characters).
-        assert r.redact(head).endswith("[secret:S]") or at < 3
-        assert r.redact(tail).startswith("[secret:S]") or len(secret) - at < 3
+        assert shown_head.endswith("[secret:S]") or at < 3
+        assert shown_tail.startswith("[secret:S]") or len(secret) - at < 3
+        # Other lines may come between the two pieces (another op's output, stderr).
+        r = Redactor({"S": secret})
+        shown = [r.redact(text) for text in (head, "other output\n", "more\n", tail)]
+        assert _pieces_shown(secret, "|".join(shown)) == [], at
 
 
 def test_a_short_secret_cut_by_the_host_shows_at_most_one_character() -> None:
     secret = "k3y!"
-    r = Redactor({"S": secret})
     for at in range(1, len(secret)):
+        r = Redactor({"S": secret})
         head, tail = _cut("y" * 5000 + secret + " end", 5000 + at)
         shown = r.redact(head)[-3:] + "|" + r.redact(tail)[:12]
         assert _pieces_shown(secret, shown, at_least=2) == [], (at, shown)
@@ -309,14 +312,20 @@ def test_a_cut_inside_a_utf8_character_still_hides_both_pieces() -> None:
     assert _pieces_shown(secret, r.redact(head) + "|" + r.redact(tail)) == []
 
 
-def test_short_lines_keep_their_ends() -> None:
-    # Only a line long enough to have been cut has its end looked at; a run of one character
-    # (a PEM header's dashes) is never taken for a piece.
-    r = Redactor({"S": "abcdef123",
+def test_only_lines_near_a_cut_have_their_ends_looked_at() -> None:
+    # A short line, or a long one with its line break, was not cut: its ends are its own.
+    # A run of one character (a PEM header's dashes) is never taken for a piece.
+    r = Redactor({"S": "abcdef123-token",
                   "KEY": "-----BEGIN KEY-----\nMIIBVgIBADANBg\n-----END KEY-----"})
     assert r.redact("export PREFIX=abc") == "export PREFIX=abc"
+    assert r.redact("token=1") == "token=1"
+    assert r.redact("w" * 5000 + " abcdef\n").endswith(" abcdef\n")
+    assert r.redact("token=2") == "token=2"
     assert r.redact("---------- epoch 1 ----------") == "---------- epoch 1 ----------"
-    assert r.redact("123 items") == "[secret:S] items"  # a line may continue a cut one
+    # After a line that may have been cut, the next lines' starts are looked at.
+    assert r.redact("w" * 5000 + " abcdef").endswith(" [secret:S]")
+    assert r.redact("---------- epoch 2") == "---------- epoch 2"
+    assert r.redact("123-token=3") == "[secret:S]=3"
 
 
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n"
@@ -343,7 +352,7 @@ def test_each_line_of_a_multiline_secret_is_a_secret(secret: str) -> None:
 def test_a_multiline_secret_cut_inside_a_line() -> None:
     r = Redactor({"KEY": PEM})
     middle = PEM.splitlines()[2]
-    head, tail = _cut("q" * 9000 + middle, 9000 + 20)
+    head, tail = _cut("q" * 9000 + middle + "\n", 9000 + 20)
     assert _pieces_shown(middle, r.redact(head) + "|" + r.redact(tail)) == []
 
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..network.base import JobState
 from .config import DevNodeConfig
@@ -284,6 +285,7 @@ class DevNode:
             access_log=False,
             timeout_graceful_shutdown=3,
             ws_ping_interval=30.0,
+            ws=_QuietWebSockets,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -314,6 +316,16 @@ class DevNode:
         await self.services.aclose()
         if self._server is not None:
             self._server.should_exit = True
+
+
+class _QuietWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol without its frame log: uvicorn hands websockets its
+    ``uvicorn.error`` logger, which then logs every frame at DEBUG, and the devnode's frames
+    carry what jobs print (their secrets) and the clients' auth headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.debug = False  # websockets checks this before it logs a frame
 
 
 async def _in_thread(fn: Callable[[], _T]) -> _T:
