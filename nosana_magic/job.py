@@ -1144,7 +1144,7 @@ class ConfidentialJob:
                 else validate_job_definition(source)
             )
             self.definition = definition
-        definition.check_references(env=self._env_map(), namespace=self._namespace or {})
+        definition.check_resolved(env=self._env_map(), namespace=self._namespace or {})
         placeholder = definition.placeholder(send=self._send, receive=self._receive)
         market = await self._resolve_market()
         self.market = market

@@ -318,8 +318,9 @@ class NosanaMagics(Magics):
         for note in definition.notes:
             print(f"note: {note}", file=sys.stderr)
         namespace = self.shell.user_ns if self.shell is not None else {}
-        # Every reference must resolve before anything is pinned or listed.
-        definition.check_references(env=os.environ, namespace=namespace)
+        # Every reference must resolve, and the resolved definition be one a host runs,
+        # before anything is pinned or listed.
+        definition.check_resolved(env=os.environ, namespace=namespace)
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout)
         if settings.network != "local":

@@ -165,9 +165,12 @@ def find_references(value: Any, positions: Mapping[JsonPath, Location] | None = 
 
 def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping[str, object],
                        positions: Mapping[JsonPath, Location] | None = None,
+                       sizes: dict[str, int] | None = None,
                        ) -> tuple[Any, dict[str, str]]:
     """A copy of ``value`` with every reference replaced, and the secrets used (name → value).
 
+    ``sizes``, when given, is filled with the bytes each reference (``"${var:NAME}"``) adds
+    to the JSON body, so that an oversized body can be blamed on a reference, never shown.
     Raises :class:`SecretError` naming every reference that cannot be resolved.
     """
     problems: list[Problem] = []
@@ -214,7 +217,16 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
                     "serializable"))
                 return ""
 
-        return _TOKEN.sub(one, text)
+        def counted(m: re.Match[str]) -> str:
+            inserted = one(m)
+            if sizes is not None and m.group(2):
+                key = f"${{{m.group(1)}:{m.group(2)}}}"
+                size = len(json.dumps(inserted, ensure_ascii=False).encode(
+                    "utf-8", "surrogatepass")) - 2
+                sizes[key] = sizes.get(key, 0) + size
+            return inserted
+
+        return _TOKEN.sub(counted, text)
 
     def walk(item: Any, path: JsonPath) -> Any:
         if isinstance(item, str):

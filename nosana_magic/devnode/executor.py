@@ -56,6 +56,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from ..jsregex import RegexError, to_python
 from ..protocol import now_ms
 from ..results import FlowState, NodeLogEntry, OpLog, OpState
 from .services import ExposedPort, ServiceRegistry
@@ -822,8 +823,8 @@ class Executor:
                 pattern = str(rule.get("regex", ""))
                 types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
             try:
-                regex = re.compile(pattern)
-            except re.error as exc:
+                regex = to_python(pattern)  # the host's RegExp, matched as JavaScript does
+            except RegexError as exc:
                 run.state.errors.append(
                     {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
                 )
