@@ -101,3 +101,13 @@ def test_a_definition_the_host_runs_is_still_listed(devnode: DevNode, net: ApiNe
     # $ is JavaScript's: the end of the line's text, and a line ends in its newline.
     assert "step" not in job.results
     assert json.dumps(job.ops["b"].exit_code) == "0"
+
+
+def test_a_timeout_over_the_market_limit_prints_both_exactly(devnode: DevNode,
+                                                              net: ApiNetwork) -> None:
+    # 86,401 s against the local market's 86,400: one second over must not read "24h … (24h)".
+    job = run_confidential(text(definition(op("a", "true"))), network=net, env={},
+                           timeout=86_401)
+    assert job.done and not job.ok
+    assert str(job.error) == ("timeout 24h 1s exceeds market local-cpu's longest job (24h)")
+    assert devnode.ipfs.all() == {} and devnode.ledger.jobs == {}
