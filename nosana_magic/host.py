@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -321,6 +321,9 @@ class HostClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.job = job
+        # One path segment whatever the ledger said the job is: no "/" or ".." reaches
+        # another route.
+        self._job_segment = quote(job, safe="")
         self.wallet = wallet
         self.retry = retry
         self._redact = redact or (lambda text: text)
@@ -369,7 +372,7 @@ class HostClient:
     def _route(self, kind: Kind, *, legacy: bool | None = None) -> tuple[str, str]:
         method, current, old = _ROUTES[kind]
         use_legacy = self.legacy if legacy is None else legacy
-        return method, (old if use_legacy else current).format(job=self.job)
+        return method, (old if use_legacy else current).format(job=self._job_segment)
 
     def _route_name(self, kind: Kind) -> str:
         method, path = self._route(kind)
@@ -570,7 +573,7 @@ class HostClient:
             return False  # legacy hosts have no GET for it: report the refusal
         try:
             response = await self._http.get(
-                f"{self.base_url}/job/{self.job}/job-definition",
+                f"{self.base_url}/job/{self._job_segment}/job-definition",
                 headers=self._headers(),
                 timeout=self._timeout(backoff),
             )
@@ -679,7 +682,7 @@ class HostClient:
         same way. ``timeout`` bounds each streak of failures (default: the retry policy's).
         """
         route = f"GET /job/{self.job}/info"
-        url = f"{self.base_url}/job/{self.job}/info"
+        url = f"{self.base_url}/job/{self._job_segment}/info"
         backoff = self.retry.backoff(timeout)
         last_data: str | None = None
         last = "no attempt"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
@@ -91,7 +92,7 @@ class DevNode:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
     def node_url(self, node: str) -> str:
-        return self.node_url_template.format(node=node)
+        return self.node_url_template.format(node=quote(node, safe=""))  # one path segment
 
     def host(self, address: str) -> EmulatedHost:
         for host in self.hosts:

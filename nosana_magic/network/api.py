@@ -18,12 +18,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from ..host import Retry, http_client_for
 from ..wallet import Wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
+from .markets import check_market_ref
 
 __all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
 
@@ -52,6 +54,11 @@ def _error_text(response: httpx.Response) -> str:
     if not one_line or one_line.startswith("<"):
         return f"HTTP {response.status_code}"
     return one_line if len(one_line) <= 200 else one_line[:199] + "…"
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment: a ``/`` or ``..`` in it cannot reach another route."""
+    return quote(value, safe="")
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -114,7 +121,7 @@ class ApiNetwork:
     # ------------------------------------------------------------------ Network: sync parts
 
     def node_url(self, node: str) -> str:
-        return self.node_url_template.format(node=node)
+        return self.node_url_template.format(node=_segment(node))
 
     def service_domain(self) -> str | None:
         return self._domain
@@ -215,7 +222,8 @@ class ApiNetwork:
 
     async def fetch(self, cid: str) -> Any:
         """A pinned JSON document (e.g. a job's public result) from the gateway."""
-        return await self._call("GET", f"{self._gateway}/{cid}", route=f"GET /ipfs/{cid}")
+        return await self._call("GET", f"{self._gateway}/{_segment(cid)}",
+                                route=f"GET /ipfs/{cid}")
 
     # ------------------------------------------------------------------ markets
 
@@ -248,10 +256,11 @@ class ApiNetwork:
         return [self._market(item) for item in body]
 
     async def market(self, slug_or_address: str) -> Market:
+        slug_or_address = check_market_ref(slug_or_address)
         try:
             body = await self._call(
                 "GET",
-                f"{self.base_url}/api/markets/{slug_or_address}/",
+                f"{self.base_url}/api/markets/{_segment(slug_or_address)}/",
                 route=f"GET /api/markets/{slug_or_address}/",
             )
         except NetworkError as exc:
@@ -315,7 +324,8 @@ class ApiNetwork:
 
     async def job(self, address: str) -> JobInfo:
         body = await self._call(
-            "GET", f"{self.base_url}/api/jobs/{address}", route=f"GET /api/jobs/{address}"
+            "GET", f"{self.base_url}/api/jobs/{_segment(address)}",
+            route=f"GET /api/jobs/{address}"
         )
         return self._job_info(body)
 
@@ -352,7 +362,7 @@ class ApiNetwork:
     async def stop(self, address: str) -> None:
         await self._call(
             "POST",
-            f"{self.base_url}/api/jobs/{address}/stop",
+            f"{self.base_url}/api/jobs/{_segment(address)}/stop",
             route=f"POST /api/jobs/{address}/stop",
             signed=True,
         )
@@ -360,7 +370,7 @@ class ApiNetwork:
     async def extend(self, address: str, seconds: int) -> None:
         await self._call(
             "POST",
-            f"{self.base_url}/api/jobs/{address}/extend",
+            f"{self.base_url}/api/jobs/{_segment(address)}/extend",
             route=f"POST /api/jobs/{address}/extend",
             signed=True,
             json_body={"seconds": int(seconds)},
