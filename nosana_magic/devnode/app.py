@@ -35,6 +35,7 @@ from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
 from .ledger import Ledger, LedgerJob, ledger_routes
 from .node_api import NodeApi
+from .reaper import Reaper
 from .services import ServiceRegistry
 
 __all__ = ["DevNode"]
@@ -62,6 +63,8 @@ class DevNode:
         self._workdir: Path | None = None
         self._own_workdir = False
         self.hosts: list[EmulatedHost] = []
+        #: Kills what the jobs run should this process be killed (started with the first job).
+        self.reaper = Reaper()
         markets = list(self.ledger.markets.values())
         per_market = self.config.hosts_per_market
         count = per_market * len(markets) if per_market is not None else self.config.hosts
@@ -74,6 +77,7 @@ class DevNode:
                 services=self.services,
                 config=self.config,
                 workdir=self._job_root,
+                reaper=self.reaper,
             )
             self.hosts.append(host)
             self.ledger.hosts[host.address] = host
@@ -156,6 +160,8 @@ class DevNode:
             thread.join(timeout)
             if thread.is_alive():
                 raise RuntimeError("the devnode thread did not stop")
+        # Last: it kills whatever a job that did not stop in time left running.
+        self.reaper.close()
         self._cleanup_workdir()
 
     def job(self, address: str) -> LedgerJob:
