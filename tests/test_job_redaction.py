@@ -21,7 +21,7 @@ from nosana_magic.job import ConfidentialJob, run_confidential
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.secrets import escaped_forms
 
-from .client_fixtures import definition, network_for, op, text
+from .conftest import definition, network_for, op, text
 
 TOKEN = "hf_Zq8Xw7Vu6Ts5Rq4Po3Nm2Lk1Ji0Hg9Fe8"
 PEM = ("-----BEGIN PRIVATE KEY-----\n"
@@ -60,8 +60,8 @@ def _shown(job: ConfidentialJob) -> str:
     for result in job.ops.values():
         parts += [line.text for line in result.logs]
         parts.append(json.dumps(result.results, default=str))
-    if job.result is not None:
-        parts.append(json.dumps(job.result.to_wire()))
+    if job.flow is not None:
+        parts.append(json.dumps(job.flow.to_wire()))
     try:
         job.raise_for_status()
     except BaseException as exc:

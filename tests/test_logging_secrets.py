@@ -17,7 +17,7 @@ from nosana_magic import runner
 from nosana_magic.devnode import DevNode
 from nosana_magic.job import run_confidential
 
-from .client_fixtures import definition, network_for, op, text
+from .conftest import definition, network_for, op, text
 
 SECRET = "Zx9Yw8Vu7Ts6Rq5Po4" + "-debug-token"
 

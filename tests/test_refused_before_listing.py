@@ -21,7 +21,7 @@ from nosana_magic.job import run_confidential
 from nosana_magic.jobdef import JobDefinitionError
 from nosana_magic.network.api import ApiNetwork
 
-from .client_fixtures import definition, network_for, op, text
+from .conftest import definition, network_for, op, text
 
 SECRET_ISH = "v4lue-that-must-not-show"
 
