@@ -16,6 +16,7 @@ The tree::
      │    ├── SpendNotConfirmed         a job on a paid network that nobody confirmed
      │    ├── NetworkError              the ledger, IPFS or a market refused or is unreachable
      │    │    ├── UnknownMarketError   no such market (also a LookupError)
+     │    │    ├── OutcomeUnknown       sent, but the answer was lost: it may have taken effect
      │    │    ├── InsufficientFundsError  the wallet cannot pay; says what is missing
      │    │    ├── TransactionFailedError  the cluster rejected a transaction (``logs``)
      │    │    └── IpfsError            pinning or reading a document failed, or no JWT
@@ -60,6 +61,7 @@ __all__ = [
     "MissingResult",
     "NetworkError",
     "NosanaError",
+    "OutcomeUnknown",
     "SecretError",
     "SettingsError",
     "SpendNotConfirmed",
@@ -142,6 +144,17 @@ class SpendNotConfirmed(NosanaError):
 
 class NetworkError(NosanaError):
     """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
+
+
+class OutcomeUnknown(NetworkError):
+    """A request that changes something (listing a job, extending it) was sent, and its
+    answer was lost: a 5xx after the work, a timeout, a transaction not confirmed in time. It
+    may have taken effect. ``job`` is the job's address when it was known before sending (on
+    chain the client makes it); a listing's job may then exist, running and paid for."""
+
+    def __init__(self, message: str, *, job: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class UnknownMarketError(NetworkError, LookupError):

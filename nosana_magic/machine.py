@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 from . import runner
-from .errors import NosanaError
+from .errors import NosanaError, OutcomeUnknown
 from .host import HostClient, HostError
 from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
@@ -72,6 +72,9 @@ LOG_IDLE_S = 0.2
 LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
 LOG_DRAIN_MAX_S = 120.0
+
+#: How long a listing whose answer was lost is looked for on the ledger (and stopped).
+LOST_LISTING_WAIT_S = 10.0
 
 #: What a job keeps private (docs/protocol.md §11): ``"both"`` its definition and its results
 #: (the Nosana CLI's confidential job), ``"input"`` only the definition (the host pins the
@@ -340,13 +343,83 @@ class JobMachine:
             return
 
         job._set_phase("listing")
-        listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
+        before = await self._listed_before(cid, market)
+        try:
+            listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
+        except OutcomeUnknown as exc:
+            await self._lost_listing(exc, cid, market, before)
+            raise
         job._listed(listing.job)
         job._set_phase("queued")
         self._tasks.append(asyncio.create_task(self._watch_ledger()))
         if self.job._stop_requested:
             await self.stop()
         await self._follow_job(definition)
+
+    async def _listed_before(self, cid: str, market: Market) -> set[str] | None:
+        """This wallet's unfinished jobs with this placeholder before listing: what a listing
+        whose answer is lost may add to (``None`` where the network cannot be searched)."""
+        search = getattr(self.network, "listed_jobs", None)
+        if search is None:
+            return None
+        try:
+            return {info.address for info in await search(cid, market)}
+        except NetworkError:
+            return None
+
+    async def _lost_listing(self, exc: OutcomeUnknown, cid: str, market: Market,
+                            before: set[str] | None) -> None:
+        """The listing was sent and its answer lost (docs/protocol.md §22): the job may exist,
+        running and paid for until its timeout. Find it, for a short while (the ledger may
+        show it late), and stop it; or say plainly that it may exist and how to stop it.
+        Raises :class:`Failure` in every case."""
+        job = self.job
+        stop_it = "stop it with %nosana stop ADDRESS"
+        if exc.job is None and before is None:
+            raise Failure(f"{exc}. This network cannot be searched for it: if it was listed, it "
+                          f"runs until its timeout ({format_duration(job.timeout)}); look for a "
+                          f"job of wallet {self.network.wallet.address} and {stop_it}")
+        found = await self._appeared(exc.job, cid, market, before or set())
+        if not found:
+            if exc.job is not None:
+                raise Failure(f"{exc}. Job {exc.job} was not on the ledger after "
+                              f"{LOST_LISTING_WAIT_S:g} s: most likely not listed; if it appears "
+                              f"later, stop it with %nosana stop {exc.job}")
+            raise Failure(f"{exc}. No new job of this wallet appeared on the ledger within "
+                          f"{LOST_LISTING_WAIT_S:g} s: most likely nothing was listed")
+        if len(found) > 1:
+            raise Failure(f"{exc}. Jobs {', '.join(sorted(found))} appeared meanwhile: one may "
+                          f"be this one (the others another listing's); {stop_it}")
+        address = found[0]
+        job._listed(address)  # the handle shows it; _abandon() stops it if this stop fails
+        try:
+            await asyncio.wait_for(self.network.stop(address), LOST_LISTING_WAIT_S)
+            job._set_ledger(await self.network.job(address))
+            outcome = "it was stopped"
+        except (NosanaError, asyncio.TimeoutError) as err:
+            outcome = f"stopping it failed ({first_line(err)}); {stop_it}"
+        raise Failure(f"{exc}. The job was listed all the same ({address}): {outcome}")
+
+    async def _appeared(self, known: str | None, cid: str, market: Market,
+                        before: set[str]) -> list[str]:
+        """The jobs a lost listing made, as the ledger shows them within
+        ``LOST_LISTING_WAIT_S``: the known address if it exists, else this wallet's unfinished
+        jobs with this placeholder that were not there before."""
+        backoff = self._retry.backoff(LOST_LISTING_WAIT_S)
+        while True:
+            try:
+                if known is not None:
+                    await self.network.job(known)
+                    return [known]
+                search = self.network.listed_jobs  # type: ignore[attr-defined]
+                new = [info.address for info in await search(cid, market)
+                       if info.address not in before]
+                if new:
+                    return new
+            except NetworkError:
+                pass  # not there (yet), or the ledger did not answer: ask again
+            if not await backoff.wait():
+                return []
 
     async def _resolve_market(self) -> Market:
         ref = self._market_ref

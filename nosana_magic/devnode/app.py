@@ -249,7 +249,7 @@ class DevNode:
 
         routes: list[BaseRoute] = [
             Route("/", index, methods=["GET"]),
-            *ledger_routes(self.ledger),
+            *ledger_routes(self.ledger, lambda: self.config.faults),
             *ipfs_routes(self.ipfs),
             Mount("/service", app=self.services.asgi_app()),
         ]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..protocol import AuthError, CidError, JobState, cid_to_digest, verify_auth_header
 from .config import MarketConfig
+from .faults import Faults
 
 __all__ = ["Ledger", "LedgerError", "LedgerJob", "Market", "ledger_routes"]
 
@@ -366,8 +367,55 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
-    """The Nosana-API-shaped routes under ``/api``."""
+async def _list_job(ledger: Ledger, request: Request, faults: Faults) -> Any:
+    project = _authenticate(request)
+    body = await _json_body(request)
+    ipfs_hash = body.get("ipfsHash")
+    if not isinstance(ipfs_hash, str):
+        raise LedgerError(400, "ipfsHash (a CIDv0 string) is required")
+    try:
+        cid_to_digest(ipfs_hash)
+    except CidError as exc:
+        raise LedgerError(400, str(exc)) from None
+    market_id = body.get("market")
+    if not isinstance(market_id, str) or not market_id:
+        raise LedgerError(400, "market (a slug or address) is required")
+    if "timeout" not in body:
+        raise LedgerError(400, "timeout (seconds) is required")
+    timeout = _positive_int(body.get("timeout"), "timeout")
+    node = body.get("node")
+    if node is not None and not isinstance(node, str):
+        raise LedgerError(400, "node must be a host address")
+    job = ledger.list_job(
+        project=project, ipfs_hash=ipfs_hash, market=market_id, timeout=timeout, node=node
+    )
+    await _after_listing(faults)
+    return {"tx": _fake_signature(), "job": job.address, "run": job.run}
+
+
+async def _after_listing(faults: Faults) -> None:
+    """The listing faults: the job is listed, and then its answer comes late, or is a 500."""
+    if faults.list_answer_delay > 0:
+        await asyncio.sleep(faults.list_answer_delay)
+    if faults.take_list_failure():
+        raise LedgerError(500, "internal error after listing (devnode fault)")
+
+
+def _unfinished_jobs(ledger: Ledger, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``GET /api/jobs?project=…&ipfsJob=…&market=…``. Not a route of the Nosana API: the
+    devnode's own, for a client that lost the answer to a listing and looks for the job it
+    may have made (docs/devnode.md)."""
+    project, cid, market = query.get("project"), query.get("ipfsJob"), query.get("market")
+    if not project or not cid:
+        raise LedgerError(400, "project and ipfsJob are required")
+    address = ledger.market(market).address if market else None
+    return [job.to_json() for job in ledger.jobs.values()
+            if job.project == project and job.ipfs_job == cid and not job.state.done
+            and address in (None, job.market)]
+
+
+def ledger_routes(ledger: Ledger, faults: Callable[[], Faults] = Faults) -> list[BaseRoute]:
+    """The Nosana-API-shaped routes under ``/api``; ``faults`` gives the devnode's faults."""
 
     def guarded(
         handler: Callable[[Request], Any],
@@ -388,28 +436,10 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         return ledger.market_json(ledger.market(request.path_params["market"]))
 
     async def list_job(request: Request) -> Any:
-        project = _authenticate(request)
-        body = await _json_body(request)
-        ipfs_hash = body.get("ipfsHash")
-        if not isinstance(ipfs_hash, str):
-            raise LedgerError(400, "ipfsHash (a CIDv0 string) is required")
-        try:
-            cid_to_digest(ipfs_hash)
-        except CidError as exc:
-            raise LedgerError(400, str(exc)) from None
-        market_id = body.get("market")
-        if not isinstance(market_id, str) or not market_id:
-            raise LedgerError(400, "market (a slug or address) is required")
-        if "timeout" not in body:
-            raise LedgerError(400, "timeout (seconds) is required")
-        timeout = _positive_int(body.get("timeout"), "timeout")
-        node = body.get("node")
-        if node is not None and not isinstance(node, str):
-            raise LedgerError(400, "node must be a host address")
-        job = ledger.list_job(
-            project=project, ipfs_hash=ipfs_hash, market=market_id, timeout=timeout, node=node
-        )
-        return {"tx": _fake_signature(), "job": job.address, "run": job.run}
+        return await _list_job(ledger, request, faults())
+
+    async def search_jobs(request: Request) -> Any:
+        return _unfinished_jobs(ledger, request.query_params)
 
     async def get_job(request: Request) -> Any:
         return ledger.job(request.path_params["job"]).to_json()
@@ -435,6 +465,7 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         Route("/api/markets/{market}", guarded(market), methods=["GET"]),
         Route("/api/markets/{market}/", guarded(market), methods=["GET"]),
         Route("/api/jobs/list", guarded(list_job), methods=["POST"]),
+        Route("/api/jobs", guarded(search_jobs), methods=["GET"]),
         Route("/api/jobs/{job}", guarded(get_job), methods=["GET"]),
         Route("/api/jobs/{job}/", guarded(get_job), methods=["GET"]),
         Route("/api/jobs/{job}/stop", guarded(stop_job), methods=["POST"]),

@@ -17,10 +17,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
+from ..errors import OutcomeUnknown
 from ..protocol import EXPIRY_MARGIN_S
 from ..transport import Retry, http_client_for, server_message
 from ..wallet import Wallet
@@ -91,6 +92,7 @@ class ApiNetwork:
         self._domain = domain
         self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
+        self._searchable = True
 
     def __repr__(self) -> str:
         return f"ApiNetwork({self.name!r}, {self.base_url!r}, wallet={self.wallet.address})"
@@ -156,9 +158,9 @@ class ApiNetwork:
                 last = type(exc).__name__
             except httpx.TransportError as exc:
                 if not retry_sent:
-                    raise NetworkError(
-                        f"{self.name} network: {route}: the request may or may not have been "
-                        f"received ({type(exc).__name__}); check before trying again"
+                    raise OutcomeUnknown(
+                        f"{self.name} network: {route}: no answer after the request was sent "
+                        f"({type(exc).__name__}): it may have taken effect"
                     ) from None
                 last = type(exc).__name__
             else:
@@ -169,10 +171,16 @@ class ApiNetwork:
                         raise NetworkError(
                             f"{self.name} network: {route}: the answer is not JSON"
                         ) from None
-                if response.status_code < 500 or not retry_sent:
+                if response.status_code < 500:
                     raise NetworkError(
                         f"{self.name} network: {route}: {response.status_code} "
                         f"{server_message(response)}"
+                    )
+                if not retry_sent:
+                    # A server error may come after the work was done (the job listed).
+                    raise OutcomeUnknown(
+                        f"{self.name} network: {route}: {response.status_code} "
+                        f"{server_message(response)}: it may have taken effect"
                     )
                 last = f"{response.status_code} {server_message(response)}"
             if not await backoff.wait():
@@ -298,6 +306,27 @@ class ApiNetwork:
             price=_int_or_none(data.get("price")) or 0,
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+    async def listed_jobs(self, cid: str, market: Market) -> list[JobInfo]:
+        """This wallet's jobs that are not done, listed with the pinned ``cid`` in ``market``:
+        what a listing whose answer was lost may have made. The devnode serves this search
+        (``GET /api/jobs?project=…&ipfsJob=…&market=…``); the Nosana API has no such route, so
+        there :class:`NetworkError` says the network cannot be searched."""
+        if not self._searchable:
+            raise NetworkError(f"{self.name} network cannot be searched for jobs")
+        query = urlencode({"project": self.wallet.address, "ipfsJob": cid,
+                           "market": market.address})
+        try:
+            body = await self._call("GET", f"{self.base_url}/api/jobs?{query}",
+                                    route="GET /api/jobs")
+        except NetworkError as exc:
+            if ": 404 " in str(exc) or ": 405 " in str(exc):
+                self._searchable = False  # asked once per network, not before each listing
+                raise NetworkError(f"{self.name} network cannot be searched for jobs") from None
+            raise
+        if not isinstance(body, list):
+            raise NetworkError(f"{self.name} network: GET /api/jobs did not answer a list")
+        return [self._job_info(item) for item in body]
 
     async def job(self, address: str) -> JobInfo:
         body = await self._call(

@@ -54,7 +54,7 @@ from ..chain import (
     QueueType,
     RunAccount,
 )
-from ..errors import InsufficientFundsError, TransactionFailedError
+from ..errors import InsufficientFundsError, OutcomeUnknown, TransactionFailedError
 from ..protocol import b58encode, format_duration, short_address
 from ..transport import Retry, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
@@ -479,10 +479,17 @@ class SolanaNetwork:
         else:
             ix = chain.list_instruction(**common)
         job = str(job_kp.pubkey())
-        signature = await self.rpc.send(
-            [ix], [self.wallet.keypair, job_kp, run_kp], f"listing the job in {market.slug}",
-            payer=self.wallet.public_key, fee=fee, job=job,
-        )
+        try:
+            signature = await self.rpc.send(
+                [ix], [self.wallet.keypair, job_kp, run_kp], f"listing the job in {market.slug}",
+                payer=self.wallet.public_key, fee=fee, job=job,
+            )
+        except TransactionFailedError:
+            raise  # the cluster rejected it: nothing was listed
+        except NetworkError as exc:
+            # Sent but not confirmed (or not answered): the job account may exist. Its address
+            # is ours, so whoever handles this can look it up.
+            raise OutcomeUnknown(str(exc), job=job) from None
         self._runs[job] = run_kp.pubkey()
         return Listing(job=job, run=str(run_kp.pubkey()), tx=signature)
 
