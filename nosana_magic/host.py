@@ -27,6 +27,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -204,6 +205,9 @@ class HostClient:
         self.log_connections = 0
         #: Whether a ``/log`` connection is open and subscribed right now.
         self.log_connected = False
+        #: ``time.monotonic()`` of the host's last answer: a response, an event or a keep-alive
+        #: of ``/info``, a ``/log`` frame (``None`` before the first).
+        self.last_answer: float | None = None
 
     def __repr__(self) -> str:
         return f"HostClient({self.base_url!r}, job={self.job!r})"
@@ -306,13 +310,15 @@ class HostClient:
         headers = self._headers(legacy=legacy)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        return await self._http.request(
+        response = await self._http.request(
             method,
             self.base_url + path,
             content=content,
             headers=headers,
             timeout=httpx.Timeout(self.request_timeout) if patient else self._timeout(backoff),
         )
+        self.last_answer = time.monotonic()
+        return response
 
     async def _until_answered(
         self,
@@ -516,6 +522,7 @@ class HostClient:
                     headers={**self._headers(), "Accept": "text/event-stream"},
                     timeout=request_timeout,
                 ) as response:
+                    self.last_answer = time.monotonic()
                     if response.status_code != 200:
                         await response.aread()
                         if (
@@ -529,6 +536,7 @@ class HostClient:
                     else:
                         parser = SseParser()
                         async for line in response.aiter_lines():
+                            self.last_answer = time.monotonic()  # keep-alives included
                             data = parser.feed(line)
                             if data is None or data == last_data:
                                 continue
@@ -591,10 +599,12 @@ class HostClient:
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
+                    self.last_answer = time.monotonic()
                     await ws.send(self._log_subscription())
                     index = 0  # position in this connection's stream (replay, then live)
                     skip = self.log_cursor
                     async for raw in ws:
+                        self.last_answer = time.monotonic()
                         entry = self._log_entry(raw)
                         if entry is None:
                             continue

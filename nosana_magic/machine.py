@@ -73,6 +73,16 @@ LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
 LOG_DRAIN_MAX_S = 120.0
 
+#: Neither the network (its ledger) nor the job's host answered for this long: contact with
+#: the job is lost, and the machine gives up on it rather than wait for its expiry.
+SILENCE_S = 60.0
+#: How often a long wait looks for that silence.
+SILENCE_CHECK_S = 5.0
+#: Silent this long, a stop is tried briefly: Ctrl-C must not hang on a network that is gone.
+QUIET_S = 10.0
+#: ... each of its two attempts (host, then ledger) bounded by this.
+QUIET_STOP_S = 3.0
+
 #: How long a listing whose answer was lost is looked for on the ledger (and stopped).
 LOST_LISTING_WAIT_S = 10.0
 
@@ -128,6 +138,8 @@ class JobMachine:
         #: Set once the machine is closing its clients (a stop then has nothing to do).
         self._finishing = False
         self._ledger_error: str | None = None
+        #: ``time.monotonic()`` when the machine started (silence counts from there at first).
+        self._started_at = time.monotonic()
 
     @property
     def started(self) -> bool:
@@ -185,9 +197,12 @@ class JobMachine:
 
     async def _send_stop(self, address: str) -> None:
         job = self.job
+        # Nothing heard for a while: try briefly, and say so (Ctrl-C returns in seconds).
+        silent = self._silent_for()
+        quiet = silent >= QUIET_S
         if job.state is JobState.RUNNING and job.node is not None:
             try:
-                await self._host_client().stop()
+                await self._host_client().stop(timeout=QUIET_STOP_S if quiet else 10.0)
                 job._mark("stop-sent")
                 return
             except HostError as exc:
@@ -200,9 +215,15 @@ class JobMachine:
             return
         if job.state is None or not job.state.done:
             try:
-                await self.network.stop(address)
+                await asyncio.wait_for(self.network.stop(address),
+                                       QUIET_STOP_S if quiet else None)
                 job._mark("stop-sent")
-            except NetworkError:
+            except (NetworkError, asyncio.TimeoutError):
+                if quiet:
+                    raise NetworkError(
+                        f"the stop could not be sent: neither the {self.network.name} network "
+                        f"nor the job's host has answered for {silent:.0f} s (the job may run "
+                        "until its timeout)") from None
                 # Already ended meanwhile? Then there is nothing to stop.
                 info = await self.network.job(address)
                 if not info.state.done:
@@ -304,6 +325,34 @@ class JobMachine:
 
     def _env_map(self) -> Mapping[str, str]:
         return self._env if self._env is not None else reference_env()
+
+    def _silent_for(self) -> float:
+        """Seconds since the network's ledger or the job's host last answered (0 for a network
+        that does not say when it last answered)."""
+        if not hasattr(self.network, "last_answer"):
+            return 0.0
+        heard = [when for when in (getattr(self.network, "last_answer", None),
+                                   self._host.last_answer if self._host is not None else None)
+                 if when is not None]
+        return time.monotonic() - max(heard, default=self._started_at)
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """:meth:`Changes.wait_for`, giving up on the job (lost) once neither the network nor
+        the job's host has answered for ``SILENCE_S``: a network that died is noticed within
+        about a minute, not at the job's expiry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if await self.changes.wait_for(predicate, max(0.0, min(remaining, SILENCE_CHECK_S))):
+                return True
+            if remaining <= SILENCE_CHECK_S:
+                return False
+            silent = self._silent_for()
+            if silent >= SILENCE_S:
+                raise Failure(
+                    f"lost contact with job {self.job.address}: neither the {self.network.name} "
+                    f"network nor its host answered for {silent:.0f} s (it may still run on its "
+                    "host until its timeout)", lost=True)
 
     # -- posting a new job ---------------------------------------------------------------
 
@@ -483,7 +532,7 @@ class JobMachine:
         """Queued: until a host takes the job (True) or it ends without running (False)."""
         job = self.job
         horizon = job.timeout + EXPIRY_MARGIN_S + 24 * 3600.0
-        running = await self.changes.wait_for(
+        running = await self._wait(
             lambda: job.node is not None or self._ledger_done() or self._ledger_error is not None,
             horizon,
         )
@@ -505,7 +554,7 @@ class JobMachine:
         def pointless() -> bool:
             return self.job._stop_requested or self._ledger_done() or self.job._info_end is not None
 
-        await self.changes.wait_for(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
+        await self._wait(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
         if not send.done():
             send.cancel()
             await asyncio.gather(send, return_exceptions=True)
@@ -541,8 +590,8 @@ class JobMachine:
                 raise Failure(f"job {job.address} did not end within {EXPIRY_MARGIN_S:g} s "
                               "of its expiry", lost=True)
             to_expiry = expiry - now
-            await self.changes.wait_for(self._ended, min(to_expiry, remaining) if to_expiry > 0
-                              else remaining)
+            await self._wait(self._ended, min(to_expiry, remaining) if to_expiry > 0
+                             else remaining)
 
     # -- results -------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ class ApiNetwork:
         self._http = http or http_client_for(self.base_url)
         self._owns_http = http is None
         self._searchable = True
+        #: ``time.monotonic()`` of the ledger's last answer (``None`` before the first).
+        self.last_answer: float | None = None
 
     def __repr__(self) -> str:
         return f"ApiNetwork({self.name!r}, {self.base_url!r}, wallet={self.wallet.address})"
@@ -164,6 +166,7 @@ class ApiNetwork:
                     ) from None
                 last = type(exc).__name__
             else:
+                self.last_answer = time.monotonic()
                 if response.status_code < 400:
                     try:
                         return response.json()

@@ -586,6 +586,11 @@ class SolanaNetwork:
 
     # ------------------------------------------------------------------ watching
 
+    @property
+    def last_answer(self) -> float | None:
+        """``time.monotonic()`` of the RPC endpoint's last answer (``None`` before the first)."""
+        return self.rpc.last_answer
+
     async def watch(self, address: str) -> AsyncIterator[JobInfo]:
         """Yield the job at once, then on every change until it is COMPLETED or STOPPED.
 
