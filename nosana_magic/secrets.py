@@ -229,7 +229,9 @@ def resolve_references(value: Any, *, env: Mapping[str, str], namespace: Mapping
 # Redaction
 
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# U+2028 and U+2029 too: JavaScript ends a line there (a results pattern's ``.`` stops at
+# them), so a host can show the parts of a value between them as parts of their own.
+_LINE_BREAK = re.compile("\r\n|\r|\n|\u2028|\u2029")
 _GO_NAMED = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
              "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
 _JS_NAMED = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r",
@@ -301,8 +303,9 @@ class Redactor:
     * **the value and its escaped forms**: JSON, Python's ``repr``, Node's ``util.inspect``
       and Go's ``%q`` (Docker's messages) quote a value with ``"``, ``'``, a tab or a
       non-ASCII character differently (:func:`escaped_forms`);
-    * **each line of a multi-line value** (a PEM key, a JSON credentials file): a job that
-      prints it sends it line by line, so every line of it of at least :attr:`MIN_LENGTH`
+    * **each line of a multi-line value** (a PEM key, a JSON credentials file; lines end at
+      ``\n``, ``\r`` and, as in JavaScript, U+2028 and U+2029): a job that prints it sends
+      it line by line, so every line of it of at least :attr:`MIN_LENGTH`
       characters (without its surrounding spaces) is a secret of its own, and so is the value
       with its line breaks written ``\n`` or ``\r\n``;
     * **the pieces of a cut line**: a host cuts an output line longer than its limit into

@@ -349,6 +349,14 @@ def test_each_line_of_a_multiline_secret_is_a_secret(secret: str) -> None:
         assert "PRIVATE KEY" not in r.redact(text) and "MIIEvQ" not in r.redact(text)
 
 
+def test_a_javascript_line_separator_splits_a_secret_into_lines() -> None:
+    # A host's results pattern (JavaScript) stops at U+2028 as at a line break: what it
+    # captures is the value's first line, which must be hidden on its own.
+    r = Redactor({"KEY": "first-part-é€\u2028second-part"})
+    assert r.redact("v=first-part-é€") == "v=[secret:KEY]"
+    assert r.redact("second-part done") == "[secret:KEY] done"
+
+
 def test_a_multiline_secret_cut_inside_a_line() -> None:
     r = Redactor({"KEY": PEM})
     middle = PEM.splitlines()[2]
