@@ -45,7 +45,7 @@ from .protocol import (
     service_url,
     short_address,
 )
-from .record import JobRecord
+from .record import Changes, JobRecord
 from .results import FlowState, LogLine, ServiceUrl
 from .settings import reference_env
 from .transport import Backoff, Retry
@@ -198,7 +198,7 @@ class JobMachine:
     async def _send_stop(self, address: str) -> None:
         job = self.job
         # Nothing heard for a while: try briefly, and say so (Ctrl-C returns in seconds).
-        silent = self._silent_for()
+        silent = silent_for(self.network, self._host, self._started_at)
         quiet = silent >= QUIET_S
         if job.state is JobState.RUNNING and job.node is not None:
             try:
@@ -326,33 +326,13 @@ class JobMachine:
     def _env_map(self) -> Mapping[str, str]:
         return self._env if self._env is not None else reference_env()
 
-    def _silent_for(self) -> float:
-        """Seconds since the network's ledger or the job's host last answered (0 for a network
-        that does not say when it last answered)."""
-        if not hasattr(self.network, "last_answer"):
-            return 0.0
-        heard = [when for when in (getattr(self.network, "last_answer", None),
-                                   self._host.last_answer if self._host is not None else None)
-                 if when is not None]
-        return time.monotonic() - max(heard, default=self._started_at)
-
     async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """:meth:`Changes.wait_for`, giving up on the job (lost) once neither the network nor
-        the job's host has answered for ``SILENCE_S``: a network that died is noticed within
-        about a minute, not at the job's expiry."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if await self.changes.wait_for(predicate, max(0.0, min(remaining, SILENCE_CHECK_S))):
-                return True
-            if remaining <= SILENCE_CHECK_S:
-                return False
-            silent = self._silent_for()
-            if silent >= SILENCE_S:
-                raise Failure(
-                    f"lost contact with job {self.job.address}: neither the {self.network.name} "
-                    f"network nor its host answered for {silent:.0f} s (it may still run on its "
-                    "host until its timeout)", lost=True)
+        """:meth:`Changes.wait_for`, giving up on the job as lost once neither the network nor
+        its host has answered for ``SILENCE_S`` (:func:`wait_unless_silent`)."""
+        return await wait_unless_silent(
+            self.changes, predicate, timeout,
+            lambda: silent_for(self.network, self._host, self._started_at),
+            f"job {self.job.address}: neither the {self.network.name} network nor its host")
 
     # -- posting a new job ---------------------------------------------------------------
 
@@ -710,6 +690,36 @@ class JobMachine:
 
     def __repr__(self) -> str:
         return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"
+
+
+def silent_for(network: object, host: HostClient | None, since: float) -> float:
+    """Seconds since ``network`` (its ledger) or ``host`` last answered, counted from
+    ``since`` before either did (0 for a network that does not say when it last answered)."""
+    if not hasattr(network, "last_answer"):
+        return 0.0
+    heard = [when for when in (getattr(network, "last_answer", None),
+                               host.last_answer if host is not None else None)
+             if when is not None]
+    return time.monotonic() - max(heard, default=since)
+
+
+async def wait_unless_silent(changes: Changes, predicate: Callable[[], bool], timeout: float,
+                             silence: Callable[[], float], who: str) -> bool:
+    """``changes.wait_for(predicate, timeout)``, giving up (a lost :class:`Failure`) once
+    ``silence()`` reaches ``SILENCE_S``: a network that died is noticed within about a minute,
+    not at the job's expiry (looked at every ``SILENCE_CHECK_S``). ``who`` names what fell
+    silent, for the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if await changes.wait_for(predicate, max(0.0, min(remaining, SILENCE_CHECK_S))):
+            return True
+        if remaining <= SILENCE_CHECK_S:
+            return False
+        silent = silence()
+        if silent >= SILENCE_S:
+            raise Failure(f"lost contact with {who} answered for {silent:.0f} s (it may still "
+                          "run on its host until its timeout)", lost=True)
 
 
 class HostStreams:
