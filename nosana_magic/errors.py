@@ -17,6 +17,7 @@ The tree::
      │    ├── SpendNotConfirmed         a job on a paid network that nobody confirmed
      │    ├── NetworkError              the ledger, IPFS or a market refused or is unreachable
      │    │    ├── UnknownMarketError   no such market (also a LookupError)
+     │    │    ├── OutcomeUnknown       sent, but the answer was lost: it may have taken effect
      │    │    ├── InsufficientFundsError  the wallet cannot pay; says what is missing
      │    │    ├── InsufficientCreditsError  the API key's credits cannot pay (402)
      │    │    ├── TransactionFailedError  the cluster rejected a transaction (``logs``)
@@ -64,6 +65,7 @@ __all__ = [
     "MissingResult",
     "NetworkError",
     "NosanaError",
+    "OutcomeUnknown",
     "ParamError",
     "SecretError",
     "SettingsError",
@@ -157,6 +159,17 @@ class SpendNotConfirmed(NosanaError):
 
 class NetworkError(NosanaError):
     """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
+
+
+class OutcomeUnknown(NetworkError):
+    """A request that changes something (listing a job, extending it) was sent, and its
+    answer was lost: a 5xx after the work, a timeout, a transaction not confirmed in time. It
+    may have taken effect. ``job`` is the job's address when it was known before sending (on
+    chain the client makes it); a listing's job may then exist, running and paid for."""
+
+    def __init__(self, message: str, *, job: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class UnknownMarketError(NetworkError, LookupError):

@@ -27,9 +27,11 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -50,6 +52,18 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class _NoFrameLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger our WebSocket connections get. websockets logs every frame at DEBUG, and
+    ours carry the job's output (and the first one our auth header): never at DEBUG, so
+    frames are not even formatted; INFO and up pass to ``websockets.client`` as usual."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WS_LOGGER = _NoFrameLog(logging.getLogger("websockets.client"), {})
 
 #: The node API's retry policy unless the caller gives one (from ~0.1 s to ~2 s, 60 s at most).
 _DEFAULT_RETRY = Retry()
@@ -175,6 +189,9 @@ class HostClient:
         #: Who signs the requests: the job's project (a wallet, or the signing service's
         #: header for a credit job; docs/protocol.md §3, §24).
         self.signer = signer
+        # One path segment whatever the ledger said the job is: no "/" or ".." reaches
+        # another route.
+        self._job_segment = quote(job, safe="")
         self.retry = retry
         self._redact = redact or (lambda text: text)
         self._http = http or http_client_for(self.base_url)
@@ -190,6 +207,9 @@ class HostClient:
         self.log_connections = 0
         #: Whether a ``/log`` connection is open and subscribed right now.
         self.log_connected = False
+        #: ``time.monotonic()`` of the host's last answer: a response, an event or a keep-alive
+        #: of ``/info``, a ``/log`` frame (``None`` before the first).
+        self.last_answer: float | None = None
 
     def __repr__(self) -> str:
         return f"HostClient({self.base_url!r}, job={self.job!r})"
@@ -222,7 +242,7 @@ class HostClient:
     def _route(self, kind: Kind, *, legacy: bool | None = None) -> tuple[str, str]:
         method, current, old = _ROUTES[kind]
         use_legacy = self.legacy if legacy is None else legacy
-        return method, (old if use_legacy else current).format(job=self.job)
+        return method, (old if use_legacy else current).format(job=self._job_segment)
 
     def _route_name(self, kind: Kind) -> str:
         method, path = self._route(kind)
@@ -230,7 +250,8 @@ class HostClient:
 
     def _message(self, response: httpx.Response) -> str:
         """The host's error string: short, one line, redacted; HTML pages are not shown."""
-        return self._redact(server_message(response)) or f"HTTP {response.status_code}"
+        # Redacted before it is shortened: a cut would leave a piece of a secret unrecognised.
+        return server_message(response, redact=self._redact) or f"HTTP {response.status_code}"
 
     def _error(
         self,
@@ -291,13 +312,15 @@ class HostClient:
         headers = self._headers(legacy=legacy)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        return await self._http.request(
+        response = await self._http.request(
             method,
             self.base_url + path,
             content=content,
             headers=headers,
             timeout=httpx.Timeout(self.request_timeout) if patient else self._timeout(backoff),
         )
+        self.last_answer = time.monotonic()
+        return response
 
     async def _until_answered(
         self,
@@ -412,7 +435,7 @@ class HostClient:
             return False  # legacy hosts have no GET for it: report the refusal
         try:
             response = await self._http.get(
-                f"{self.base_url}/job/{self.job}/job-definition",
+                f"{self.base_url}/job/{self._job_segment}/job-definition",
                 headers=self._headers(),
                 timeout=self._timeout(backoff),
             )
@@ -486,7 +509,7 @@ class HostClient:
         same way. ``timeout`` bounds each streak of failures (default: the retry policy's).
         """
         route = f"GET /job/{self.job}/info"
-        url = f"{self.base_url}/job/{self.job}/info"
+        url = f"{self.base_url}/job/{self._job_segment}/info"
         backoff = self.retry.backoff(timeout)
         last_data: str | None = None
         last = "no attempt"
@@ -501,6 +524,7 @@ class HostClient:
                     headers={**self._headers(), "Accept": "text/event-stream"},
                     timeout=request_timeout,
                 ) as response:
+                    self.last_answer = time.monotonic()
                     if response.status_code != 200:
                         await response.aread()
                         if (
@@ -514,6 +538,7 @@ class HostClient:
                     else:
                         parser = SseParser()
                         async for line in response.aiter_lines():
+                            self.last_answer = time.monotonic()  # keep-alives included
                             data = parser.feed(line)
                             if data is None or data == last_data:
                                 continue
@@ -572,13 +597,16 @@ class HostClient:
                     close_timeout=2,
                     max_size=2**24,
                     proxy=None if is_loopback(url) else True,
+                    logger=_WS_LOGGER,
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
+                    self.last_answer = time.monotonic()
                     await ws.send(self._log_subscription())
                     index = 0  # position in this connection's stream (replay, then live)
                     skip = self.log_cursor
                     async for raw in ws:
+                        self.last_answer = time.monotonic()
                         entry = self._log_entry(raw)
                         if entry is None:
                             continue

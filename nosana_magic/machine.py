@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 from . import runner
-from .errors import NosanaError
+from .errors import NosanaError, OutcomeUnknown
 from .host import HostClient, HostError
 from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
@@ -45,7 +45,7 @@ from .protocol import (
     service_url,
     short_address,
 )
-from .record import JobRecord
+from .record import Changes, JobRecord
 from .results import FlowState, LogLine, ServiceUrl
 from .settings import reference_env
 from .signer import Signer
@@ -73,6 +73,19 @@ LOG_IDLE_S = 0.2
 LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
 LOG_DRAIN_MAX_S = 120.0
+
+#: Neither the network (its ledger) nor the job's host answered for this long: contact with
+#: the job is lost, and the machine gives up on it rather than wait for its expiry.
+SILENCE_S = 60.0
+#: How often a long wait looks for that silence.
+SILENCE_CHECK_S = 5.0
+#: Silent this long, a stop is tried briefly: Ctrl-C must not hang on a network that is gone.
+QUIET_S = 10.0
+#: ... each of its two attempts (host, then ledger) bounded by this.
+QUIET_STOP_S = 3.0
+
+#: How long a listing whose answer was lost is looked for on the ledger (and stopped).
+LOST_LISTING_WAIT_S = 10.0
 
 #: What a job keeps private (docs/protocol.md §11): ``"both"`` its definition and its results
 #: (the Nosana CLI's confidential job), ``"input"`` only the definition (the host pins the
@@ -129,6 +142,8 @@ class JobMachine:
         #: Set once the machine is closing its clients (a stop then has nothing to do).
         self._finishing = False
         self._ledger_error: str | None = None
+        #: ``time.monotonic()`` when the machine started (silence counts from there at first).
+        self._started_at = time.monotonic()
 
     @property
     def started(self) -> bool:
@@ -186,9 +201,13 @@ class JobMachine:
 
     async def _send_stop(self, address: str) -> None:
         job = self.job
+        # Nothing heard for a while: try briefly, and say so (Ctrl-C returns in seconds).
+        silent = silent_for(self.network, self._host, self._started_at)
+        quiet = silent >= QUIET_S
         if job.state is JobState.RUNNING and job.node is not None:
             try:
-                await (await self._host_client()).stop()
+                await (await self._host_client()).stop(
+                    timeout=QUIET_STOP_S if quiet else 10.0)
                 job._mark("stop-sent")
                 return
             except (HostError, NetworkError) as exc:
@@ -201,9 +220,15 @@ class JobMachine:
             return
         if job.state is None or not job.state.done:
             try:
-                await self.network.stop(address)
+                await asyncio.wait_for(self.network.stop(address),
+                                       QUIET_STOP_S if quiet else None)
                 job._mark("stop-sent")
-            except NetworkError:
+            except (NetworkError, asyncio.TimeoutError):
+                if quiet:
+                    raise NetworkError(
+                        f"the stop could not be sent: neither the {self.network.name} network "
+                        f"nor the job's host has answered for {silent:.0f} s (the job may run "
+                        "until its timeout)") from None
                 # Already ended meanwhile? Then there is nothing to stop.
                 info = await self.network.job(address)
                 if not info.state.done:
@@ -318,6 +343,14 @@ class JobMachine:
     def _env_map(self) -> Mapping[str, str]:
         return self._env if self._env is not None else reference_env()
 
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """:meth:`Changes.wait_for`, giving up on the job as lost once neither the network nor
+        its host has answered for ``SILENCE_S`` (:func:`wait_unless_silent`)."""
+        return await wait_unless_silent(
+            self.changes, predicate, timeout,
+            lambda: silent_for(self.network, self._host, self._started_at),
+            f"job {self.job.address}: neither the {self.network.name} network nor its host")
+
     # -- posting a new job ---------------------------------------------------------------
 
     def _validate(self) -> JobDefinition:
@@ -331,8 +364,8 @@ class JobMachine:
                 else validate_job_definition(source)
             )
             self.definition = definition
-        definition.check_references(env=self._env_map(), namespace=self._namespace or {},
-                                    params=self._params)
+        definition.check_resolved(env=self._env_map(), namespace=self._namespace or {},
+                                  params=self._params)
         return definition
 
     async def _post_flow(self) -> None:
@@ -358,13 +391,55 @@ class JobMachine:
             return
 
         job._set_phase("listing")
-        listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
+        before = await listed_before(self.network, cid, market)
+        try:
+            listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
+        except OutcomeUnknown as exc:
+            await self._lost_listing(exc, cid, market, before)
+            raise
         job._listed(listing.job)
         job._set_phase("queued")
         self._tasks.append(asyncio.create_task(self._watch_ledger()))
         if self.job._stop_requested:
             await self.stop()
         await self._follow_job(definition)
+
+    async def _lost_listing(self, exc: OutcomeUnknown, cid: str, market: Market,
+                            before: set[str] | None) -> None:
+        """The listing was sent and its answer lost (docs/protocol.md §22): the job may exist,
+        running and paid for until its timeout. Find it, for a short while (the ledger may
+        show it late), and stop it; or say plainly that it may exist and how to stop it.
+        Raises :class:`Failure` in every case."""
+        job = self.job
+        stop_it = "stop it with %nosana stop ADDRESS"
+        if exc.job is None and before is None:
+            wallet = getattr(self.network, "wallet", None)
+            whose = (f"a job of wallet {wallet.address}" if wallet is not None else
+                     "a job of your API key's project on the Nosana dashboard")
+            raise Failure(f"{exc}. This network cannot be searched for it: if it was listed, it "
+                          f"runs until its timeout ({format_duration(job.timeout)}); look for "
+                          f"{whose} and {stop_it}")
+        found = await appeared(self.network, self._retry, exc.job, cid, market,
+                               before or set())
+        if not found:
+            if exc.job is not None:
+                raise Failure(f"{exc}. Job {exc.job} was not on the ledger after "
+                              f"{LOST_LISTING_WAIT_S:g} s: most likely not listed; if it appears "
+                              f"later, stop it with %nosana stop {exc.job}")
+            raise Failure(f"{exc}. No new job of this wallet appeared on the ledger within "
+                          f"{LOST_LISTING_WAIT_S:g} s: most likely nothing was listed")
+        if len(found) > 1:
+            raise Failure(f"{exc}. Jobs {', '.join(sorted(found))} appeared meanwhile: one may "
+                          f"be this one (the others another listing's); {stop_it}")
+        address = found[0]
+        job._listed(address)  # the handle shows it; _abandon() stops it if this stop fails
+        try:
+            await asyncio.wait_for(self.network.stop(address), LOST_LISTING_WAIT_S)
+            job._set_ledger(await self.network.job(address))
+            outcome = "it was stopped"
+        except (NosanaError, asyncio.TimeoutError) as err:
+            outcome = f"stopping it failed ({first_line(err)}); {stop_it}"
+        raise Failure(f"{exc}. The job was listed all the same ({address}): {outcome}")
 
     async def _resolve_market(self) -> Market:
         ref = self._market_ref
@@ -426,7 +501,7 @@ class JobMachine:
         """Queued: until a host takes the job (True) or it ends without running (False)."""
         job = self.job
         horizon = job.timeout + EXPIRY_MARGIN_S + 24 * 3600.0
-        running = await self.changes.wait_for(
+        running = await self._wait(
             lambda: job.node is not None or self._ledger_done() or self._ledger_error is not None,
             horizon,
         )
@@ -449,7 +524,7 @@ class JobMachine:
         def pointless() -> bool:
             return self.job._stop_requested or self._ledger_done() or self.job._info_end is not None
 
-        await self.changes.wait_for(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
+        await self._wait(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
         if not send.done():
             send.cancel()
             await asyncio.gather(send, return_exceptions=True)
@@ -485,8 +560,8 @@ class JobMachine:
                 raise Failure(f"job {job.address} did not end within {EXPIRY_MARGIN_S:g} s "
                               "of its expiry", lost=True)
             to_expiry = expiry - now
-            await self.changes.wait_for(self._ended, min(to_expiry, remaining) if to_expiry > 0
-                              else remaining)
+            await self._wait(self._ended, min(to_expiry, remaining) if to_expiry > 0
+                             else remaining)
 
     # -- results -------------------------------------------------------------------------
 
@@ -605,6 +680,72 @@ class JobMachine:
 
     def __repr__(self) -> str:
         return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"
+
+
+async def listed_before(network: Network, cid: str, market: Market) -> set[str] | None:
+    """The lister's unfinished jobs with this placeholder before listing: what a listing
+    whose answer is lost may add to (``None`` where the network cannot be searched)."""
+    search = getattr(network, "listed_jobs", None)
+    if search is None:
+        return None
+    try:
+        return {info.address for info in await search(cid, market)}
+    except NetworkError:
+        return None
+
+
+
+async def appeared(network: Network, retry: Retry, known: str | None, cid: str,
+                   market: Market, before: set[str]) -> list[str]:
+    """The jobs a lost listing made, as the ledger shows them within
+    ``LOST_LISTING_WAIT_S``: the known address if it exists, else this wallet's unfinished
+    jobs with this placeholder that were not there before."""
+    backoff = retry.backoff(LOST_LISTING_WAIT_S)
+    while True:
+        try:
+            if known is not None:
+                await network.job(known)
+                return [known]
+            search = network.listed_jobs  # type: ignore[attr-defined]
+            new = [info.address for info in await search(cid, market)
+                   if info.address not in before]
+            if new:
+                return new
+        except NetworkError:
+            pass  # not there (yet), or the ledger did not answer: ask again
+        if not await backoff.wait():
+            return []
+
+
+
+def silent_for(network: object, host: HostClient | None, since: float) -> float:
+    """Seconds since ``network`` (its ledger) or ``host`` last answered, counted from
+    ``since`` before either did (0 for a network that does not say when it last answered)."""
+    if not hasattr(network, "last_answer"):
+        return 0.0
+    heard = [when for when in (getattr(network, "last_answer", None),
+                               host.last_answer if host is not None else None)
+             if when is not None]
+    return time.monotonic() - max(heard, default=since)
+
+
+async def wait_unless_silent(changes: Changes, predicate: Callable[[], bool], timeout: float,
+                             silence: Callable[[], float], who: str) -> bool:
+    """``changes.wait_for(predicate, timeout)``, giving up (a lost :class:`Failure`) once
+    ``silence()`` reaches ``SILENCE_S``: a network that died is noticed within about a minute,
+    not at the job's expiry (looked at every ``SILENCE_CHECK_S``). ``who`` names what fell
+    silent, for the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if await changes.wait_for(predicate, max(0.0, min(remaining, SILENCE_CHECK_S))):
+            return True
+        if remaining <= SILENCE_CHECK_S:
+            return False
+        silent = silence()
+        if silent >= SILENCE_S:
+            raise Failure(f"lost contact with {who} answered for {silent:.0f} s (it may still "
+                          "run on its host until its timeout)", lost=True)
 
 
 class HostStreams:

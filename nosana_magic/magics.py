@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import re
 import sys
 import textwrap
 import threading
@@ -61,6 +62,10 @@ if TYPE_CHECKING:
     from .sweeps import Runs
 
 __all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
+
+#: Names IPython's output and input caching keep in the namespace (``_``, ``__``, ``___``,
+#: ``_i``, ``_ii``, ``_iii``, ``_7``, ``_i7``, ``_oh``, ``_ih``, ``_dh``) and dunder names.
+_IPYTHON_NAME = re.compile(r"_{1,3}|_i{1,3}|_i?\d+|_[oid]h|__\w+__")
 
 
 _HELP_FLAGS = ("-h", "--help")
@@ -528,9 +533,11 @@ class NosanaMagics(Magics):
         namespace = self.shell.user_ns if self.shell is not None else {}
         sets = self._param_sets(args, namespace, definition) if (
             args.sweep or args.params is not None) else None
-        # Every reference must resolve before anything is pinned or listed.
-        definition.check_references(env=reference_env(), namespace=namespace,
-                                    params=sets[0] if sets else None)
+        # Every reference must resolve, and each definition as it will be sent be one a host
+        # runs, before anything is pinned or listed.
+        each: list[dict[str, Any] | None] = [*sets] if sets else [None]
+        for params in each:
+            definition.check_resolved(env=reference_env(), namespace=namespace, params=params)
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout,
                                  pay=args.pay)
@@ -545,8 +552,8 @@ class NosanaMagics(Magics):
         args = parse_argstring(self.nosana_confidential, line)
         if args.send_only and args.receive_only:
             raise UsageError("--send-only and --receive-only exclude each other")
-        if args.out is not None and (not args.out.isidentifier() or iskeyword(args.out)):
-            raise UsageError(f"--out: {args.out!r} is not a Python identifier")
+        if args.out is not None:
+            self._check_out_name(args.out)
         if args.parallel is not None:
             if not (args.sweep or args.params is not None):
                 raise UsageError("--parallel is for a sweep (--sweep or --params)")
@@ -812,6 +819,17 @@ class NosanaMagics(Magics):
         return command.run(self, args)
 
     # -- help ----------------------------------------------------------------------------
+
+    def _check_out_name(self, name: str) -> None:
+        """``-o NAME`` must be a Python name the shell does not use itself: IPython keeps
+        ``In``, ``Out``, ``get_ipython``, ``exit``, ``_``, ``_i3``, ``_7``… in the namespace,
+        and replacing one breaks the shell (history, output caching, the shell's own calls)."""
+        if not name.isidentifier() or iskeyword(name):
+            raise UsageError(f"--out: {name!r} is not a Python identifier")
+        hidden = getattr(self.shell, "user_ns_hidden", {}) if self.shell is not None else {}
+        if name in hidden or _IPYTHON_NAME.fullmatch(name):
+            raise UsageError(f"--out: {name!r} is a name IPython uses itself (replacing it "
+                             "breaks the shell); choose another, such as run")
 
     def _cell_help(self) -> str:
         """``%%nosana_confidential --help``: usage, what it does, the flags, an example."""

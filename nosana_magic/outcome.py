@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from .errors import MissingResult
 from .protocol import JobState, format_duration
 from .results import FlowState, LogLine, OpState, final_status
+from .transport import one_line
 
 __all__ = [
     "FINAL_STATUSES",
@@ -291,14 +292,36 @@ def reason(facts: Facts, redact: Callable[[str], str]) -> str:
         return "the host rejected the job definition" + (f": {detail}" if detail else "")
     for op in flow.op_states:
         if op.status == "failed" or op.exit_code not in (None, 0):
+            said = op_failure(op, redact)
+            why = f": {said}" if said else ""
             if op.exit_code is not None:
-                return f"op {op.operation_id} exited with {op.exit_code}"
-            return f"op {op.operation_id} {op.status}"
+                return f"op {op.operation_id} exited with {op.exit_code}{why}"
+            return f"op {op.operation_id} {op.status}{why}"
     if flow.errors:
         first = flow.errors[0]
-        text = first if isinstance(first, str) else json.dumps(first)[:200]
-        return f"the host says {outcome}: {redact(text)}"
+        text = first if isinstance(first, str) else json.dumps(first)
+        # Redacted whole, then cut: a cut would leave a piece of a secret unrecognised.
+        return f"the host says {outcome}: {one_line(redact(text))}"
     return f"the host says {facts.reported or flow.status}"
+
+
+def op_failure(op: OpState, redact: Callable[[str], str]) -> str:
+    """What the host said about an op it could not run, in one line ("" if nothing): the
+    first error it recorded (an op that could not start: exit code 2), else its last
+    ``nodeerr`` log line (its arguments could not be resolved), else the diagnostics' reason
+    (docs/protocol.md §14). A process's own exit code needs no words from the host."""
+    for error in op.errors:
+        message = error.get("message") if isinstance(error, Mapping) else error
+        if isinstance(message, str) and message.strip():
+            return one_line(redact(message), 160)
+    node_lines = [entry.log for entry in op.logs if entry.type == "nodeerr" and entry.log.strip()]
+    if node_lines:
+        return one_line(redact(node_lines[-1]), 160)
+    reason = (op.diagnostics or {}).get("reason")
+    said = reason.get("reason") if isinstance(reason, Mapping) else None
+    if isinstance(said, str) and said.strip() and op.exit_code not in (0, None):
+        return one_line(redact(said), 160)
+    return ""
 
 
 def first_line(error: BaseException) -> str:

@@ -109,3 +109,46 @@ def test_cli_sigterm_kills_running_jobs() -> None:
     finish(process, signal.SIGTERM)
     assert process.returncode == 0
     assert not processes_of_jobs({job})
+
+
+def _running_job(url: str, cmd: str) -> str:
+    """Post a job to the devnode at ``url`` and send it ``cmd``; its id once it runs."""
+    wallet = Wallet.generate()
+    with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
+        cid = client.post("/pinning/pinJSONToIPFS", json=PLACEHOLDER,
+                          headers={"Authorization": "Bearer x"}).json()["IpfsHash"]
+        job = client.post("/api/jobs/list",
+                          json={"ipfsHash": cid, "market": "local-cpu", "timeout": 120},
+                          headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
+                                   "x-user-id": wallet.address}).json()["job"]
+        deadline = time.monotonic() + PATIENCE
+        while client.get(f"/api/jobs/{job}").json()["node"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        node = client.get(f"/api/jobs/{job}").json()["node"]
+        path = f"/node/{node}/job/{job}/job-definition"
+        while client.post(path, json=definition(op("long", cmd)),
+                          headers={"Authorization": wallet.auth_header(cid)}).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    return str(job)
+
+
+def test_a_sigkilled_devnode_takes_its_job_processes_with_it() -> None:
+    # SIGKILL runs no code in the devnode: its reaper, a process of its own, must notice and
+    # kill the op, what the op started in its group, and what it detached with setsid.
+    process, lines = start("--hosts", "1")
+    url = lines[0].rsplit(" ", 1)[1]
+    try:
+        job = _running_job(url, "sleep 300 & setsid sleep 300 & sleep 300")
+        deadline = time.monotonic() + PATIENCE
+        while len(processes_of_jobs({job})) < 4:  # sh, two sleeps, the detached sleep
+            assert time.monotonic() < deadline, processes_of_jobs({job})
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(PATIENCE)
+    deadline = time.monotonic() + PATIENCE
+    while processes_of_jobs({job}):
+        assert time.monotonic() < deadline, f"left running: {processes_of_jobs({job})}"
+        time.sleep(0.05)

@@ -442,6 +442,26 @@ async def test_error_messages_are_redacted_and_never_hold_the_body() -> None:
         await host.aclose()
 
 
+async def test_a_long_error_message_is_redacted_before_it_is_shortened() -> None:
+    # The message is cut to one short line: cut first, a secret at the cut would show half.
+    from nosana_magic.secrets import Redactor
+
+    secret = "hf_" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8"
+
+    async def post(request: Request) -> Response:
+        return PlainTextResponse("e" * 190 + " " + secret + " more", status_code=422)
+
+    app = Starlette(routes=[Route("/job/{job}/job-definition", post, methods=["POST"])])
+    async with serve_app(app) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY,
+                          redact=Redactor({"HF": secret}).redact)
+        with pytest.raises(HostError) as info:
+            await host.send_definition(b"{}", timeout=PATIENCE)
+        message = str(info.value)
+        assert not any(secret[:k] in message for k in range(3, len(secret))), message
+        await host.aclose()
+
+
 def _ws_app(histories: list[list[str]], close_code: int | None = None) -> Starlette:
     """A /log server: connection *n* replays ``histories[n]`` then closes (1001 / a code)."""
     connections = {"n": 0}

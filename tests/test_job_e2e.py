@@ -235,6 +235,33 @@ def test_failing_op(devnode: DevNode, net: ApiNetwork) -> None:
     assert info.value._render_traceback_() == [f"JobFailed: {info.value}"]
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    ({"cmd": ["/nonexistent/trainer", "--epochs", "3"]},
+     "cannot start '/nonexistent/trainer': No such file or directory"),
+    ({"cmd": "true", "work_dir": "../../elsewhere"},
+     "work_dir '../../elsewhere' would leave the job's directory"),
+    ({"cmd": [], "entrypoint": []},
+     "no cmd or entrypoint: the local executor cannot run an image's default command"),
+])
+def test_an_op_the_host_could_not_run_says_why(devnode: DevNode, net: ApiNetwork,
+                                               args: dict[str, Any], said: str) -> None:
+    # "op a exited with 2" alone does not say that the host never started it, nor why.
+    job = _run(net, definition({"type": "container/run", "id": "a",
+                                "args": {"image": "ubuntu", **args}}))
+    assert job.done and job.status == "failed" and job.ops["a"].exit_code == 2
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    assert str(info.value) == f"job {job.address} failed: op a exited with 2: {said}"
+    assert job.reason == f"op a exited with 2: {said}"
+
+
+def test_why_an_op_failed_is_redacted(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition({"type": "container/run", "id": "a",
+                                "args": {"image": "ubuntu", "cmd": ["/opt/${env:HF_TOKEN}"]}}))
+    assert job.reason == ("op a exited with 2: cannot start '/opt/[secret:HF_TOKEN]': No such "
+                          "file or directory")
+
+
 def test_definition_failing_the_hosts_validation(
     devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:

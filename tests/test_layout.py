@@ -86,6 +86,7 @@ PACED_SLEEPS = {
     "nosana_magic.machine": {"HostStreams.drain_logs"},  # the end-of-job log drain's idle check
     "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode._serve"},
     "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
+    "nosana_magic.devnode.ledger": {"_after_listing"},  # a fault: a listing's answer comes late
     "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
     "nosana_magic.devnode.services": {"ServiceRegistry._health_loop"},  # health checks
 }

@@ -220,6 +220,24 @@ def test_bad_arguments_raise_the_exact_usage_error(
     assert len(shell_devnode.ledger.jobs) == before
 
 
+@pytest.mark.parametrize("name", ["get_ipython", "In", "Out", "exit", "quit", "_", "__", "___",
+                                  "_i", "_ii", "_i3", "_7", "_oh", "_ih", "_dh", "__name__",
+                                  "__builtins__", "open"])
+def test_out_may_not_replace_a_name_the_shell_uses(
+        shell: InteractiveShell, shell_devnode: DevNode, name: str) -> None:
+    # `-o get_ipython` put the handle where IPython calls get_ipython(): the shell broke.
+    before = len(shell_devnode.ledger.jobs)
+    kept = shell.user_ns.get(name)
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic(MAGIC, f"-o {name}", HELLO)
+    assert type(info.value) is UsageError and len(str(info.value).splitlines()) == 1
+    assert f"--out: {name!r} is a name IPython uses itself" in str(info.value)
+    assert shell.user_ns.get(name) is kept and len(shell_devnode.ledger.jobs) == before
+    with capture_output() as captured:
+        assert shell.run_cell("print(get_ipython() is not None, len(In) > 0)").success
+    assert captured.stdout.strip() == "True True"
+
+
 def test_the_line_is_not_expanded(shell: InteractiveShell) -> None:
     shell.user_ns["tok"] = "sk-SECRET-VALUE"
     with pytest.raises(UsageError) as info:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..protocol import JobState
 from .config import DevNodeConfig
@@ -33,6 +35,7 @@ from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
 from .ledger import CLIENT_MANAGER_PREFIX, Ledger, LedgerJob, ledger_routes
 from .node_api import NodeApi
+from .reaper import Reaper
 from .services import ServiceRegistry
 
 __all__ = ["DevNode"]
@@ -69,6 +72,8 @@ class DevNode:
         self._workdir: Path | None = None
         self._own_workdir = False
         self.hosts: list[EmulatedHost] = []
+        #: Kills what the jobs run should this process be killed (started with the first job).
+        self.reaper = Reaper()
         markets = list(self.ledger.markets.values())
         per_market = self.config.hosts_per_market
         count = per_market * len(markets) if per_market is not None else self.config.hosts
@@ -81,6 +86,7 @@ class DevNode:
                 services=self.services,
                 config=self.config,
                 workdir=self._job_root,
+                reaper=self.reaper,
             )
             self.hosts.append(host)
             self.ledger.hosts[host.address] = host
@@ -114,7 +120,7 @@ class DevNode:
         return self.ledger.credits.issue(usd=usd, expires_in=expires_in)
 
     def node_url(self, node: str) -> str:
-        return self.node_url_template.format(node=node)
+        return self.node_url_template.format(node=quote(node, safe=""))  # one path segment
 
     def host(self, address: str) -> EmulatedHost:
         for host in self.hosts:
@@ -178,6 +184,8 @@ class DevNode:
             thread.join(timeout)
             if thread.is_alive():
                 raise RuntimeError("the devnode thread did not stop")
+        # Last: it kills whatever a job that did not stop in time left running.
+        self.reaper.close()
         self._cleanup_workdir()
 
     def job(self, address: str) -> LedgerJob:
@@ -265,7 +273,7 @@ class DevNode:
 
         routes: list[BaseRoute] = [
             Route("/", index, methods=["GET"]),
-            *ledger_routes(self.ledger),
+            *ledger_routes(self.ledger, lambda: self.config.faults),
             *ipfs_routes(self.ipfs),
             Mount("/service", app=self.services.asgi_app()),
         ]
@@ -300,6 +308,7 @@ class DevNode:
             access_log=False,
             timeout_graceful_shutdown=3,
             ws_ping_interval=30.0,
+            ws=_QuietWebSockets,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -330,6 +339,16 @@ class DevNode:
         await self.services.aclose()
         if self._server is not None:
             self._server.should_exit = True
+
+
+class _QuietWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol without its frame log: uvicorn hands websockets its
+    ``uvicorn.error`` logger, which then logs every frame at DEBUG, and the devnode's frames
+    carry what jobs print (their secrets) and the clients' auth headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.debug = False  # websockets checks this before it logs a frame
 
 
 async def _in_thread(fn: Callable[[], _T]) -> _T:

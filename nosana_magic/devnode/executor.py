@@ -56,8 +56,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from ..jsregex import RegexError, to_python
 from ..protocol import now_ms
 from ..results import FlowState, NodeLogEntry, OpLog, OpState
+from .reaper import kill_job_processes
 from .services import ExposedPort, ServiceRegistry
 
 __all__ = ["DEFAULT_LOG_CAP", "MAX_LINE_CHARS", "Executor", "StopReason", "kill_job_processes"]
@@ -148,88 +150,6 @@ async def _wait_any(*events: asyncio.Event) -> None:
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
-def kill_job_processes(job: str) -> list[int]:
-    """SIGKILL every live process whose environment holds ``NOSANA_ID=<job>``; the pids killed.
-
-    The process-group kill misses what an op detached into a session of its own (``setsid``,
-    daemons); they all inherited the ``NOSANA_ID`` the executor set, so they are found here.
-    Only that exact entry counts (not a prefix, not another job's id, never an empty id: job
-    ids are unique per devnode), only processes of this user are looked at, and a process is
-    signalled through a pidfd, its environment checked again once the pidfd is open, so a pid
-    that was reused meanwhile is never hit. Linux only (``/proc``); elsewhere, or for
-    processes we may not read, it quietly does nothing. A few passes catch what a dying
-    process forked meanwhile.
-    """
-    if not job:
-        raise ValueError("kill_job_processes needs a job id")
-    marker = f"NOSANA_ID={job}".encode()
-    me, uid = os.getpid(), os.getuid()
-    killed: list[int] = []
-    for _ in range(5):
-        try:
-            entries = os.listdir("/proc")
-        except OSError:
-            return killed
-        found = [
-            pid
-            for pid in (int(entry) for entry in entries if entry.isdigit())
-            if pid != me and pid not in killed and _kill_if_marked(pid, uid, marker)
-        ]
-        if not found:
-            break
-        killed.extend(found)
-    return killed
-
-
-def _kill_if_marked(pid: int, uid: int, marker: bytes) -> bool:
-    """SIGKILL ``pid`` if it is this user's and its environment holds ``marker``."""
-    if not _marked(pid, uid, marker):
-        return False
-    try:
-        pidfd = _pidfd(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        # Checked again now that the pidfd is open: if the environment is still the marked
-        # one, the pidfd is that process (a pid is reused only once its process is gone, and
-        # a pidfd of a gone process signals nothing).
-        if pidfd is not None and not _marked(pid, uid, marker):
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _marked(pid: int, uid: int, marker: bytes) -> bool:
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != uid:
-            return False
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            return marker in handle.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None where the system has none (then ``os.kill`` is used);
-    ProcessLookupError when it is gone."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None or not hasattr(signal, "pidfd_send_signal"):
-        return None
-    try:
-        return int(opener(pid))
-    except ProcessLookupError:
-        raise
-    except OSError:  # no pidfds in this kernel, or no descriptor left
-        return None
-
-
 def _port_kind(port: object) -> str:
     """What an ``expose`` port is, in words that never include a text value."""
     if isinstance(port, bool) or port is None:
@@ -278,8 +198,8 @@ def _extract_results(run: _OpRun) -> dict[str, str | list[str]] | None:
                 pattern = str(rule.get("regex", ""))
                 types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
             try:
-                regex = re.compile(pattern)
-            except re.error as exc:
+                regex = to_python(pattern)  # the host's RegExp, matched as JavaScript does
+            except RegexError as exc:
                 run.state.errors.append(
                     {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
                 )

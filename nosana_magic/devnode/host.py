@@ -29,6 +29,7 @@ from .config import DevNodeConfig
 from .executor import Executor
 from .ipfs import IpfsStore
 from .ledger import Ledger, LedgerJob, Market
+from .reaper import Reaper
 from .services import ServiceRegistry
 
 __all__ = ["EmulatedHost", "JobRecord", "LogHub", "Subscription"]
@@ -274,8 +275,11 @@ class EmulatedHost:
         config: DevNodeConfig,
         workdir: Callable[[], Path],
         wallet: Wallet | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.wallet = wallet or Wallet.generate()
+        #: Kills a job's processes should this process die while they run.
+        self._reaper = reaper
         self._market = market
         self._ledger = ledger
         self._ipfs = ipfs
@@ -593,6 +597,8 @@ class EmulatedHost:
             quitter = asyncio.get_running_loop().create_task(
                 self._quit_after(record, self._config.faults.host_quits_after)
             )
+        if self._reaper is not None:
+            self._reaper.watch(record.address)
         run = asyncio.get_running_loop().create_task(executor.run(), name=f"ops {record.address}")
         try:
             ended = asyncio.get_running_loop().create_task(record.end_event.wait())
@@ -622,6 +628,8 @@ class EmulatedHost:
         finally:
             if quitter is not None:
                 quitter.cancel()
+        if self._reaper is not None and run.done():
+            self._reaper.forget(record.address)  # its processes are gone (else: the reaper's)
         if flow.end_time is None:
             flow.end_time = now_ms()
         flow.secrets = {}

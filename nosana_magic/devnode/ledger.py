@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from ..protocol import AuthError, CidError, JobState, cid_to_digest, now_ms, verify_auth_header
 from .config import MarketConfig
 from .credits import MICRO, ApiKey, CreditError, Credits
+from .faults import Faults
 from .ipfs import IpfsStore
 
 __all__ = ["Ledger", "LedgerError", "LedgerJob", "Market", "ledger_routes"]
@@ -507,8 +508,31 @@ def _caller(ledger: Ledger, request: Request) -> tuple[str, ApiKey | None]:
     return _authenticate(request), None
 
 
-def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
-    """The Nosana-API-shaped routes under ``/api``, and the signing service's."""
+async def _after_listing(faults: Faults) -> None:
+    """The listing faults: the job is listed, and then its answer comes late, or is a 500."""
+    if faults.list_answer_delay > 0:
+        await asyncio.sleep(faults.list_answer_delay)
+    if faults.take_list_failure():
+        raise LedgerError(500, "internal error after listing (devnode fault)")
+
+
+def _unfinished_jobs(ledger: Ledger, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``GET /api/jobs?project=…&ipfsJob=…&market=…``. Not a route of the Nosana API: the
+    devnode's own, for a client that lost the answer to a listing and looks for the job it
+    may have made (docs/devnode.md)."""
+    project, cid, market = query.get("project"), query.get("ipfsJob"), query.get("market")
+    if not project or not cid:
+        raise LedgerError(400, "project and ipfsJob are required")
+    address = ledger.market(market).address if market else None
+    # With the address: the official job answer has none, and a search must say which.
+    return [{**job.to_json(), "address": job.address} for job in ledger.jobs.values()
+            if job.project == project and job.ipfs_job == cid and not job.state.done
+            and address in (None, job.market)]
+
+
+def ledger_routes(ledger: Ledger, faults: Callable[[], Faults] = Faults) -> list[BaseRoute]:
+    """The Nosana-API-shaped routes under ``/api``, and the signing service's; ``faults``
+    gives the devnode's faults."""
 
     def caller(request: Request) -> tuple[str, ApiKey | None]:
         return _caller(ledger, request)
@@ -542,8 +566,12 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
             project=project, ipfs_hash=ipfs_hash, market=market_id, timeout=timeout, node=node,
             account=account,
         )
+        await _after_listing(faults())
         answer = {"tx": _fake_signature(), "job": job.address, "run": job.run}
         return answer if charge is None else {**answer, "credits": charge}
+
+    async def search_jobs(request: Request) -> Any:
+        return _unfinished_jobs(ledger, request.query_params)
 
     async def get_job(request: Request) -> Any:
         return ledger.job_json(ledger.job(request.path_params["job"]))
@@ -569,6 +597,7 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         Route("/api/markets/{market}", _guarded(market), methods=["GET"]),
         Route("/api/markets/{market}/", _guarded(market), methods=["GET"]),
         Route("/api/jobs/list", _guarded(list_job), methods=["POST"]),
+        Route("/api/jobs", _guarded(search_jobs), methods=["GET"]),
         Route("/api/jobs/{job}", _guarded(get_job), methods=["GET"]),
         Route("/api/jobs/{job}/", _guarded(get_job), methods=["GET"]),
         Route("/api/jobs/{job}/stop", _guarded(stop_job), methods=["POST"]),

@@ -18,10 +18,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 
-from ..errors import SettingsError
+from ..errors import OutcomeUnknown, SettingsError
 from ..protocol import EXPIRY_MARGIN_S, AuthError
 from ..settings import Settings, credentials_file
 from ..signer import PresignedSigner, Signer
@@ -29,6 +30,7 @@ from ..transport import Retry, http_client_for, server_message
 from ..wallet import Wallet
 from .base import InsufficientCreditsError, JobInfo, JobState, Listing, Market, NetworkError
 from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
+from .markets import check_market_ref
 from .nosana_api import (
     JOB_FIELDS,
     CreditBalance,
@@ -52,6 +54,11 @@ SIGNING_URLS = {
 #: How often a credits network on Nosana asks its API about a job (the host's own stream
 #: says when a run ends; the poll only has to notice that a host took the job).
 REMOTE_POLL_S = 2.0
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment: a ``/`` or ``..`` in it cannot reach another route."""
+    return quote(value, safe="")
 
 
 class ApiNetwork:
@@ -113,6 +120,9 @@ class ApiNetwork:
         self.signing_url = (signing_url or self.base_url).rstrip("/")
         # Nosana's API does not pin: on Nosana, placeholders go through Pinata.
         self._pinata = pinata
+        self._searchable = True
+        #: ``time.monotonic()`` of the ledger's last answer (``None`` before the first).
+        self.last_answer: float | None = None
 
     def __repr__(self) -> str:
         pays = "credits" if self.wallet is None or self._api_key else (
@@ -127,7 +137,7 @@ class ApiNetwork:
     # ------------------------------------------------------------------ Network: sync parts
 
     def node_url(self, node: str) -> str:
-        return self.node_url_template.format(node=node)
+        return self.node_url_template.format(node=_segment(node))
 
     def service_domain(self) -> str | None:
         return self._domain
@@ -214,12 +224,13 @@ class ApiNetwork:
                 last = type(exc).__name__
             except httpx.TransportError as exc:
                 if not retry_sent:
-                    raise NetworkError(
-                        f"{self.name} network: {route}: the request may or may not have been "
-                        f"received ({type(exc).__name__}); check before trying again"
+                    raise OutcomeUnknown(
+                        f"{self.name} network: {route}: no answer after the request was sent "
+                        f"({type(exc).__name__}): it may have taken effect"
                     ) from None
                 last = type(exc).__name__
             else:
+                self.last_answer = time.monotonic()
                 if response.status_code < 400:
                     try:
                         return response.json()
@@ -227,9 +238,15 @@ class ApiNetwork:
                         raise NetworkError(
                             f"{self.name} network: {route}: the answer is not JSON"
                         ) from None
-                if response.status_code < 500 or not retry_sent:
+                if response.status_code < 500:
                     raise self._refused(
                         response.status_code, server_message(response), route, doing
+                    )
+                if not retry_sent:
+                    # A server error may come after the work was done (the job listed).
+                    raise OutcomeUnknown(
+                        f"{self.name} network: {route}: {response.status_code} "
+                        f"{self._safe(server_message(response))}: it may have taken effect"
                     )
                 last = f"{response.status_code} {self._safe(server_message(response))}"
             if not await backoff.wait():
@@ -260,7 +277,8 @@ class ApiNetwork:
         """A pinned JSON document (e.g. a job's public result) from the gateway."""
         if self._pinata is not None:
             return await self._pinata.get_json(cid)
-        return await self._call("GET", f"{self._gateway}/{cid}", route=f"GET /ipfs/{cid}")
+        return await self._call("GET", f"{self._gateway}/{_segment(cid)}",
+                                route=f"GET /ipfs/{cid}")
 
     # ------------------------------------------------------------------ markets
 
@@ -275,10 +293,11 @@ class ApiNetwork:
         return [self._market(item, route) for item in body]
 
     async def market(self, slug_or_address: str) -> Market:
+        slug_or_address = check_market_ref(slug_or_address)
         try:
             body = await self._call(
                 "GET",
-                f"{self.base_url}/api/markets/{slug_or_address}/",
+                f"{self.base_url}/api/markets/{_segment(slug_or_address)}/",
                 route=f"GET /api/markets/{slug_or_address}/",
             )
         except NetworkError as exc:
@@ -322,9 +341,32 @@ class ApiNetwork:
         extra = {k: v for k, v in data.items() if k not in JOB_FIELDS}
         return job.to_info(address, extra)
 
+    async def listed_jobs(self, cid: str, market: Market) -> list[JobInfo]:
+        """This wallet's jobs that are not done, listed with the pinned ``cid`` in ``market``:
+        what a listing whose answer was lost may have made. The devnode serves this search
+        (``GET /api/jobs?project=…&ipfsJob=…&market=…``); the Nosana API has no such route, so
+        there :class:`NetworkError` says the network cannot be searched."""
+        if not self._searchable or self.wallet is None or self._api_key is not None:
+            raise NetworkError(f"{self.name} network cannot be searched for jobs")
+        query = urlencode({"project": self.wallet.address, "ipfsJob": cid,
+                           "market": market.address})
+        route = "GET /api/jobs"
+        try:
+            body = await self._call("GET", f"{self.base_url}/api/jobs?{query}", route=route)
+        except NetworkError as exc:
+            if ": 404 " in str(exc) or ": 405 " in str(exc):
+                self._searchable = False  # asked once per network, not before each listing
+                raise NetworkError(f"{self.name} network cannot be searched for jobs") from None
+            raise
+        if not isinstance(body, list):
+            raise NetworkError(f"{self.name} network: {route} did not answer a list")
+        return [self._job_info(item, str(item.get("address")), route) for item in body
+                if isinstance(item, dict)]
+
     async def job(self, address: str) -> JobInfo:
         route = f"GET /api/jobs/{address}"
-        body = await self._call("GET", f"{self.base_url}/api/jobs/{address}", route=route)
+        body = await self._call("GET", f"{self.base_url}/api/jobs/{_segment(address)}",
+                                route=route)
         return self._job_info(body, address, route)
 
     async def watch(self, address: str) -> AsyncIterator[JobInfo]:
@@ -360,7 +402,7 @@ class ApiNetwork:
     async def stop(self, address: str) -> None:
         await self._call(
             "POST",
-            f"{self.base_url}/api/jobs/{address}/stop",
+            f"{self.base_url}/api/jobs/{_segment(address)}/stop",
             route=f"POST /api/jobs/{address}/stop",
             signed=True,
             doing=f"stopping job {address}",
@@ -369,7 +411,7 @@ class ApiNetwork:
     async def extend(self, address: str, seconds: int) -> None:
         await self._call(
             "POST",
-            f"{self.base_url}/api/jobs/{address}/extend",
+            f"{self.base_url}/api/jobs/{_segment(address)}/extend",
             route=f"POST /api/jobs/{address}/extend",
             signed=True,
             json_body={"seconds": int(seconds)},

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..wallet import Wallet, create_wallet_file
 from .api import ApiNetwork, require_api_key
 from .base import Market, NetworkError
-from .markets import MAINNET_MARKETS, UnknownMarketError, close_slugs
+from .markets import MAINNET_MARKETS, UnknownMarketError, check_market_ref, close_slugs
 
 if TYPE_CHECKING:
     from ..devnode import DevNode
@@ -90,6 +90,7 @@ def check_local_market(ref: str | None, node: DevNode | None = None) -> None:
     """
     if ref is None:
         return
+    text = check_market_ref(ref)
     if node is not None:
         markets = list(node.ledger.markets.values())
         slugs = [m.slug for m in markets]
@@ -99,7 +100,6 @@ def check_local_market(ref: str | None, node: DevNode | None = None) -> None:
 
         slugs = [m.slug for m in DevNodeConfig().markets]
         addresses = set()
-    text = ref.strip()
     if text in slugs or text in addresses or local_market_for(text) in slugs:
         return
     raise _unknown_local_market(ref, slugs)
@@ -119,8 +119,8 @@ class LocalNetwork(ApiNetwork):
 
     async def market(self, slug_or_address: str) -> Market:
         """A local market by slug or address, or the one a Nosana market name runs on."""
+        text = check_market_ref(slug_or_address)
         markets = await self.markets()
-        text = slug_or_address.strip()
         for market in markets:
             if text in (market.slug, market.address):
                 return market

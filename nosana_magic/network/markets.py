@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "MarketDirectory",
     "MarketRef",
     "UnknownMarketError",
+    "check_market_ref",
     "close_slugs",
     "estimate",
     "format_nos",
@@ -100,6 +102,24 @@ DEFAULT_COMPUTE_UNITS_PER_INSTRUCTION = 200_000
 _ACCOUNT_STORAGE_OVERHEAD = 128
 _LAMPORTS_PER_BYTE_YEAR = 3_480
 _EXEMPTION_THRESHOLD_YEARS = 2
+
+
+#: What can name a market: a slug (``nvidia-3090``) or a base58 address, both of these
+#: characters. Anything else (``local-cpu/../local-gpu``) would become another URL path.
+_MARKET_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_market_ref(slug_or_address: str) -> str:
+    """``slug_or_address`` without surrounding spaces, if it can name a market; else
+    :class:`UnknownMarketError` in one line."""
+    text = slug_or_address.strip()
+    if not text:
+        raise UnknownMarketError("no market given: pass a market slug or address")
+    if not _MARKET_REF.fullmatch(text):
+        raise UnknownMarketError(
+            f"{text[:80]!r} is not a market name: give a market's slug (letters, digits, '-' "
+            "and '_', such as nvidia-3090) or its address")
+    return text
 
 
 def is_address(text: str) -> bool:
@@ -453,9 +473,7 @@ class MarketDirectory:
 
     def lookup(self, slug_or_address: str) -> MarketRef:
         """Resolve without I/O: a known slug, or any address (known or not)."""
-        text = slug_or_address.strip()
-        if not text:
-            raise UnknownMarketError("no market given: pass a market slug or address")
+        text = check_market_ref(slug_or_address)
         ref = self._refs.get(text.lower())
         if ref is not None:
             return ref
