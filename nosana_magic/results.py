@@ -18,11 +18,16 @@ __all__ = [
     "FlowState",
     "InfoEvent",
     "NodeLogEntry",
+    "NodeLogPending",
     "OpLog",
     "OpState",
+    "ResultValue",
     "ServiceEndpoint",
     "ServiceUrl",
     "final_status",
+    "python_regex",
+    "regex_groups",
+    "result_matches",
 ]
 
 
@@ -46,6 +51,13 @@ class OpLog(_Wire):
     timestamp: str | int | None = None
 
 
+#: One results value as a host stores it (docs/protocol.md §14): a list of every matching log
+#: line's ``match`` (the whole match, then its groups; ``None`` for a group that took no part),
+#: ``[]`` when nothing matched, or the error text of a regex the host could not compile.
+#: Older devnodes sent the value of the first group instead (a string, or a list of them).
+ResultValue = str | list[str | None]
+
+
 class OpState(_Wire):
     """The state of one op, in ``ops`` order."""
 
@@ -59,7 +71,7 @@ class OpState(_Wire):
     logs: list[OpLog] = Field(default_factory=list)
     errors: list[Any] = Field(default_factory=list)
     diagnostics: dict[str, Any] | None = None
-    results: dict[str, str | list[str]] | None = None
+    results: dict[str, ResultValue] | None = None
 
 
 class FlowState(_Wire):
@@ -79,13 +91,25 @@ class InfoEvent(FlowState):
     operations: dict[str, Any] | None = None
 
 
+class NodeLogPending(_Wire):
+    """``pending`` of a host's progress line: it waits for ``expecting`` (a ``Class.method``)."""
+
+    is_pending: bool = False
+    expecting: str | None = None
+
+
 class NodeLogEntry(_Wire):
-    """One entry of the ``/log`` WebSocket stream (``type: "log"`` is container output)."""
+    """One entry of the ``/log`` WebSocket stream (``type: "log"`` is container output).
+
+    Hosts send ``pending`` as an object on their progress ("process") lines and leave it out
+    elsewhere; container lines carry no ``payload`` (docs/protocol.md §7). Older devnodes sent
+    ``pending: false`` and a ``payload`` of ``{opId, stream}``: both shapes are read.
+    """
 
     log: str = ""
     method: str | None = None
     type: str = "info"
-    pending: bool | None = None
+    pending: NodeLogPending | bool | None = None
     timestamp: int | None = None
     job: str | None = None
     payload: Any = None
@@ -165,3 +189,83 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
 def _expired(op: OpState) -> bool:
     reason = (op.diagnostics or {}).get("reason")
     return isinstance(reason, dict) and reason.get("jobExpired") is True
+
+
+# ---------------------------------------------------------------------- results values
+
+
+def _scan(pattern: str) -> list[tuple[str, bool]]:
+    """The pattern's characters, each with whether it is syntax (not escaped, not inside a
+    ``[…]`` class); an escape is one item of two characters."""
+    items: list[tuple[str, bool]] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            items.append((pattern[i : i + 2], False))
+            i += 2
+            continue
+        items.append((char, not in_class))
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True  # (in JavaScript even a ']' right after '[' ends the class)
+        i += 1
+    return items
+
+
+def regex_groups(pattern: str) -> int:
+    """How many capturing groups a results regex has, read as JavaScript reads it.
+
+    The host runs the regex as a JavaScript ``RegExp`` (docs/protocol.md §14), whose syntax
+    Python's ``re`` does not entirely share (``(?<name>…)``), so the groups are counted here:
+    every ``(`` that is not escaped, not inside a ``[…]`` class, and not a ``(?`` group other
+    than a named one.
+    """
+    items = _scan(pattern)
+    count = 0
+    for index, (char, syntax) in enumerate(items):
+        if syntax and char == "(":
+            rest = "".join(c for c, _ in items[index + 1 : index + 4])
+            named = rest.startswith(("?<", "?P<")) and not rest.startswith(("?<=", "?<!"))
+            if not rest.startswith("?") or named:
+                count += 1
+    return count
+
+
+def python_regex(pattern: str) -> str:
+    """A JavaScript ``RegExp`` source (no flags) spelt for Python's ``re``.
+
+    Two differences matter for results regexes (docs/protocol.md §14): JavaScript's ``$``
+    matches only at the very end of the text, never before a final newline (and a log
+    entry usually ends in one), so it becomes ``\\Z``; and a named group ``(?<name>…)``
+    becomes ``(?P<name>…)``. Other differences (JavaScript's ``\\d`` and ``\\w`` are ASCII)
+    are left as they are.
+    """
+    items = _scan(pattern)
+    out: list[str] = []
+    for index, (char, syntax) in enumerate(items):
+        if syntax and char == "$":
+            char = "\\Z"
+        elif syntax and char == "?" and index and items[index - 1] == ("(", True):
+            rest = "".join(c for c, _ in items[index : index + 3])
+            if rest.startswith("?<") and not rest.startswith(("?<=", "?<!")):
+                char = "?P"
+        out.append(char)
+    return "".join(out)
+
+
+def result_matches(value: ResultValue | None, groups: int) -> list[list[str | None]]:
+    """The matches in a results value: one ``[whole match, group 1, …]`` list per matching line.
+
+    A host concatenates the match arrays of every matching line (docs/protocol.md §14), so the
+    list is cut in pieces of ``groups + 1``. A string (a regex the host could not compile) has
+    no match; a list that does not divide evenly is taken as one match.
+    """
+    if not isinstance(value, list) or not value:
+        return []
+    size = groups + 1
+    if groups < 0 or len(value) % size:
+        return [list(value)]
+    return [list(value[start : start + size]) for start in range(0, len(value), size)]
