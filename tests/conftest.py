@@ -30,7 +30,12 @@ from .waiting import PATIENCE
 #: short. The results window closes as soon as the results are collected, so it can be long
 #: enough that a loaded machine never misses it (tests that wait one out set a short one);
 #: ``stop_timeout`` bounds a stop that takes well under a second.
-FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0}
+FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0,
+        "stop_grace": 0.5}
+#: The devnode's behaviours from before its hosts followed the real host's (each a named
+#: ``DevNodeConfig`` setting), for the client tests written against them.
+OLDER_DEVNODE = {"log_payload": True, "results_values": True, "keep_log_history": True,
+                 "info_last_event": "final-status", "term_process_group": True}
 
 #: This session's temporary directory (set by ``session_sandbox``). Every devnode the session
 #: starts, in this process or in a subprocess, makes its job directories below it, and the
