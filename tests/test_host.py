@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from nosana_magic.devnode import DevNode
+from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.host import Backoff, HostClient, HostError, Retry, SseParser
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.results import NodeLogEntry
@@ -30,7 +30,15 @@ from .client_fixtures import (
     running_node,
     serve_app,
 )
+from .conftest import FAST, OLDER_DEVNODE
 from .waiting import PATIENCE, until
+
+
+@pytest.fixture
+def devnode_config() -> DevNodeConfig:
+    """The devnode's older behaviours, which these tests were written against."""
+    return DevNodeConfig(**{**FAST, **OLDER_DEVNODE})  # type: ignore[arg-type]
+
 
 # --------------------------------------------------------------------------- retry policy
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from nosana_magic import runner
-from nosana_magic.devnode import DevNode
+from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.job import (
     ConfidentialJob,
     JobEvent,
@@ -40,7 +40,14 @@ from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
 from .client_fixtures import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
+from .conftest import FAST, OLDER_DEVNODE
 from .waiting import PATIENCE
+
+
+@pytest.fixture
+def devnode_config() -> DevNodeConfig:
+    """The devnode's older behaviours, which these tests were written against."""
+    return DevNodeConfig(**{**FAST, **OLDER_DEVNODE})  # type: ignore[arg-type]
 
 log = logging.getLogger(__name__)
 

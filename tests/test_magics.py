@@ -30,6 +30,7 @@ from nosana_magic.magics import NosanaMagics, SpendNotConfirmed
 from nosana_magic.network.base import Market
 from nosana_magic.secrets import SecretError
 
+from .conftest import OLDER_DEVNODE
 from .waiting import PATIENCE
 
 MAGIC = "nosana_confidential"
@@ -52,7 +53,8 @@ HELLO = cell(op("hello", "echo hello; echo 'loss=0.25'; echo oops >&2",
 
 @pytest.fixture(scope="module")
 def devnode() -> Iterator[DevNode]:
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05) as node:
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
+                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
         yield node
 
 

@@ -27,6 +27,8 @@ from nosana_magic.devnode import DevNode
 from nosana_magic.display import JobView, summary_text
 from nosana_magic.job import ConfidentialJob, JobFailed
 
+from .conftest import OLDER_DEVNODE
+
 SECRET = "sk-" + secrets.token_hex(16)
 
 CELL = json.dumps({
@@ -53,7 +55,8 @@ class RecordingComm(BaseComm):
 
 @pytest.fixture(scope="module")
 def devnode() -> Iterator[DevNode]:
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05) as node:
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
+                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
         yield node
 
 
