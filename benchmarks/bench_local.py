@@ -111,12 +111,12 @@ def reaction_times(net: ApiNetwork, jobs: int) -> tuple[list[float], list[float]
         job = run_confidential(_definition("echo hi"), network=net, timeout=60)
         if not job.ok:
             raise SystemExit(f"benchmark job failed: {job.status} {job.error}")
-        assert job.result is not None and job.result.end_time is not None
+        assert job.flow is not None and job.flow.end_time is not None
         # The host's own progress lines, with the host's timestamps (ms on the wire).
         stamps = {line.text: line.timestamp for line in job.node_logs}
         to_definition.append(
             stamps["Job definition received"] - stamps["Waiting for job definition"])
-        to_results.append(job.timings["results"] - job.result.end_time / 1000)
+        to_results.append(job.timings["results"] - job.flow.end_time / 1000)
     return to_definition, to_results
 
 

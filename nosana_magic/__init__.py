@@ -2,6 +2,8 @@
 
 ``%load_ext nosana_magic`` registers the ``%%nosana_confidential`` cell magic and the
 ``%nosana`` line magic. From plain Python: ``nosana_magic.run_confidential(...)``.
+
+Every error a user can catch is exported here; :mod:`nosana_magic.errors` draws their tree.
 """
 
 from __future__ import annotations
@@ -13,29 +15,107 @@ __version__ = "0.1.0"
 
 # Public names and the module that defines each. Imported on first use, so that
 # ``%load_ext`` and ``import nosana_magic`` stay fast (solana, httpx and pydantic models
-# load only when a job needs them).
+# load only when a job needs them). The TYPE_CHECKING block below names the same objects
+# for type checkers and IDEs.
 _EXPORTS = {
-    "NosanaError": "errors",
+    # running jobs
+    "run_confidential": "job",
+    "ConfidentialJob": "job",
+    "Settings": "settings",
     "parse_job_definition": "jobdef",
     "validate_job_definition": "jobdef",
     "JobDefinition": "jobdef",
-    "JobDefinitionError": "jobdef",
-    "SecretError": "secrets",
-    "Redactor": "secrets",
-    "Wallet": "wallet",
-    "WalletError": "wallet",
-    "load_wallet": "wallet",
     "FlowState": "results",
     "ServiceUrl": "results",
-    "ConfidentialJob": "job",
-    "JobFailed": "job",
-    "run_confidential": "job",
+    "Wallet": "wallet",
+    "load_wallet": "wallet",
+    # errors (nosana_magic.errors draws the tree)
+    "NosanaError": "errors",
+    "SettingsError": "errors",
+    "WalletError": "errors",
+    "JobDefinitionError": "errors",
+    "SecretError": "errors",
+    "SpendNotConfirmed": "errors",
+    "NetworkError": "errors",
+    "UnknownMarketError": "errors",
+    "InsufficientFundsError": "errors",
+    "TransactionFailedError": "errors",
+    "IpfsError": "errors",
+    "HostError": "errors",
+    "JobNotFound": "errors",
+    "JobFailed": "errors",
+    "JobStopped": "errors",
+    "JobExpired": "errors",
+    "JobLost": "errors",
+    "JobInterrupted": "errors",
+    "MissingResult": "errors",
 }
 
-__all__ = [*sorted(_EXPORTS), "load_ipython_extension", "unload_ipython_extension"]
+# Spelt out (not computed) so that type checkers and linters see it; a test keeps it equal
+# to the table above.
+__all__ = [
+    "ConfidentialJob",
+    "FlowState",
+    "HostError",
+    "InsufficientFundsError",
+    "IpfsError",
+    "JobDefinition",
+    "JobDefinitionError",
+    "JobExpired",
+    "JobFailed",
+    "JobInterrupted",
+    "JobLost",
+    "JobNotFound",
+    "JobStopped",
+    "MissingResult",
+    "NetworkError",
+    "NosanaError",
+    "SecretError",
+    "ServiceUrl",
+    "Settings",
+    "SettingsError",
+    "SpendNotConfirmed",
+    "TransactionFailedError",
+    "UnknownMarketError",
+    "Wallet",
+    "WalletError",
+    "load_ipython_extension",
+    "load_wallet",
+    "parse_job_definition",
+    "run_confidential",
+    "unload_ipython_extension",
+    "validate_job_definition",
+]
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
+
+    from .errors import (
+        HostError,
+        InsufficientFundsError,
+        IpfsError,
+        JobDefinitionError,
+        JobExpired,
+        JobFailed,
+        JobInterrupted,
+        JobLost,
+        JobNotFound,
+        JobStopped,
+        MissingResult,
+        NetworkError,
+        NosanaError,
+        SecretError,
+        SettingsError,
+        SpendNotConfirmed,
+        TransactionFailedError,
+        UnknownMarketError,
+        WalletError,
+    )
+    from .job import ConfidentialJob, run_confidential
+    from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
+    from .results import FlowState, ServiceUrl
+    from .settings import Settings
+    from .wallet import Wallet, load_wallet
 
 
 def __getattr__(name: str) -> Any:

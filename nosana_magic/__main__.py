@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import secrets
 import socket
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .display import JobView
     from .job import ConfidentialJob
+    from .results import ServiceUrl
 
 __all__ = ["QUICKSTART_DEFINITION", "SERVE_PY", "TRAIN_PY", "free_port", "main"]
 
@@ -156,60 +156,65 @@ def _fail(message: str) -> int:
     return 1
 
 
-def wait_for_service(job: ConfidentialJob, op_id: str, *, timeout: float,
-                     poll: Any = None) -> Any:
-    """The first ONLINE service URL of ``op_id``; ``poll()`` is called between checks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for url in job.urls:
-            if url.op_id == op_id and url.status == "ONLINE":
-                return url
-        if job.done:
-            raise RuntimeError(f"the job ended ({job.status}) before its service came online")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the service of op {op_id} was not online after {timeout:g} s")
-        if poll is not None:
-            poll()
-        time.sleep(0.1)
+def online_service(job: ConfidentialJob, op_id: str) -> ServiceUrl | None:
+    """The first ONLINE service URL of ``op_id``, if there is one yet."""
+    return next((url for url in job.urls if url.op_id == op_id and url.status == "ONLINE"),
+                None)
+
+
+def _wait_for_service(job: ConfidentialJob, view: JobView, op_id: str) -> ServiceUrl:
+    """``op_id``'s service once it is ONLINE, the view drained meanwhile: the cell magic's
+    follow loop, with its Ctrl-C (the job is stopped)."""
+    try:
+        job.wait(_SERVICE_WAIT_S, each=view.drain,
+                 until=lambda: online_service(job, op_id) is not None)
+    except TimeoutError:
+        raise RuntimeError(f"the service of op {op_id} was not online after "
+                           f"{_SERVICE_WAIT_S:g} s") from None
+    url = online_service(job, op_id)
+    if url is None:
+        raise RuntimeError(f"the job ended ({job.status}) before its service came online")
+    return url
 
 
 def demo(*, timeout: str = "5m", quiet: bool = False) -> int:
     """Run the quickstart job with the text view; 0 when it succeeded and every check passed."""
-    from .display import JobView
+    from .display import JobView, follow
     from .job import run_confidential
     from .jobdef import parse_job_definition
+    from .settings import reference_env
 
-    # A stand-in for a real API key, made here so that it is never typed anywhere.
-    os.environ.setdefault("DEMO_API_TOKEN", secrets.token_hex(16))
+    # A stand-in for a real API key, made here so that it is never typed anywhere (or the
+    # caller's own DEMO_API_TOKEN).
+    token = reference_env().get("DEMO_API_TOKEN") or secrets.token_hex(16)
     definition = parse_job_definition(QUICKSTART_DEFINITION)
     for warning in definition.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for note in definition.notes:
         print(f"note: {note}", file=sys.stderr)
     job = run_confidential(
-        definition, timeout=timeout, wait=False, env=os.environ,
+        definition, timeout=timeout, wait=False, env={"DEMO_API_TOKEN": token},
         namespace={"TRAIN_PY": TRAIN_PY, "SERVE_PY": SERVE_PY, "PORT": free_port()},
         on_notice=print)
     view = JobView(job, quiet=quiet, mode="text").show()
     try:
-        url = wait_for_service(job, "serve", timeout=_SERVICE_WAIT_S, poll=view.drain)
-        with urllib.request.urlopen(url.url.rstrip("/") + "/metrics", timeout=10) as reply:
-            served = json.load(reply)
+        url = _wait_for_service(job, view, "serve")
+        try:
+            with urllib.request.urlopen(url.url.rstrip("/") + "/metrics", timeout=10) as reply:
+                served = json.load(reply)
+        except KeyboardInterrupt:
+            raise job.stop_after_interrupt(each=view.drain) from None
         view.drain()
         print(f"· fetched {url.url}/metrics (private: {url.private}): {served}")
-        while not job.done:
-            view.drain()
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        job.stop()
-        view.finish()
-        return _fail(f"job {job.address} stopped")
+        follow(job, view)  # to the end
+    except KeyboardInterrupt as stopped:  # JobInterrupted: the job was told to stop
+        view.finish(interrupted=True)
+        return _fail(str(stopped))
     except (RuntimeError, OSError) as err:
         view.finish()
         job.stop()
         return _fail(str(err))
-    view.finish()
-    expected = "sha256:" + hashlib.sha256(os.environ["DEMO_API_TOKEN"].encode()).hexdigest()[:8]
+    expected = "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:8]
     checks = {
         "the job succeeded": job.ok,
         "train exited 0": job.ops["train"].exit_code == 0,

@@ -1,21 +1,23 @@
-"""``JobView``: the live view of one confidential job in a notebook or a terminal.
+"""The live view of one confidential job in a notebook or a terminal, and its summary.
 
-Two renderings of the same job handle:
+Two views over one :class:`Summary` (what they say about the job, read from the handle once
+per rendering); ``JobView(job, mode=…)`` picks one (``auto``: widgets in a Jupyter kernel
+with ipywidgets, text elsewhere):
 
-* **Widget view** (in a Jupyter kernel with ipywidgets): a header (status, address, market,
-  node, elapsed time, price), a log area and the service URLs. Log lines arrive on the
-  runner's loop thread (``job.subscribe``); they go into a bounded tail and the log area is
-  rewritten by *assigning* ``Output.outputs`` at most ~10 times per second (in a box that
-  scrolls from the bottom, so redraws keep the newest lines in view). We never use
-  ``with out:`` (it captures by the current parent message, which is racy from threads) and
-  never ``print()`` from the loop thread (ipykernel routes such output to whichever cell it
-  guesses, and the guess changed across releases). Each assignment sends the whole tail, so
-  the tail is bounded (1,000 lines by default) and the full log stays on the job handle.
-* **Text view** (terminal IPython, plain Python, or no ipywidgets): lines are queued by the
-  listener and printed by the *main* thread, which calls :meth:`JobView.drain` between its
-  short timed waits on the job.
+* :class:`WidgetView`: a header (status, address, market, node, elapsed time, price), a log
+  area and the service URLs. Log lines arrive on the runner's loop thread
+  (``job.subscribe``); they go into a bounded tail and the log area is rewritten by
+  *assigning* ``Output.outputs`` at most ~10 times per second (in a box that scrolls from
+  the bottom, so redraws keep the newest lines in view). We never use ``with out:`` (it
+  captures by the current parent message, which is racy from threads) and never ``print()``
+  from the loop thread (ipykernel routes such output to whichever cell it guesses, and the
+  guess changed across releases). Each assignment sends the whole tail, so the tail is
+  bounded (1,000 lines by default) and the full log stays on the job handle.
+* :class:`TextView` (terminal IPython, plain Python, or no ipywidgets): lines are queued by
+  the listener and printed by the *main* thread, which calls :meth:`JobView.drain` between
+  its short timed waits on the job (:func:`follow`).
 
-Either way the view ends with a plain-text summary. In a kernel it is written through a
+Either way the view ends with the plain-text summary. In a kernel it is written through a
 display handle (``display(..., display_id=True)`` then ``update``), because a widget's content
 is not part of the cell's saved output: a notebook saved or rendered without widget state
 still shows how the job ended.
@@ -30,9 +32,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
-from .protocol import format_duration
+from .protocol import format_duration, short_address
 from .runner import call_soon, get_loop, in_runner_thread, run_sync
 
 if TYPE_CHECKING:
@@ -44,8 +47,12 @@ if TYPE_CHECKING:
 __all__ = [
     "FLUSH_INTERVAL_S",
     "JobView",
+    "Summary",
     "Table",
+    "TextView",
     "ViewMode",
+    "WidgetView",
+    "follow",
     "format_line",
     "in_kernel",
     "summary_text",
@@ -64,6 +71,12 @@ _HEADER_EVERY_S = 1.0
 _TEXT_QUEUE_MAX = 20_000
 
 ViewMode = Literal["auto", "widget", "text"]
+
+_STATUS_COLOUR = {"succeeded": "#1a7f37", "failed": "#cf222e", "lost": "#cf222e",
+                  "stopped": "#9a6700", "expired": "#9a6700"}
+
+#: JupyterLab styles ``<a>`` in widget HTML as plain text: the links say what they are.
+_LINK_STYLE = "color:#0969da;text-decoration:underline"
 
 
 async def _call(fn: Callable[[], None]) -> None:
@@ -108,33 +121,7 @@ def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
     return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
 
 
-def _status_word(job: ConfidentialJob) -> str:
-    # The job's own word (job_status): the same in the header, the summary and the repr.
-    return str(job.status)
-
-
-def _price_text(job: ConfidentialJob) -> str:
-    market = job.market
-    if market is None or not market.price_per_second:
-        return ""
-    return f"{market.nos_per_hour:.4g} NOS/h"
-
-
-def _short(address: str | None, keep: int = 6) -> str:
-    if not address:
-        return "…"
-    return address if len(address) <= 2 * keep + 1 else f"{address[:keep]}…{address[-keep:]}"
-
-
-def _phase_line(job: ConfidentialJob, phase: str) -> str:
-    """One line of the text view for a phase change."""
-    if phase == "queued":
-        market = f" on market {job.market.slug}" if job.market is not None else ""
-        price = _price_text(job)
-        return f"· queued: job {job.address}{market}" + (f" ({price})" if price else "")
-    if phase == "running" and job.node:
-        return f"· running on node {job.node}"
-    return f"· {phase.replace('-', ' ')}"
+# --------------------------------------------------------------------------- the summary
 
 
 def _elapsed_text(seconds: float) -> str:
@@ -147,153 +134,414 @@ def _nos(amount: float) -> str:
     return text if text != "0" or amount == 0 else "<0.000001"
 
 
-def summary_text(job: ConfidentialJob) -> str:
-    """A plain-text account of how the job ended (or where it is), a few lines long.
+@dataclass(frozen=True)
+class Summary:
+    """What the views say about a job, read from its handle once: every rendering of one
+    moment (header, phase line, URLs, the summary) comes from the same snapshot.
 
-    Everything comes from the job handle, whose logs, results and errors are already redacted;
+    Everything comes from the handle, whose logs, results and errors are already redacted;
     no secret value is added here (URLs are the user's own, private ones are labelled).
     """
-    head = f"nosana job {job.address or '(not listed)'} on {job.network_name}: "
-    head += _status_word(job)
-    if job.elapsed is not None:
-        head += f" after {_elapsed_text(job.elapsed)}"
-    lines = [head]
-    details = []
-    if job.market is not None:
-        details.append(f"market {job.market.slug}")
-    if job.node:
-        details.append(f"node {job.node}")
-    if job.cost is not None:
-        details.append(f"{'cost' if job.done else 'at most'} {_nos(job.cost)} NOS")
-    if details:
-        lines.append("  " + " · ".join(details))
-    for op_id, op in job.ops.items():
-        code = "" if op.exit_code is None or not op.ran else f" (exit {op.exit_code})"
-        lines.append(f"  op {op_id}: {op.status}{code}")
-    if job.results:
-        values = ", ".join(f"{name}={value!r}" for name, value in job.results.items())
-        lines.append(f"  results: {values}")
-    for url in job.urls:
-        tags = ["private" if url.private else "public", f"op {url.op_id}", f"port {url.port}"]
-        status = _service_status(job, url)
-        if status:
-            tags.append(status)
-        lines.append(f"  url: {url.url} ({', '.join(tags)})")
-    if job.done and job.reason:
-        lines.append(f"  why: {job.reason}")
-    return "\n".join(lines)
 
+    address: str | None
+    network: str
+    status: str
+    done: bool
+    elapsed: float | None
+    market: str | None
+    #: The market's price, ``"… NOS/h"`` ("" when unknown).
+    price: str
+    node: str | None
+    cost: float | None
+    #: ``(op id, status, exit code shown or None)`` per op.
+    ops: tuple[tuple[str, str, int | None], ...]
+    results: tuple[tuple[str, Any], ...]
+    urls: tuple[ServiceUrl, ...]
+    reason: str
 
-def _service_status(job: ConfidentialJob, url: ServiceUrl) -> str:
-    """A service's status as shown: its last health check while the job runs, ``ended``
-    once the job is done (the host no longer serves it, whatever the last check said)."""
-    if job.done:
-        return "ended"
-    return "" if url.status == "UNKNOWN" else url.status
-
-
-def _header_html(job: ConfidentialJob) -> str:
-    status = _status_word(job)
-    colour = {"succeeded": "#1a7f37", "failed": "#cf222e", "lost": "#cf222e",
-              "stopped": "#9a6700", "expired": "#9a6700"}.get(status, "#0969da")
-    parts = [
-        f'<b style="color:{colour}">{html.escape(status)}</b>',
-        f'job <code title="{html.escape(job.address or "")}">'
-        f"{html.escape(_short(job.address))}</code>",
-        html.escape(job.network_name),
-    ]
-    if job.market is not None:
-        parts.append(f"market <code>{html.escape(job.market.slug)}</code>")
-    if job.node:
-        parts.append(f'node <code title="{html.escape(job.node)}">'
-                     f"{html.escape(_short(job.node))}</code>")
-    if job.elapsed is not None:
-        parts.append(html.escape(_elapsed_text(job.elapsed)))
-    price = _price_text(job)
-    if price:
-        parts.append(html.escape(price))
-    return "<div>" + " · ".join(parts) + "</div>"
-
-
-#: JupyterLab styles ``<a>`` in widget HTML as plain text: the links say what they are.
-_LINK_STYLE = "color:#0969da;text-decoration:underline"
-
-
-def _urls_html(job: ConfidentialJob) -> str:
-    items = []
-    for url in job.urls:
-        badge = " <i>(private)</i>" if url.private else ""
-        shown = _service_status(job, url)
-        status = f" ({html.escape(shown)})" if shown == "ended" else (
-            f" {html.escape(shown)}" if shown else "")
-        items.append(
-            f'<li><a href="{html.escape(url.url)}" target="_blank" rel="noopener noreferrer" '
-            f'style="{_LINK_STYLE}">{html.escape(url.url)}</a>{badge} · '
-            f"op {html.escape(url.op_id)} · port {html.escape(str(url.port))}{status}</li>"
+    @classmethod
+    def of(cls, job: ConfidentialJob) -> Summary:
+        market = job.market
+        price = (f"{market.nos_per_hour:.4g} NOS/h"
+                 if market is not None and market.price_per_second else "")
+        done = job.done
+        return cls(
+            address=job.address, network=job.network_name, status=str(job.status),
+            done=done, elapsed=job.elapsed, market=market.slug if market else None,
+            price=price, node=job.node, cost=job.cost,
+            ops=tuple((op_id, op.status, None if op.exit_code is None or not op.ran
+                       else op.exit_code) for op_id, op in job.ops.items()),
+            results=tuple(job.results.items()), urls=tuple(job.urls),
+            reason=job.reason if done else "",
         )
-    return f"<ul style='margin:0'>{''.join(items)}</ul>" if items else ""
+
+    def service_status(self, url: ServiceUrl) -> str:
+        """A service's status as shown: its last health check while the job runs, ``ended``
+        once the job is done (the host no longer serves it, whatever the last check said)."""
+        if self.done:
+            return "ended"
+        return "" if url.status == "UNKNOWN" else url.status
+
+    def text(self) -> str:
+        """A plain-text account of how the job ended (or where it is), a few lines long."""
+        head = f"nosana job {self.address or '(not listed)'} on {self.network}: {self.status}"
+        if self.elapsed is not None:
+            head += f" after {_elapsed_text(self.elapsed)}"
+        lines = [head]
+        details = []
+        if self.market is not None:
+            details.append(f"market {self.market}")
+        if self.node:
+            details.append(f"node {self.node}")
+        if self.cost is not None:
+            details.append(f"{'cost' if self.done else 'at most'} {_nos(self.cost)} NOS")
+        if details:
+            lines.append("  " + " · ".join(details))
+        for op_id, status, code in self.ops:
+            lines.append(f"  op {op_id}: {status}" + ("" if code is None else f" (exit {code})"))
+        if self.results:
+            values = ", ".join(f"{name}={value!r}" for name, value in self.results)
+            lines.append(f"  results: {values}")
+        for url in self.urls:
+            tags = ["private" if url.private else "public", f"op {url.op_id}", f"port {url.port}"]
+            status = self.service_status(url)
+            if status:
+                tags.append(status)
+            lines.append(f"  url: {url.url} ({', '.join(tags)})")
+        if self.done and self.reason:
+            lines.append(f"  why: {self.reason}")
+        return "\n".join(lines)
+
+    def phase_line(self) -> str:
+        """The text view's line for the job's (new) status."""
+        if self.status == "queued":
+            market = f" on market {self.market}" if self.market is not None else ""
+            price = f" ({self.price})" if self.price else ""
+            return f"· queued: job {self.address}{market}{price}"
+        if self.status == "running" and self.node:
+            return f"· running on node {self.node}"
+        return f"· {self.status.replace('-', ' ')}"
+
+    def header_html(self) -> str:
+        """The widget view's header line."""
+        colour = _STATUS_COLOUR.get(self.status, "#0969da")
+        parts = [
+            f'<b style="color:{colour}">{html.escape(self.status)}</b>',
+            f'job <code title="{html.escape(self.address or "")}">'
+            f"{html.escape(short_address(self.address or '…'))}</code>",
+            html.escape(self.network),
+        ]
+        if self.market is not None:
+            parts.append(f"market <code>{html.escape(self.market)}</code>")
+        if self.node:
+            parts.append(f'node <code title="{html.escape(self.node)}">'
+                         f"{html.escape(short_address(self.node))}</code>")
+        if self.elapsed is not None:
+            parts.append(html.escape(_elapsed_text(self.elapsed)))
+        if self.price:
+            parts.append(html.escape(self.price))
+        return "<div>" + " · ".join(parts) + "</div>"
+
+    def urls_html(self) -> str:
+        """The widget view's list of service links."""
+        items = []
+        for url in self.urls:
+            badge = " <i>(private)</i>" if url.private else ""
+            shown = self.service_status(url)
+            status = f" ({html.escape(shown)})" if shown == "ended" else (
+                f" {html.escape(shown)}" if shown else "")
+            items.append(
+                f'<li><a href="{html.escape(url.url)}" target="_blank" '
+                f'rel="noopener noreferrer" style="{_LINK_STYLE}">{html.escape(url.url)}</a>'
+                f"{badge} · op {html.escape(url.op_id)} · port {html.escape(str(url.port))}"
+                f"{status}</li>"
+            )
+        return f"<ul style='margin:0'>{''.join(items)}</ul>" if items else ""
 
 
-def _stream_outputs(lines: Iterable[tuple[str, str]], dropped: int) -> tuple[dict[str, str], ...]:
-    """Jupyter stream outputs for ``lines``, consecutive lines of one stream merged."""
-    outputs: list[dict[str, str]] = []
-    if dropped:
-        outputs.append({"output_type": "stream", "name": "stdout",
-                        "text": f"… {dropped:,} earlier lines not shown (job.logs has them all)\n"})
-    for stream, text in lines:
-        if outputs and outputs[-1]["name"] == stream:
-            outputs[-1]["text"] += text + "\n"
-        else:
-            outputs.append({"output_type": "stream", "name": stream, "text": text + "\n"})
-    return tuple(outputs)
+def summary_text(job: ConfidentialJob) -> str:
+    """A plain-text account of how the job ended (or where it is): :meth:`Summary.text`."""
+    return Summary.of(job).text()
+
+
+# --------------------------------------------------------------------------- the views
 
 
 class JobView:
     """The live view of one job. Create and :meth:`show` it on the main thread.
 
-    ``tail`` bounds the lines the widget holds (the handle keeps every line); ``quiet`` shows
-    the status only. ``mode`` forces the widget or text rendering (``auto`` picks widgets in
-    a kernel when ipywidgets is installed).
+    ``JobView(job, mode=…)`` makes the view ``mode`` names: a :class:`WidgetView` or a
+    :class:`TextView` (``auto``: widgets in a kernel when ipywidgets is installed). ``tail``
+    bounds the lines the widget holds (the handle keeps every line); ``quiet`` shows the
+    status only.
     """
+
+    mode: ClassVar[Literal["widget", "text"]]
+
+    def __new__(cls, job: ConfidentialJob, *, tail: int = 1000, quiet: bool = False,
+                mode: ViewMode = "auto", stdout: TextIO | None = None,
+                stderr: TextIO | None = None) -> JobView:
+        if cls is JobView:
+            if mode == "auto":
+                mode = "widget" if in_kernel() and _widgets_available() else "text"
+            cls = WidgetView if mode == "widget" else TextView
+        return super().__new__(cls)
 
     def __init__(self, job: ConfidentialJob, *, tail: int = 1000, quiet: bool = False,
                  mode: ViewMode = "auto", stdout: TextIO | None = None,
                  stderr: TextIO | None = None) -> None:
         if tail < 1:
             raise ValueError(f"tail must be at least 1 line, got {tail}")
-        if mode == "auto":
-            mode = "widget" if in_kernel() and _widgets_available() else "text"
         self.job = job
         self.tail = tail
         self.quiet = quiet
-        self.mode: Literal["widget", "text"] = mode
         self._out = stdout
         self._err = stderr
         self._lock = threading.Lock()
         self._summary_lock = threading.Lock()
-        # Widget view: the visible tail, lines that fell off it, and what changed since the
-        # last flush. Only the loop thread writes widgets while the job runs.
-        self._lines: deque[tuple[str, str]] = deque(maxlen=tail)
+        self._urls_dirty = False
+        self._summary_shown = False
+        self._stopping_shown = False
+        self._background = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._post_run_hook: Callable[..., None] | None = None
+
+    # -- what each view does its own way -------------------------------------------------
+
+    def _open(self) -> None:
+        """Main thread, before following: put the view on screen."""
+
+    def _following(self) -> None:
+        """Main thread, once subscribed."""
+
+    def _record(self, line: LogLine) -> None:
+        """Loop thread: a log line arrived."""
+
+    def _on_event(self, event: JobEvent) -> None:
+        """Loop thread, for every job event: record, never write output here."""
+        if event.kind == "log" and event.line is not None and not self.quiet:
+            self._record(event.line)
+        elif event.kind == "urls":
+            self._urls_dirty = True
+
+    def _last_output(self) -> None:
+        """Main thread, finishing: bring the view up to date."""
+
+    def _show_summary(self, text: str, *, final: bool) -> None:
+        """Write the summary (``final``: how the job ended; else it is still stopping)."""
+        self._print(text)
+
+    def drain(self) -> None:
+        """Text view: print what the job said since the last call (main thread)."""
+
+    # -- showing ------------------------------------------------------------------------
+
+    def show(self, *, background: bool = False) -> JobView:
+        """Display the view (main thread) and start following the job.
+
+        With ``background`` the view finishes on its own: at the end of the first cell that
+        runs once the job is done (for instance the one calling ``job.wait()``), the main
+        thread writes the summary; a widget view also writes it from the loop thread as soon
+        as the job ends (live frontends apply a display update by its id, whichever cell is
+        running) and sends its final state again then (headless runs, nbclient, record only
+        messages of the cell they are executing, so this is what makes a saved notebook hold
+        the outcome).
+        """
+        self._background = background
+        self._open()
+        if in_runner_thread():
+            self._follow()
+        else:
+            run_sync(_call(self._follow), timeout=10)
+        self._following()
+        if background:
+            self._hook_post_run()
+        return self
+
+    def _follow(self) -> None:
+        """On the loop thread: take the lines so far and subscribe, with nothing in between.
+
+        Jobs append log lines on the loop thread and do not replay them to new listeners, so
+        doing both here means no line is missed or shown twice (a job that started a moment
+        ago, or one re-attached with ``%nosana attach``).
+        """
+        backlog = self.job.logs
+        self._unsubscribe = self.job.subscribe(self._on_event)
+        if not self.quiet:
+            for line in backlog:
+                self._record(line)
+        if self.job.urls:
+            self._urls_dirty = True
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        """The job ended (or the caller stops following it): last output, then the summary.
+
+        Main thread. Safe to call more than once; the summary is written once. With
+        ``interrupted`` (the cell was interrupted and the job told to stop) a job that has not
+        ended yet still gets a summary, saying it was stopping; the widget view replaces it
+        with the final one when the job ends.
+        """
+        self._last_output()
+        if self.job.done:
+            self._write_summary()
+            self.close()
+        elif interrupted:
+            self._write_stopping_summary()
+
+    def _write_stopping_summary(self) -> None:
+        """The interrupted cell ends before the job: say so, where the summary goes."""
+        with self._summary_lock:
+            if self._summary_shown or self._stopping_shown:
+                return
+            self._stopping_shown = True
+            self._show_summary(summary_text(self.job) + "\n  stopping: the stop was requested, "
+                               "the job had not ended yet (job.wait() waits for the end)",
+                               final=False)
+
+    def _write_summary(self) -> None:
+        # One lock around check and write: the final summary is never overwritten by the
+        # "stopping" one, whichever thread writes first.
+        with self._summary_lock:
+            if self._summary_shown:
+                return
+            self._summary_shown = True
+            self._show_summary(summary_text(self.job), final=True)
+
+    def close(self) -> None:
+        """Stop following the job (a widget view stays on screen with its last content)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._unhook_post_run()
+
+    def _print(self, text: str, *, err: bool = False) -> None:
+        stream = (self._err or sys.stderr) if err else (self._out or sys.stdout)
+        print(text, file=stream, flush=True)
+
+    # -- background views finish from the main thread ------------------------------------
+
+    def _hook_post_run(self) -> None:
+        """Background view: finish from the main thread after a cell, once the job is done."""
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover
+            return
+        shell = get_ipython()
+        if shell is None or self._post_run_hook is not None:
+            return
+
+        def _after_cell(*_: object) -> None:
+            if not self.job.done:
+                return
+            self._unhook_post_run()
+            self.finish()
+            self._finished_in_background()
+
+        self._post_run_hook = _after_cell
+        shell.events.register("post_run_cell", _after_cell)
+
+    def _finished_in_background(self) -> None:
+        """Main thread, after the cell that found a background job done."""
+
+    def _unhook_post_run(self) -> None:
+        hook, self._post_run_hook = self._post_run_hook, None
+        if hook is None:
+            return
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            with contextlib.suppress(ValueError):  # already gone
+                shell.events.unregister("post_run_cell", hook)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.job!r}, mode={self.mode!r}, tail={self.tail}, "
+                f"quiet={self.quiet})")
+
+
+class TextView(JobView):
+    """Lines and phase changes printed by the main thread (:meth:`drain`), then the summary."""
+
+    mode = "text"
+
+    def __init__(self, job: ConfidentialJob, **options: Any) -> None:
+        super().__init__(job, **options)
+        # What the main thread still has to print, queued by the loop thread.
+        self._pending: deque[tuple[str, str]] = deque()
+        self._skipped = 0
+        self._last_status: str | None = None
+        self._urls_shown: set[tuple[str, str]] = set()
+
+    def _open(self) -> None:
+        summary = Summary.of(self.job)
+        self._last_status = summary.status
+        if summary.address:
+            self._print(summary.phase_line())
+        else:
+            self._print(f"nosana: confidential job on {summary.network}")
+
+    def _following(self) -> None:
+        if self._background:
+            self._print("running in background: the summary follows when the job ends "
+                        "(`.wait()` blocks until then)")
+
+    def _record(self, line: LogLine) -> None:
+        if self._background:
+            return  # nobody drains a background text view; the handle keeps every line
+        with self._lock:
+            if len(self._pending) >= _TEXT_QUEUE_MAX:
+                self._skipped += 1
+            else:
+                self._pending.append(format_line(line))
+
+    def drain(self) -> None:
+        """Print the queued lines, status changes and new service URLs (main thread)."""
+        with self._lock:
+            lines = list(self._pending)
+            self._pending.clear()
+            skipped, self._skipped = self._skipped, 0
+        summary = Summary.of(self.job)
+        if summary.status != self._last_status and not summary.done:
+            self._last_status = summary.status
+            self._print(summary.phase_line())
+        if skipped:
+            self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
+        for stream, text in lines:
+            self._print(text, err=stream == "stderr")
+        if self._urls_dirty:
+            self._urls_dirty = False
+            for url in summary.urls:
+                # Once per URL and status (a health-checked service goes OFFLINE -> ONLINE).
+                if (url.url, url.status) not in self._urls_shown:
+                    self._urls_shown.add((url.url, url.status))
+                    kind = "private" if url.private else "public"
+                    self._print(f"· {kind} service of op {url.op_id}: {url.url} ({url.status})")
+
+    def _last_output(self) -> None:
+        self.drain()
+
+
+class WidgetView(JobView):
+    """A header, the log's bounded tail and the service URLs as ipywidgets, written from the
+    loop thread at most every ``FLUSH_INTERVAL_S``; the summary through a display handle."""
+
+    mode = "widget"
+
+    def __init__(self, job: ConfidentialJob, **options: Any) -> None:
+        super().__init__(job, **options)
+        # The visible tail, lines that fell off it, and what changed since the last flush.
+        # Only the loop thread writes widgets while the job runs.
+        self._lines: deque[tuple[str, str]] = deque(maxlen=self.tail)
         self._dropped = 0
         self._logs_dirty = False
-        self._urls_dirty = False
         self._header_dirty = False
         self._header = ""
         self._last_header_at = 0.0
         self._ticking = False
         self._timer: asyncio.TimerHandle | None = None
         self._finalised = False
-        # Text view: what the main thread still has to print.
-        self._pending: deque[tuple[str, str]] = deque()
-        self._skipped = 0
-        self._last_phase: str | None = None
-        self._urls_shown: set[tuple[str, str]] = set()
-        self._summary_shown = False
-        self._stopping_shown = False
+        #: Set by an interrupted cell: the loop writes the final summary when the job ends.
         self._summary_when_done = False
-        self._background = False
-        self._unsubscribe: Callable[[], None] | None = None
-        self._post_run_hook: Callable[..., None] | None = None
         self.widget: Any = None
         self._header_w: Any = None
         self._urls_w: Any = None
@@ -302,49 +550,13 @@ class JobView:
         #: Number of times the log area was rewritten (for tests and benchmarks).
         self.flushes = 0
 
-    # -- showing ------------------------------------------------------------------------
-
-    def show(self, *, background: bool = False) -> JobView:
-        """Display the view (main thread) and start following the job.
-
-        With ``background`` the view finishes on its own. The widget view writes the summary
-        from the loop thread as soon as the job ends (live frontends apply a display update
-        by its id, whichever cell is running). Then, at the end of the first cell that runs
-        once the job is done (for instance the one calling ``job.wait()``), the main thread
-        writes the summary (text view) or sends the final widget state and summary again
-        (widget view): headless runs (nbclient) record only messages of the cell they are
-        executing, so this is what makes a saved notebook hold the outcome.
-        """
-        self._background = background
-        if self.mode == "widget":
-            self._build_widgets()
-        else:
-            self._last_phase = _status_word(self.job)
-            if self.job.address:
-                self._print(_phase_line(self.job, self._last_phase))
-            else:
-                self._print(f"nosana: confidential job on {self.job.network_name}")
-        if in_runner_thread():
-            self._follow()
-        else:
-            run_sync(_call(self._follow), timeout=10)
-        if self.mode == "widget":
-            call_soon(self._start_ticking)
-            if self.job.done:  # finished before we subscribed: no "done" event will come
-                call_soon(self._finalise_widgets)
-        if background:
-            if self.mode == "text":
-                self._print("running in background: the summary follows when the job ends "
-                            "(`.wait()` blocks until then)")
-            self._hook_post_run()
-        return self
-
-    def _build_widgets(self) -> None:
+    def _open(self) -> None:
         import ipywidgets as widgets
         from IPython.display import display
 
-        self._header_w = widgets.HTML(_header_html(self.job))
-        self._urls_w = widgets.HTML(_urls_html(self.job))
+        summary = Summary.of(self.job)
+        self._header_w = widgets.HTML(summary.header_html())
+        self._urls_w = widgets.HTML(summary.urls_html())
         children = [self._header_w, self._urls_w]
         if not self.quiet:
             # Every flush replaces the whole output area, which resets an ordinary scroll
@@ -367,52 +579,30 @@ class JobView:
         # The plain-text record of the outcome: updated in place when the job ends.
         self._summary_handle = display(  # type: ignore[no-untyped-call]
             # Neutral: written once, it must not freeze a status ("queued") in the notebook.
-            {"text/plain": f"nosana job on {self.job.network_name}: running… the summary "
+            {"text/plain": f"nosana job on {summary.network}: running… the summary "
                            "replaces this line when the job ends"},
             raw=True, display_id=True)
 
-    # -- events (runner loop thread) -----------------------------------------------------
+    def _following(self) -> None:
+        call_soon(self._start_ticking)
+        if self.job.done:  # finished before we subscribed: no "done" event will come
+            call_soon(self._finalise)
+
+    # -- loop thread ---------------------------------------------------------------------
 
     def _on_event(self, event: JobEvent) -> None:
-        """Called on the loop thread for every job event: record, never write output here."""
-        if event.kind == "log" and event.line is not None:
-            self._record(event.line)
-        elif event.kind == "urls":
-            self._urls_dirty = True
-        elif event.kind in ("phase", "state"):
+        super()._on_event(event)
+        if event.kind in ("phase", "state"):
             self._header_dirty = True  # shown at the next tick, if its text changed
-        elif event.kind == "done" and self.mode == "widget":
-            self._finalise_widgets()
+        elif event.kind == "done":
+            self._finalise()
 
     def _record(self, line: LogLine) -> None:
-        if self.quiet:
-            return  # status only; the handle keeps every line
-        formatted = format_line(line)
         with self._lock:
-            if self.mode == "widget":
-                if len(self._lines) == self.tail:
-                    self._dropped += 1
-                self._lines.append(formatted)
-                self._logs_dirty = True
-            elif not self._background:
-                if len(self._pending) >= _TEXT_QUEUE_MAX:
-                    self._skipped += 1
-                else:
-                    self._pending.append(formatted)
-
-    def _follow(self) -> None:
-        """On the loop thread: take the lines so far and subscribe, with nothing in between.
-
-        Jobs append log lines on the loop thread and do not replay them to new listeners, so
-        doing both here means no line is missed or shown twice (a job that started a moment
-        ago, or one re-attached with ``%nosana attach``).
-        """
-        backlog = self.job.logs
-        self._unsubscribe = self.job.subscribe(self._on_event)
-        for line in backlog:
-            self._record(line)
-        if self.job.urls:
-            self._urls_dirty = True
+            if len(self._lines) == self.tail:
+                self._dropped += 1
+            self._lines.append(format_line(line))
+            self._logs_dirty = True
 
     def _start_ticking(self) -> None:
         if self._ticking or self._finalised:
@@ -426,12 +616,12 @@ class JobView:
         if self._finalised:
             return
         if self.job.done:
-            self._finalise_widgets()
+            self._finalise()
             return
-        self._flush_widgets()
+        self._flush()
         self._timer = get_loop().call_later(FLUSH_INTERVAL_S, self._tick)
 
-    def _flush_widgets(self, *, force_header: bool = False) -> None:
+    def _flush(self, *, force_header: bool = False) -> None:
         with self._lock:
             logs_dirty, self._logs_dirty = self._logs_dirty, False
             snapshot = list(self._lines) if logs_dirty else []
@@ -439,163 +629,81 @@ class JobView:
         if logs_dirty and self._log_w is not None:
             self._log_w.outputs = _stream_outputs(snapshot, dropped)
             self.flushes += 1
-        if self._urls_dirty and self._urls_w is not None:
-            self._urls_dirty = False
-            self._urls_w.value = _urls_html(self.job)
         now = time.monotonic()
         header_due = self._header_dirty or now - self._last_header_at >= _HEADER_EVERY_S
+        urls_due = self._urls_dirty and self._urls_w is not None
+        if not (urls_due or (self._header_w is not None and (force_header or header_due))):
+            return
+        summary = Summary.of(self.job)
+        if urls_due:
+            self._urls_dirty = False
+            self._urls_w.value = summary.urls_html()
         if self._header_w is not None and (force_header or header_due):
             self._header_dirty = False
-            header = _header_html(self.job)
             self._last_header_at = now
+            header = summary.header_html()
             if header != self._header:
                 self._header = header
                 self._header_w.value = header
 
-    def _finalise_widgets(self) -> None:
+    def _finalise(self) -> None:
         """The job ended: last flush, stop the timer, and (background) write the summary."""
         with self._lock:
             if self._finalised:
                 return
             self._finalised = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_ticking()
         self._urls_dirty = True
-        self._flush_widgets(force_header=True)
+        self._flush(force_header=True)
         if self._background or self._summary_when_done:
             self._write_summary()
 
+    def _stop_ticking(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     # -- main thread ---------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Text view: print the queued lines and phase changes. Call from the main thread."""
-        if self.mode != "text":
-            return
-        with self._lock:
-            lines = list(self._pending)
-            self._pending.clear()
-            skipped, self._skipped = self._skipped, 0
-        phase = _status_word(self.job)
-        if phase != self._last_phase and not self.job.done:
-            self._last_phase = phase
-            self._print(_phase_line(self.job, phase))
-        if skipped:
-            self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
-        for stream, text in lines:
-            self._print(text, err=stream == "stderr")
-        if self._urls_dirty:
-            self._urls_dirty = False
-            for url in self.job.urls:
-                # Once per URL and status (a health-checked service goes OFFLINE -> ONLINE).
-                if (url.url, url.status) not in self._urls_shown:
-                    self._urls_shown.add((url.url, url.status))
-                    kind = "private" if url.private else "public"
-                    self._print(f"· {kind} service of op {url.op_id}: {url.url} ({url.status})")
+    def _last_output(self) -> None:
+        done = threading.Event()
 
-    def finish(self, *, interrupted: bool = False) -> None:
-        """The job ended (or the caller stops following it): last output, then the summary.
+        def final() -> None:
+            try:
+                if self.job.done:
+                    self._finalise()
+                else:
+                    self._flush(force_header=True)
+            finally:
+                done.set()
 
-        Main thread. Safe to call more than once; the summary is written once. With
-        ``interrupted`` (the cell was interrupted and the job told to stop) a job that has not
-        ended yet still gets a summary, saying it was stopping; the widget view replaces it
-        with the final one when the job ends.
-        """
-        if self.mode == "widget":
-            done = threading.Event()
+        call_soon(final)
+        done.wait(timeout=5)
 
-            def _final() -> None:
-                try:
-                    if self.job.done:
-                        self._finalise_widgets()
-                    else:
-                        self._flush_widgets(force_header=True)
-                finally:
-                    done.set()
-
-            call_soon(_final)
-            done.wait(timeout=5)
+    def _show_summary(self, text: str, *, final: bool) -> None:
+        if not final:
+            self._summary_when_done = True  # the loop writes the final one when the job ends
+        if self._summary_handle is not None:
+            self._summary_handle.update({"text/plain": text}, raw=True)
         else:
-            self.drain()
-        if self.job.done:
-            self._write_summary()
-            self.close()
-        elif interrupted:
-            self._write_stopping_summary()
+            self._print(text)
 
     def _write_stopping_summary(self) -> None:
-        """The interrupted cell ends before the job: say so, where the summary goes."""
-        with self._summary_lock:
-            if self._summary_shown or self._stopping_shown:
-                return
-            self._stopping_shown = True
-            # The widget view writes the final summary from the loop when the job ends.
-            self._summary_when_done = self.mode == "widget"
-            text = (summary_text(self.job) + "\n  stopping: the stop was requested, the job "
-                    "had not ended yet (job.wait() waits for the end)")
-            if self.mode == "widget" and self._summary_handle is not None:
-                self._summary_handle.update({"text/plain": text}, raw=True)
-            else:
-                self._print(text)
-        if self._summary_when_done and self._finalised and self.job.done:
+        super()._write_stopping_summary()
+        if self._finalised and self.job.done:
             self._write_summary()  # it ended meanwhile, maybe before the loop saw the flag
 
-    def _write_summary(self) -> None:
-        # One lock around check and write: the final summary is never overwritten by the
-        # "stopping" one, whichever thread writes first.
-        with self._summary_lock:
-            if self._summary_shown:
-                return
-            self._summary_shown = True
-            text = summary_text(self.job)
-            if self.mode == "widget" and self._summary_handle is not None:
-                self._summary_handle.update({"text/plain": text}, raw=True)
-            else:
-                self._print(text)
-
     def close(self) -> None:
-        """Stop following the job (the widgets stay on screen with their last content)."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self.mode == "widget" and not self._finalised:
-            def _stop() -> None:
+        super().close()
+        if not self._finalised:
+            def stop() -> None:
                 self._finalised = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-            call_soon(_stop)
-        self._unhook_post_run()
+                self._stop_ticking()
 
-    # -- text view plumbing --------------------------------------------------------------
+            call_soon(stop)
 
-    def _print(self, text: str, *, err: bool = False) -> None:
-        stream = (self._err or sys.stderr) if err else (self._out or sys.stdout)
-        print(text, file=stream, flush=True)
-
-    def _hook_post_run(self) -> None:
-        """Background view: finish from the main thread after a cell, once the job is done."""
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover
-            return
-        shell = get_ipython()
-        if shell is None or self._post_run_hook is not None:
-            return
-
-        def _after_cell(*_: object) -> None:
-            if not self.job.done:
-                return
-            self._unhook_post_run()
-            self.finish()
-            if self.mode == "widget":
-                self._resend_final_state()
-
-        self._post_run_hook = _after_cell
-        shell.events.register("post_run_cell", _after_cell)
-
-    def _resend_final_state(self) -> None:
-        """Main thread, job done: the widgets' last state and the summary, sent once more."""
+    def _finished_in_background(self) -> None:
+        """The widgets' last state and the summary, sent once more from the main thread."""
         # Only the content traits: the Output widget's full state also carries its (empty)
         # msg_id, which nbclient's output-widget capture mishandles.
         for widget, key in ((self._header_w, "value"), (self._urls_w, "value"),
@@ -605,19 +713,51 @@ class JobView:
         if self._summary_handle is not None:
             self._summary_handle.update({"text/plain": summary_text(self.job)}, raw=True)
 
-    def _unhook_post_run(self) -> None:
-        hook, self._post_run_hook = self._post_run_hook, None
-        if hook is None:
-            return
-        from IPython import get_ipython
 
-        shell = get_ipython()
-        if shell is not None:
-            with contextlib.suppress(ValueError):  # already gone
-                shell.events.unregister("post_run_cell", hook)
+def _stream_outputs(lines: Iterable[tuple[str, str]], dropped: int) -> tuple[dict[str, str], ...]:
+    """Jupyter stream outputs for ``lines``, consecutive lines of one stream merged."""
+    outputs: list[dict[str, str]] = []
+    if dropped:
+        outputs.append({"output_type": "stream", "name": "stdout",
+                        "text": f"… {dropped:,} earlier lines not shown (job.logs has them all)\n"})
+    for stream, text in lines:
+        if outputs and outputs[-1]["name"] == stream:
+            outputs[-1]["text"] += text + "\n"
+        else:
+            outputs.append({"output_type": "stream", "name": stream, "text": text + "\n"})
+    return tuple(outputs)
 
-    def __repr__(self) -> str:
-        return f"JobView({self.job!r}, mode={self.mode!r}, tail={self.tail}, quiet={self.quiet})"
+
+# --------------------------------------------------------------------------- following
+
+
+def follow(job: ConfidentialJob, view: JobView, *,
+           each: Callable[[], object] | None = None) -> None:
+    """Block until the job is done, its view drained on this thread every slice (and
+    ``each()`` called), then write the view's summary: the one follow loop of the cell
+    magic, ``%nosana attach`` and the demo.
+
+    Ctrl-C stops the job as :meth:`ConfidentialJob.wait` does (a further Ctrl-C does not
+    cancel the stop; the end is waited for, bounded); the view then writes its summary,
+    saying so if the job has not ended yet, and the ``JobInterrupted`` is raised.
+    """
+
+    def tick() -> None:
+        if each is not None:
+            each()
+        view.drain()
+
+    try:
+        job.wait(each=tick)
+    except KeyboardInterrupt:  # JobInterrupted: the job was told to stop
+        view.finish(interrupted=True)
+        raise
+    if each is not None:
+        each()
+    view.finish()
+
+
+# --------------------------------------------------------------------------- tables
 
 
 class Table:

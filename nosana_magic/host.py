@@ -5,8 +5,8 @@ What it does differently from the Nosana CLI (docs/protocol.md §23), on purpose
 * every request carries a **fresh** owner-signed ``Authorization`` header with a timestamp, so
   a late request (results at the end of a long job) is never refused as expired;
 * every retry loop is **bounded** (attempts and total time) and backs off from ~0.1 s to ~2 s
-  through one helper, :class:`Backoff`; giving up raises :class:`HostError` naming the host
-  and the route;
+  through the package's one retry policy (:class:`~nosana_magic.transport.Backoff`); giving
+  up raises :class:`HostError` naming the host and the route;
 * results are polled inside the host's 60 s window as soon as the caller sees ``endTime``;
 * a 401 (or WS close 3000) whose detail is the host's on-chain lookup of the job failing is
   retried within the bound; only a signature that does not verify (the wrong wallet) and an
@@ -27,20 +27,18 @@ import asyncio
 import functools
 import json
 import logging
-import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from .errors import NosanaError
-from .results import Endpoints, FlowState, InfoEvent, NodeLogEntry, ServiceUrl
+from .errors import HostError
+from .results import FlowState, InfoEvent, NodeLogEntry
+from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
 from .wallet import Wallet
 
 __all__ = [
@@ -53,15 +51,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
-#: public ids are 44 characters (``getExposeIdHash`` cuts at 44).
-PRIVATE_EXPOSE_ID_LENGTH = 45
+#: The node API's retry policy unless the caller gives one (from ~0.1 s to ~2 s, 60 s at most).
+_DEFAULT_RETRY = Retry()
 
 #: Error strings of the host (docs/protocol.md §5), matched as prefixes.
 _INVALID_JOB_ID = "invalid job id"
 _CANNOT_SEND_DEFINITION = "cannot send job definition at this time"
 _CANNOT_GET_RESULTS = "cannot get job result at this time"
-_NO_EXPOSED_URL = "no exposed url"
 _UNAUTHORIZED = "unauthorized request"
 
 #: WebSocket close codes of the node (docs/protocol.md §7) that retrying cannot fix.
@@ -70,7 +66,7 @@ _WS_FATAL_CODES = {3000: "the host refused our signature", 3003: "the host refus
 #: chain for each subscription, and an RPC error there closes 3000 too.
 _WS_AUTH_CODE = 3000
 
-Kind = Literal["definition", "results", "endpoints", "stop"]
+Kind = Literal["definition", "results", "stop"]
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
@@ -80,120 +76,11 @@ _ROUTES: dict[Kind, tuple[str, str, str]] = {
     # kind: (method, current path, legacy path)
     "definition": ("POST", "/job/{job}/job-definition", "/job-definition/{job}"),
     "results": ("GET", "/job/{job}/results", "/job-result/{job}"),
-    "endpoints": ("GET", "/job/{job}/endpoints", "/service/url/{job}"),
     "stop": ("POST", "/job/{job}/stop", "/service/stop/{job}"),
 }
 
 
-# --------------------------------------------------------------------------- retry policy
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How a retry loop backs off and when it gives up.
-
-    The pause before attempt *n+1* is ``min(cap, first * factor**n)``; the loop stops after
-    ``attempts`` attempts or ``total`` seconds, whichever comes first. A call that has its own
-    ``timeout`` uses that as ``total``.
-    """
-
-    first: float = 0.1
-    cap: float = 2.0
-    factor: float = 2.0
-    attempts: int = 200
-    total: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.first <= 0 or self.cap < self.first or self.factor < 1:
-            raise ValueError("Retry needs 0 < first <= cap and factor >= 1")
-        if self.attempts < 1 or self.total <= 0:
-            raise ValueError("Retry needs attempts >= 1 and total > 0")
-
-    def backoff(self, total: float | None = None) -> Backoff:
-        """A fresh loop state bounded by ``total`` seconds (default :attr:`total`)."""
-        return Backoff(self, total=self.total if total is None else total)
-
-
-@dataclass
-class Backoff:
-    """The state of one bounded retry loop. The only place this package sleeps between tries.
-
-    ::
-
-        backoff = retry.backoff(timeout)
-        while True:
-            ...try once; return on success...
-            if not await backoff.wait():
-                raise SomeError(f"gave up after {backoff.attempt} attempts")
-    """
-
-    retry: Retry
-    total: float
-    attempt: int = 0
-    started: float = field(default_factory=time.monotonic)
-    _delay: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._delay = self.retry.first
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self.total - self.elapsed)
-
-    async def wait(self) -> bool:
-        """Count the attempt that just failed and sleep before the next one.
-
-        Returns ``False`` (without sleeping) when the bound is reached. The last pause is cut
-        so that one final attempt happens right at the time bound.
-        """
-        self.attempt += 1
-        remaining = self.remaining
-        if self.attempt >= self.retry.attempts or remaining <= 0:
-            return False
-        await asyncio.sleep(min(self._delay, remaining))
-        self._delay = min(self.retry.cap, self._delay * self.retry.factor)
-        return True
-
-    def reset(self) -> None:
-        """Progress was made (a stream delivered data): start the bounds over."""
-        self.attempt = 0
-        self.started = time.monotonic()
-        self._delay = self.retry.first
-
-
 # --------------------------------------------------------------------------- errors
-
-
-class HostError(NosanaError):
-    """A host refused a request, or could not be reached within the retry bound.
-
-    The message names the host and the route, and holds at most the host's short error
-    string (never a request or response body).
-    """
-
-    def __init__(
-        self,
-        host: str,
-        route: str,
-        problem: str,
-        *,
-        status: int | None = None,
-        host_message: str | None = None,
-        gave_up: bool = False,
-    ) -> None:
-        super().__init__(f"host {host}: {route}: {problem}")
-        self.host = host
-        self.route = route
-        self.status = status
-        #: The host's own error text (short, redacted), if it sent one.
-        self.host_message = host_message
-        #: True when a retry bound ran out (the host may answer again later); False when the
-        #: host refused (retrying the same request cannot help).
-        self.gave_up = gave_up
 
 
 # --------------------------------------------------------------------------- SSE
@@ -227,30 +114,6 @@ class SseParser:
 
 
 # --------------------------------------------------------------------------- the client
-
-
-def _short(text: str, limit: int = 200) -> str:
-    one_line = " ".join(text.split())
-    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` points at this machine (then no proxy from the environment applies:
-    a corporate ``HTTP_PROXY`` must not swallow requests to the local network)."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-@functools.lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
-    # Building a verifying TLS context loads the CA bundle (~50 ms): once per process, not
-    # once per host client, so that taking a job up is not delayed by it.
-    return httpx.create_ssl_context()
-
-
-def http_client_for(url: str) -> httpx.AsyncClient:
-    """A new client for ``url``: environment proxies are honoured except on loopback."""
-    return httpx.AsyncClient(trust_env=not is_loopback(url), verify=_tls_context())
 
 
 @dataclass(frozen=True)
@@ -304,7 +167,7 @@ class HostClient:
         wallet: Wallet,
         *,
         http: httpx.AsyncClient | None = None,
-        retry: Retry = Retry(),
+        retry: Retry = _DEFAULT_RETRY,
         redact: Callable[[str], str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -365,17 +228,7 @@ class HostClient:
 
     def _message(self, response: httpx.Response) -> str:
         """The host's error string: short, one line, redacted; HTML pages are not shown."""
-        text = response.text.strip()
-        if text.startswith('"') and text.endswith('"'):
-            try:
-                decoded = json.loads(text)
-            except ValueError:
-                decoded = None
-            if isinstance(decoded, str):
-                text = decoded
-        if text.startswith("<"):
-            return f"HTTP {response.status_code}"
-        return self._redact(_short(text)) or f"HTTP {response.status_code}"
+        return self._redact(server_message(response)) or f"HTTP {response.status_code}"
 
     def _error(
         self,
@@ -606,41 +459,6 @@ class HostClient:
             patient=True,
         )
 
-    async def endpoints(self, *, timeout: float = 10.0) -> list[ServiceUrl]:
-        """The job's service URLs, private ones included (``[]`` when it exposes none).
-
-        A service is private when its id has the 45 characters of a host-made random id.
-        """
-
-        async def classify(response: httpx.Response) -> list[ServiceUrl] | _Again:
-            status = response.status_code
-            if status == 200:
-                return self._service_urls(response)
-            message = self._message(response)
-            if status == 400 and message.lower().startswith(_NO_EXPOSED_URL):
-                return []
-            if status < 500:
-                raise self._error("endpoints", "the host refused the endpoints", response)
-            return _Again(f"{status} {message}")
-
-        return await self._until_answered("endpoints", self.retry.backoff(timeout), classify)
-
-    def _service_urls(self, response: httpx.Response) -> list[ServiceUrl]:
-        endpoints = self._body(
-            "endpoints", response, Endpoints, "the host sent endpoints in an unknown shape"
-        )
-        return [
-            ServiceUrl(
-                url=item.url,
-                port=item.port,
-                op_id=item.op_id,
-                private=len(expose_id) == PRIVATE_EXPOSE_ID_LENGTH,
-                status=item.status,
-                expose_id=expose_id,
-            )
-            for expose_id, item in endpoints.urls.items()
-        ]
-
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""
 
@@ -755,15 +573,7 @@ class HostClient:
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "path": "/log",
-                                "header": self._auth(),
-                                "body": {"jobAddress": self.job, "address": self.wallet.address},
-                            }
-                        )
-                    )
+                    await ws.send(self._log_subscription())
                     index = 0  # position in this connection's stream (replay, then live)
                     skip = self.log_cursor
                     async for raw in ws:
@@ -788,15 +598,7 @@ class HostClient:
                         yield entry
                     last = "the host closed the log stream"
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                if code in _WS_FATAL_CODES:
-                    problem = f"{_WS_FATAL_CODES[code]} ({code} {_short(reason)})"
-                    if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
-                        raise HostError(self.base_url, route, problem) from None
-                    last = problem
-                else:
-                    last = f"connection closed ({code})" if code else "connection lost"
+                last = self._closed(exc, route)
             except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
                 if isinstance(exc, InvalidURI):
                     raise HostError(self.base_url, route, "not a WebSocket URL") from None
@@ -810,6 +612,23 @@ class HostClient:
                     f"gave up after {backoff.attempt} attempts to reconnect: {last}",
                     gave_up=True,
                 )
+
+    def _log_subscription(self) -> str:
+        """The first frame of a ``/log`` connection: which job, signed by its owner."""
+        return json.dumps({"path": "/log", "header": self._auth(),
+                           "body": {"jobAddress": self.job, "address": self.wallet.address}})
+
+    def _closed(self, exc: ConnectionClosed, route: str) -> str:
+        """Why the host closed the log socket, in one line; raises :class:`HostError` when
+        retrying cannot help (docs/protocol.md §7)."""
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if code in _WS_FATAL_CODES:
+            problem = f"{_WS_FATAL_CODES[code]} ({code} {one_line(reason)})"
+            if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
+                raise HostError(self.base_url, route, problem) from None
+            return problem
+        return f"connection closed ({code})" if code else "connection lost"
 
     def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
@@ -35,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import NosanaError
+from .errors import JobDefinitionError
 from .jsonc import (
     JsoncDocument,
     JsoncError,
@@ -56,6 +55,7 @@ from .secrets import (
     resolve_references,
     token_name,
 )
+from .settings import reference_env
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -92,30 +92,6 @@ _RANGE = re.compile(r"^[0-9]+-[0-9]+$")
 _PUBLIC_SECRETS = (("IAM", "S3 credentials"), ("accessToken", "an access token"))
 # Union branches are tagged with a NUL prefix, so their tags can be dropped from error paths.
 _T = "\x00"
-
-
-class JobDefinitionError(NosanaError, ValueError):
-    """An invalid job definition: every problem found, each located.
-
-    ``line``/``column``/``path``/``message`` describe the first problem; ``problems`` holds all.
-    """
-
-    def __init__(self, problems: list[Problem]) -> None:
-        if not problems:
-            raise ValueError("JobDefinitionError needs at least one problem")
-        self.problems = problems
-        first = problems[0]
-        self.line = first.line
-        self.column = first.column
-        self.path = first.path
-        self.message = first.message
-        more = len(problems) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        super().__init__(f"{first}{suffix}")
-
-    def _render_traceback_(self) -> list[str]:
-        name = type(self).__name__
-        return [f"{name}: {self.problems[0]}", *(f"  {p}" for p in self.problems[1:])]
 
 
 def check_body_size(body: bytes) -> None:
@@ -718,11 +694,6 @@ class JobDefinition(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     @property
-    def source_json(self) -> dict[str, Any]:
-        """Alias of :meth:`to_dict`."""
-        return self.to_dict()
-
-    @property
     def warnings(self) -> list[str]:
         """Located warnings: a credential typed into the definition (never its value), odd
         ports, unknown ``depends_on`` targets, duplicate JSON keys."""
@@ -787,7 +758,7 @@ class JobDefinition(_Model):
     def check_references(self, *, env: Mapping[str, str] | None = None,
                          namespace: Mapping[str, object] | None = None) -> None:
         """Raise :class:`SecretError` naming every unresolvable reference; build nothing."""
-        resolve_references(self.to_dict(), env=os.environ if env is None else env,
+        resolve_references(self.to_dict(), env=reference_env() if env is None else env,
                            namespace=namespace or {}, positions=self._positions())
 
     def missing_references(self, *, env: Mapping[str, str] | None = None,
@@ -803,12 +774,12 @@ class JobDefinition(_Model):
                 namespace: Mapping[str, object] | None = None) -> ResolvedDefinition:
         """The body to POST to the host: references resolved, compact JSON, size-checked.
 
-        ``env`` defaults to ``os.environ``; ``namespace`` (notebook variables) to empty.
+        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to empty.
         The result's ``redactor`` hides the resolved ``${env:…}`` values in host text.
         """
         source = self.to_dict()
         resolved, secrets = resolve_references(
-            source, env=os.environ if env is None else env,
+            source, env=reference_env() if env is None else env,
             namespace=namespace or {}, positions=self._positions())
         _number_ports(source, resolved, self._doc)
         # A ${var:…} value can make a field invalid (an op id with a space, say): check again,

@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import os
 import sys
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from keyword import iskeyword
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -46,62 +46,18 @@ from IPython.core.magic import (
 )
 from traitlets import Bool, Int, TraitError, Unicode, validate
 
-from .display import JobView, Table, in_kernel
-from .errors import NosanaError
+from .display import JobView, Table, follow, in_kernel
+from .errors import SpendNotConfirmed
 from .protocol import DurationError, format_duration, parse_duration
+from .settings import reference_env
 
 if TYPE_CHECKING:
-    from .job import ConfidentialJob
+    from .job import ConfidentialJob, Private
     from .network.base import Market, Network
     from .settings import Settings
 
 __all__ = ["NosanaMagics", "SpendNotConfirmed", "register", "unregister"]
 
-#: How long the main thread blocks in one wait on a running job. Short, so a kernel interrupt
-#: (Ctrl-C) is handled at once and the text view's lines are printed promptly.
-_WAIT_SLICE_S = 0.1
-
-# Trait name -> environment variable read by Settings.from_env (for ``%nosana config``).
-_ENV_OF = {
-    "network": "NOSANA_NETWORK",
-    "market": "NOSANA_MARKET",
-    "timeout": "NOSANA_TIMEOUT",
-    "devnode_url": "NOSANA_DEVNODE_URL",
-    "node_url_template": "NOSANA_NODE_URL_TEMPLATE",
-    "rpc_url": "NOSANA_RPC_URL",
-    "wallet": "NOSANA_WALLET",
-    "pinata_jwt": "PINATA_JWT",
-    "data_dir": "NOSANA_DATA_DIR",
-}
-
-_SUBCOMMANDS = ("jobs", "status", "logs", "stop", "attach", "markets", "config", "help")
-
-#: ``%nosana help COMMAND``: each subcommand's usage, what it is in a few words, and more.
-_COMMAND_HELP = {
-    "jobs": ("%nosana jobs", "this kernel's jobs",
-             "The jobs of this kernel: address, network, market, status, elapsed time."),
-    "status": ("%nosana status [JOB]", "a job's handle",
-               "The job's handle, shown as its table (default: this kernel's latest job). "
-               "`run = %nosana status JOB` keeps it in a variable."),
-    "logs": ("%nosana logs JOB", "print a job's log",
-             "Every log line of the job so far (container stderr on stderr, the host's own "
-             "lines marked `host:`)."),
-    "stop": ("%nosana stop JOB", "stop a job",
-             "Stop the job: its host ends it (the results stay collectable), or the ledger "
-             "delists it while it is queued. Waits up to 10 s for the end and says how the "
-             "job ended."),
-    "attach": ("%nosana attach JOB [-b] [-q] [--network NETWORK]", "follow a job live",
-               "A live view of a job of this kernel, or of any job your wallet listed (from "
-               "another kernel, before a restart): its log history, then the live log, and "
-               "its private results when it ends. -b returns at once (then `run = %nosana "
-               "status JOB` gets the handle), -q shows the status only."),
-    "markets": ("%nosana markets [--network NETWORK]", "a network's markets",
-                "The markets of a network: address, price per hour, idle hosts."),
-    "config": ("%nosana config", "the settings and their sources",
-               "Every setting, its value and where it comes from (credentials only as "
-               "set/unset)."),
-    "help": ("%nosana help [COMMAND]", "this help", "This help, or one command's."),
-}
 
 _HELP_FLAGS = ("-h", "--help")
 
@@ -151,8 +107,142 @@ def parse_argstring(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     return _margs.parse_argstring(magic, line)  # type: ignore[no-untyped-call, no-any-return]
 
 
-class SpendNotConfirmed(NosanaError):
-    """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
+# --------------------------------------------------------------------------- %nosana commands
+
+_Run = Callable[["NosanaMagics", argparse.Namespace], object]
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One ``%nosana`` subcommand: its usage line, what it is in a few words, and the
+    function that runs it, whose docstring is the command's help."""
+
+    usage: str
+    summary: str
+    run: _Run
+    #: The command needs a ``JOB`` (an address, or a unique prefix of one).
+    needs_job: bool = False
+
+    @property
+    def help(self) -> str:
+        return " ".join(inspect.cleandoc(self.run.__doc__ or "").split())
+
+
+#: The router: ``%nosana NAME …`` runs ``_COMMANDS[NAME]``; ``%nosana help`` is built from it.
+_COMMANDS: dict[str, _Command] = {}
+
+
+def _command(name: str, usage: str, summary: str, *,
+             needs_job: bool = False) -> Callable[[_Run], _Run]:
+    def add(run: _Run) -> _Run:
+        _COMMANDS[name] = _Command(usage, summary, run, needs_job)
+        return run
+
+    return add
+
+
+@_command("jobs", "%nosana jobs", "this kernel's jobs")
+def _jobs(magics: NosanaMagics, args: argparse.Namespace) -> Table:
+    """The jobs of this kernel: address, network, market, status, elapsed time."""
+    from .job import jobs
+
+    rows = [[job.address or "(not listed)", job.network_name,
+             job.market.slug if job.market is not None else "", job.status,
+             "" if job.elapsed is None else format_duration(job.elapsed)]
+            for job in jobs()]
+    return Table(["job", "network", "market", "status", "elapsed"], rows,
+                 title="nosana jobs in this kernel", empty="no jobs yet in this kernel")
+
+
+@_command("status", "%nosana status [JOB]", "a job's handle")
+def _status(magics: NosanaMagics, args: argparse.Namespace) -> ConfidentialJob:
+    """The job's handle, shown as its table (default: this kernel's latest job).
+    `run = %nosana status JOB` keeps it in a variable."""
+    from .job import JobNotFound, find_job, jobs
+
+    if args.job:
+        return find_job(args.job)  # JobNotFound: one line naming the reference
+    known = jobs()
+    if not known:
+        raise JobNotFound("no job yet in this kernel")
+    return known[-1]
+
+
+@_command("logs", "%nosana logs JOB", "print a job's log", needs_job=True)
+def _logs(magics: NosanaMagics, args: argparse.Namespace) -> None:
+    """Every log line of the job so far (container stderr on stderr, the host's own lines
+    marked `host:`)."""
+    from .job import find_job
+
+    for line in find_job(args.job).logs:
+        stream = sys.stderr if line.stream == "stderr" else sys.stdout
+        prefix = f"[{line.op_id}] " if line.op_id else ""
+        print(prefix + line.text.rstrip("\n"), file=stream)
+
+
+@_command("stop", "%nosana stop JOB", "stop a job", needs_job=True)
+def _stop(magics: NosanaMagics, args: argparse.Namespace) -> None:
+    """Stop the job: its host ends it (the results stay collectable), or the ledger
+    delists it while it is queued. Waits up to 10 s for the end and says how the job
+    ended; a Ctrl-C does not cancel the stop."""
+    from .job import END_WAIT_S, find_job, stop_line
+
+    job = find_job(args.job)
+    if job.done:
+        print(f"job {job.address} already ended: {job.status}")
+        return
+    job.stop()
+    with contextlib.suppress(TimeoutError):
+        job.wait(END_WAIT_S)  # the host ends it within seconds; say how it ended
+    print(stop_line(job))
+
+
+@_command("attach", "%nosana attach JOB [-b] [-q] [--network NETWORK]", "follow a job live",
+          needs_job=True)
+def _attach(magics: NosanaMagics, args: argparse.Namespace) -> ConfidentialJob | None:
+    """A live view of a job of this kernel, or of any job your wallet listed (from another
+    kernel, before a restart): its log history, then the live log, and its private results
+    when it ends. -b returns at once (then `run = %nosana status JOB` gets the handle), -q
+    shows the status only."""
+    from .job import ConfidentialJob, JobNotFound, find_job
+
+    notices = _Notices()
+    try:
+        job = find_job(args.job)
+    except JobNotFound:
+        # Started in another kernel (or before a restart) with the same wallet.
+        job = ConfidentialJob.attach(args.job, magics.settings(network=args.network),
+                                     on_notice=notices)
+    notices.flush()
+    view = JobView(job, tail=magics.log_tail, quiet=args.quiet).show(background=args.background)
+    if args.background:
+        return None  # the live view shows it (`run = %nosana status JOB` gets the handle)
+    follow(job, view, each=notices.flush)
+    job.raise_for_status()
+    return job
+
+
+@_command("markets", "%nosana markets [--network NETWORK]", "a network's markets")
+def _markets(magics: NosanaMagics, args: argparse.Namespace) -> Table:
+    """The markets of a network: address, price per hour, idle hosts."""
+    settings = magics.settings(network=args.network)
+    markets = _with_network(settings, lambda network: network.markets())
+    rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}", str(m.idle_hosts)] for m in markets]
+    return Table(["market", "address", "NOS/h", "idle hosts"], rows,
+                 title=f"markets on {settings.network}")
+
+
+@_command("config", "%nosana config", "the settings and their sources")
+def _config(magics: NosanaMagics, args: argparse.Namespace) -> Table:
+    """Every setting, its value and where it comes from (credentials only as set/unset)."""
+    return magics._config_table()
+
+
+@_command("help", "%nosana help [COMMAND]", "this help")
+def _help(magics: NosanaMagics, args: argparse.Namespace) -> None:
+    """This help, or one command's."""
+    print(magics._line_help(args.job))
+
 
 
 @magics_class
@@ -244,9 +334,9 @@ class NosanaMagics(Magics):
         """The effective settings: flags > traits > environment > defaults."""
         from .settings import Settings
 
-        overrides = self._trait_overrides()
-        overrides.update({k: v for k, v in flags.items() if v is not None})
-        return Settings.from_env(**overrides)
+        return Settings.from_env(
+            source="%config NosanaMagics.{name}", **self._trait_overrides()
+        ).with_overrides(source="flag --{name}", **flags)
 
     # -- %%nosana_confidential -----------------------------------------------------------
 
@@ -319,7 +409,7 @@ class NosanaMagics(Magics):
             print(f"note: {note}", file=sys.stderr)
         namespace = self.shell.user_ns if self.shell is not None else {}
         # Every reference must resolve before anything is pinned or listed.
-        definition.check_references(env=os.environ, namespace=namespace)
+        definition.check_references(env=reference_env(), namespace=namespace)
 
         settings = self.settings(network=args.network, market=args.market, timeout=timeout)
         if settings.network != "local":
@@ -331,10 +421,12 @@ class NosanaMagics(Magics):
             _with_network(settings, lambda network: network.market(market))
 
         notices = _Notices()
+        # --send-only keeps the input private, --receive-only the results.
+        private: Private = (
+            "input" if args.send_only else "results" if args.receive_only else "both")
         job = run_confidential(
-            definition, settings=settings, node=args.node,
-            send=not args.receive_only, receive=not args.send_only, wait=False,
-            env=os.environ, namespace=namespace, on_notice=notices)
+            definition, settings=settings, node=args.node, private=private, wait=False,
+            env=reference_env(), namespace=namespace, on_notice=notices)
         notices.flush()
         if args.out:
             namespace[args.out] = job
@@ -344,48 +436,10 @@ class NosanaMagics(Magics):
             # The live view shows the job; a returned handle would be a second display of it,
             # a snapshot that goes stale. The handle is in -o NAME, or `%nosana status`.
             return None
-        self._follow(job, view, notices)
+        follow(job, view, each=notices.flush)
         job.raise_for_status()
         # With -o the handle is in its variable and the view's summary shows how it ended.
         return None if args.out else job
-
-    def _follow(self, job: ConfidentialJob, view: JobView, notices: _Notices) -> None:
-        """Block on the job in short waits; the main thread prints the text view meanwhile.
-
-        A ``KeyboardInterrupt`` (Ctrl-C, a kernel interrupt) means "stop the job", not just
-        "stop waiting": the job is stopped (a further Ctrl-C does not cancel the stop) and
-        one line is raised, ``job X stopped`` or why the job may still be running.
-        """
-        done = threading.Event()
-        unsubscribe = job.subscribe(lambda event: done.set() if event.kind == "done" else None)
-        try:
-            while not job.done:
-                notices.flush()
-                view.drain()
-                done.wait(_WAIT_SLICE_S)
-        except KeyboardInterrupt:
-            try:
-                interrupted = job.stop_after_interrupt()
-                # The stop is accepted before the job has ended (the host still winds it
-                # down): wait for the end, bounded (~10 s in short slices), so the summary is
-                # the final one. A further Ctrl-C ends this wait, not the stop.
-                try:
-                    for _ in range(round(10 / _WAIT_SLICE_S)):
-                        if job.done:
-                            break
-                        view.drain()
-                        done.wait(_WAIT_SLICE_S)
-                except KeyboardInterrupt:
-                    pass
-            finally:
-                unsubscribe()
-                view.finish(interrupted=True)
-            if interrupted.sent:
-                raise _interrupted_line(job) from None
-            raise interrupted from None
-        unsubscribe()
-        notices.flush()
-        view.finish()
 
     def _confirm_spend(
         self, settings: Settings, *, node: str | None = None, assume_yes: bool
@@ -445,7 +499,7 @@ class NosanaMagics(Magics):
 
     @no_var_expand
     @magic_arguments()
-    @argument("command", choices=_SUBCOMMANDS, help="What to do (`%%nosana help COMMAND`).")
+    @argument("command", choices=list(_COMMANDS), help="What to do (`%%nosana help COMMAND`).")
     @argument("job", nargs="?",
               help="A job address, or a unique prefix of one (help: a command).")
     @argument("-b", "--background", action="store_true",
@@ -455,53 +509,24 @@ class NosanaMagics(Magics):
               help="attach/markets: the network (default: the configured one).")
     @_line_magic
     def nosana(self, line: str) -> object:
-        """Jobs of this kernel, markets and settings.
+        """Jobs of this kernel, markets and settings: ``%nosana COMMAND [JOB]``.
 
-        ``%nosana jobs`` · ``status [JOB]`` · ``logs JOB`` · ``stop JOB`` · ``attach JOB`` ·
-        ``markets`` · ``config`` · ``help [COMMAND]``. ``JOB`` is an address or a unique
-        prefix of one (``%nosana jobs`` lists them). ``%nosana`` alone prints this help.
+        ``JOB`` is an address or a unique prefix of one (``%nosana jobs`` lists them).
+        ``%nosana`` alone prints this help, the commands included.
         """
         tokens = line.split()
-        if not tokens or tokens[0] in _HELP_FLAGS or tokens[0] == "help":
-            topic = tokens[1] if len(tokens) > 1 and tokens[0] == "help" else None
-            print(self._line_help(topic))
+        if not tokens or tokens[0] in _HELP_FLAGS:
+            print(self._line_help(None))
             return None
-        if _wants_help(line) and tokens[0] in _COMMAND_HELP:
+        if _wants_help(line) and tokens[0] in _COMMANDS:
             print(self._line_help(tokens[0]))  # `%nosana stop -h`
             return None
         args = parse_argstring(self.nosana, line)
-        command: str = args.command
-        if command in ("logs", "stop", "attach") and not args.job:
-            raise UsageError(f"%nosana {command} needs a JOB (an address or a unique prefix)")
-        if command == "status" and not args.job:
-            return self._latest_job()
-        if command == "jobs":
-            return self._jobs_table()
-        if command == "markets":
-            return self._markets_table(self.settings(network=args.network))
-        if command == "config":
-            return self._config_table()
-        if command == "attach":
-            return self._attach(args.job, network=args.network, background=args.background,
-                                quiet=args.quiet)
-        job = self._find(args.job)
-        if command == "status":
-            return job
-        if command == "logs":
-            for log_line in job.logs:
-                stream = sys.stderr if log_line.stream == "stderr" else sys.stdout
-                prefix = f"[{log_line.op_id}] " if log_line.op_id else ""
-                print(prefix + log_line.text.rstrip("\n"), file=stream)
-            return None
-        # stop
-        if job.done:
-            print(f"job {job.address} already ended: {job.status}")
-            return None
-        job.stop()
-        with contextlib.suppress(TimeoutError):
-            job.wait(10)  # the host ends it within seconds; say how it ended when it has
-        print(_stop_line(job))
-        return None
+        command = _COMMANDS[args.command]
+        if command.needs_job and not args.job:
+            raise UsageError(f"%nosana {args.command} needs a JOB (an address or a unique "
+                             "prefix)")
+        return command.run(self, args)
 
     # -- help ----------------------------------------------------------------------------
 
@@ -513,68 +538,21 @@ class NosanaMagics(Magics):
     def _line_help(self, topic: str | None) -> str:
         """``%nosana help [COMMAND]``: the whole usage, or one command's."""
         if topic is not None:
-            if topic not in _COMMAND_HELP:
+            command = _COMMANDS.get(topic)
+            if command is None:
                 raise UsageError(f"%nosana help: unknown command {topic!r} (commands: "
-                                 f"{', '.join(_COMMAND_HELP)})")
-            usage, _, what = _COMMAND_HELP[topic]
-            return f"usage: {usage}\n\n" + textwrap.fill(what, 88)
-        width = max(len(usage) for usage, _, _ in _COMMAND_HELP.values())
-        commands = "\n".join(f"  {usage.ljust(width)}  {short}"
-                             for usage, short, _ in _COMMAND_HELP.values())
+                                 f"{', '.join(_COMMANDS)})")
+            return f"usage: {command.usage}\n\n" + textwrap.fill(command.help, 88)
+        width = max(len(command.usage) for command in _COMMANDS.values())
+        commands = "\n".join(f"  {command.usage.ljust(width)}  {command.summary}"
+                             for command in _COMMANDS.values())
         text = _usage_text(self.nosana.__doc__, "nosana", cell=False)
         return (f"{text}\n\ncommands:\n{commands}\n\nExample:\n  %nosana jobs\n"
                 "  run = %nosana status 7xKX      # the handle of job 7xKX…\n"
                 "  %nosana stop 7xKX\n\nThe cell magic: %%nosana_confidential --help")
 
-    def _latest_job(self) -> ConfidentialJob:
-        from .job import JobNotFound, jobs
-
-        known = jobs()
-        if not known:
-            raise JobNotFound("no job yet in this kernel")
-        return known[-1]
-
-    def _find(self, prefix: str) -> ConfidentialJob:
-        from .job import find_job
-
-        return find_job(prefix)  # JobNotFound: one line naming the reference
-
-    def _jobs_table(self) -> Table:
-        from .job import jobs
-
-        rows = []
-        for job in jobs():
-            rows.append([
-                job.address or "(not listed)", job.network_name,
-                job.market.slug if job.market is not None else "",
-                job.status,
-                "" if job.elapsed is None else format_duration(job.elapsed),
-            ])
-        return Table(["job", "network", "market", "status", "elapsed"], rows,
-                     title="nosana jobs in this kernel", empty="no jobs yet in this kernel")
-
-    def _markets_table(self, settings: Settings) -> Table:
-        markets = _with_network(settings, lambda network: network.markets())
-        rows = [[m.slug, m.address, f"{m.nos_per_hour:.6g}", str(m.idle_hosts)]
-                for m in markets]
-        return Table(["market", "address", "NOS/h", "idle hosts"], rows,
-                     title=f"markets on {settings.network}")
-
     def _config_table(self) -> Table:
-        settings = self.settings()
-        traits = self._trait_overrides()
-        rows = []
-        for name, shown in settings.describe().items():
-            if name in traits:
-                source = f"%config NosanaMagics.{name}"
-            elif os.environ.get(_ENV_OF.get(name, ""), "").strip():
-                source = f"env {_ENV_OF[name]}"
-            else:
-                source = "default"
-            if name == "wallet":
-                # Credentials only as set/unset: a key file path or the variable's name.
-                shown = "set" if settings.wallet else "unset (the Nosana CLI key file if any)"
-            rows.append([name, "" if shown is None else str(shown), source])
+        rows = [list(row) for row in self.settings().explain()]
         rows.append(["log_tail", str(self.log_tail), self._trait_source("log_tail")])
         rows.append(["confirm_spend", str(self.confirm_spend), self._trait_source("confirm_spend")])
         return Table(["setting", "value", "source"], rows, title="nosana settings")
@@ -582,25 +560,6 @@ class NosanaMagics(Magics):
     def _trait_source(self, name: str) -> str:
         default = self.trait_defaults(name)
         return "default" if getattr(self, name) == default else f"%config NosanaMagics.{name}"
-
-    def _attach(self, ref: str, *, network: str | None, background: bool,
-                quiet: bool) -> ConfidentialJob | None:
-        """A new view on a job: one of this kernel's (by prefix), else any job by address."""
-        from .job import ConfidentialJob, JobNotFound, find_job
-
-        notices = _Notices()
-        try:
-            job = find_job(ref)
-        except JobNotFound:
-            # Started in another kernel (or before a restart) with the same wallet.
-            job = ConfidentialJob.attach(ref, self.settings(network=network), on_notice=notices)
-        notices.flush()
-        view = JobView(job, tail=self.log_tail, quiet=quiet).show(background=background)
-        if background:
-            return None  # the live view shows it (`run = %nosana status JOB` gets the handle)
-        self._follow(job, view, notices)
-        job.raise_for_status()
-        return job
 
 
 def _wants_help(line: str) -> bool:
@@ -617,24 +576,6 @@ def _usage_text(doc: str | None, name: str, *, cell: bool) -> str:
     if cell:
         usage = usage.replace(f"%{name}", f"%%{name}", 1)
     return f"usage: {usage.strip()}\n\n{rest.strip()}"
-
-
-def _stop_line(job: ConfidentialJob) -> str:
-    """What ``%nosana stop`` says: how the job ended, or that it is still ending."""
-    if job.done:
-        return f"job {job.address} {job.status}"
-    return (f"job {job.address}: stop accepted, the host is still ending it "
-            "(`%nosana status` shows when it has)")
-
-
-def _interrupted_line(job: ConfidentialJob) -> BaseException:
-    """Ctrl-C's one line once the stop went through and the (bounded) wait is over."""
-    from .job import JobInterrupted
-
-    if job.done:
-        return JobInterrupted(f"job {job.address} {job.status}", job, sent=True)
-    return JobInterrupted(f"job {job.address}: stop accepted, still stopping (job.wait() "
-                          "waits for the end)", job, sent=True)
 
 
 def _with_network(settings: Settings,

@@ -1,4 +1,5 @@
-"""Pure functions of the Nosana protocol: auth headers, expose ids, CIDs, durations.
+"""Pure functions and records of the Nosana protocol: auth headers, expose ids, CIDs,
+durations, addresses, a job's state on the ledger.
 
 Everything here is checked against the vectors computed by Nosana's official JavaScript
 packages. Nothing here does I/O.
@@ -6,6 +7,7 @@ packages. Nothing here does I/O.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 import time
@@ -21,10 +23,13 @@ from solders.signature import Signature
 from .errors import NosanaError
 
 __all__ = [
+    "EXPIRY_MARGIN_S",
+    "PRIVATE_EXPOSE_ID_LENGTH",
     "AuthError",
     "CidError",
     "DurationError",
     "ExposedService",
+    "JobState",
     "auth_header",
     "b58decode",
     "b58encode",
@@ -35,9 +40,11 @@ __all__ = [
     "expose_id",
     "exposed_services",
     "format_duration",
+    "is_private_expose_id",
     "now_ms",
     "parse_duration",
     "service_url",
+    "short_address",
     "verify_auth_header",
 ]
 
@@ -164,6 +171,16 @@ def expose_id(job_address: str, op_index: int | str, port: int | float | str) ->
     return create_hash(f"{_js_string(op_index)}:{_js_string(port)}:{job_address}", 44)
 
 
+#: Length of the random id a host gives a ``private: true`` service (``createHash(…, 45)``);
+#: public ids are 44 characters (:func:`expose_id`). The length is what tells them apart.
+PRIVATE_EXPOSE_ID_LENGTH = 45
+
+
+def is_private_expose_id(service_id: str) -> bool:
+    """True for the id of a private service: only the job's owner learns its URL."""
+    return len(service_id) == PRIVATE_EXPOSE_ID_LENGTH
+
+
 def deployment_hash(deployment_id: str, project: str) -> str:
     """The load-balanced domain key of a deployment (``createHash("{id}:{project}", 45)``)."""
     return create_hash(f"{deployment_id}:{project}", 45)
@@ -253,6 +270,18 @@ def has_private_ops(definition: Mapping[str, object]) -> bool:
     )
 
 
+# --------------------------------------------------------------------------- addresses
+
+
+def short_address(address: str) -> str:
+    """An address (job, node, wallet) cut for one line of text: ``7xKX…q3Zk``.
+
+    The first and last four characters, as Solana explorers show keys; an address of nine
+    characters or fewer is shown whole.
+    """
+    return address if len(address) <= 9 else f"{address[:4]}…{address[-4:]}"
+
+
 # --------------------------------------------------------------------------- CIDs
 
 
@@ -330,3 +359,30 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+# --------------------------------------------------------------------------- jobs on the ledger
+
+
+class JobState(str, enum.Enum):
+    """A job's state on the ledger (docs/protocol.md §19). RUNNING is derived: a node has
+    taken the job."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    STOPPED = "STOPPED"
+
+    @property
+    def done(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.STOPPED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: How long past its expiry a job may take to read as ended before the client calls it lost:
+#: the host's 60 s results window (docs/protocol.md §10), then pinning the public result and
+#: completing the job on the ledger (a confirmed transaction on chain). The one margin both
+#: the job's machine and the ledger's watch use.
+EXPIRY_MARGIN_S = 180.0

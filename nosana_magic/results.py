@@ -1,22 +1,32 @@
 """What hosts return: FlowState, op states, log entries, service URLs, the final status.
 
-These models *ignore* unknown fields: hosts add fields over time and a client must not break
-on them. Attributes are snake_case; the wire's camelCase names are aliases.
+The wire models *ignore* unknown fields: hosts add fields over time and a client must not
+break on them. Attributes are snake_case; the wire's camelCase names are aliases.
+
+Beside them, the two records the package makes of what hosts send, each built here only:
+:class:`LogLine` (one constructor per source: the live ``/log`` stream, an op's log in the
+results) and :class:`ServiceUrl` (from a flow's ``secrets``, or a public service computed
+before the job runs).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .protocol import is_private_expose_id
+
 __all__ = [
     "EndpointStatus",
-    "Endpoints",
     "FlowState",
     "InfoEvent",
+    "LogLine",
     "NodeLogEntry",
     "NodeLogPending",
     "OpLog",
@@ -28,6 +38,7 @@ __all__ = [
     "python_regex",
     "regex_groups",
     "result_matches",
+    "urls_from_secrets",
 ]
 
 
@@ -129,15 +140,6 @@ class ServiceEndpoint(BaseModel):
     status: EndpointStatus = "UNKNOWN"
 
 
-class Endpoints(BaseModel):
-    """The body of ``GET /job/{id}/endpoints``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    urls: dict[str, ServiceEndpoint] = Field(default_factory=dict)
-    status: Literal["ONLINE", "OFFLINE"] = "OFFLINE"
-
-
 @dataclass(frozen=True)
 class ServiceUrl:
     """A service a job exposes: where to reach it and whether only its owner knows the URL."""
@@ -151,6 +153,102 @@ class ServiceUrl:
 
     def __str__(self) -> str:
         return self.url
+
+    @classmethod
+    def of(cls, expose_id: str, *, url: str, port: int | float | str, op_id: str,
+           status: object = "UNKNOWN") -> ServiceUrl:
+        """The service ``expose_id``: private exactly when its id is a host-made random one
+        (docs/protocol.md §12); a status other than the host's three words is ``UNKNOWN``."""
+        known: EndpointStatus = (
+            "ONLINE" if status == "ONLINE" else "OFFLINE" if status == "OFFLINE" else "UNKNOWN")
+        return cls(url, port, op_id, is_private_expose_id(expose_id), known, expose_id)
+
+
+def urls_from_secrets(secrets: Mapping[str, Any] | None, job: str) -> list[ServiceUrl]:
+    """The service URLs in a flow's ``secrets`` (``{job: {exposeId: {opID, port, url,
+    status}}}``, from ``/info`` or the results), private ones included."""
+    entries = (secrets or {}).get(job)
+    if not isinstance(entries, Mapping):
+        return []
+    return [
+        ServiceUrl.of(str(expose_id), url=item["url"], port=item.get("port", ""),
+                      op_id=str(item.get("opID") or item.get("opId") or ""),
+                      status=item.get("status"))
+        for expose_id, item in entries.items()
+        if isinstance(item, Mapping) and isinstance(item.get("url"), str)
+    ]
+
+
+# --------------------------------------------------------------------------- log lines
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _strip_newline(text: str) -> str:
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    return text
+
+
+def _timestamp_s(value: str | int | float | None) -> float:
+    """Seconds from the host's ms integers or docker's ISO strings (``now`` if unknown)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value / 1000.0
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        # Docker writes nanoseconds; datetime takes microseconds.
+        head, dot, rest = text.partition(".")
+        if dot:
+            digits = "".join(c for c in rest if c.isdigit())
+            tail = rest[len(digits):]
+            text = f"{head}.{digits[:6]}{tail}"
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a job's log: container output (``stdout``/``stderr``) or a host ``node`` line."""
+
+    op_id: str | None
+    stream: str
+    text: str
+    timestamp: float
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def from_log_entry(cls, entry: NodeLogEntry,
+                       redact: Callable[[str], str] = _same) -> LogLine:
+        """A line of the live ``/log`` stream: container output (``type: "log"``, whose
+        payload names the op and the stream) or the host's own progress line (``node``)."""
+        payload = entry.payload if isinstance(entry.payload, Mapping) else {}
+        op_id = payload.get("opId") or payload.get("op_id") or payload.get("operationId")
+        if entry.type == "log":
+            stream = payload.get("stream") or payload.get("type")
+            stream = stream if stream in ("stdout", "stderr") else "stdout"
+        else:
+            stream = "node"
+        stamp = entry.timestamp if entry.timestamp else None
+        return cls(op_id if isinstance(op_id, str) else None, stream,
+                   redact(_strip_newline(entry.log)), _timestamp_s(stamp))
+
+    @classmethod
+    def from_op_log(cls, op_id: str, entry: OpLog,
+                    redact: Callable[[str], str] = _same) -> LogLine:
+        """A line of an op's log in the results (any stream but stdout is shown as stderr)."""
+        stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
+        return cls(op_id, stream, redact(_strip_newline(entry.log)), _timestamp_s(entry.timestamp))
 
 
 #: Flow statuses a host reports while the job has not finished.

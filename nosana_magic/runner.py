@@ -8,6 +8,10 @@ IPython or a plain script) blocks on a :class:`concurrent.futures.Future` with s
 waits, so a ``KeyboardInterrupt`` (Ctrl-C, a kernel interrupt) arrives at once; we then cancel
 the coroutine on the loop and re-raise. We never touch the caller's event loop.
 
+Two ways to block on the loop's work, both in short slices: :func:`wait` (any future, a
+hook called every slice, Ctrl-C propagates) and :func:`shielded` (run a coroutine that must
+not be cancelled, such as a job's stop: Ctrl-C is noted and the wait goes on, bounded).
+
 The loop starts lazily on first use and is stopped at interpreter exit (``atexit``), or by
 :func:`shutdown` (tests).
 """
@@ -28,8 +32,10 @@ __all__ = [
     "get_loop",
     "in_runner_thread",
     "run_sync",
+    "shielded",
     "shutdown",
     "submit",
+    "wait",
 ]
 
 T = TypeVar("T")
@@ -157,6 +163,61 @@ def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T
     except KeyboardInterrupt:
         future.cancel()
         raise
+
+
+def wait(future: concurrent.futures.Future[Any], timeout: float | None = None, *,
+         each: Callable[[], object] | None = None,
+         until: Callable[[], bool] | None = None) -> bool:
+    """Block until ``future`` is done (True), or ``until()`` holds or ``timeout`` seconds
+    passed (False), in slices of 0.1 s; ``each()`` is called before every slice (a text
+    view prints its lines there, on this thread).
+
+    A ``KeyboardInterrupt`` propagates, and the future is left alone: what Ctrl-C means is
+    the caller's to decide.
+    """
+    if in_runner_thread():
+        raise RunnerError("waiting on the nosana_magic loop thread would block it")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if each is not None:
+            each()
+        if future.done():
+            return True
+        if until is not None and until():
+            return False
+        remaining = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if remaining <= 0:
+            return False
+        concurrent.futures.wait([future], timeout=remaining)
+
+
+def shielded(coro: Coroutine[Any, Any, T], timeout: float, *,
+             each: Callable[[], object] | None = None,
+             interrupted: Callable[[], object] | None = None) -> concurrent.futures.Future[T]:
+    """Run ``coro`` on the loop and wait for it, as :func:`wait` does, up to ``timeout``
+    seconds, through Ctrl-C: a ``KeyboardInterrupt`` meanwhile calls ``interrupted()`` and
+    the wait goes on. Nothing here cancels the coroutine: this is
+    for work that must not be cut short, such as a job's stop. Returns its future, done or
+    not (past ``timeout`` the coroutine goes on, on the loop).
+    """
+    if in_runner_thread():
+        coro.close()
+        raise RunnerError("waiting on the nosana_magic loop thread would block it")
+    future = submit(coro)
+    deadline = time.monotonic() + timeout
+    interrupts = noted = 0
+    while True:
+        try:
+            if interrupts > noted:
+                noted = interrupts
+                if interrupted is not None:
+                    interrupted()
+            remaining = deadline - time.monotonic()
+            if future.done() or remaining <= 0:
+                return future
+            wait(future, remaining, each=each)
+        except KeyboardInterrupt:
+            interrupts += 1
 
 
 def shutdown(timeout: float = _SHUTDOWN_S) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import NosanaError
+from .errors import SecretError
 from .jsonc import JsonPath, Location, Problem, format_path, typia_path
 
 __all__ = [
@@ -105,24 +105,6 @@ class Reference:
     def __str__(self) -> str:
         where = f"line {self.line}, column {self.column}: " if self.line is not None else ""
         return f"{where}{self.path}: ${{{self.kind}:{self.name}}}"
-
-
-class SecretError(NosanaError):
-    """A reference could not be resolved. Names every missing variable, never a value."""
-
-    def __init__(self, problems: list[Problem], names: list[str] | None = None, *,
-                 unset_env: list[str] | None = None) -> None:
-        lines = [str(p) for p in problems]
-        if unset_env:
-            # Exactly what to set, and a way that never puts the value in a cell.
-            first = unset_env[0]
-            lines.append(f"set {', '.join(unset_env)} in the kernel's environment: export "
-                         f"{first}=… before starting Jupyter, or run "
-                         f"os.environ[{first!r}] = getpass.getpass() in a cell")
-        super().__init__("\n".join(lines))
-        self.problems = problems
-        self.names: list[str] = list(dict.fromkeys(names or []))
-        """The variable names that could not be resolved, in order of appearance."""
 
 
 def _strings(value: Any, path: JsonPath = ()) -> Iterator[tuple[JsonPath, str]]:

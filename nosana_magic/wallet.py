@@ -17,17 +17,21 @@ from pathlib import Path
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from .errors import NosanaError
+from .errors import WalletError
 from .protocol import auth_header, b58decode
+from .settings import WALLET_FROM_ENV, Settings, looks_like_path
 
-__all__ = ["DEFAULT_KEY_FILE", "Wallet", "WalletError", "create_wallet_file", "load_wallet"]
+__all__ = [
+    "DEFAULT_KEY_FILE",
+    "Wallet",
+    "WalletError",
+    "configured_wallet",
+    "create_wallet_file",
+    "load_wallet",
+]
 
 #: Where the Nosana CLI keeps its key (a JSON array of 64 integers).
 DEFAULT_KEY_FILE = Path("~/.nosana/nosana_key.json")
-
-
-class WalletError(NosanaError):
-    """No usable wallet: the message says where it looked, never what it read."""
 
 
 class Wallet:
@@ -128,38 +132,41 @@ def _load_key_file(path: Path) -> Wallet:
     return Wallet(_keypair_from_array(values, where), source=str(path))
 
 
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or text.startswith(("~", ".")) or text.endswith(".json")
-
-
 def load_wallet(
     source: str | os.PathLike[str] | None = None,
     *,
     env: Mapping[str, str] | None = None,
 ) -> Wallet:
-    """Load the wallet: ``source``, else ``NOSANA_WALLET``, else the Nosana CLI's key file.
+    """Load the wallet: ``source``, else the configured one (:func:`configured_wallet`).
 
-    ``source`` / ``NOSANA_WALLET`` may be a key file path (a JSON array of 64 integers, as the
-    Nosana CLI and ``solana-keygen`` write) or a base58 secret key.
+    ``source`` may be a key file path (a JSON array of 64 integers, as the Nosana CLI and
+    ``solana-keygen`` write) or a base58 secret key. Without one, the settings read from
+    ``env`` (default: the process environment) say where it is: ``NOSANA_WALLET``, else the
+    Nosana CLI's key file.
     """
-    environ = os.environ if env is None else env
     if source is None:
-        value = environ.get("NOSANA_WALLET", "").strip()
-        if value:
-            if Path(value).expanduser().is_file() or _looks_like_path(value):
-                return _load_key_file(Path(value).expanduser())
-            return Wallet(_keypair_from_base58(value, "NOSANA_WALLET"), source="NOSANA_WALLET")
-        default = DEFAULT_KEY_FILE.expanduser()
-        if default.is_file():
-            return _load_key_file(default)
-        raise WalletError(
-            f"no wallet: set NOSANA_WALLET to a key file or base58 secret key, "
-            f"or create {DEFAULT_KEY_FILE} with the Nosana CLI"
-        )
+        return configured_wallet(Settings.from_env(env))
     path = Path(source).expanduser()
-    if isinstance(source, os.PathLike) or path.is_file() or _looks_like_path(str(source)):
+    if isinstance(source, os.PathLike) or looks_like_path(str(source)):
         return _load_key_file(path)
     return Wallet(_keypair_from_base58(str(source), "wallet secret"), source="secret")
+
+
+def configured_wallet(settings: Settings) -> Wallet:
+    """The wallet ``settings`` names: its key file, the base58 secret in ``NOSANA_WALLET``
+    (read now, never kept), else the Nosana CLI's key file."""
+    if settings.wallet == WALLET_FROM_ENV:
+        secret = settings.read_wallet_secret()
+        return Wallet(_keypair_from_base58(secret, "NOSANA_WALLET"), source="NOSANA_WALLET")
+    if settings.wallet is not None:
+        return _load_key_file(Path(settings.wallet))
+    default = DEFAULT_KEY_FILE.expanduser()
+    if default.is_file():
+        return _load_key_file(default)
+    raise WalletError(
+        f"no wallet: set NOSANA_WALLET to a key file or base58 secret key, "
+        f"or create {DEFAULT_KEY_FILE} with the Nosana CLI"
+    )
 
 
 def create_wallet_file(path: str | os.PathLike[str]) -> Wallet:

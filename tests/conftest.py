@@ -1,5 +1,7 @@
 """Shared fixtures: a private sandbox for the session, leak checks (every devnode test, and the
-whole session), a started devnode.
+whole session), a started devnode, a project that talks to it, IPython shells with the
+extension loaded; and the helpers they share (job definitions, the CLI's placeholder,
+networks on a devnode, loopback apps).
 
 Two runs of the suite may share a machine, so everything here is scoped to this session: its
 own temporary directory (``TMPDIR``, the local wallet's data dir, IPython's dir), and the leak
@@ -9,22 +11,35 @@ at job processes whose job directory lies in this session's temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
 import ctypes
+import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
+from nosana_magic.devnode.host import JobRecord
+from nosana_magic.network.api import ApiNetwork
+from nosana_magic.network.base import JobState
+from nosana_magic.wallet import Wallet
 
-from .waiting import PATIENCE
+from .waiting import PATIENCE, until
 
 #: Short timings so the suite runs every phase in seconds. Only delays that tests wait out are
 #: short. The results window closes as soon as the results are collected, so it can be long
@@ -230,3 +245,282 @@ def devnode(devnode_config: DevNodeConfig) -> Iterator[DevNode]:
         jobs = set(node.ledger.jobs)
         _wait_while(lambda: processes_of_jobs(jobs), PATIENCE)
         assert not processes_of_jobs(jobs), "job processes survived the devnode"
+
+
+# ---------------------------------------------------------------------- job definitions
+
+#: The Nosana CLI's confidential placeholder.
+PLACEHOLDER: dict[str, Any] = {
+    "version": "0.1",
+    "type": "container",
+    "meta": {"trigger": "cli"},
+    "logistics": {
+        "send": {"type": "api-listen", "args": {}},
+        "receive": {"type": "api-listen", "args": {}},
+    },
+    "ops": [],
+}
+
+#: A secret value used in tests; it must never appear anywhere the user or the public sees.
+SECRET = "s3cr3t-HF-token-0123456789"
+
+
+def op(op_id: str, cmd: str | list[str], **args: Any) -> dict[str, Any]:
+    """A ``container/run`` op; ``results``/``execution`` go to the op, the rest to args."""
+    extra: dict[str, Any] = {k: args.pop(k) for k in ("results", "execution") if k in args}
+    return {
+        "type": "container/run",
+        "id": op_id,
+        "args": {"image": "python:3.11", "cmd": cmd, **args},
+        **extra,
+    }
+
+
+def definition(*ops: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {
+        "version": "0.1",
+        "type": "container",
+        "meta": {"trigger": "cli"},
+        "ops": list(ops),
+        **top,
+    }
+
+
+def text(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2)
+
+
+def network_for(node: DevNode, wallet: Wallet | None = None, **kw: Any) -> ApiNetwork:
+    return ApiNetwork(
+        node.url,
+        wallet or Wallet.generate(),
+        node_url_template=node.node_url_template,
+        **kw,
+    )
+
+
+async def list_placeholder(
+    network: ApiNetwork,
+    *,
+    placeholder: dict[str, Any] | None = None,
+    timeout: int = 60,
+    market: str | None = None,
+) -> str:
+    """Pin the placeholder and list it; returns the job address."""
+    cid = await network.pin(placeholder or PLACEHOLDER)
+    markets = await network.markets()
+    chosen = next((m for m in markets if m.slug == market), markets[0])
+    listing = await network.post(cid, chosen, timeout)
+    return listing.job
+
+
+async def running_node(network: ApiNetwork, job: str, timeout: float = PATIENCE) -> str:
+    """Wait until a host took ``job``; returns the host address."""
+
+    async def wait() -> str:
+        async for info in network.watch(job):
+            if info.state is JobState.RUNNING and info.node:
+                return info.node
+            if info.state.done:
+                raise AssertionError(f"job {job} ended before running: {info}")
+        raise AssertionError("watch ended")
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Callable[..., Any]) -> AsyncIterator[str]:
+    """Serve an ASGI app on a loopback port on the running loop; yields its base URL."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        await until(lambda: server.started, what="the loopback app's start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, PATIENCE)
+        sock.close()
+
+
+# ---------------------------------------------------------------------- a project on a devnode
+
+
+class Project:
+    """A wallet that posts jobs to a devnode and signs its requests to the hosts."""
+
+    def __init__(self, node: DevNode, wallet: Wallet | None = None) -> None:
+        self.node = node
+        self.wallet = wallet or Wallet.generate()
+        self.http = httpx.Client(base_url=node.url, trust_env=False, timeout=PATIENCE)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ledger and IPFS ----------------------------------------------------------------
+
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": self.wallet.auth_header("NosanaApiAuthentication"),
+                "x-user-id": self.wallet.address}
+
+    def pin(self, document: Any) -> str:
+        response = self.http.post("/pinning/pinJSONToIPFS", json=document,
+                                  headers={"Authorization": "Bearer test"})
+        response.raise_for_status()
+        return str(response.json()["IpfsHash"])
+
+    def list(self, cid: str, *, market: str = "local-cpu", timeout: int = 60,
+             node: str | None = None) -> str:
+        body: dict[str, Any] = {"ipfsHash": cid, "market": market, "timeout": timeout}
+        if node is not None:
+            body["node"] = node
+        response = self.http.post("/api/jobs/list", json=body, headers=self.api_headers())
+        assert response.status_code == 200, response.text
+        return str(response.json()["job"])
+
+    def job(self, job: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/jobs/{job}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def post_placeholder(self, placeholder: dict[str, Any] | None = None, **kw: Any) -> str:
+        return self.list(self.pin(copy.deepcopy(placeholder or PLACEHOLDER)), **kw)
+
+    def wait_running(self, job: str, timeout: float = PATIENCE) -> str:
+        """The node that took the job."""
+        info = self.node.wait_job(job, "RUNNING", "COMPLETED", "STOPPED", timeout=timeout)
+        assert info.node is not None
+        return info.node
+
+    def record(self, job: str) -> JobRecord:
+        info = self.node.job(job)
+        assert info.node is not None
+        record = self.node.host(info.node).record(job)
+        assert record is not None
+        return record
+
+    def wait_flow(self, job: str, *statuses: str, timeout: float = PATIENCE) -> JobRecord:
+        """Until the host's flow for ``job`` has one of ``statuses``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.node.ledger.jobs.get(job)
+            host = self.node.host(info.node) if info is not None and info.node else None
+            record = host.record(job) if host is not None else None
+            if record is not None and record.flow is not None and record.flow.status in statuses:
+                return record
+            if time.monotonic() > deadline:
+                status = record.flow.status if record and record.flow else None
+                raise TimeoutError(f"flow of {job} is {status}, not {statuses}")
+            time.sleep(0.01)
+
+    # -- the node API ---------------------------------------------------------------------
+
+    def header(self, message: str = "nosana-auth", **kw: Any) -> dict[str, str]:
+        return {"Authorization": self.wallet.auth_header(message, **kw)}
+
+    def node_path(self, job: str, route: str = "") -> str:
+        info = self.node.job(job)
+        return f"/node/{info.node}/job/{job}{route}"
+
+    def get(self, job: str, route: str, **kw: Any) -> httpx.Response:
+        headers = kw.pop("headers", None) or self.header()
+        return self.http.get(self.node_path(job, route), headers=headers, **kw)
+
+    def post(self, job: str, route: str, **kw: Any) -> httpx.Response:
+        headers = kw.pop("headers", None) or self.header()
+        return self.http.post(self.node_path(job, route), headers=headers, **kw)
+
+    def send_definition(self, job: str, body: Any, timeout: float = PATIENCE) -> httpx.Response:
+        """POST the real definition, retrying while the host has no flow yet (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.post(job, "/job-definition", json=body)
+            if response.status_code != 400 or response.text != "invalid job id":
+                return response
+            if time.monotonic() > deadline:
+                return response
+            time.sleep(0.02)
+
+    def submit(self, body: Any, **kw: Any) -> str:
+        """Pin the placeholder, list, wait for a host, send ``body``; returns the job."""
+        job = self.post_placeholder(**kw)
+        self.wait_running(job)
+        self.wait_flow(job, "waiting-for-job-definition")
+        response = self.send_definition(job, body)
+        assert response.status_code == 200, response.text
+        return job
+
+    def collect(self, job: str, timeout: float = PATIENCE) -> dict[str, Any]:
+        """Poll ``GET /results`` until 200 (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.get(job, "/results")
+            if response.status_code == 200:
+                result: dict[str, Any] = response.json()
+                return result
+            assert response.text == "cannot get job result at this time", response.text
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no results for {job}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def project(devnode: DevNode) -> Iterator[Project]:
+    """A wallet that posts jobs to the ``devnode`` fixture and signs its host requests."""
+    with Project(devnode) as p:
+        yield p
+
+
+# ---------------------------------------------------------------------- IPython shells
+
+
+@contextlib.contextmanager
+def ipython_shell(*, load: bool = True) -> Iterator[InteractiveShell]:
+    """A fresh IPython shell with its history in memory and, with ``load``, the extension
+    loaded as ``%load_ext nosana_magic`` does; torn down (extension unloaded) after."""
+    InteractiveShell.clear_instance()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    if load:
+        shell.extension_manager.load_extension("nosana_magic")
+    try:
+        yield shell
+    finally:
+        shell.extension_manager.unload_extension("nosana_magic")
+        assert shell.history_manager is not None
+        shell.history_manager.end_session()
+        InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def shell() -> Iterator[InteractiveShell]:
+    """A fresh IPython shell with the extension loaded, for one test."""
+    with ipython_shell() as ip:
+        yield ip
+
+
+@pytest.fixture(scope="module")
+def shell_devnode() -> Iterator[DevNode]:
+    """One devnode for a module of shell tests (the magics reach it through
+    ``NOSANA_DEVNODE_URL``): starting one per test would dominate their time."""
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
+                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
+        yield node

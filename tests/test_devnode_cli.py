@@ -14,8 +14,7 @@ import pytest
 
 from nosana_magic.wallet import Wallet
 
-from .conftest import processes_of_jobs
-from .devnode_fixtures import PLACEHOLDER, definition, op
+from .conftest import PLACEHOLDER, definition, op, processes_of_jobs
 from .waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,25 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from nosana_magic.devnode import DevNode, DevNodeConfig
+from nosana_magic.devnode import DevNodeConfig
 from nosana_magic.devnode.host import NOT_COLLECTED
 
-from .conftest import FAST, processes_of_jobs
-from .devnode_fixtures import Project, definition, op
+from .conftest import FAST, Project, definition, op, processes_of_jobs
 from .waiting import PATIENCE
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 def test_pickup_never_then_enabled_at_run_time(project: Project) -> None:

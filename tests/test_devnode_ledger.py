@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,8 +12,7 @@ from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.protocol import auth_header, cid_to_digest, now_ms
 from nosana_magic.wallet import Wallet
 
-from .conftest import FAST
-from .devnode_fixtures import PLACEHOLDER, Project
+from .conftest import FAST, PLACEHOLDER, Project
 from .waiting import PATIENCE
 
 
@@ -22,12 +20,6 @@ from .waiting import PATIENCE
 def devnode_config() -> DevNodeConfig:
     # Nobody picks jobs up unless a test says so: listings stay QUEUED.
     return DevNodeConfig(**{**FAST, "pickup_delay": None})  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 # ---------------------------------------------------------------------- IPFS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,15 +11,8 @@ import pytest
 from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.devnode.host import NOT_COLLECTED
 
-from .conftest import FAST
-from .devnode_fixtures import PLACEHOLDER, Project, definition, op
+from .conftest import FAST, PLACEHOLDER, Project, definition, op
 from .waiting import PATIENCE, wait_until
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 def public_result(project: Project, job: str, timeout: float = PATIENCE) -> dict[str, Any]:

@@ -6,25 +6,17 @@ The behaviour checked is that of docs/protocol.md §3–§5 and §8.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from nosana_magic.devnode import DevNode
 from nosana_magic.protocol import auth_header, now_ms
 from nosana_magic.wallet import Wallet
 
-from .devnode_fixtures import Project, definition, op
+from .conftest import Project, definition, op
 from .waiting import PATIENCE
 
 LONG = definition(op("train", "sleep 30", execution={"group": "g1"}),
                   op("eval", "sleep 30", execution={"group": "g1"}))
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 @pytest.fixture

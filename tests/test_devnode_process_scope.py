@@ -20,8 +20,7 @@ import pytest
 from nosana_magic.devnode import DevNode, DevNodeConfig
 
 from . import conftest
-from .conftest import FAST, processes_of_jobs
-from .devnode_fixtures import Project, definition, op
+from .conftest import FAST, Project, definition, op, processes_of_jobs
 from .waiting import PATIENCE, wait_until
 
 

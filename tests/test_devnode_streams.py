@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,14 +17,8 @@ from nosana_magic.devnode import DevNode
 from nosana_magic.protocol import auth_header, now_ms
 from nosana_magic.wallet import Wallet
 
-from .devnode_fixtures import Project, definition, op
+from .conftest import Project, definition, op
 from .waiting import PATIENCE
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 def ws_url(project: Project, job: str, path: str = "/") -> str:

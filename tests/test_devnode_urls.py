@@ -7,17 +7,14 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from nosana_magic.devnode import DevNode
 from nosana_magic.protocol import expose_id
 from nosana_magic.wallet import Wallet
 
-from .devnode_fixtures import Project, definition
+from .conftest import Project, definition
 from .waiting import PATIENCE, wait_until
 
 SERVER = (
@@ -51,12 +48,6 @@ def server_op(op_id: str, port: int, *, private: bool = False, checked: bool = F
         args["private"] = True
     return {"type": "container/run", "id": op_id, "args": args,
             "execution": {"group": "services"}}
-
-
-@pytest.fixture
-def project(devnode: DevNode) -> Iterator[Project]:
-    with Project(devnode) as p:
-        yield p
 
 
 def wait_endpoints(project: Project, job: str, count: int, timeout: float = PATIENCE

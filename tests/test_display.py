@@ -320,6 +320,23 @@ def test_summary_placeholder_names_no_status(monkeypatch: pytest.MonkeyPatch,
     view.finish()
 
 
+def test_the_factory_picks_one_of_two_views_over_one_summary() -> None:
+    from nosana_magic.display import Summary, TextView, WidgetView
+
+    job = FakeJob()
+    assert type(JobView(job, mode="text")) is TextView
+    assert type(JobView(job, mode="widget")) is WidgetView
+    assert type(JobView(job)) is TextView  # auto, outside a kernel
+    assert isinstance(JobView(job, mode="widget"), JobView)
+    job.phase = job.status = "queued"
+    summary = Summary.of(job)
+    assert summary.phase_line() == (f"· queued: job {job.address} on market local-cpu "
+                                    "(0.072 NOS/h)")
+    assert "<b style=\"color:#0969da\">queued</b>" in summary.header_html()
+    assert "FAe4…mhiF" in summary.header_html() and "Node…1111" in summary.header_html()
+    assert summary.text() == summary_text(job)
+
+
 def test_table_renders_text_and_html() -> None:
     table = Table(["a", "bb"], [["1", "<x>"]], title="t")
     assert repr(table).splitlines() == ["t", "a  bb", "-  ---", "1  <x>"]

@@ -1,4 +1,4 @@
-"""HostClient: the retry policy and SSE parsing, then every method over loopback."""
+"""HostClient: SSE parsing, then every method over loopback (the retry policy: test_transport)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
-from nosana_magic.host import Backoff, HostClient, HostError, Retry, SseParser
+from nosana_magic.host import HostClient, HostError, Retry, SseParser
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.results import NodeLogEntry
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import (
+from .conftest import (
+    FAST,
+    OLDER_DEVNODE,
     definition,
     list_placeholder,
     network_for,
@@ -30,7 +32,6 @@ from .client_fixtures import (
     running_node,
     serve_app,
 )
-from .conftest import FAST, OLDER_DEVNODE
 from .waiting import PATIENCE, until
 
 
@@ -38,74 +39,6 @@ from .waiting import PATIENCE, until
 def devnode_config() -> DevNodeConfig:
     """The devnode's older behaviours, which these tests were written against."""
     return DevNodeConfig(**{**FAST, **OLDER_DEVNODE})  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- retry policy
-
-
-class FakeClock:
-    """The host module's clock and sleep, under the test's control: a sleep advances it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import nosana_magic.host as host_module
-
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._real_sleep = asyncio.sleep
-        monkeypatch.setattr(host_module, "time", self)
-        monkeypatch.setattr(host_module.asyncio, "sleep", self.sleep)
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
-        await self._real_sleep(0)
-
-
-async def test_backoff_doubles_from_first_to_cap_and_stops_at_attempts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = FakeClock(monkeypatch)
-    backoff = Backoff(Retry(first=0.01, cap=0.04, attempts=5, total=10), total=10,
-                      started=clock.now)
-    while await backoff.wait():
-        pass
-    assert backoff.attempt == 5
-    assert clock.sleeps == pytest.approx([0.01, 0.02, 0.04, 0.04])
-
-
-async def test_backoff_stops_at_the_time_bound_with_a_last_attempt_at_the_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = FakeClock(monkeypatch)
-    backoff = Backoff(Retry(first=0.05, cap=0.05, attempts=1000), total=0.12,
-                      started=clock.now)
-    waits = 0
-    while await backoff.wait():
-        waits += 1
-    assert waits == 3  # 0.05 + 0.05 + 0.02 (cut to the bound)
-    assert clock.sleeps == pytest.approx([0.05, 0.05, 0.02])
-    assert clock.now - 1000.0 == pytest.approx(0.12)
-
-
-async def test_backoff_reset_restarts_the_bounds() -> None:
-    backoff = Backoff(Retry(first=0.01, cap=0.01, attempts=2), total=5)
-    assert await backoff.wait()
-    assert not await backoff.wait()
-    backoff.reset()
-    assert await backoff.wait()
-
-
-def test_retry_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        Retry(first=0)
-    with pytest.raises(ValueError):
-        Retry(first=3, cap=2)
-    with pytest.raises(ValueError):
-        Retry(attempts=0)
-
 
 # --------------------------------------------------------------------------- SSE
 
@@ -341,41 +274,6 @@ async def test_results_bodies_are_json_whatever_the_content_type(
     await host.aclose()
 
 
-async def test_endpoints_private_url_reachable_and_none(
-    devnode: DevNode, network: ApiNetwork
-) -> None:
-    from .client_fixtures import free_port
-
-    port = free_port()
-    host, _job = await _host_for(devnode, network)
-    server = op("web", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                expose=port, private=True)
-    await host.send_definition(_body(definition(server)), timeout=PATIENCE)
-    urls: list[Any] = []
-    deadline = time.monotonic() + PATIENCE
-    while not urls and time.monotonic() < deadline:
-        urls = await host.endpoints()
-        await asyncio.sleep(0.05)
-    [url] = urls
-    assert url.private and len(url.expose_id) == 45 and url.op_id == "web"
-    assert url.port == port
-    async with httpx.AsyncClient(trust_env=False, timeout=PATIENCE) as client:
-        while True:  # 502 until the server listens
-            response = await client.get(url.url + "/")
-            if response.status_code == 200 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-    assert response.status_code == 200
-    await host.stop()
-    await host.results(timeout=PATIENCE)  # closes the window: the host is free again
-    await host.aclose()
-
-    plain, _ = await _host_for(devnode, network)
-    await plain.send_definition(_body(definition(op("a", "sleep 0.3"))), timeout=PATIENCE)
-    assert await plain.endpoints() == []
-    await plain.aclose()
-
-
 async def test_stop_ends_a_running_job_and_results_stay_collectable(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
@@ -458,8 +356,6 @@ def _legacy_app(calls: list[str]) -> Starlette:
             return PlainTextResponse("Job definition received")
         if path.startswith("/job-result/"):
             return PlainTextResponse(_json.dumps(flow), media_type="text/html")
-        if path.startswith("/service/url/"):
-            return PlainTextResponse("No exposed url for job id", status_code=400)
         return PlainTextResponse("job stopped successfully")
 
     async def missing(request: Request) -> Response:
@@ -474,7 +370,6 @@ def _legacy_app(calls: list[str]) -> Starlette:
         routes=[
             Route("/job-definition/{job}", record, methods=["POST"]),
             Route("/job-result/{job}", record, methods=["GET"]),
-            Route("/service/url/{job}", record, methods=["GET"]),
             Route("/service/stop/{job}", record, methods=["POST"]),
             Route("/{rest:path}", missing, methods=["GET", "POST"]),
         ]
@@ -490,11 +385,9 @@ async def test_legacy_routes_are_used_after_a_404_and_remembered() -> None:
         assert calls == ["POST /job/JOB1/job-definition", "POST /job-definition/JOB1"]
         flow = await host.results(timeout=PATIENCE)
         assert flow.status == "waiting-for-result"
-        assert await host.endpoints() == []
         await host.stop()
         # Once known, the legacy paths are used directly.
-        assert calls[2:] == ["GET /job-result/JOB1", "GET /service/url/JOB1",
-                             "POST /service/stop/JOB1"]
+        assert calls[2:] == ["GET /job-result/JOB1", "POST /service/stop/JOB1"]
         await host.aclose()
 
 

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from nosana_magic.network.ipfs import (
-    IpfsError,
-    PinataClient,
-    credentials_file,
-    find_pinata_jwt,
-)
+from nosana_magic.network.ipfs import IpfsError, PinataClient
 from nosana_magic.protocol import cid_of, cid_to_digest
+from nosana_magic.settings import credentials_file, find_pinata_jwt
+from nosana_magic.transport import Retry
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pinata import FakePinata
 
-from .devnode_fixtures import PLACEHOLDER
+from .conftest import PLACEHOLDER
 from .waiting import PATIENCE
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.test-only.signature"
@@ -34,9 +31,9 @@ def pinata() -> Iterator[tuple[FakePinata, LoopbackServer]]:
         yield fake, server
 
 
-def client(server: LoopbackServer, jwt: str | None = JWT, **kw: object) -> PinataClient:
-    return PinataClient(jwt, api_url=server.url, gateway=f"{server.url}/ipfs", env={},
-                        backoff_s=0.01, **kw)  # type: ignore[arg-type]
+def client(server: LoopbackServer, jwt: str | None = JWT, *, attempts: int = 3) -> PinataClient:
+    return PinataClient(jwt, api_url=server.url, gateway=f"{server.url}/ipfs",
+                        retry=Retry(first=0.01, attempts=attempts))
 
 
 async def test_pin_and_read_back(pinata: tuple[FakePinata, LoopbackServer]) -> None:
@@ -53,11 +50,10 @@ async def test_pin_and_read_back(pinata: tuple[FakePinata, LoopbackServer]) -> N
 
 
 async def test_no_credential_is_a_clear_error_before_any_request(
-    pinata: tuple[FakePinata, LoopbackServer], tmp_path: Path
+    pinata: tuple[FakePinata, LoopbackServer]
 ) -> None:
     fake, server = pinata
-    ipfs = PinataClient(None, api_url=server.url,
-                        env={"NOSANA_CREDENTIALS_FILE": str(tmp_path / "none.json")})
+    ipfs = PinataClient(None, api_url=server.url)
     assert not ipfs.has_credential
     with pytest.raises(IpfsError, match="no IPFS upload credential: set NOSANA_PINATA_JWT"):
         await ipfs.pin_json(PLACEHOLDER)
@@ -96,8 +92,8 @@ async def test_nothing_listening_is_a_bounded_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ipfs = PinataClient(JWT, api_url=f"http://127.0.0.1:{port}", env={}, attempts=2,
-                        backoff_s=0.01, timeout_s=PATIENCE)
+    ipfs = PinataClient(JWT, api_url=f"http://127.0.0.1:{port}",
+                        retry=Retry(first=0.01, attempts=2), timeout_s=PATIENCE)
     with pytest.raises(IpfsError) as err:
         await ipfs.pin_json(PLACEHOLDER)
     assert "127.0.0.1 cannot connect" in str(err.value) and "2 attempts" in str(err.value)
@@ -150,9 +146,9 @@ def test_unreadable_credentials_file_is_ignored_without_echoing_it(
 
 
 def test_the_jwt_never_shows() -> None:
-    ipfs = PinataClient(JWT, env={})
+    ipfs = PinataClient(JWT)
     assert JWT not in repr(ipfs) and JWT not in str(ipfs)
     assert "jwt=set" in repr(ipfs)
-    assert "jwt=unset" in repr(PinataClient(None, env={"NOSANA_CREDENTIALS_FILE": "/nonexistent"}))
+    assert "jwt=unset" in repr(PinataClient(None))
     with pytest.raises(TypeError):
         pickle.dumps(ipfs)

@@ -39,8 +39,17 @@ from nosana_magic.secrets import ResolvedDefinition, SecretError
 from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
-from .conftest import FAST, OLDER_DEVNODE
+from .conftest import (
+    FAST,
+    OLDER_DEVNODE,
+    PLACEHOLDER,
+    SECRET,
+    definition,
+    free_port,
+    network_for,
+    op,
+    text,
+)
 from .waiting import PATIENCE
 
 
@@ -93,7 +102,7 @@ def _everything_shown(job: ConfidentialJob) -> str:
         job.stdout,
         job.stderr,
         "\n".join(line.text for line in job.logs),
-        json.dumps(job.result.to_wire()) if job.result else "",
+        json.dumps(job.flow.to_wire()) if job.flow else "",
         repr(job.ops),
         json.dumps(job.results, default=str),
         repr(job.urls),
@@ -158,7 +167,7 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job.elapsed is not None and 0 <= job.elapsed < 3 * PATIENCE  # seconds, not ms
     assert job.address is not None and job.node is not None
     assert repr(job).startswith(f"<ConfidentialJob {job.address[:4]}…")
-    assert repr(job).endswith(f"local-cpu succeeded node {job.node[:2]}…>")
+    assert repr(job).endswith(f"local-cpu succeeded node {job.node[:4]}…{job.node[-4:]}>")
     assert job in jobs() and find_job(job.address[:10]) is job
 
 
@@ -182,8 +191,8 @@ def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwor
     received = next(e.timestamp for e in history if e.log == "Job definition received")
     assert waiting is not None and received is not None
     to_definition = (received - waiting) / 1000
-    assert job.result is not None and job.result.end_time is not None
-    to_results = job.timings["results"] - job.result.end_time / 1000
+    assert job.flow is not None and job.flow.end_time is not None
+    to_results = job.timings["results"] - job.flow.end_time / 1000
     log.info("waiting-for-job-definition -> definition received: %.3f s", to_definition)
     log.info("endTime -> results in hand: %.3f s", to_results)
     print(f"\nwaiting-for-definition->received {to_definition:.3f}s, "
@@ -294,7 +303,7 @@ def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwo
         seen = 0
         while not stop.is_set():
             job = next(iter(jobs()[-1:]), None)
-            host = job._host if job is not None else None
+            host = job._machine._host if job is not None else None
             if host is not None and host.log_connections != seen:
                 seen = host.log_connections
                 faults.drop_ws_after_frames = host.log_cursor + 6 if seen < 5 else None
@@ -310,7 +319,8 @@ def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwo
         dropper.join(2)
     assert job.ok, job._error_line()
     assert faults.fail_requests == 0
-    assert job._host is not None and job._host.log_connections >= 3
+    host = job._machine._host
+    assert host is not None and host.log_connections >= 3
     history = _host_history(devnode, job)
     assert [line.text for line in job.logs] == [e.log.rstrip("\n") for e in history]
     assert job.stdout == "\n".join(f"line{i}" for i in range(1, 41))
@@ -361,7 +371,7 @@ def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork)
     job.stop()
     job.wait(PATIENCE)
     assert job.status == "stopped" and not job.ok
-    assert job.result is not None
+    assert job.flow is not None
     assert job.ops["a"].logs[0].text == "started"
     # A host ends a job stopped through its API as an expiry ("success", jobExpired): the
     # stop was ours, and the op reads so. The host's raw words stay available.
@@ -369,7 +379,8 @@ def test_stop_while_running_keeps_the_results(devnode: DevNode, net: ApiNetwork)
     assert stopped.status == "stopped" and stopped.exit_code in (137, 143)
     assert stopped.host_status == "success" and stopped.ended_by == "stop"
     assert not any("expired" in line.text.lower() for line in job.node_logs)
-    assert job.node is not None and repr(job).endswith(f" stopped node {job.node[:2]}…>")
+    assert job.node is not None and repr(job).endswith(
+        f" stopped node {job.node[:4]}…{job.node[-4:]}>")
 
 
 def test_a_job_past_its_timeout_expired(devnode: DevNode, net: ApiNetwork) -> None:
@@ -428,6 +439,29 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert "still stopping it" in capsys.readouterr().err
     job.wait(PATIENCE)
     assert job.status == "stopped" and job._stop_requested
+    assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
+
+
+def test_a_ctrl_c_during_stop_does_not_cancel_it(
+    devnode: DevNode, net: ApiNetwork, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run.stop() while the host's /stop fails for a while, and Ctrl-C twice meanwhile: the
+    stop goes through all the same (on the ledger) and stop() returns."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    job = _run(net, definition(op("a", "echo started; sleep 60")), wait=False)
+    _until(lambda: any(line.text == "started" for line in job.logs))
+    faults = devnode.config.faults
+    faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    threading.Timer(0.8, signal.raise_signal, args=(signal.SIGINT,)).start()
+    try:
+        job.stop()  # a KeyboardInterrupt escaping here would fail the test
+    finally:
+        faults.fail_requests = 0
+    assert capsys.readouterr().err.count("still stopping it") >= 1
+    job.wait(PATIENCE)
+    assert job.status == "stopped"
     assert job.address is not None and devnode.job(job.address).state is JobState.STOPPED
 
 
@@ -497,9 +531,9 @@ def test_extend_past_the_original_expiry_finishes_ok(
     devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The wait for the end follows the extension: no early results GET, no stop."""
-    import nosana_magic.job as job_module
+    import nosana_magic.machine as machine_module
 
-    monkeypatch.setattr(job_module, "EXPIRY_MARGIN_S", 0.5)
+    monkeypatch.setattr(machine_module, "EXPIRY_MARGIN_S", 0.5)
     # The op runs until the test lets it end, once the original expiry and every margin the
     # client's wait could have used are past.
     work = "while [ ! -e go ]; do sleep 0.05; done; echo done"
@@ -528,7 +562,7 @@ def test_attach_streams_the_history_and_collects_the_results(
 ) -> None:
     script = "for i in $(seq 1 10); do echo line$i; done; sleep 1; echo 'acc=0.9'"
     original = _run(net, definition(op("a", script, results={"acc": "acc=(.*)"})),
-                    wait=False, receive=True)
+                    wait=False, private="both")
     _until(lambda: any(line.text == "line10" for line in original.logs))
     assert original.address is not None
     # Another kernel: the same wallet, a new network object, no knowledge of the definition.
@@ -578,7 +612,7 @@ def test_attach_with_another_wallet_is_refused(devnode: DevNode, net: ApiNetwork
 
 def test_send_only_reads_the_public_result(devnode: DevNode, net: ApiNetwork) -> None:
     job = _run(net, definition(op("a", "echo public-out", results={"o": "(public-.*)"})),
-               receive=False)
+               private="input")
     assert job.ok, job._error_line()
     assert job.results == {"o": "public-out"}
     pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
@@ -637,7 +671,7 @@ def test_secrets_never_leave_the_machine(devnode: DevNode, net: ApiNetwork) -> N
     pinned = [json.loads(content) for content in devnode.ipfs.all().values()]
     assert PLACEHOLDER in pinned
     # The handle keeps no reference to the environment once done.
-    assert job._env is None and job._namespace is None
+    assert job._machine._env is None and job._machine._namespace is None
 
 
 def test_wallet_of_the_network_signs(devnode: DevNode, net: ApiNetwork) -> None:

@@ -15,14 +15,12 @@ from nosana_magic.job import (
     JobStopped,
     LogLine,
     OpResult,
-    _decode,
-    _timestamp_s,
-    _urls_from_secrets,
-    _validation_summary,
     find_job,
 )
 from nosana_magic.network.base import JobInfo, JobState, Market
-from nosana_magic.results import FlowState, NodeLogEntry, ServiceUrl
+from nosana_magic.outcome import _decode, _validation_summary
+from nosana_magic.results import FlowState, InfoEvent, NodeLogEntry, ServiceUrl, _timestamp_s
+from nosana_magic.results import urls_from_secrets as _urls_from_secrets
 from nosana_magic.secrets import Redactor
 from nosana_magic.wallet import Wallet
 
@@ -45,7 +43,11 @@ def _job(**kw: Any) -> ConfidentialJob:
 
 def _done(job: ConfidentialJob) -> None:
     job.phase = "done"
-    job._done.set()
+
+
+def _reported(job: ConfidentialJob, status: str) -> None:
+    """The host's last /info event said ``status``, with its ``endTime``."""
+    job._info = InfoEvent.model_validate({"status": status, "endTime": 2})
 
 
 def _flow(**kw: Any) -> FlowState:
@@ -104,7 +106,7 @@ def test_validation_summary_never_shows_values() -> None:
 def test_results_per_op_and_merged_with_clashes_qualified() -> None:
     job = _job(address="JOB")
     job._redactor = Redactor({"TOKEN": "tok-value-123"})
-    job._reported_status = "success"  # a host's "success" does not hide a failed op
+    _reported(job, "success")  # a host's "success" does not hide a failed op
     flow = _flow(opStates=[
         {"operationId": "a", "status": "success", "exitCode": 0,
          "results": {"loss": "0.5", "tag": ["x", "2"]},
@@ -113,7 +115,7 @@ def test_results_per_op_and_merged_with_clashes_qualified() -> None:
                   {"log": "oops\n", "type": "nodeerr", "timestamp": None}]},
         {"operationId": "b", "status": "failed", "exitCode": 1, "results": {"loss": "0.7"}},
     ])
-    job._apply_result(flow)
+    job._machine._take_flow(flow)
     _done(job)
     assert job.status == "failed"
     assert job.results == {"a.loss": 0.5, "b.loss": 0.7, "tag": ["x", 2]}
@@ -123,15 +125,15 @@ def test_results_per_op_and_merged_with_clashes_qualified() -> None:
         ("stdout", "hi [secret:TOKEN]"), ("stderr", "oops")
     ]
     assert a.stdout == "hi [secret:TOKEN]" and a.stderr == "oops"
-    assert job.result is not None and "tok-value-123" not in job.result.model_dump_json()
+    assert job.flow is not None and "tok-value-123" not in job.flow.model_dump_json()
     with pytest.raises(JobFailed, match=r"^job JOB failed: op b exited with 1$"):
         job.raise_for_status()
 
 
 def test_reported_specific_status_wins() -> None:
     job = _job(address="JOB")
-    job._reported_status = "validation-error"
-    job._apply_result(_flow(errors=[[{"path": "$input.ops", "expected": "array"}]]))
+    _reported(job, "validation-error")
+    job._machine._take_flow(_flow(errors=[[{"path": "$input.ops", "expected": "array"}]]))
     _done(job)
     assert job.status == "failed" and job.host_status == "validation-error"
     with pytest.raises(JobFailed) as info:
@@ -142,15 +144,15 @@ def test_reported_specific_status_wins() -> None:
 
 
 def test_log_lines_from_node_entries() -> None:
-    job = _job(address="JOB")
-    job._redactor = Redactor({"T": "secret-value"})
+    redact = Redactor({"T": "secret-value"}).redact
     container = NodeLogEntry(log="x secret-value\n", type="log", timestamp=1500,
                              payload={"opId": "a", "stream": "stderr"})
     node = NodeLogEntry(log="Job definition received", type="success", timestamp=2000)
-    assert job._log_line(container) == LogLine("a", "stderr", "x [secret:T]", 1.5)
-    assert job._log_line(node) == LogLine(None, "node", "Job definition received", 2.0)
+    assert LogLine.from_log_entry(container, redact) == LogLine("a", "stderr", "x [secret:T]", 1.5)
+    assert LogLine.from_log_entry(node, redact) == LogLine(None, "node", "Job definition received",
+                                                           2.0)
     bare = NodeLogEntry(log="plain\r\n", type="log", timestamp=None)
-    line = job._log_line(bare)
+    line = LogLine.from_log_entry(bare, redact)
     assert line.stream == "stdout" and line.text == "plain" and line.op_id is None
 
 
@@ -159,13 +161,13 @@ def test_repr_html_and_messages() -> None:
     assert repr(job) == "<ConfidentialJob (not listed) validating>"
     job.address = "7xKXabcdefq3"
     job.market = Market(address="M", slug="local-gpu", price_per_second=115)
-    job.state = JobState.RUNNING
+    job.ledger = JobInfo(address="7xKXabcdefq3", state=JobState.RUNNING)
     job.phase = "running"
     job.node = "9fNode"
     job.price = 115 / 1e6
     job.started_at = time.time() - 5
     job.urls = [ServiceUrl('http://h/"><script>', 80, "web", True)]
-    assert repr(job) == "<ConfidentialJob 7xKX…q3 local-gpu running node 9f…>"
+    assert repr(job) == "<ConfidentialJob 7xKX…efq3 local-gpu running node 9fNode>"
     html = job._repr_html_()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "(private)" in html and "at most" in html
@@ -206,19 +208,20 @@ def test_wait_on_an_unstarted_handle_times_out() -> None:
 def test_stream_retry_bound_follows_an_extension() -> None:
     import asyncio
 
-    import nosana_magic.job as job_module
+    import nosana_magic.machine as machine_module
     from nosana_magic.host import Backoff, Retry
 
     job = _job(timeout=100)
     job.started_at = time.time()
-    base = 100 + job_module.EXPIRY_MARGIN_S
+    base = 100 + machine_module.EXPIRY_MARGIN_S
     # The bounds count from the job's start: whatever time passed since is off them, exactly.
-    total = job._stream_retry().total
+    streams = machine_module.HostStreams(job, Retry())
+    total = streams._stream_retry().total
     assert base - (time.time() - job.started_at) <= total <= base
     resume = Backoff(Retry(first=0.001, cap=0.001, attempts=100_000), total=base)
     resume.started -= base + 1  # a loop whose original bound is over...
     job.timeout += 3600  # ...of a job that was extended meanwhile
-    assert asyncio.run(job._resume(resume)) is True
+    assert asyncio.run(streams._resume(resume)) is True
     remaining = resume.remaining  # until the new expiry and margin
     spent = time.time() - job.started_at  # (0.01: the loop's clock is not the wall clock)
     assert base + 3600 - spent - 0.01 <= remaining <= base + 3600 + 0.01
@@ -251,8 +254,8 @@ def test_the_verdict_is_worked_out_from_the_facts(
     job = _job(address="JOB")
     job.node = "Node"
     job._stop_requested = stopped_by_you
-    job._reported_status = "success"
-    job._apply_result(_flow(opStates=ops))
+    _reported(job, "success")
+    job._machine._take_flow(_flow(opStates=ops))
     assert job.status == ("stopping" if stopped_by_you else "validating")  # not done yet
     _done(job)
     assert job.status == word and job.ok is (word == "succeeded")
@@ -268,7 +271,8 @@ def test_the_verdict_without_results() -> None:
     _done(delisted)
     assert delisted.status == "stopped"  # no host ever took it: stopped on the ledger
     quit_host = _job(address="JOB")
-    quit_host.node, quit_host.state = "Node", JobState.STOPPED
+    quit_host.node = "Node"
+    quit_host.ledger = JobInfo(address="JOB", state=JobState.STOPPED)
     _done(quit_host)
     assert quit_host.status == "lost" and "the host quit" in quit_host.reason
     for error, word in ((JobLost("lost track of job JOB: 502"), "lost"),
@@ -288,10 +292,68 @@ def test_results_copy_and_pickle_as_plain_dicts() -> None:
     from nosana_magic.job import MissingResult
 
     job = _job(address="JOB")
-    job._apply_result(_flow(opStates=[_op("success", 0) | {"results": {"loss": "0.5"}}]))
+    job._machine._take_flow(_flow(opStates=[_op("success", 0) | {"results": {"loss": "0.5"}}]))
     _done(job)
     for copied in (copy.deepcopy(job.results), pickle.loads(pickle.dumps(job.results)),
                    copy.copy(job.results)):
         assert type(copied) is dict and copied == {"loss": 0.5}
     with pytest.raises(MissingResult, match=r"^no result 'acc' in job JOB: its results are loss$"):
         job.results["acc"]
+
+
+def test_result_is_a_deprecated_alias_of_flow() -> None:
+    job = _job(address="JOB")
+    job._machine._take_flow(_flow(opStates=[_op("success", 0)]))
+    with pytest.warns(DeprecationWarning, match=r"use \.flow"):
+        assert job.result is job.flow
+    assert job.flow is not None and job.flow.op_states[0].operation_id == "a"
+
+
+def test_what_is_kept_private_is_one_value() -> None:
+    from nosana_magic.job import run_confidential
+
+    assert _job().private == "both"
+    assert _job(private="input").private == "input"
+    for wrong in ("everything", True):
+        with pytest.raises(JobFailed, match=r"^private: expected 'both', 'input' or 'results'"):
+            run_confidential("{}", private=wrong)  # type: ignore[arg-type]
+
+
+def test_help_lists_every_public_attribute_with_one_line() -> None:
+    import pydoc
+    import textwrap
+
+    job = _job(address="JOB")
+    public = {name for name in vars(job) if not name.startswith("_")}
+    public |= {name for cls in ConfidentialJob.__mro__ for name, value in vars(cls).items()
+               if isinstance(value, property) and not name.startswith("_")}
+    assert {"address", "status", "phase", "results", "urls", "ops", "logs", "flow"} <= public
+    section = textwrap.dedent((ConfidentialJob.__doc__ or "").split("Attributes:\n")[1])
+    lines = [line for line in section.splitlines() if line]
+    assert not any(line.startswith(" ") for line in lines)  # one line each
+    entries = [line.split(maxsplit=1) for line in lines]
+    assert {name for name, _ in entries} == public
+    assert all(len(words) == 2 and words[1].strip() for words in entries)
+    shown = pydoc.render_doc(ConfidentialJob, renderer=pydoc.plaintext)
+    for name, line in entries:
+        assert f"{name}" in shown and line.strip() in shown
+
+
+def test_the_handle_settles_one_future() -> None:
+    import asyncio
+    import concurrent.futures
+
+    job = _job(address="JOB")
+    heard: list[ConfidentialJob] = []
+    job.add_done_callback(heard.append)
+    assert not job.future.cancel()  # running from the start: a wait cannot cancel the job
+    with pytest.raises(TimeoutError, match=r"still validating after 0\.05 s"):
+        asyncio.run(job.wait_async(0.05))
+    assert not job.future.done() and heard == []
+    job._settle()
+    assert job.done and job.future.result(0) is job and heard == [job]
+    assert concurrent.futures.wait([job.future], 0).done == {job.future}
+    assert asyncio.run(job.wait_async(1)) is job and job.wait(1) is job
+    later: list[ConfidentialJob] = []
+    job.add_done_callback(later.append)  # done already: called at once
+    assert later == [job]

@@ -1,7 +1,7 @@
 """The magics through a real ``InteractiveShell``: ``%%nosana_confidential`` and ``%nosana``.
 
 The shell has an in-memory history and loads the extension the way ``%load_ext`` does. Jobs
-run on one in-process devnode for the module, which the magic reaches through its
+run on one in-process shell_devnode for the module, which the magic reaches through its
 ``devnode_url`` setting (so no embedded network is started). Outside a kernel the view is the
 plain-text one, written by the main thread: ``capture_output`` sees everything it shows.
 """
@@ -30,7 +30,7 @@ from nosana_magic.magics import NosanaMagics, SpendNotConfirmed
 from nosana_magic.network.base import Market
 from nosana_magic.secrets import SecretError
 
-from .conftest import OLDER_DEVNODE
+from .conftest import ipython_shell
 from .waiting import PATIENCE
 
 MAGIC = "nosana_confidential"
@@ -52,24 +52,10 @@ HELLO = cell(op("hello", "echo hello; echo 'loss=0.25'; echo oops >&2",
 
 
 @pytest.fixture(scope="module")
-def devnode() -> Iterator[DevNode]:
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
-                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
-        yield node
-
-
-@pytest.fixture(scope="module")
-def shell(devnode: DevNode, tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    ip = InteractiveShell.instance(config=config)
-    ip.extension_manager.load_extension("nosana_magic")
-    yield ip
-    ip.extension_manager.unload_extension("nosana_magic")
-    ip.history_manager.end_session()
-    InteractiveShell.clear_instance()
+def shell(shell_devnode: DevNode) -> Iterator[InteractiveShell]:
+    """One shell for the module (each test gets clean settings from ``isolated``)."""
+    with ipython_shell() as ip:
+        yield ip
 
 
 @pytest.fixture
@@ -78,19 +64,19 @@ def magics(shell: InteractiveShell) -> NosanaMagics:
 
 
 @pytest.fixture(autouse=True)
-def isolated(devnode: DevNode, shell: InteractiveShell, magics: NosanaMagics,
+def isolated(shell_devnode: DevNode, shell: InteractiveShell, magics: NosanaMagics,
              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """A clean environment and settings per test; the devnode back to its defaults."""
+    """A clean environment and settings per test; the shell_devnode back to its defaults."""
     for var in ("NOSANA_NETWORK", "NOSANA_MARKET", "NOSANA_TIMEOUT", "NOSANA_WALLET",
                 "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NOSANA_DEVNODE_URL", devnode.url)
+    monkeypatch.setenv("NOSANA_DEVNODE_URL", shell_devnode.url)
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
     for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url"):
         setattr(magics, name, None)
     magics.log_tail = 1000
     magics.confirm_spend = True
-    devnode.config.pickup_delay = 0.05
+    shell_devnode.config.pickup_delay = 0.05
     yield
     # Leave no job running, and let background views print their summaries now.
     for job in jobs():
@@ -137,7 +123,7 @@ def test_the_handle_lands_in_out(shell: InteractiveShell) -> None:
 
 
 def test_background_returns_at_once_and_prints_the_summary_later(
-        shell: InteractiveShell, devnode: DevNode) -> None:
+        shell: InteractiveShell, shell_devnode: DevNode) -> None:
     # The op runs until the test lets it end (or 30 s pass): a cell that waited for the job
     # would return only then.
     slow = cell(op("slow", "i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.05; "
@@ -154,8 +140,9 @@ def test_background_returns_at_once_and_prints_the_summary_later(
     assert "running in background" in captured.stdout
     assert "done" not in captured.stdout  # the loop thread never prints
     _until(lambda: job.phase == "running")
-    workdir = devnode.workdir
+    workdir = shell_devnode.workdir
     assert workdir is not None and job.address is not None
+    _until(lambda: (workdir / (job.address or "")).is_dir())  # the op has started
     (workdir / job.address / "go").touch()
     job.wait(PATIENCE)
     assert job.ops["slow"].logs[-1].text == "done"
@@ -221,13 +208,13 @@ def test_failing_job_raises_its_one_line_error_and_keeps_the_handle(
     "-m",
 ])
 def test_bad_arguments_raise_the_exact_usage_error(
-        shell: InteractiveShell, devnode: DevNode, line: str) -> None:
-    before = len(devnode.ledger.jobs)
+        shell: InteractiveShell, shell_devnode: DevNode, line: str) -> None:
+    before = len(shell_devnode.ledger.jobs)
     with pytest.raises(UsageError) as info:
         shell.run_cell_magic(MAGIC, line, HELLO)
     assert type(info.value) is UsageError  # a subclass would print a full traceback
     assert len(str(info.value).splitlines()) == 1
-    assert len(devnode.ledger.jobs) == before
+    assert len(shell_devnode.ledger.jobs) == before
 
 
 def test_the_line_is_not_expanded(shell: InteractiveShell) -> None:
@@ -238,28 +225,29 @@ def test_the_line_is_not_expanded(shell: InteractiveShell) -> None:
     assert "$tok" in str(info.value)
 
 
-def test_bad_json_is_one_rendered_line(shell: InteractiveShell, devnode: DevNode) -> None:
-    before = len(devnode.ledger.jobs)
+def test_bad_json_is_one_rendered_line(shell: InteractiveShell, shell_devnode: DevNode) -> None:
+    before = len(shell_devnode.ledger.jobs)
     with capture_output() as captured:
         result = shell.run_cell(f'%%{MAGIC}\n{{"version": "0.1",\n  "ops": [}}\n')
     assert isinstance(result.error_in_exec, JobDefinitionError)
     shown = captured.stdout.strip().splitlines()
     # Line 1 is the magic line: the bad line is line 3 of the cell, as the editor numbers it.
     assert len(shown) == 1 and shown[0].startswith("JobDefinitionError: line 3, column")
-    assert len(devnode.ledger.jobs) == before
+    assert len(shell_devnode.ledger.jobs) == before
 
 
-def test_missing_env_secret_posts_nothing(shell: InteractiveShell, devnode: DevNode,
+def test_missing_env_secret_posts_nothing(shell: InteractiveShell, shell_devnode: DevNode,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_TOKEN", raising=False)
-    jobs_before, pinned_before = len(devnode.ledger.jobs), len(devnode.ipfs)
+    jobs_before, pinned_before = len(shell_devnode.ledger.jobs), len(shell_devnode.ipfs)
     body = cell(op("a", "echo hi", env={"T": "${env:NOT_SET_TOKEN}"}))
     with capture_output() as captured:
         result = shell.run_cell(f"%%{MAGIC}\n{body}")
     assert isinstance(result.error_in_exec, SecretError)
     assert "environment variable NOT_SET_TOKEN is not set" in captured.stdout
     assert "Traceback" not in captured.stdout
-    assert len(devnode.ledger.jobs) == jobs_before and len(devnode.ipfs) == pinned_before
+    assert len(shell_devnode.ledger.jobs) == jobs_before
+    assert len(shell_devnode.ipfs) == pinned_before
 
 
 def test_empty_cell_is_a_usage_error(shell: InteractiveShell) -> None:
@@ -270,7 +258,8 @@ def test_empty_cell_is_a_usage_error(shell: InteractiveShell) -> None:
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: DevNode) -> None:
+def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell,
+                                            shell_devnode: DevNode) -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
     body = cell(op("long", "echo started; sleep 300"))
@@ -302,18 +291,18 @@ def test_ctrl_c_stops_the_job_with_one_line(shell: InteractiveShell, devnode: De
     assert "the summary replaces this line" not in captured.stdout
     assert "stopping:" not in captured.stdout
     # The host ended it (the ledger records the run as finished, the flow as stopped).
-    assert devnode.job(job.address).state.done
+    assert shell_devnode.job(job.address).state.done
 
 
 def test_a_second_ctrl_c_does_not_cancel_the_stop(
-    shell: InteractiveShell, devnode: DevNode
+    shell: InteractiveShell, shell_devnode: DevNode
 ) -> None:
     """The host's /stop fails for a while; a second interrupt comes during the stop: the
     stop still goes through (on the ledger) and the cell ends with one line."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
     body = cell(op("long", "echo started; sleep 60"))
-    faults = devnode.config.faults
+    faults = shell_devnode.config.faults
 
     def interrupt_twice_once_running() -> None:
         _until(lambda: any(j.phase == "running" and j.logs for j in _live_jobs()))
@@ -335,7 +324,32 @@ def test_a_second_ctrl_c_does_not_cancel_the_stop(
     assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
     assert "still stopping it" in captured.stderr
     job.wait(PATIENCE)
-    assert job.status == "stopped" and devnode.job(job.address).state.done
+    assert job.status == "stopped" and shell_devnode.job(job.address).state.done
+
+
+def test_a_second_ctrl_c_does_not_cancel_percent_nosana_stop(
+    shell: InteractiveShell, shell_devnode: DevNode
+) -> None:
+    """%nosana stop while the host's /stop fails for a while, and Ctrl-C twice meanwhile:
+    the stop goes through (on the ledger) and the magic says how the job ended."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    with capture_output():
+        shell.run_cell_magic(MAGIC, "-b -q -o held", cell(op("long", "echo up; sleep 60")))
+    job = shell.user_ns["held"]
+    _until(lambda: job.phase == "running" and bool(job.logs))
+    faults = shell_devnode.config.faults
+    faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+    threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,)).start()
+    threading.Timer(0.8, signal.raise_signal, args=(signal.SIGINT,)).start()
+    try:
+        with capture_output() as captured:
+            shell.run_line_magic("nosana", f"stop {job.address}")
+    finally:
+        faults.fail_requests = 0
+    assert "still stopping it" in captured.stderr
+    assert captured.stdout.strip().splitlines()[-1] == f"job {job.address} stopped"
+    assert job.status == "stopped" and shell_devnode.job(job.address).state.done
 
 
 def _live_jobs() -> list[ConfidentialJob]:
@@ -382,7 +396,8 @@ def test_attach_follows_a_job_started_elsewhere(shell: InteractiveShell) -> None
     assert "[w] two" in captured.stdout
 
 
-def test_attach_by_address_from_another_kernel(shell: InteractiveShell, devnode: DevNode) -> None:
+def test_attach_by_address_from_another_kernel(shell: InteractiveShell,
+                                               shell_devnode: DevNode) -> None:
     # A job started by someone else with the same wallet: list it with the client, then forget
     # it locally, as a fresh kernel would not know it.
     with capture_output():
@@ -441,6 +456,18 @@ def test_config_shows_sources_and_credentials_only_as_set(
     assert rows["wallet"][1] == "set" and rows["pinata_jwt"][1] == "set"
     for shown in (text, page):
         assert secret not in shown and "jwt-SECRET-123" not in shown
+
+
+def test_config_renders_every_setting_with_its_source(
+        shell: InteractiveShell, magics: NosanaMagics, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOSANA_PRIORITY_FEE", "1234")
+    table = shell.run_line_magic("nosana", "config")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["priority_fee"][1:] == ["1234", "env NOSANA_PRIORITY_FEE"]
+    assert rows["devnode_url"][2] == "env NOSANA_DEVNODE_URL"
+    assert rows["commitment"][1:] == ["confirmed", "default"]
+    assert list(rows) == [name for name, _, _ in magics.settings().explain()] + [
+        "log_tail", "confirm_spend"]
 
 
 # --------------------------------------------------------------------------- settings
@@ -535,7 +562,7 @@ def test_paid_network_needs_a_market(shell: InteractiveShell, paid_market: list[
         shell.run_cell_magic(MAGIC, "--network devnet --yes", HELLO)
 
 
-def test_unload_removes_the_magics(devnode: DevNode) -> None:
+def test_unload_removes_the_magics(shell_devnode: DevNode) -> None:
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
     other = InteractiveShell(config=config)
@@ -574,6 +601,23 @@ def test_help_of_one_command(shell: InteractiveShell, line: str) -> None:
     assert "delists it while it is queued" in " ".join(captured.stdout.split())
 
 
+def test_every_command_is_routed_through_the_table_and_documented(
+        shell: InteractiveShell) -> None:
+    from nosana_magic.magics import _COMMANDS
+
+    assert list(_COMMANDS) == ["jobs", "status", "logs", "stop", "attach", "markets",
+                               "config", "help"]
+    with capture_output() as whole:
+        shell.run_line_magic("nosana", "help")
+    for name, command in _COMMANDS.items():
+        assert command.run.__doc__, name  # a command's help is its function's docstring
+        assert f"  {command.usage}" in whole.stdout and command.summary in whole.stdout
+        with capture_output() as one:
+            shell.run_line_magic("nosana", f"help {name}")
+        assert one.stdout.startswith(f"usage: {command.usage}\n\n")
+        assert " ".join(one.stdout.split()[1 + len(command.usage.split()):]) == command.help
+
+
 def test_help_of_an_unknown_command_is_a_usage_error(shell: InteractiveShell) -> None:
     with pytest.raises(UsageError, match=r"unknown command 'bogus' \(commands: jobs, "):
         shell.run_line_magic("nosana", "help bogus")
@@ -581,8 +625,8 @@ def test_help_of_an_unknown_command_is_a_usage_error(shell: InteractiveShell) ->
 
 @pytest.mark.parametrize("line", ["--help", "-h", "-o run --help"])
 def test_cell_magic_help_prints_usage_and_runs_nothing(
-        shell: InteractiveShell, devnode: DevNode, line: str) -> None:
-    before = len(devnode.ledger.jobs)
+        shell: InteractiveShell, shell_devnode: DevNode, line: str) -> None:
+    before = len(shell_devnode.ledger.jobs)
     with capture_output() as captured:
         result = shell.run_cell(f"%%{MAGIC} {line}\n{HELLO}")
     assert result.success and result.result is None
@@ -593,7 +637,7 @@ def test_cell_magic_help_prints_usage_and_runs_nothing(
         assert flag in text
     assert "Example" in text and '"results": {"loss"' in text
     assert "without -o, `run = %nosana status` gets it" in " ".join(text.split())
-    assert len(devnode.ledger.jobs) == before and "[hello]" not in text  # the body never ran
+    assert len(shell_devnode.ledger.jobs) == before and "[hello]" not in text  # the body never ran
 
 
 # --------------------------------------------------------------------------- locations
@@ -628,14 +672,14 @@ def test_a_nosana_market_name_runs_on_the_local_market_of_its_kind(
 
 
 def test_an_unknown_market_on_a_running_devnode_is_one_line_and_posts_nothing(
-        shell: InteractiveShell, devnode: DevNode) -> None:
-    before, pinned = len(devnode.ledger.jobs), len(devnode.ipfs)
+        shell: InteractiveShell, shell_devnode: DevNode) -> None:
+    before, pinned = len(shell_devnode.ledger.jobs), len(shell_devnode.ipfs)
     with capture_output() as captured:
         result = shell.run_cell(f"%%{MAGIC} --market nvidia-9999\n{HELLO}")
     assert result.error_in_exec is not None
     shown = captured.stdout.strip().splitlines()
     assert len(shown) == 1 and "unknown market 'nvidia-9999' on the local network" in shown[0]
-    assert len(devnode.ledger.jobs) == before and len(devnode.ipfs) == pinned
+    assert len(shell_devnode.ledger.jobs) == before and len(shell_devnode.ipfs) == pinned
 
 
 def test_an_unknown_market_is_refused_before_the_local_network_starts(
@@ -645,7 +689,7 @@ def test_an_unknown_market_is_refused_before_the_local_network_starts(
     started: list[str] = []
 
     def no_start() -> Any:
-        started.append("devnode")
+        started.append("shell_devnode")
         raise AssertionError("the local network must not be started for this cell")
 
     monkeypatch.delenv("NOSANA_DEVNODE_URL")
@@ -704,16 +748,16 @@ def test_a_missing_result_while_the_job_runs_says_so(shell: InteractiveShell) ->
 
 
 def test_a_literal_credential_is_warned_about_by_field_never_by_value(
-        shell: InteractiveShell, devnode: DevNode, monkeypatch: pytest.MonkeyPatch) -> None:
+        shell: InteractiveShell, shell_devnode: DevNode, monkeypatch: pytest.MonkeyPatch) -> None:
     password, token = "hunter2-registry-pw", "hf_" + "Ab3" * 10
     monkeypatch.delenv("NOT_SET_EITHER", raising=False)
     body = cell(op("a", "echo hi", env={"HF_TOKEN": token, "MISSING": "${env:NOT_SET_EITHER}"},
                    authentication={"docker": {"username": "me", "password": password}}))
-    before = len(devnode.ledger.jobs)
+    before = len(shell_devnode.ledger.jobs)
     with capture_output() as captured:
         result = shell.run_cell(f"%%{MAGIC}\n{body}")
     assert result.error_in_exec is not None  # the missing variable: nothing is posted
-    assert len(devnode.ledger.jobs) == before
+    assert len(shell_devnode.ledger.jobs) == before
     shown = captured.stdout + captured.stderr
     assert password not in shown and token not in shown
     warnings = [line for line in captured.stderr.splitlines() if line.startswith("warning: ")]

@@ -29,7 +29,7 @@ from nosana_magic.protocol import verify_auth_header
 from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
-from .client_fixtures import PLACEHOLDER, list_placeholder, network_for, serve_app
+from .conftest import PLACEHOLDER, list_placeholder, network_for, serve_app
 from .waiting import PATIENCE
 
 FAST_RETRY = Retry(first=0.02, cap=0.1, attempts=50, total=PATIENCE)

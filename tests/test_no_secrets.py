@@ -19,15 +19,13 @@ from typing import Any, ClassVar
 import comm
 import pytest
 from comm.base_comm import BaseComm
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from nosana_magic.devnode import DevNode
 from nosana_magic.display import JobView, summary_text
 from nosana_magic.job import ConfidentialJob, JobFailed
 
-from .conftest import OLDER_DEVNODE
+from .conftest import ipython_shell
 
 SECRET = "sk-" + secrets.token_hex(16)
 
@@ -54,44 +52,31 @@ class RecordingComm(BaseComm):
 
 
 @pytest.fixture(scope="module")
-def devnode() -> Iterator[DevNode]:
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
-                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
-        yield node
-
-
-@pytest.fixture(scope="module")
-def run(devnode: DevNode, tmp_path_factory: pytest.TempPathFactory,
+def run(shell_devnode: DevNode, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[dict[str, Any]]:
     """Run the leaky cell once through a real shell; keep everything it showed."""
     data_dir: Path = tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NB_SECRET", SECRET)
-        mp.setenv("NOSANA_DEVNODE_URL", devnode.url)
+        mp.setenv("NOSANA_DEVNODE_URL", shell_devnode.url)
         mp.setenv("NOSANA_DATA_DIR", str(data_dir))
         mp.delenv("NOSANA_NETWORK", raising=False)
-        InteractiveShell.clear_instance()
-        config = Config()
-        config.HistoryManager.hist_file = ":memory:"
-        shell = InteractiveShell.instance(config=config)
-        shell.extension_manager.load_extension("nosana_magic")
-        with capture_output() as captured:
-            failed = shell.run_cell(f"%%nosana_confidential -o leaky --timeout 2m\n{CELL}",
-                                    store_history=True)
-            shown = shell.run_cell("leaky", store_history=True)
-            shell.run_line_magic("nosana", "jobs")
-            job: ConfidentialJob = shell.user_ns["leaky"]
-            shell.run_cell(f"%nosana logs {job.address}", store_history=True)
-            status = shell.run_cell(f"%nosana status {job.address}", store_history=True)
-            config_table = shell.run_line_magic("nosana", "config")
-        history = list(shell.history_manager.get_range(output=True, raw=True))
-        history += list(shell.history_manager.get_range(output=True, raw=False))
-        yield {
-            "shell": shell, "job": job, "captured": captured, "failed": failed,
-            "shown": shown, "status": status, "history": history, "config": config_table,
-        }
-        shell.history_manager.end_session()
-        InteractiveShell.clear_instance()
+        with ipython_shell() as shell:
+            with capture_output() as captured:
+                failed = shell.run_cell(f"%%nosana_confidential -o leaky --timeout 2m\n{CELL}",
+                                        store_history=True)
+                shown = shell.run_cell("leaky", store_history=True)
+                shell.run_line_magic("nosana", "jobs")
+                job: ConfidentialJob = shell.user_ns["leaky"]
+                shell.run_cell(f"%nosana logs {job.address}", store_history=True)
+                status = shell.run_cell(f"%nosana status {job.address}", store_history=True)
+                config_table = shell.run_line_magic("nosana", "config")
+            history = list(shell.history_manager.get_range(output=True, raw=True))
+            history += list(shell.history_manager.get_range(output=True, raw=False))
+            yield {
+                "shell": shell, "job": job, "captured": captured, "failed": failed,
+                "shown": shown, "status": status, "history": history, "config": config_table,
+            }
 
 
 def test_the_job_really_had_the_secret(run: dict[str, Any]) -> None:
@@ -103,16 +88,16 @@ def test_the_job_really_had_the_secret(run: dict[str, Any]) -> None:
     assert job.done and not job.ok
 
 
-def test_not_in_the_placeholder_ipfs_or_ledger(run: dict[str, Any], devnode: DevNode) -> None:
+def test_not_in_the_placeholder_ipfs_or_ledger(run: dict[str, Any], shell_devnode: DevNode) -> None:
     job = run["job"]
-    pinned = devnode.ipfs.all()
+    pinned = shell_devnode.ipfs.all()
     assert pinned  # the placeholder, at least
     for content in pinned.values():
         assert SECRET.encode() not in content
-    ledger_job = devnode.job(job.address)
+    ledger_job = shell_devnode.job(job.address)
     placeholder = json.loads(pinned[ledger_job.ipfs_job])
     assert placeholder["ops"] == []  # the CLI's blank confidential placeholder
-    assert SECRET not in json.dumps([j.to_json() for j in devnode.ledger.jobs.values()])
+    assert SECRET not in json.dumps([j.to_json() for j in shell_devnode.ledger.jobs.values()])
 
 
 def test_not_in_the_handle(run: dict[str, Any]) -> None:

@@ -205,6 +205,55 @@ def test_demo_command(tmp_path: Path) -> None:
     assert token not in done.stdout + done.stderr
 
 
+def test_a_second_ctrl_c_does_not_cancel_the_demos_stop(
+    devnode: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The demo in this process, on a test devnode: Ctrl-C twice while the host's /stop
+    fails for a while. The stop goes through (on the ledger); the demo says so and fails."""
+    import signal
+    import threading
+
+    from nosana_magic.__main__ import demo
+    from nosana_magic.job import jobs
+
+    from .waiting import PATIENCE
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    for name in [name for name in os.environ if name.startswith("NOSANA_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("NOSANA_DEVNODE_URL", devnode.url)
+    monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DEMO_API_TOKEN", "tok-" + secrets.token_hex(12))
+    known = set(jobs())
+    faults = devnode.config.faults
+
+    def interrupt_twice_once_running() -> None:
+        deadline = time.monotonic() + PATIENCE
+        while not any(j.phase == "running" and j.logs for j in set(jobs()) - known):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        faults.fail_routes, faults.fail_requests = r"/stop$", 10**6
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.8)
+        signal.raise_signal(signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_twice_once_running, daemon=True)
+    interrupter.start()
+    try:
+        code = demo(timeout="2m", quiet=True)
+    finally:
+        faults.fail_requests = 0
+        interrupter.join(PATIENCE)
+    [job] = set(jobs()) - known
+    err = capsys.readouterr().err
+    assert code == 1 and f"demo failed: job {job.address} stopped" in err, err
+    assert "still stopping it" in err
+    assert job.status == "stopped" and devnode.job(job.address).state.done
+
+
 def test_main_help() -> None:
     done = subprocess.run([sys.executable, "-m", "nosana_magic", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

@@ -17,8 +17,10 @@ from nosana_magic.protocol import (
     exposed_services,
     format_duration,
     has_private_ops,
+    is_private_expose_id,
     parse_duration,
     service_url,
+    short_address,
     verify_auth_header,
 )
 
@@ -126,6 +128,18 @@ def test_exposed_services_of_a_definition(case: dict) -> None:
 def test_service_url() -> None:
     url = service_url("Tmon98D69SZaygg3C3SNQFGxQLio7VoxKrCbG2MA2br3", "node.k8s.prd.nos.ci")
     assert url == "https://Tmon98D69SZaygg3C3SNQFGxQLio7VoxKrCbG2MA2br3.node.k8s.prd.nos.ci"
+
+
+def test_a_private_service_id_is_told_apart_by_its_length() -> None:
+    public = expose_id("FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF", 0, 8080)
+    private = create_hash("any random bytes", 45)
+    assert not is_private_expose_id(public) and is_private_expose_id(private)
+
+
+def test_short_address_keeps_four_characters_each_side() -> None:
+    assert short_address("FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF") == "FAe4…mhiF"
+    assert short_address("123456789") == "123456789"  # nothing to gain from cutting it
+    assert short_address("1234567890") == "1234…7890"
 
 
 @pytest.mark.parametrize("case", CID["cases"], ids=lambda c: c["name"])

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from nosana_magic.job import ConfidentialJob, LogLine, MissingResult
+
+from .conftest import ipython_shell
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -45,16 +46,8 @@ def newcomer_shell(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.delenv(key)
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))  # only: keep the user's dir clean
     monkeypatch.setattr(local, "_announced", set())  # as in a fresh kernel
-    InteractiveShell.clear_instance()
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
-    try:
+    with ipython_shell(load=False) as shell:  # the README's first cell loads it
         yield shell
-    finally:
-        shell.extension_manager.unload_extension("nosana_magic")
-        shell.history_manager.end_session()
-        InteractiveShell.clear_instance()
 
 
 def test_the_readme_has_the_three_example_cells() -> None:

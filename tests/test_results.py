@@ -5,10 +5,10 @@ from typing import Any
 import pytest
 
 from nosana_magic.results import (
-    Endpoints,
     FlowState,
     NodeLogEntry,
     NodeLogPending,
+    ServiceEndpoint,
     final_status,
     python_regex,
     regex_groups,
@@ -70,9 +70,8 @@ def test_models_read_camel_case_and_ignore_new_fields() -> None:
 
 def test_endpoints_and_node_log_entries() -> None:
     url = {"opID": "web", "port": 80, "url": "https://abc.x", "status": "ONLINE"}
-    body = {"urls": {"abc": url}, "status": "ONLINE"}
-    endpoints = Endpoints.model_validate(body)
-    assert endpoints.urls["abc"].op_id == "web" and endpoints.urls["abc"].status == "ONLINE"
+    endpoint = ServiceEndpoint.model_validate(url)
+    assert endpoint.op_id == "web" and endpoint.status == "ONLINE"
     entry = NodeLogEntry.model_validate({"log": "x", "type": "log", "timestamp": 5, "extra": 1})
     assert (entry.log, entry.type, entry.timestamp) == ("x", "log", 5)
 
@@ -159,3 +158,21 @@ def test_python_regex_reads_javascripts_end_anchor_and_named_groups() -> None:
 def test_result_matches_cuts_the_list_per_line(value: Any, groups: int,
                                                matches: list[list[str | None]]) -> None:
     assert result_matches(value, groups) == matches
+def test_service_urls_are_made_in_one_place_with_the_private_rule() -> None:
+    from nosana_magic.results import ServiceUrl
+
+    private = ServiceUrl.of("p" * 45, url="https://p.x", port=8000, op_id="web", status="ONLINE")
+    public = ServiceUrl.of("q" * 44, url="https://q.x", port=80, op_id="api", status="weird")
+    assert (private.private, private.status) == (True, "ONLINE")
+    assert (public.private, public.status) == (False, "UNKNOWN")
+
+
+def test_log_lines_from_an_ops_results_log() -> None:
+    from nosana_magic.results import LogLine, OpLog
+
+    stdout = OpLog(log="hi secret\n", type="stdout", timestamp=1500)
+    other = OpLog(log="boom\r\n", type="nodeerr", timestamp="2024-01-02T03:04:05Z")
+    assert LogLine.from_op_log("a", stdout, lambda text: text.replace("secret", "[s]")) == (
+        LogLine("a", "stdout", "hi [s]", 1.5))
+    line = LogLine.from_op_log("a", other)
+    assert (line.stream, line.text, line.timestamp) == ("stderr", "boom", 1704164645.0)

@@ -132,3 +132,54 @@ def test_shutdown_cancels_pending_tasks_and_a_new_loop_starts_after() -> None:
     assert cancelled.is_set()
     assert not [t for t in threading.enumerate() if t.name == "nosana-magic-loop"]
     assert runner.run_sync(_answer(5)) == 5
+
+
+def test_wait_returns_at_the_end_at_until_or_at_the_timeout() -> None:
+    future = runner.submit(_answer(7, delay=0.3))
+    slices: list[float] = []
+    assert runner.wait(future, 0.05, each=lambda: slices.append(time.monotonic())) is False
+    assert slices and not future.done()
+    assert runner.wait(future, PATIENCE, until=lambda: len(slices) >= 3,
+                       each=lambda: slices.append(time.monotonic())) is False
+    assert runner.wait(future, PATIENCE) is True and future.result() == 7
+
+
+def test_ctrl_c_in_wait_propagates_and_leaves_the_work_alone() -> None:
+    future = runner.submit(_answer(8, delay=0.2))
+
+    def each() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.wait(future, PATIENCE, each=each)
+    assert future.result(PATIENCE) == 8
+
+
+def test_shielded_work_is_not_cancelled_by_ctrl_c() -> None:
+    """Two Ctrl-C while waiting (raised from the hook): each is noted, the work finishes."""
+    finished = threading.Event()
+
+    async def stop() -> str:
+        await asyncio.sleep(0.3)
+        finished.set()
+        return "stopped"
+
+    calls = {"each": 0, "interrupted": 0}
+
+    def each() -> None:
+        calls["each"] += 1
+        if calls["each"] <= 2:
+            raise KeyboardInterrupt
+
+    def interrupted() -> None:
+        calls["interrupted"] += 1
+
+    future = runner.shielded(stop(), PATIENCE, each=each, interrupted=interrupted)
+    assert future.result(0) == "stopped" and finished.is_set()
+    assert calls["interrupted"] == 2
+
+
+def test_shielded_work_outlives_its_bound() -> None:
+    future = runner.shielded(_answer(9, delay=0.3), 0.05)
+    assert not future.done()  # the bound passed: the caller is told, the work goes on
+    assert future.result(PATIENCE) == 9

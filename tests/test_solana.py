@@ -58,20 +58,22 @@ def later(delay: float, fn: object, *args: object) -> asyncio.Task[None]:
 
 
 def test_it_is_a_network() -> None:
-    net = SolanaNetwork(FakeSolana().wallet, env={})
+    net = SolanaNetwork(FakeSolana().wallet)
     assert isinstance(net, Network)
     assert net.name == "mainnet"
     assert net.service_domain() == NODE_DOMAINS["mainnet"] == "node.k8s.prd.nos.ci"
     assert net.node_url("NodeX") == "https://NodeX.node.k8s.prd.nos.ci"
-    devnet = SolanaNetwork(FakeSolana().wallet, cluster="devnet", env={})
+    devnet = SolanaNetwork(FakeSolana().wallet, cluster="devnet")
     assert devnet.node_url("N") == "https://N.node.k8s.dev.nos.ci"
     assert devnet.rpc_url == "https://api.devnet.solana.com"
-    custom = SolanaNetwork(FakeSolana().wallet, env={
+    # Knobs reach the network through the settings (the only reader of the environment).
+    custom = SolanaNetwork.from_settings(Settings.from_env({
+        "NOSANA_NETWORK": "mainnet",
         "NOSANA_NODE_URL_TEMPLATE": "http://127.0.0.1:9/node/{node}",
         "NOSANA_RPC_URL": "http://127.0.0.1:8899",
         "NOSANA_PRIORITY_FEE": "1234",
         "NOSANA_COMMITMENT": "finalized",
-    })
+    }), FakeSolana().wallet)
     assert custom.node_url("N") == "http://127.0.0.1:9/node/N"
     assert custom.ws_url == "ws://127.0.0.1:8900"
     assert custom.priority_fee_micro_lamports == 1234 and custom.commitment == "finalized"
@@ -80,7 +82,7 @@ def test_it_is_a_network() -> None:
 def test_from_settings(env: FakeSolana, tmp_path: object) -> None:
     settings = Settings.from_env({}, network="devnet", rpc_url=env.rpc_url,
                                  node_url_template="http://127.0.0.1:1/node/{node}")
-    net = SolanaNetwork.from_settings(settings, env.wallet, env={})
+    net = SolanaNetwork.from_settings(settings, env.wallet)
     assert net.name == "devnet" and net.rpc_url == env.rpc_url
     assert net.cluster.jobs_program == chain.JOBS_PROGRAM_DEVNET
     assert net.node_url("N") == "http://127.0.0.1:1/node/N"

@@ -23,7 +23,6 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from solders.pubkey import Pubkey
-from traitlets.config import Config
 
 from nosana_magic import chain, runner
 from nosana_magic.devnode import DevNode, DevNodeConfig, MarketConfig
@@ -135,7 +134,7 @@ def test_send_only_reads_the_public_result_through_the_gateway(
     try:
         job = run_confidential(cell(op("a", "echo public-out", results={"o": "(public-.*)"})),
                                market="nvidia-4090", timeout=120, network=network,
-                               receive=False, env={})
+                               private="input", env={})
     finally:
         runner.run_sync(network.aclose(), timeout=10)
     assert job.ok, job.error
@@ -165,20 +164,6 @@ def test_queued_job_waits_for_a_host_then_runs(
 
 
 # --------------------------------------------------------------------------- the magic
-
-
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    ip = InteractiveShell.instance(config=config)
-    ip.run_line_magic("load_ext", "nosana_magic")
-    yield ip
-    ip.run_line_magic("unload_ext", "nosana_magic")
-    assert ip.history_manager is not None
-    ip.history_manager.end_session()
-    InteractiveShell.clear_instance()
 
 
 @pytest.fixture

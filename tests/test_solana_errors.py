@@ -28,6 +28,7 @@ from nosana_magic.network.solana import (
     TransactionFailedError,
 )
 from nosana_magic.settings import Settings
+from nosana_magic.transport import Retry
 from nosana_magic.wallet import WalletError
 from tests.fakes.solana_env import NOS, FakeSolana
 
@@ -61,19 +62,19 @@ def test_no_wallet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOSANA_WALLET", raising=False)
     settings = Settings.from_env({}, network="mainnet")
     with pytest.raises(WalletError, match="no wallet: set NOSANA_WALLET"):
-        SolanaNetwork.from_settings(settings, env={})
+        SolanaNetwork.from_settings(settings)
 
 
 def test_a_missing_wallet_file(tmp_path: Path) -> None:
     settings = Settings.from_env({}, network="mainnet", wallet=str(tmp_path / "key.json"))
     with pytest.raises(WalletError, match="does not exist"):
-        SolanaNetwork.from_settings(settings, env={})
+        SolanaNetwork.from_settings(settings)
 
 
 def test_wallet_from_settings_file(tmp_path: Path, env: FakeSolana) -> None:
     environ = env.environment(tmp_path)
     settings = Settings.from_env(environ)
-    net = SolanaNetwork.from_settings(settings, env=environ)
+    net = SolanaNetwork.from_settings(settings)
     assert net.wallet.address == env.wallet.address
     assert net.name == "mainnet" and net.rpc_url == env.rpc_url
     assert net.pinata.has_credential and net.pinata.api_url == env.pinata_url
@@ -81,7 +82,7 @@ def test_wallet_from_settings_file(tmp_path: Path, env: FakeSolana) -> None:
 
 def test_local_is_not_a_solana_network() -> None:
     with pytest.raises(NetworkError, match="not a Solana cluster"):
-        SolanaNetwork.from_settings(Settings.from_env({}), FakeSolana().wallet, env={})
+        SolanaNetwork.from_settings(Settings.from_env({}), FakeSolana().wallet)
 
 
 # --------------------------------------------------------------------------- funds
@@ -190,8 +191,8 @@ async def test_rpc_down_names_the_host_not_the_key() -> None:
     key = "sk-live-0123456789"
     wallet = FakeSolana().wallet
     net = SolanaNetwork(wallet, rpc_url=f"http://127.0.0.1:{port}/rpc?api-key={key}",
-                        markets_api="off", rpc_attempts=3, retry_backoff_s=0.01,
-                        request_timeout_s=PATIENCE, env={})
+                        markets_api="off", retry=Retry(first=0.01, attempts=3),
+                        request_timeout_s=PATIENCE)
     start = time.monotonic()
     with pytest.raises(NetworkError) as err:
         await net.market("nvidia-4090")
@@ -290,7 +291,8 @@ async def test_an_anchor_error_is_shown_by_name(env: FakeSolana) -> None:
         vault=market.vault, authority=env.wallet.public_key,
     )
     with pytest.raises(TransactionFailedError) as err:
-        await net._send([delist], [env.wallet.keypair], "delisting the job", fee=0)
+        await net.rpc.send([delist], [env.wallet.keypair], "delisting the job",
+                           payer=env.wallet.public_key, fee=0)
     assert str(err.value) == (
         "delisting the job failed on mainnet: MarketInWrongState (6015): "
         "This market does not have the right status (account: market)"
@@ -327,9 +329,8 @@ async def test_a_done_job_cannot_be_extended(env: FakeSolana) -> None:
 # --------------------------------------------------------------------------- IPFS
 
 
-async def test_no_pinata_jwt(env: FakeSolana, tmp_path: Path) -> None:
-    pinata = PinataClient(None, api_url=env.pinata_url,
-                          env={"NOSANA_CREDENTIALS_FILE": str(tmp_path / "none.json")})
+async def test_no_pinata_jwt(env: FakeSolana) -> None:
+    pinata = PinataClient(None, api_url=env.pinata_url)
     net = env.network(pinata=pinata)
     with pytest.raises(IpfsError, match="no IPFS upload credential: set NOSANA_PINATA_JWT"):
         await net.pin({"version": "0.1"})

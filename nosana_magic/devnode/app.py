@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ..network.base import JobState
+from ..protocol import JobState
 from .config import DevNodeConfig
 from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
@@ -170,14 +170,6 @@ class DevNode:
             if time.monotonic() >= deadline:
                 state = job.state.value if job is not None else "unknown"
                 raise TimeoutError(f"job {address} is {state} after {timeout} s")
-            time.sleep(0.02)
-
-    def wait_idle(self, timeout: float) -> None:
-        """Block until no host has a job (queued jobs that nobody takes are ignored)."""
-        deadline = time.monotonic() + timeout
-        while any(host.busy for host in self.hosts):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"hosts still busy after {timeout} s")
             time.sleep(0.02)
 
     def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:

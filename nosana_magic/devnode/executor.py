@@ -306,6 +306,254 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+async def _stop_op(run: _OpRun, grace: float, *, term_group: bool) -> None:
+    """Stop an op as ``docker stop`` stops a container: SIGTERM to its main process if it
+    handles it, SIGKILL to the whole group after the grace; then reap the leader.
+
+    From the stop on, the op's output is no longer recorded. (``term_group``: the devnode's
+    older stop, SIGTERM to the whole group, output kept.)
+    """
+    proc = run.proc
+    if proc is None:
+        return
+    if term_group:
+        _killpg(proc.pid, signal.SIGTERM)
+    else:
+        run.output_closed = True
+        if proc.returncode is None and _handles(proc.pid, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                proc.send_signal(signal.SIGTERM)  # (it checks the process is not reaped)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+    _killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+
+
+def _extract_results(run: _OpRun, *, legacy: bool = False) -> dict[str, ResultValue] | None:
+    """Apply the op's ``results`` regexes to its logs, as the node does.
+
+    Every results name starts as ``[]``; for each log entry (in order) whose type the rule
+    takes (every type when it names none), the regex's first match in that entry (no ``g``
+    flag) adds its whole match and then its groups (``None`` for a group that took no part).
+    A regex that does not compile gives the error's text instead, once an entry is examined.
+    ``"*"`` is read as ``"/*"``, as the node reads it, and the regex is read as JavaScript
+    reads it (``$`` only at the very end of an entry, which usually ends in a newline).
+    ``legacy``: the devnode's older values (``DevNodeConfig.results_values``).
+    """
+    spec = run.op.get("results")
+    if not spec:
+        return None
+    if legacy:
+        return _legacy_results(run, spec)
+    results: dict[str, ResultValue] = {str(name): [] for name in spec}
+    rules: list[tuple[str, re.Pattern[str] | None, tuple[str, ...] | None, str]] = []
+    for name, rule in spec.items():
+        if isinstance(rule, str):
+            pattern, types = rule, None
+        else:
+            pattern = str(rule.get("regex", ""))
+            types = tuple(rule["logType"]) if rule.get("logType") is not None else None
+        try:
+            regex: re.Pattern[str] | None = re.compile(
+                python_regex("/*" if pattern == "*" else pattern))
+            error = ""
+        except re.error as exc:
+            regex, error = None, f"SyntaxError: Invalid regular expression: /{pattern}/: {exc}"
+        rules.append((str(name), regex, types, error))
+    for log in run.state.logs:
+        if not log.log:
+            continue
+        for name, regex, types, error in rules:
+            if types is not None and log.type not in types:
+                continue
+            if regex is None:
+                results[name] = error
+                continue
+            match = regex.search(log.log)
+            value = results[name]
+            if match is not None and isinstance(value, list):
+                value.extend([match.group(0), *match.groups()])
+    return results
+
+
+def _legacy_results(run: _OpRun, spec: Mapping[str, Any]) -> dict[str, ResultValue]:
+    """The devnode's older results values: a capture group picks its first group, else the
+    whole match; one match gives a string, several a list; no match leaves the name out;
+    ``logType`` defaults to stdout + stderr; an invalid regex is an op error."""
+    results: dict[str, ResultValue] = {}
+    for name, rule in spec.items():
+        if isinstance(rule, str):
+            pattern, types = rule, _DEFAULT_LOG_TYPES
+        else:
+            pattern = str(rule.get("regex", ""))
+            types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            run.state.errors.append(
+                {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
+            )
+            continue
+        found: list[str | None] = list(
+            _matches(regex, (log for log in run.state.logs if log.type in types)))
+        if len(found) == 1:
+            results[str(name)] = str(found[0])
+        elif found:
+            results[str(name)] = found
+    return results
+
+
+def _matches(regex: re.Pattern[str], logs: Iterable[OpLog]) -> Iterable[str]:
+    for log in logs:
+        for match in regex.finditer(log.log):
+            yield match.group(1) if regex.groups else match.group(0)
+
+
+def _plan(runs: Mapping[str, _OpRun]) -> list[list[_OpRun]]:
+    """The ops in groups, in order; refused when a dependency is unknown, runs later or
+    makes a cycle."""
+    groups: dict[str, list[_OpRun]] = {}
+    for run in runs.values():
+        groups.setdefault(run.group, []).append(run)
+    order = {name: position for position, name in enumerate(groups)}
+    problems: list[str] = []
+    for run in runs.values():
+        for dep in run.depends_on:
+            target = runs.get(dep)
+            if dep == run.id:
+                problems.append(f"op '{run.id}' depends on itself")
+            elif target is None:
+                problems.append(f"op '{run.id}' depends on unknown op '{dep}'")
+            elif order[target.group] > order[run.group]:
+                problems.append(
+                    f"op '{run.id}' (group '{run.group}') depends on '{dep}' "
+                    f"of the later group '{target.group}'"
+                )
+    if not problems:
+        problems.extend(_cycles(runs))
+    if problems:
+        raise _PlanError("; ".join(problems))
+    return list(groups.values())
+
+def _cycles(runs: Mapping[str, _OpRun]) -> list[str]:
+    visiting: set[str] = set()
+    done: set[str] = set()
+    found: list[str] = []
+
+    def visit(op_id: str, path: list[str]) -> None:
+        if op_id in done:
+            return
+        if op_id in visiting:
+            cycle = [*path[path.index(op_id) :], op_id]
+            found.append("dependency cycle: " + " -> ".join(cycle))
+            return
+        visiting.add(op_id)
+        for dep in runs[op_id].depends_on:
+            visit(dep, [*path, op_id])
+        visiting.discard(op_id)
+        done.add(op_id)
+
+    for op_id in runs:
+        visit(op_id, [])
+    return found
+
+
+class _Sandbox:
+    """Where one job's ops run on this machine: its own directory (``workdir``), and each
+    op's argv, environment, working directory and volumes, placed inside that directory."""
+
+    def __init__(self, workdir: Path, job: str, global_args: Mapping[str, Any]) -> None:
+        self.workdir = workdir
+        self.job = job
+        self._global = global_args
+
+    def launch(self, args: Mapping[str, Any]) -> tuple[list[str], dict[str, str], Path]:
+        """An op's argv, environment and working directory, its volumes mounted."""
+        argv = self.argv(args)
+        env = self.env(args)
+        self.mount_volumes(args)
+        return argv, env, self.work_dir(args)
+
+    def argv(self, args: Mapping[str, Any]) -> list[str]:
+        entrypoint = args.get("entrypoint", self._global.get("entrypoint"))
+        cmd = args.get("cmd")
+        # Docker (and so the node) reads a string entrypoint as a single argv item.
+        head = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint or [])
+        tail = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd or [])
+        argv = [str(item) for item in [*head, *tail] if item != REMOVE_IF_EMPTY]
+        if not argv:
+            raise _OpError(
+                "start",
+                "no cmd or entrypoint: the local executor cannot run an image's default command",
+            )
+        return argv
+
+    def env(self, args: Mapping[str, Any]) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(self.workdir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        for source in (self._global.get("env") or {}, args.get("env") or {}):
+            env.update({str(key): str(value) for key, value in source.items()})
+        env["NOSANA_ID"] = self.job
+        return env
+
+    def path(self, path: str, what: str) -> Path:
+        """Where a container path lives for this job: always inside ``workdir``.
+
+        We never let a job's paths point outside its own directory: an absolute container path
+        (``/workspace``) is re-rooted in ``workdir`` (``workdir/workspace``), a relative one is
+        taken from ``workdir``, and one that climbs out (``../..``) is refused. (This places
+        the working directory and volumes; it is not a security boundary: the processes run
+        as this user and can still name absolute paths themselves.)
+        """
+        root = self.workdir.resolve()
+        candidate = (root / path.lstrip("/")).resolve()
+        if candidate != root and root not in candidate.parents:
+            raise _OpError("start", f"{what} {path!r} would leave the job's directory")
+        return candidate
+
+    def work_dir(self, args: Mapping[str, Any]) -> Path:
+        work_dir = args.get("work_dir") or self._global.get("work_dir")
+        path = self.path(str(work_dir), "work_dir") if work_dir else self.workdir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _OpError(
+                "start", f"cannot create work_dir {work_dir!r}: {exc.strerror}"
+            ) from None
+        return path
+
+    def volume_dir(self, name: str) -> Path:
+        if not name or "/" in name or name in (".", ".."):
+            raise _OpError("create-volume", f"invalid volume name {name!r}")
+        return self.workdir / "volumes" / name
+
+    def mount_volumes(self, args: Mapping[str, Any]) -> None:
+        for volume in args.get("volumes") or []:
+            name = str(volume.get("name", ""))
+            dest = str(volume.get("dest", ""))
+            source = self.volume_dir(name)
+            target = self.path(dest, "volume dest")
+            if target == self.workdir.resolve():
+                raise _OpError("start", f"volume dest {dest!r} may not be the job directory")
+            try:
+                # Docker creates a named volume on first use; so do we.
+                source.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_symlink():
+                    target.unlink()
+                elif target.is_dir() and not any(target.iterdir()):
+                    target.rmdir()
+                elif target.exists():
+                    raise _OpError("start", f"volume dest {dest!r} already holds files")
+                target.symlink_to(source.resolve(), target_is_directory=True)
+            except OSError as exc:
+                raise _OpError("start", f"cannot mount volume {name!r}: {exc.strerror}") from None
+
+
 class Executor:
     """Runs one job definition's ops as local processes and keeps ``flow`` up to date.
 
@@ -347,6 +595,7 @@ class Executor:
         self._changed_cb = changed
         self._services = services
         self._global: Mapping[str, Any] = definition.get("global") or {}
+        self._sandbox = _Sandbox(self.workdir, job, self._global)
         self._ops: list[Mapping[str, Any]] = list(definition.get("ops") or [])
         self._runs: dict[str, _OpRun] = {}
         self._stop_reason: str | None = None
@@ -368,7 +617,7 @@ class Executor:
         status = "failed"
         try:
             self._prepare_flow()
-            groups = self._plan()
+            groups = _plan(self._runs)
             self.flow.status = "running"
             self.flow.start_time = self.flow.start_time or now_ms()
             self._changed()
@@ -443,52 +692,6 @@ class Executor:
                 stop_with_dependency=bool(execution.get("stop_if_dependent_stops")),
             )
         self.flow.op_states = states
-
-    def _plan(self) -> list[list[_OpRun]]:
-        groups: dict[str, list[_OpRun]] = {}
-        for run in self._runs.values():
-            groups.setdefault(run.group, []).append(run)
-        order = {name: position for position, name in enumerate(groups)}
-        problems: list[str] = []
-        for run in self._runs.values():
-            for dep in run.depends_on:
-                target = self._runs.get(dep)
-                if dep == run.id:
-                    problems.append(f"op '{run.id}' depends on itself")
-                elif target is None:
-                    problems.append(f"op '{run.id}' depends on unknown op '{dep}'")
-                elif order[target.group] > order[run.group]:
-                    problems.append(
-                        f"op '{run.id}' (group '{run.group}') depends on '{dep}' "
-                        f"of the later group '{target.group}'"
-                    )
-        if not problems:
-            problems.extend(self._cycles())
-        if problems:
-            raise _PlanError("; ".join(problems))
-        return list(groups.values())
-
-    def _cycles(self) -> list[str]:
-        visiting: set[str] = set()
-        done: set[str] = set()
-        found: list[str] = []
-
-        def visit(op_id: str, path: list[str]) -> None:
-            if op_id in done:
-                return
-            if op_id in visiting:
-                cycle = [*path[path.index(op_id) :], op_id]
-                found.append("dependency cycle: " + " -> ".join(cycle))
-                return
-            visiting.add(op_id)
-            for dep in self._runs[op_id].depends_on:
-                visit(dep, [*path, op_id])
-            visiting.discard(op_id)
-            done.add(op_id)
-
-        for op_id in self._runs:
-            visit(op_id, [])
-        return found
 
     # ------------------------------------------------------------------ one op
 
@@ -565,7 +768,7 @@ class Executor:
         state.start_time = now
         try:
             name = str((run.op.get("args") or {}).get("name", ""))
-            self._volume_dir(name).mkdir(parents=True, exist_ok=True)
+            self._sandbox.volume_dir(name).mkdir(parents=True, exist_ok=True)
         except (_OpError, OSError) as exc:
             self._fail_in_node(run, getattr(exc, "event", "create-volume"), str(exc))
             return
@@ -575,20 +778,19 @@ class Executor:
         self._info("success", f"Volume {name} created", op=run.id)
         self._changed()
 
-    async def _run_container(self, run: _OpRun) -> None:
+    def _launch(self, run: _OpRun) -> tuple[list[str], dict[str, str], Path] | None:
+        """The op's argv, environment and working directory (``None``: it failed to start,
+        and says why); the node's "Running op" lines."""
         args: Mapping[str, Any] = run.op.get("args") or {}
-        image = str(args.get("image") or self._global.get("image") or "")
         try:
-            argv = self._argv(args)
-            env = self._env(args)
-            self._mount_volumes(args)
-            cwd = self._work_dir(args)
+            launch = self._sandbox.launch(args)
         except _OpError as exc:
             self._fail_in_node(run, exc.event, exc.message)
-            return
+            return None
         except (OSError, ValueError) as exc:  # a NUL or a lone surrogate in a value or path
             self._fail_in_node(run, "start", f"invalid op arguments: {_describe(exc)}")
-            return
+            return None
+        image = str(args.get("image") or self._global.get("image") or "")
         # The command line is not logged: it may carry values taken from secrets.
         self._info(
             "info",
@@ -597,8 +799,31 @@ class Executor:
         )
         if args.get("gpu", self._global.get("gpu")):
             self._info("info", f"Op {run.id} asks for a GPU; none is attached locally", op=run.id)
+        return launch
 
+    async def _read_output(self, run: _OpRun, read_fds: list[int],
+                           transports: list[asyncio.BaseTransport],
+                           readers: list[asyncio.Task[None]]) -> None:
+        """Read the op's stdout and stderr pipes into its log (each read end taken from
+        ``read_fds`` once it is owned by a transport in ``transports``)."""
         loop = asyncio.get_running_loop()
+        for stream in ("stdout", "stderr"):
+            reader = asyncio.StreamReader(limit=MAX_LINE_CHARS * 4)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            pipe = os.fdopen(read_fds.pop(0), "rb", 0)
+            try:
+                read_transport, _ = await loop.connect_read_pipe(_factory(protocol), pipe)
+            except BaseException:
+                pipe.close()
+                raise
+            transports.append(read_transport)
+            readers.append(asyncio.create_task(self._pump(run, reader, stream)))
+
+    async def _run_container(self, run: _OpRun) -> None:
+        launch = self._launch(run)
+        if launch is None:
+            return
+        argv, env, cwd = launch
         read_fds: list[int] = []
         write_fds: list[int] = []
         transports: list[asyncio.BaseTransport] = []
@@ -631,17 +856,7 @@ class Executor:
                     os.close(write_fds.pop())
             # At once: from here on a stop, a sibling's failure or a cancel can reach it.
             run.proc = proc
-            for stream in ("stdout", "stderr"):
-                reader = asyncio.StreamReader(limit=MAX_LINE_CHARS * 4)
-                protocol = asyncio.StreamReaderProtocol(reader)
-                pipe = os.fdopen(read_fds.pop(0), "rb", 0)
-                try:
-                    read_transport, _ = await loop.connect_read_pipe(_factory(protocol), pipe)
-                except BaseException:
-                    pipe.close()
-                    raise
-                transports.append(read_transport)
-                readers.append(asyncio.create_task(self._pump(run, reader, stream)))
+            await self._read_output(run, read_fds, transports, readers)
 
             state = run.state
             state.provider_id = f"local-{proc.pid}"
@@ -704,7 +919,7 @@ class Executor:
         if not self.term_process_group and state.diagnostics is not None:
             state.diagnostics["state"] = _container_state(
                 exit_code, run.started_iso, _iso_now())
-        results = self._extract_results(run)
+        results = _extract_results(run, legacy=self.results_values)
         if results is not None:
             state.results = results
         if state.status == "success":
@@ -734,90 +949,12 @@ class Executor:
                 payload={"opId": run.id, "stream": "nodeerr"},
             )
         )
-        results = self._extract_results(run)
+        results = _extract_results(run, legacy=self.results_values)
         if results is not None:
             state.results = results
         self._changed()
 
     # ------------------------------------------------------------------ op arguments
-
-    def _argv(self, args: Mapping[str, Any]) -> list[str]:
-        entrypoint = args.get("entrypoint", self._global.get("entrypoint"))
-        cmd = args.get("cmd")
-        # Docker (and so the node) reads a string entrypoint as a single argv item.
-        head = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint or [])
-        tail = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd or [])
-        argv = [str(item) for item in [*head, *tail] if item != REMOVE_IF_EMPTY]
-        if not argv:
-            raise _OpError(
-                "start",
-                "no cmd or entrypoint: the local executor cannot run an image's default command",
-            )
-        return argv
-
-    def _env(self, args: Mapping[str, Any]) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(self.workdir),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-        }
-        for source in (self._global.get("env") or {}, args.get("env") or {}):
-            env.update({str(key): str(value) for key, value in source.items()})
-        env["NOSANA_ID"] = self.job
-        return env
-
-    def _sandbox_path(self, path: str, what: str) -> Path:
-        """Where a container path lives for this job: always inside ``workdir``.
-
-        We never let a job's paths point outside its own directory: an absolute container path
-        (``/workspace``) is re-rooted in ``workdir`` (``workdir/workspace``), a relative one is
-        taken from ``workdir``, and one that climbs out (``../..``) is refused. (This places
-        the working directory and volumes; it is not a security boundary: the processes run
-        as this user and can still name absolute paths themselves.)
-        """
-        root = self.workdir.resolve()
-        candidate = (root / path.lstrip("/")).resolve()
-        if candidate != root and root not in candidate.parents:
-            raise _OpError("start", f"{what} {path!r} would leave the job's directory")
-        return candidate
-
-    def _work_dir(self, args: Mapping[str, Any]) -> Path:
-        work_dir = args.get("work_dir") or self._global.get("work_dir")
-        path = self._sandbox_path(str(work_dir), "work_dir") if work_dir else self.workdir
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _OpError(
-                "start", f"cannot create work_dir {work_dir!r}: {exc.strerror}"
-            ) from None
-        return path
-
-    def _volume_dir(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise _OpError("create-volume", f"invalid volume name {name!r}")
-        return self.workdir / "volumes" / name
-
-    def _mount_volumes(self, args: Mapping[str, Any]) -> None:
-        for volume in args.get("volumes") or []:
-            name = str(volume.get("name", ""))
-            dest = str(volume.get("dest", ""))
-            source = self._volume_dir(name)
-            target = self._sandbox_path(dest, "volume dest")
-            if target == self.workdir.resolve():
-                raise _OpError("start", f"volume dest {dest!r} may not be the job directory")
-            try:
-                # Docker creates a named volume on first use; so do we.
-                source.mkdir(parents=True, exist_ok=True)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_symlink():
-                    target.unlink()
-                elif target.is_dir() and not any(target.iterdir()):
-                    target.rmdir()
-                elif target.exists():
-                    raise _OpError("start", f"volume dest {dest!r} already holds files")
-                target.symlink_to(source.resolve(), target_is_directory=True)
-            except OSError as exc:
-                raise _OpError("start", f"cannot mount volume {name!r}: {exc.strerror}") from None
 
     # ------------------------------------------------------------------ logs and results
 
@@ -863,86 +1000,6 @@ class Executor:
         excess = len(state.logs) - self.log_cap
         if excess > 0:
             del state.logs[:excess]
-
-    def _extract_results(self, run: _OpRun) -> dict[str, ResultValue] | None:
-        """Apply the op's ``results`` regexes to its logs, as the node does.
-
-        Every results name starts as ``[]``; for each log entry (in order) whose type the rule
-        takes (every type when it names none), the regex's first match in that entry (no
-        ``g`` flag) adds its whole match and then its groups (``None`` for a group that took
-        no part). A regex that does not compile gives the error's text instead, once an entry
-        is examined. ``"*"`` is read as ``"/*"``, as the node reads it, and the regex is read
-        as JavaScript reads it (``$`` only at the very end of an entry, which usually ends in
-        a newline).
-        """
-        spec = run.op.get("results")
-        if not spec:
-            return None
-        if self.results_values:
-            return self._legacy_results(run, spec)
-        results: dict[str, ResultValue] = {str(name): [] for name in spec}
-        rules: list[tuple[str, re.Pattern[str] | None, tuple[str, ...] | None, str]] = []
-        for name, rule in spec.items():
-            if isinstance(rule, str):
-                pattern, types = rule, None
-            else:
-                pattern = str(rule.get("regex", ""))
-                types = tuple(rule["logType"]) if rule.get("logType") is not None else None
-            try:
-                regex: re.Pattern[str] | None = re.compile(
-                    python_regex("/*" if pattern == "*" else pattern))
-                error = ""
-            except re.error as exc:
-                regex, error = None, f"SyntaxError: Invalid regular expression: /{pattern}/: {exc}"
-            rules.append((str(name), regex, types, error))
-        for log in run.state.logs:
-            if not log.log:
-                continue
-            for name, regex, types, error in rules:
-                if types is not None and log.type not in types:
-                    continue
-                if regex is None:
-                    results[name] = error
-                    continue
-                match = regex.search(log.log)
-                value = results[name]
-                if match is not None and isinstance(value, list):
-                    value.extend([match.group(0), *match.groups()])
-        return results
-
-    def _legacy_results(self, run: _OpRun, spec: Mapping[str, Any]) -> dict[str, ResultValue]:
-        """The devnode's older results values (``DevNodeConfig.results_values``).
-
-        A capture group picks its first group, else the whole match; one match gives a string,
-        several a list; no match leaves the name out. ``logType`` defaults to stdout + stderr.
-        """
-        results: dict[str, ResultValue] = {}
-        for name, rule in spec.items():
-            if isinstance(rule, str):
-                pattern, types = rule, _DEFAULT_LOG_TYPES
-            else:
-                pattern = str(rule.get("regex", ""))
-                types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
-            try:
-                regex = re.compile(pattern)
-            except re.error as exc:
-                run.state.errors.append(
-                    {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
-                )
-                continue
-            found: list[str | None] = list(
-                self._matches(regex, (log for log in run.state.logs if log.type in types)))
-            if len(found) == 1:
-                results[str(name)] = str(found[0])
-            elif found:
-                results[str(name)] = found
-        return results
-
-    @staticmethod
-    def _matches(regex: re.Pattern[str], logs: Iterable[OpLog]) -> Iterable[str]:
-        for log in logs:
-            for match in regex.finditer(log.log):
-                yield match.group(1) if regex.groups else match.group(0)
 
     # ------------------------------------------------------------------ services
 
@@ -1034,27 +1091,7 @@ class Executor:
         await self._signal_group(run)
 
     async def _signal_group(self, run: _OpRun) -> None:
-        """Stop the op as ``docker stop`` stops a container: SIGTERM to its main process if it
-        handles it, SIGKILL to the whole group after the grace; then reap the leader.
-
-        From the stop on, the op's output is no longer recorded. (``term_process_group``: the
-        devnode's older stop, SIGTERM to the whole group, output kept.)
-        """
-        proc = run.proc
-        if proc is None:
-            return
-        if self.term_process_group:
-            _killpg(proc.pid, signal.SIGTERM)
-        else:
-            run.output_closed = True
-            if proc.returncode is None and _handles(proc.pid, signal.SIGTERM):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    proc.send_signal(signal.SIGTERM)  # (it checks the process is not reaped)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=self.stop_grace)
-        _killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+        await _stop_op(run, self.stop_grace, term_group=self.term_process_group)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -22,8 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..network.base import JobState
-from ..protocol import AuthError, CidError, cid_to_digest, verify_auth_header
+from ..protocol import AuthError, CidError, JobState, cid_to_digest, verify_auth_header
 from .config import MarketConfig
 
 __all__ = ["Ledger", "LedgerError", "LedgerJob", "Market", "ledger_routes"]

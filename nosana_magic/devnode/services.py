@@ -33,7 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ..protocol import create_hash, expose_id
+from ..protocol import PRIVATE_EXPOSE_ID_LENGTH, create_hash, expose_id
 from ..results import EndpointStatus, ServiceEndpoint
 
 __all__ = ["ASGIApp", "ExposedPort", "ServiceRegistry", "private_expose_id"]
@@ -75,7 +75,7 @@ _WS_OWN_HEADERS = frozenset(
 
 def private_expose_id() -> str:
     """A fresh id for a private service: 45 characters, unguessable (``generateExposeId``)."""
-    return create_hash(_secrets.token_hex(45), 45)
+    return create_hash(_secrets.token_hex(45), PRIVATE_EXPOSE_ID_LENGTH)
 
 
 @dataclass(eq=False)

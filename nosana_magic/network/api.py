@@ -14,14 +14,14 @@ a second listing would be a second job.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from ..host import Retry, http_client_for
+from ..protocol import EXPIRY_MARGIN_S
+from ..transport import Retry, http_client_for, server_message
 from ..wallet import Wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 
@@ -29,29 +29,6 @@ __all__ = ["API_AUTH_MESSAGE", "ApiNetwork"]
 
 #: The message Nosana's API expects to be signed.
 API_AUTH_MESSAGE = "NosanaApiAuthentication"
-
-#: Extra time ``watch`` allows past a running job's expiry: the host's 60 s results window,
-#: pinning the public result and completing the job on the ledger.
-EXPIRY_MARGIN_S = 180.0
-
-def _error_text(response: httpx.Response) -> str:
-    """The server's error message (``{"error": …}`` / ``{"message": …}`` / text), one line."""
-    text = response.text
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        for key in ("error", "message", "detail"):
-            if isinstance(body.get(key), str):
-                text = body[key]
-                break
-    elif isinstance(body, str):
-        text = body
-    one_line = " ".join(text.split())
-    if not one_line or one_line.startswith("<"):
-        return f"HTTP {response.status_code}"
-    return one_line if len(one_line) <= 200 else one_line[:199] + "…"
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -188,9 +165,9 @@ class ApiNetwork:
                 if response.status_code < 500 or not retry_sent:
                     raise NetworkError(
                         f"{self.name} network: {route}: {response.status_code} "
-                        f"{_error_text(response)}"
+                        f"{server_message(response)}"
                     )
-                last = f"{response.status_code} {_error_text(response)}"
+                last = f"{response.status_code} {server_message(response)}"
             if not await backoff.wait():
                 raise NetworkError(
                     f"{self.name} network: {route}: gave up after {backoff.attempt} attempts "

@@ -7,12 +7,12 @@ above it (the job state machine, the view, the magics) is the same code for both
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import NosanaError
+from ..errors import NetworkError
+from ..protocol import JobState
 from ..wallet import Wallet
 
 __all__ = [
@@ -23,26 +23,6 @@ __all__ = [
     "Network",
     "NetworkError",
 ]
-
-
-class NetworkError(NosanaError):
-    """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
-
-
-class JobState(str, enum.Enum):
-    """A job's state on the ledger. RUNNING is derived: a node has taken the job."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    STOPPED = "STOPPED"
-
-    @property
-    def done(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.STOPPED)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

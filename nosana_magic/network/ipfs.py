@@ -1,12 +1,10 @@
 """IPFS for the real networks: pinning through Pinata's API, reads through Nosana's gateway.
 
 Only the public *placeholder* of a confidential job is ever pinned (the real definition goes
-to the host directly). The upload credential is a Pinata JWT, looked up in this order:
-
-1. the ``jwt`` argument;
-2. the ``NOSANA_PINATA_JWT`` environment variable (``PINATA_JWT`` is accepted too);
-3. ``pinata_jwt`` in the user's credentials file, ``~/.config/nosana_magic/credentials.json``
-   on Linux (the platform's user config dir; ``NOSANA_CREDENTIALS_FILE`` overrides the path).
+to the host directly). The upload credential is a Pinata JWT, passed in by whoever builds the
+client (:meth:`SolanaNetwork.from_settings` reads it through the settings: the
+``NOSANA_PINATA_JWT`` or ``PINATA_JWT`` environment variable, else ``pinata_jwt`` in the
+user's credentials file, ``~/.config/nosana_magic/credentials.json`` on Linux).
 
 The JWT is kept in a private attribute and is never printed: not in the repr, not in an error
 message, not in a log line. Reads through the gateway are anonymous.
@@ -14,7 +12,6 @@ message, not in a log line. Reads through the gateway are anonymous.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -22,18 +19,16 @@ from typing import Any
 
 import httpx
 
+from ..errors import IpfsError
 from ..protocol import CidError, cid_to_digest
-from ..settings import JWT_ENV_VARS, credentials_file, find_pinata_jwt
-from .base import NetworkError
+from ..settings import credentials_file
+from ..transport import Retry, http_client_for, one_line
 
 __all__ = [
     "DEFAULT_GATEWAY",
     "DEFAULT_PINATA_API",
-    "JWT_ENV_VARS",
     "IpfsError",
     "PinataClient",
-    "credentials_file",
-    "find_pinata_jwt",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,10 +37,8 @@ DEFAULT_PINATA_API = "https://api.pinata.cloud"
 DEFAULT_GATEWAY = "https://nosana.mypinata.cloud/ipfs"
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class IpfsError(NetworkError):
-    """Pinning or reading a document failed (after bounded retries), or no credential is set."""
+#: Pinning and gateway reads: three attempts, 0.5 s then 1 s apart.
+PINATA_RETRY = Retry(first=0.5, cap=4.0, attempts=3, total=120.0)
 
 
 def _no_credential_message() -> str:
@@ -59,9 +52,9 @@ def _no_credential_message() -> str:
 class PinataClient:
     """Pin JSON documents with Pinata (``POST /pinning/pinJSONToIPFS``) and read them back.
 
-    ``jwt``: the upload credential; ``None`` looks it up (module docstring). Reads work
-    without one. ``http``: an ``httpx.AsyncClient`` to share (not closed by :meth:`aclose`).
-    Every request is bounded: ``timeout_s`` each, ``attempts`` tries with backoff.
+    ``jwt``: the upload credential (``None``: none; pinning then says how to set one). Reads
+    work without one. ``http``: an ``httpx.AsyncClient`` to share (not closed by :meth:`aclose`).
+    Every request is bounded: ``timeout_s`` each, tried again as ``retry`` says.
     """
 
     def __init__(
@@ -72,18 +65,15 @@ class PinataClient:
         gateway: str = DEFAULT_GATEWAY,
         http: httpx.AsyncClient | None = None,
         timeout_s: float = 20.0,
-        attempts: int = 3,
-        backoff_s: float = 0.5,
-        env: Mapping[str, str] | None = None,
+        retry: Retry = PINATA_RETRY,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.gateway = gateway.rstrip("/")
-        self._jwt = jwt.strip() if jwt and jwt.strip() else find_pinata_jwt(env)
+        self._jwt = jwt.strip() if jwt and jwt.strip() else None
         self._http = http
         self._own_http = http is None
         self.timeout_s = timeout_s
-        self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
+        self.retry = retry
 
     @property
     def has_credential(self) -> bool:
@@ -103,38 +93,36 @@ class PinataClient:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+            self._http = http_client_for(self.api_url, timeout=self.timeout_s)
         return self._http
 
     def _clean(self, text: str) -> str:
         """Server text made safe to show: one line, short, without the credential."""
         if self._jwt:
             text = text.replace(self._jwt, "***")
-        text = " ".join(text.split())
-        return text[:200]
+        return one_line(text)
 
     async def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """``method url`` until it answers with a status that retrying cannot change."""
+        backoff = self.retry.backoff()
         last = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+        while True:
             try:
                 response = await self._client().request(
                     method, url, timeout=self.timeout_s, **kwargs
                 )
             except httpx.TimeoutException:
                 last = f"no answer within {self.timeout_s:g} s"
-                continue
             except httpx.HTTPError as exc:
                 # The exception text may carry the URL; the class name is enough.
                 last = f"cannot connect ({type(exc).__name__})"
-                continue
-            if response.status_code in _RETRY_STATUSES:
+            else:
+                if response.status_code not in _RETRY_STATUSES:
+                    return response
                 last = f"HTTP {response.status_code}"
-                continue
-            return response
-        host = httpx.URL(url).host
-        raise IpfsError(f"{what} failed: {host} {last} (after {self.attempts} attempts)")
+            if not await backoff.wait():
+                host = httpx.URL(url).host
+                raise IpfsError(f"{what} failed: {host} {last} (after {backoff.attempt} attempts)")
 
     async def pin_json(self, document: Mapping[str, Any]) -> str:
         """Pin ``document``; returns its CIDv0 (``Qm…``), checked to be one."""

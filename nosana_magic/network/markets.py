@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 from solders.pubkey import Pubkey
 
+from ..errors import UnknownMarketError
 from ..protocol import format_duration
-from .base import NetworkError
+from ..transport import http_client_for
 
 __all__ = [
     "DEFAULT_MARKETS_API",
@@ -97,10 +98,6 @@ DEFAULT_COMPUTE_UNITS_PER_INSTRUCTION = 200_000
 _ACCOUNT_STORAGE_OVERHEAD = 128
 _LAMPORTS_PER_BYTE_YEAR = 3_480
 _EXEMPTION_THRESHOLD_YEARS = 2
-
-
-class UnknownMarketError(NetworkError, LookupError):
-    """A market slug that no table knows, or text that is neither a slug nor an address."""
 
 
 def is_address(text: str) -> bool:
@@ -368,7 +365,7 @@ class MarketDirectory:
         url = f"{self.api_url}/api/markets/"
         try:
             if self._http is None:
-                self._http = httpx.AsyncClient(timeout=self.timeout_s)
+                self._http = http_client_for(self.api_url, timeout=self.timeout_s)
             response = await self._http.get(url, timeout=self.timeout_s)
             response.raise_for_status()
             refs = _parse_markets(response.json())

@@ -15,8 +15,9 @@ What it does, in the order a job needs it (docs/protocol.md §17–§21):
 * ``stop`` = ``end`` for a running job (after creating the node's NOS account idempotently, as
   the SDK does), ``delist`` for a queued one; ``extend`` raises the timeout.
 
-Every RPC call has a timeout and a bounded number of attempts. Messages name the RPC host only:
-RPC URLs often carry an API key in their query string.
+Every RPC call and transaction goes through :class:`~nosana_magic.network.rpc.SolanaRpc`: a
+timeout per attempt, the package's retry policy, messages that name the RPC host only (RPC
+URLs often carry an API key).
 """
 
 from __future__ import annotations
@@ -24,31 +25,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
 import statistics
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
-import httpx2
-from solana.exceptions import SolanaRpcException
-from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment
-from solana.rpc.core import RPCException, RPCNoResultException
-from solana.rpc.models import MemcmpOpts, TxOpts
+from solana.rpc.models import MemcmpOpts
 from solana.rpc.websocket_api import SolanaWsClient
-from solders.compute_budget import set_compute_unit_price
 from solders.instruction import Instruction
 from solders.keypair import Keypair
-from solders.message import MessageV0
 from solders.pubkey import Pubkey
-from solders.rpc.errors import SendTransactionPreflightFailureMessage
-from solders.signature import Signature
-from solders.transaction import VersionedTransaction
 from spl.token.instructions import create_idempotent_associated_token_account
 
 from .. import chain
@@ -64,8 +54,10 @@ from ..chain import (
     QueueType,
     RunAccount,
 )
-from ..protocol import b58encode, format_duration
-from ..wallet import Wallet, WalletError, load_wallet
+from ..errors import InsufficientFundsError, TransactionFailedError
+from ..protocol import b58encode, format_duration, short_address
+from ..transport import Retry, url_host
+from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
 from .ipfs import DEFAULT_GATEWAY, DEFAULT_PINATA_API, PinataClient
 from .markets import (
@@ -79,6 +71,10 @@ from .markets import (
     format_sol,
     priority_fee_lamports,
 )
+from .rpc import RPC_RETRY, SolanaRpc
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = [
     "DEFAULT_RPC_URLS",
@@ -89,8 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 ClusterName = Literal["mainnet", "devnet"]
 
@@ -114,101 +108,11 @@ _PROGRAM_UNITS = 200_000
 _BUILTIN_UNITS = 3_000
 _COMPUTE_UNITS = _PROGRAM_UNITS + _BUILTIN_UNITS
 
-_COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
 _SYSTEM = Pubkey.default()
 _ZERO32 = bytes(32)
 
 # SPL token account: mint(32) owner(32) amount(u64) ...; 165 bytes.
 _TOKEN_ACCOUNT_LEN = 165
-
-
-class InsufficientFundsError(NetworkError):
-    """The wallet cannot pay for what was asked; the message says what is missing and how much."""
-
-
-class TransactionFailedError(NetworkError):
-    """The cluster rejected a transaction. ``logs`` holds the program's log lines."""
-
-    def __init__(self, message: str, *, logs: Sequence[str] = (), signature: str | None = None):
-        super().__init__(message)
-        self.logs = list(logs)
-        self.signature = signature
-
-
-def _short(address: str | Pubkey) -> str:
-    text = str(address)
-    return f"{text[:4]}…{text[-4:]}" if len(text) > 12 else text
-
-
-def _host(url: str) -> str:
-    """Scheme, host and port of ``url``: never its path, query or user info."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return host
-
-
-def _ws_url(rpc_url: str) -> str:
-    """The WebSocket endpoint beside an HTTP RPC endpoint (a local validator's port + 1)."""
-    parts = urlsplit(rpc_url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    netloc = parts.netloc
-    if parts.port == 8899:
-        netloc = netloc.rsplit(":", 1)[0] + ":8900"
-    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
-
-
-class _MaskSecrets(logging.Filter):
-    """Masks RPC URL keys in the records of the HTTP library, which logs every request URL
-    (query string included) at INFO level."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def add_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        # Keys sit in the query, the user info or a path segment (``/v2/<key>``); short
-        # segments such as ``v2`` are not keys and would mask harmless text.
-        segments = [s for s in parts.path.split("/") if len(s) >= 8]
-        for secret in (parts.query, parts.username, parts.password, *segments):
-            if secret and len(secret) >= 4:
-                self.secrets.add(secret)
-
-    def _mask(self, value: object) -> object:
-        text = str(value)
-        if not any(secret in text for secret in self.secrets):
-            return value
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            if isinstance(record.args, tuple):
-                record.args = tuple(self._mask(arg) for arg in record.args)
-            record.msg = self._mask(record.msg)
-        return True
-
-
-_MASK = _MaskSecrets()
-# httpx2 logs every request URL at INFO; websockets logs the request line at DEBUG.
-for _name in ("httpx2", "websockets.client"):
-    logging.getLogger(_name).addFilter(_MASK)
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    raw = environ.get(name, "").strip()
-    if not raw or raw.lower() == "auto":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise NetworkError(f"{name}: expected a whole number, got {raw!r}") from None
-    if value < 0:
-        raise NetworkError(f"{name}: must be >= 0, got {value}")
-    return value
 
 
 def _token_amount(data: bytes) -> int:
@@ -231,11 +135,10 @@ class _JobClosedError(NetworkError):
 class SolanaNetwork:
     """The Nosana jobs program on ``mainnet`` or ``devnet``, paying with ``wallet``.
 
-    Construction does no I/O. Defaults come from the environment when an argument is ``None``:
-    ``NOSANA_RPC_URL``, ``NOSANA_WS_URL``, ``NOSANA_COMMITMENT``, ``NOSANA_PRIORITY_FEE``
-    (micro-lamports per compute unit, or ``auto``), ``NOSANA_NODE_DOMAIN``,
-    ``NOSANA_NODE_URL_TEMPLATE``, ``NOSANA_MARKETS_API`` (``off`` disables the refresh),
-    ``NOSANA_PINATA_API_URL``, ``NOSANA_IPFS_GATEWAY``.
+    Construction does no I/O and reads no environment: every argument left ``None`` takes the
+    cluster's default (its public RPC, ``confirmed``, a priority fee chosen from recent fees,
+    its node domain, Nosana's markets API; ``markets_api="off"`` keeps to the built-in list).
+    :meth:`from_settings` fills them from :class:`~nosana_magic.settings.Settings`.
     """
 
     def __init__(
@@ -255,15 +158,12 @@ class SolanaNetwork:
         markets: MarketDirectory | None = None,
         poll_interval_s: float = 2.0,
         request_timeout_s: float = 10.0,
-        rpc_attempts: int = 3,
-        retry_backoff_s: float = 0.5,
+        retry: Retry = RPC_RETRY,
         confirm_timeout_s: float = 60.0,
         result_grace_s: float = 30.0,
         overdue_grace_s: float = 600.0,
         use_websocket: bool = True,
-        env: Mapping[str, str] | None = None,
     ) -> None:
-        environ = os.environ if env is None else env
         if not isinstance(wallet, Wallet):
             raise WalletError(f"{cluster} needs a wallet: set NOSANA_WALLET or create "
                               "~/.nosana/nosana_key.json")
@@ -273,97 +173,87 @@ class SolanaNetwork:
         self.name: str = name
         self.cluster: Cluster = chain.cluster(name)
         self.wallet = wallet
-        self.rpc_url = (rpc_url or environ.get("NOSANA_RPC_URL", "").strip()
-                        or DEFAULT_RPC_URLS[name])
-        if urlsplit(self.rpc_url).scheme not in ("http", "https"):
-            raise NetworkError(f"the Solana RPC URL must be http(s), got {_host(self.rpc_url)}")
-        self.ws_url = ws_url or environ.get("NOSANA_WS_URL", "").strip() or _ws_url(self.rpc_url)
-        _MASK.add_url(self.rpc_url)
-        _MASK.add_url(self.ws_url)
-        commitment = (commitment or environ.get("NOSANA_COMMITMENT", "").strip()
-                      or "confirmed").lower()
-        if commitment not in _COMMITMENT_RANK:
-            raise NetworkError(
-                f"commitment {commitment!r} is not one of processed, confirmed, finalized"
-            )
-        self.commitment: Commitment = commitment  # type: ignore[assignment]
-        self.priority_fee_micro_lamports = (
-            priority_fee_micro_lamports if priority_fee_micro_lamports is not None
-            else _env_int(environ, "NOSANA_PRIORITY_FEE")
+        #: The cluster's RPC endpoint: every call and transaction goes through it.
+        self.rpc = SolanaRpc(
+            rpc_url or DEFAULT_RPC_URLS[name], cluster=name, ws_url=ws_url,
+            commitment=commitment or "confirmed", request_timeout_s=request_timeout_s,
+            retry=retry, confirm_timeout_s=confirm_timeout_s,
         )
+        self.priority_fee_micro_lamports = priority_fee_micro_lamports
         self.max_priority_fee_micro_lamports = max_priority_fee_micro_lamports
-        self.node_domain = (node_domain or environ.get("NOSANA_NODE_DOMAIN", "").strip()
-                            or NODE_DOMAINS[name])
-        template = (node_url_template or environ.get("NOSANA_NODE_URL_TEMPLATE", "").strip()
-                    or f"https://{{node}}.{self.node_domain}")
+        self.node_domain = node_domain or NODE_DOMAINS[name]
+        template = node_url_template or f"https://{{node}}.{self.node_domain}"
         if "{node}" not in template:
             raise NetworkError(f"node URL template {template!r} has no {{node}}")
         self.node_url_template = template
-        if pinata is None:
-            pinata = PinataClient(
-                api_url=environ.get("NOSANA_PINATA_API_URL", "").strip() or DEFAULT_PINATA_API,
-                gateway=environ.get("NOSANA_IPFS_GATEWAY", "").strip() or DEFAULT_GATEWAY,
-                env=environ,
-            )
-        self.pinata = pinata
+        self.pinata = pinata if pinata is not None else PinataClient()
         if markets is None:
-            api = markets_api if markets_api is not None else environ.get(
-                "NOSANA_MARKETS_API", DEFAULT_MARKETS_API[name]
-            ).strip()
+            api = DEFAULT_MARKETS_API[name] if markets_api is None else markets_api.strip()
             markets = MarketDirectory(name, api_url=None if api.lower() in ("", "off") else api)
         self.directory = markets
         self.poll_interval_s = poll_interval_s
-        self.request_timeout_s = request_timeout_s
-        self.rpc_attempts = max(1, rpc_attempts)
-        self.retry_backoff_s = retry_backoff_s
-        self.confirm_timeout_s = confirm_timeout_s
         self.result_grace_s = result_grace_s
         self.overdue_grace_s = overdue_grace_s
         self.use_websocket = use_websocket
-        self._client: AsyncClient | None = None
         self._runs: dict[str, Pubkey] = {}
-        self._rent: dict[int, int] = {}
         self._market_refs: dict[str, tuple[str, str, float | None]] = {}
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_settings(
-        cls,
-        settings: Any,
-        wallet: Wallet | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        **overrides: Any,
+        cls, settings: Settings, wallet: Wallet | None = None, **overrides: Any
     ) -> SolanaNetwork:
-        """A network from a ``nosana_magic.settings.Settings`` (``network``, ``rpc_url``,
-        ``node_url_template``, ``wallet``; other knobs from the environment or ``overrides``).
+        """The network ``settings`` name (``devnet`` or ``mainnet``), every knob from them;
+        ``overrides`` win (tests shorten waits with them).
 
         ``wallet`` defaults to the settings' wallet (``NOSANA_WALLET`` or the Nosana CLI's key
         file); with none, :class:`~nosana_magic.wallet.WalletError` says where to put one.
+        The Pinata JWT is read from the settings' source now and kept by the Pinata client only.
         """
-        network = str(getattr(settings, "network", "mainnet"))
+        network = settings.network
         if network not in DEFAULT_RPC_URLS:
             raise NetworkError(f"network {network!r} is not a Solana cluster (mainnet, devnet)")
         if wallet is None:
-            source = getattr(settings, "wallet", None)
-            wallet = load_wallet(None if source in (None, "env:NOSANA_WALLET") else source,
-                                 env=env)
+            wallet = configured_wallet(settings)
         kwargs: dict[str, Any] = {
-            "rpc_url": getattr(settings, "rpc_url", None),
-            "node_url_template": getattr(settings, "node_url_template", None),
+            "cluster": network,
+            "rpc_url": settings.rpc_url,
+            "ws_url": settings.ws_url,
+            "commitment": settings.commitment,
+            "priority_fee_micro_lamports": settings.priority_fee,
+            "node_domain": settings.node_domain,
+            "node_url_template": settings.node_url_template,
+            "markets_api": settings.markets_api,
         }
-        for name in ("commitment", "priority_fee_micro_lamports", "node_domain", "ws_url",
-                     "markets_api"):
-            value = getattr(settings, name, None)
-            if value is not None:
-                kwargs[name] = value
+        if "pinata" not in overrides:
+            kwargs["pinata"] = PinataClient(
+                settings.read_pinata_jwt(),
+                api_url=settings.pinata_api_url or DEFAULT_PINATA_API,
+                gateway=settings.ipfs_gateway or DEFAULT_GATEWAY,
+            )
         kwargs.update(overrides)
-        return cls(wallet, cluster=network, env=env, **kwargs)  # type: ignore[arg-type]
+        return cls(wallet, **kwargs)
 
     def __repr__(self) -> str:
         return (f"SolanaNetwork({self.name}, wallet={self.wallet.address}, "
-                f"rpc={_host(self.rpc_url)})")
+                f"rpc={self.rpc.host})")
+
+    @property
+    def rpc_url(self) -> str:
+        return self.rpc.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.rpc.ws_url
+
+    @property
+    def commitment(self) -> Commitment:
+        return self.rpc.commitment
+
+    @property
+    def rpc_host(self) -> str:
+        return self.rpc.host
 
     # ------------------------------------------------------------------ Network: URLs, IPFS
 
@@ -380,80 +270,13 @@ class SolanaNetwork:
         """A pinned JSON document (e.g. a send-only job's public result) from the gateway."""
         return await self.pinata.get_json(cid)
 
-    # ------------------------------------------------------------------ RPC plumbing
-
-    @property
-    def rpc_host(self) -> str:
-        return _host(self.rpc_url)
-
-    def _rpc(self) -> AsyncClient:
-        if self._client is None:
-            self._client = AsyncClient(
-                self.rpc_url,
-                commitment=self.commitment,
-                timeout=self.request_timeout_s,
-                max_transport_retries=0,
-            )
-        return self._client
-
-    async def _call(self, what: str, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        """One RPC call with a timeout per attempt and ``rpc_attempts`` attempts."""
-        reason = "no answer"
-        for attempt in range(self.rpc_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
-            try:
-                return await asyncio.wait_for(call(self._rpc()), self.request_timeout_s + 1)
-            except RPCException as exc:
-                message = _rpc_error_text(exc)
-                if _retryable_rpc_error(message):
-                    reason = message
-                    continue
-                raise NetworkError(
-                    f"Solana RPC {self.rpc_host} refused {what}: {message}"
-                ) from None
-            except RPCNoResultException as exc:
-                raise NetworkError(
-                    f"Solana RPC {self.rpc_host} refused {what}: {_scrub(str(exc))}"
-                ) from None
-            except (SolanaRpcException, httpx2.HTTPError, OSError, TimeoutError) as exc:
-                reason, retry = _transport_reason(exc)
-                if not retry:
-                    raise NetworkError(
-                        f"Solana RPC {self.rpc_host} refused {what}: {reason} "
-                        "(check NOSANA_RPC_URL)"
-                    ) from None
-        raise NetworkError(
-            f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
-            f"{self.rpc_attempts} attempts; check NOSANA_RPC_URL or try again later"
-        )
-
-    async def _accounts(self, keys: Sequence[Pubkey], what: str) -> list[Any]:
-        """``getMultipleAccounts`` in batches of 100; ``None`` for a missing account."""
-        found: list[Any] = []
-        for start in range(0, len(keys), 100):
-            batch = list(keys[start:start + 100])
-            resp = await self._call(
-                what, lambda c, b=batch: c.get_multiple_accounts(b, encoding="base64")  # type: ignore[misc]
-            )
-            found.extend(resp.value)
-        return found
-
-    async def _rent_for(self, size: int) -> int:
-        if size not in self._rent:
-            resp = await self._call(
-                "reading the rent", lambda c: c.get_minimum_balance_for_rent_exemption(size)
-            )
-            self._rent[size] = int(resp.value)
-        return self._rent[size]
-
     # ------------------------------------------------------------------ markets
 
     def _program_account(self, account: Any, address: Pubkey, kind: str) -> bytes:
         if account.owner != self.cluster.jobs_program:
             raise NetworkError(
                 f"{address} is not a Nosana {kind} on {self.name} "
-                f"(owned by {_short(account.owner)}, not the jobs program)"
+                f"(owned by {short_address(str(account.owner))}, not the jobs program)"
             )
         return bytes(account.data)
 
@@ -471,7 +294,7 @@ class SolanaNetwork:
 
     async def _market_account(self, address: str, label: str) -> MarketAccount:
         key = Pubkey.from_string(address)
-        (account,) = await self._accounts([key], f"reading market {label}")
+        (account,) = await self.rpc.accounts([key], f"reading market {label}")
         if account is None:
             raise NetworkError(f"market {label} does not exist on {self.name} (no account at "
                                f"{address})")
@@ -490,7 +313,7 @@ class SolanaNetwork:
     async def markets(self) -> list[Market]:
         await self.directory.refresh()
         refs = self.directory.refs()
-        accounts = await self._accounts(
+        accounts = await self.rpc.accounts(
             [Pubkey.from_string(r.address) for r in refs], "reading the markets"
         )
         found = []
@@ -513,7 +336,7 @@ class SolanaNetwork:
         if self.priority_fee_micro_lamports is not None:
             return self.priority_fee_micro_lamports
         try:
-            resp = await self._call(
+            resp = await self.rpc.call(
                 "reading recent priority fees",
                 lambda c: c.get_recent_prioritization_fees(list(accounts)),
             )
@@ -544,14 +367,14 @@ class SolanaNetwork:
             signatures=3,
             priority_micro_lamports=fee,
             compute_units=_COMPUTE_UNITS,
-            rent_job=await self._rent_for(JOB_ACCOUNT_SPACE),
-            rent_run=await self._rent_for(RUN_ACCOUNT_SPACE),
+            rent_job=await self.rpc.rent(JOB_ACCOUNT_SPACE),
+            rent_run=await self.rpc.rent(RUN_ACCOUNT_SPACE),
         )
 
     async def balances(self) -> tuple[int, int | None]:
         """``(lamports, NOS base units)`` of the wallet; NOS is ``None`` without a NOS account."""
         ata = chain.nos_ata(self.wallet.public_key, self.cluster.nos_mint)
-        wallet_acc, ata_acc = await self._accounts(
+        wallet_acc, ata_acc = await self.rpc.accounts(
             [self.wallet.public_key, ata], "reading the wallet's balances"
         )
         lamports = int(wallet_acc.lamports) if wallet_acc is not None else 0
@@ -568,8 +391,8 @@ class SolanaNetwork:
         """Raise :class:`InsufficientFundsError` unless the wallet holds ``lamports`` more than
         its own rent-exempt reserve and ``nos_units`` NOS."""
         have_sol, have_nos = await self.balances()
-        who = f"wallet {_short(self.wallet.address)}"
-        reserve = await self._rent_for(0)
+        who = f"wallet {short_address(str(self.wallet.address))}"
+        reserve = await self.rpc.rent(0)
         need_sol = lamports + reserve
         if have_sol < need_sol:
             raise InsufficientFundsError(
@@ -603,93 +426,6 @@ class SolanaNetwork:
         price = await self.priority_fee(writable[:128])
         units = _BUILTIN_UNITS + _PROGRAM_UNITS * len(instructions)
         return price, priority_fee_lamports(price, units)
-
-    async def _send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair],
-                    what: str, *, fee: int, job: str | None = None) -> str:
-        """Prepend the priority fee (``fee`` micro-lamports per compute unit), sign, send
-        (bounded), confirm (bounded); returns the signature."""
-        ixs = [set_compute_unit_price(fee), *instructions]
-        blockhash = (await self._call(
-            "reading the latest blockhash", lambda c: c.get_latest_blockhash(self.commitment)
-        )).value
-        message = MessageV0.try_compile(
-            self.wallet.public_key, ixs, [], blockhash.blockhash
-        )
-        tx = VersionedTransaction(message, list(signers))
-        signature = tx.signatures[0]
-        opts = TxOpts(skip_confirmation=True, preflight_commitment=self.commitment)
-        raw = bytes(tx)
-        reason = "no answer"
-        for attempt in range(self.rpc_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
-            try:
-                await asyncio.wait_for(
-                    self._rpc().send_raw_transaction(raw, opts), self.request_timeout_s + 1
-                )
-                break
-            except RPCException as exc:
-                error = exc.args[0] if exc.args else None
-                text = _rpc_error_text(exc)
-                if "already been processed" in text:
-                    break  # an earlier attempt landed: same bytes, same signature
-                if isinstance(error, SendTransactionPreflightFailureMessage):
-                    logs = list(error.data.logs or [])
-                    raise TransactionFailedError(
-                        _failure_message(what, self.name, logs, str(error.data.err)),
-                        logs=logs, signature=str(signature),
-                    ) from None
-                if _retryable_rpc_error(text):
-                    reason = text
-                    continue
-                raise NetworkError(
-                    f"Solana RPC {self.rpc_host} refused {what}: {text}"
-                ) from None
-            except (SolanaRpcException, httpx2.HTTPError, OSError, TimeoutError) as exc:
-                # Resending the same signed bytes is safe: a transaction lands at most once.
-                reason, retry = _transport_reason(exc)
-                if not retry:
-                    raise NetworkError(
-                        f"Solana RPC {self.rpc_host} refused {what}: {reason}"
-                    ) from None
-        else:
-            raise NetworkError(
-                f"Solana RPC {self.rpc_host} is not answering ({what}): {reason}, "
-                f"{self.rpc_attempts} attempts; nothing was spent unless "
-                f"https://explorer.solana.com/tx/{signature} shows it"
-            )
-        await self._confirm(signature, blockhash.last_valid_block_height, what, job)
-        return str(signature)
-
-    async def _confirm(self, signature: Signature, last_valid: int, what: str,
-                       job: str | None) -> None:
-        want = _COMMITMENT_RANK[self.commitment]
-        deadline = time.monotonic() + self.confirm_timeout_s
-        delay = 0.25
-        while True:
-            resp = await self._call(
-                "confirming the transaction", lambda c: c.get_signature_statuses([signature])
-            )
-            status = resp.value[0]
-            if status is not None:
-                if status.err is not None:
-                    raise TransactionFailedError(
-                        f"{what} failed on {self.name}: {status.err} (transaction {signature})",
-                        signature=str(signature),
-                    )
-                if (status.confirmation_status is not None
-                        and int(status.confirmation_status) >= want):
-                    return
-            if time.monotonic() >= deadline:
-                where = f"; job {job}" if job else ""
-                raise NetworkError(
-                    f"{what}: transaction {signature} not confirmed within "
-                    f"{self.confirm_timeout_s:g} s{where}. It may still land: check "
-                    f"https://explorer.solana.com/tx/{signature}"
-                    f"{'?cluster=devnet' if self.name == 'devnet' else ''}"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ posting
 
@@ -743,9 +479,9 @@ class SolanaNetwork:
         else:
             ix = chain.list_instruction(**common)
         job = str(job_kp.pubkey())
-        signature = await self._send(
-            [ix], [self.wallet.keypair, job_kp, run_kp],
-            f"listing the job in {market.slug}", fee=fee, job=job,
+        signature = await self.rpc.send(
+            [ix], [self.wallet.keypair, job_kp, run_kp], f"listing the job in {market.slug}",
+            payer=self.wallet.public_key, fee=fee, job=job,
         )
         self._runs[job] = run_kp.pubkey()
         return Listing(job=job, run=str(run_kp.pubkey()), tx=signature)
@@ -758,7 +494,7 @@ class SolanaNetwork:
             MemcmpOpts(offset=RUN_JOB_OFFSET, bytes=str(job)),
         ]
         try:
-            resp = await self._call(
+            resp = await self.rpc.call(
                 "looking for the job's run account",
                 lambda c: c.get_program_accounts(
                     self.cluster.jobs_program, encoding="base64", filters=filters
@@ -788,7 +524,7 @@ class SolanaNetwork:
             raise NetworkError(f"{address[:60]!r} is not a Solana address") from None
         known_run = self._runs.get(str(job_key))
         keys = [job_key] + ([known_run] if known_run is not None else [])
-        accounts = await self._accounts(keys, f"reading job {_short(job_key)}")
+        accounts = await self.rpc.accounts(keys, f"reading job {short_address(str(job_key))}")
         job_acc = accounts[0]
         if job_acc is None:
             raise _JobClosedError(f"no job {job_key} on {self.name} (never listed, or closed)")
@@ -937,13 +673,14 @@ class SolanaNetwork:
             what = "ending the job"
         price, priority = await self._priority(ixs)
         # Creating the node's NOS account (when it has none) costs its rent.
-        rent = await self._rent_for(_TOKEN_ACCOUNT_LEN) if len(ixs) > 1 else 0
+        rent = await self.rpc.rent(_TOKEN_ACCOUNT_LEN) if len(ixs) > 1 else 0
         await self.check_funds(
             lamports=LAMPORTS_PER_SIGNATURE + priority + rent, nos_units=0, doing=what,
             detail=f"fees {format_sol(LAMPORTS_PER_SIGNATURE + priority)}"
             + (f", rent of the node's NOS account {format_sol(rent)}" if rent else ""),
         )
-        await self._send(ixs, [self.wallet.keypair], what, fee=price, job=address)
+        await self.rpc.send(ixs, [self.wallet.keypair], what, payer=self.wallet.public_key,
+                            fee=price, job=address)
 
     async def extend(self, address: str, seconds: int) -> None:
         """Add ``seconds`` to the job's timeout (the program takes the new total)."""
@@ -975,13 +712,11 @@ class SolanaNetwork:
             nos_units=cost.nos_units if job.price else 0,
             doing=f"extending the job by {format_duration(seconds)}",
         )
-        await self._send([ix], [self.wallet.keypair], "extending the job", fee=price, job=address)
+        await self.rpc.send([ix], [self.wallet.keypair], "extending the job",
+                            payer=self.wallet.public_key, fee=price, job=address)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 5)
+        await self.rpc.aclose()
         await self.pinata.aclose()
         await self.directory.aclose()
 
@@ -1027,11 +762,13 @@ class _AccountSignal:
 
     async def _run(self) -> None:
         net = self._network
-        for attempt in range(self._RECONNECTS):
-            if attempt:
-                await asyncio.sleep(min(net.poll_interval_s * 2 ** attempt, 30))
-            ws = SolanaWsClient(net.ws_url, request_timeout=net.request_timeout_s,
-                                open_timeout=net.request_timeout_s, close_timeout=2.0)
+        first = max(0.01, net.poll_interval_s * 2)
+        # Bounded in connections, not in time: the subscription lives as long as the watch.
+        backoff = Retry(first=first, cap=max(first, 30.0), attempts=self._RECONNECTS,
+                        total=math.inf).backoff()
+        while True:
+            ws = SolanaWsClient(net.ws_url, request_timeout=net.rpc.request_timeout_s,
+                                open_timeout=net.rpc.request_timeout_s, close_timeout=2.0)
             try:
                 await ws.connect()
                 await ws.account_subscribe(pubkey=self._account, commitment=net.commitment,
@@ -1042,61 +779,10 @@ class _AccountSignal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # polling carries on without it
-                log.debug("job subscription on %s ended: %s", _host(net.ws_url),
+                log.debug("job subscription on %s ended: %s", url_host(net.ws_url),
                           type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 3)
-
-
-# --------------------------------------------------------------------------- error text
-
-
-def _scrub(text: str) -> str:
-    """Drop URLs from ``text`` (they may carry keys) and keep it to one short line."""
-    words = []
-    for word in text.split():
-        if "://" in word:
-            word = _host(word.strip("'\"()<>,")) or "<url>"
-        words.append(word)
-    line = " ".join(words)
-    return line if len(line) <= 300 else line[:299] + "…"
-
-
-def _rpc_error_text(exc: RPCException) -> str:
-    error = exc.args[0] if exc.args else exc
-    message = getattr(error, "message", None)
-    return _scrub(str(message if message is not None else error))
-
-
-def _retryable_rpc_error(text: str) -> bool:
-    lowered = text.lower()
-    return any(word in lowered for word in (
-        "too many requests", "rate limit", "behind", "unhealthy", "timed out", "timeout",
-        "temporarily", "try again",
-    ))
-
-
-def _transport_reason(exc: BaseException) -> tuple[str, bool]:
-    """``(reason, retry)`` for a transport failure, without the URL."""
-    cause: BaseException | None = exc
-    while isinstance(cause, SolanaRpcException) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, httpx2.HTTPStatusError):
-        status = cause.response.status_code
-        if status in (401, 403):
-            return f"HTTP {status} (the RPC URL's key is missing or wrong)", False
-        return f"HTTP {status}", status == 429 or status >= 500
-    if isinstance(cause, (TimeoutError, httpx2.TimeoutException)):
-        return "timed out", True
-    if isinstance(cause, (httpx2.ConnectError, ConnectionError)):
-        return "connection refused or unreachable", True
-    if isinstance(cause, (httpx.HTTPError, httpx2.HTTPError, OSError)):
-        return type(cause).__name__, True
-    return type(cause).__name__ if cause is not None else "error", True
-
-
-def _failure_message(what: str, cluster: str, logs: Sequence[str], err: str) -> str:
-    reason = chain.program_error_message(logs) or _scrub(err)
-    return f"{what} failed on {cluster}: {reason}"
-
+            if not await backoff.wait():
+                return

@@ -19,6 +19,7 @@ from solders.pubkey import Pubkey
 from nosana_magic.network.ipfs import PinataClient
 from nosana_magic.network.markets import MAINNET_MARKETS
 from nosana_magic.network.solana import SolanaNetwork
+from nosana_magic.transport import Retry
 from nosana_magic.wallet import Wallet
 
 from .chain import FakeChain
@@ -122,14 +123,14 @@ class FakeSolana:
 
     def pinata_client(self, jwt: str | None = PINATA_JWT) -> PinataClient:
         return PinataClient(jwt, api_url=self.pinata_url, gateway=self.gateway,
-                            attempts=2, backoff_s=0.01, env={})
+                            retry=Retry(first=0.01, attempts=2))
 
     def network(self, **overrides: Any) -> SolanaNetwork:
         """A ``SolanaNetwork`` pointed at the fakes, with short waits for tests."""
         kwargs: dict[str, Any] = dict(
             cluster=self.cluster, rpc_url=self.rpc_url, pinata=self.pinata_client(),
-            markets_api="off", poll_interval_s=0.1, retry_backoff_s=0.01,
-            request_timeout_s=5.0, confirm_timeout_s=10.0, result_grace_s=1.0, env={},
+            markets_api="off", poll_interval_s=0.1, retry=Retry(first=0.01, attempts=3),
+            request_timeout_s=5.0, confirm_timeout_s=10.0, result_grace_s=1.0,
         )
         kwargs.update(overrides)
         wallet = kwargs.pop("wallet", self.wallet)

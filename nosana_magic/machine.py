@@ -1,0 +1,695 @@
+"""The state machine of one confidential job: the I/O behind its handle.
+
+The machine (docs/protocol.md §2, without the CLI's faults of docs/protocol.md §23)::
+
+    validating ─▶ (every ${…} reference resolves?) ─▶ pinning (the public placeholder)
+      ─▶ listing ─▶ queued ─▶ sending-definition (the real one, resolved only now)
+      ─▶ running (/info + /log followed) ─▶ collecting-results (inside the host's window)
+      ─▶ done
+
+It runs on the package's private loop (``runner``) and owns every call to the network and
+the host: the post and attach flows, the ledger watcher, the ``/info`` and ``/log``
+followers, sending the definition, collecting the results, draining the log and finishing.
+What it learns it writes to the job's record (:class:`~nosana_magic.record.JobRecord`, the
+state side of the handle) through the record's handful of ``_set_…`` methods; the record
+decides what to say about it. The machine keeps only its I/O: the host client, its tasks,
+the environment and namespace until the definition is sent.
+
+Nothing secret is kept longer than needed: the resolved body goes to the host and is
+dropped; every host text passes through the redactor; the environment and namespace are
+dropped when the job is done.
+
+Reaction times on the local network are set by the ledger poll (0.1 s) and the first retry
+pauses (0.1 s): no multi-second polling anywhere, so a host's "ready" and "ended" are acted
+on within about 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Literal, TypeVar
+
+from . import runner
+from .errors import NosanaError
+from .host import HostClient, HostError
+from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
+from .network.base import JobInfo, JobState, Market, Network, NetworkError
+from .outcome import Failure, first_line, redact_flow
+from .protocol import (
+    EXPIRY_MARGIN_S,
+    exposed_services,
+    format_duration,
+    service_url,
+    short_address,
+)
+from .record import JobRecord
+from .results import FlowState, LogLine, ServiceUrl
+from .settings import reference_env
+from .transport import Backoff, Retry
+
+__all__ = ["JobMachine", "Private"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long the results GET keeps trying after ``endTime``: the host's window is 60 s.
+RESULTS_TIMEOUT_S = 70.0
+#: How long the results GET tries when only the ledger says the job ended (the window may
+#: be over, or there may be none: a host that quit).
+LATE_RESULTS_TIMEOUT_S = 2.0
+#: How long to wait for the ledger to show COMPLETED/STOPPED once the results are in hand.
+LEDGER_DONE_TIMEOUT_S = 30.0
+#: How long the definition POST retries after the host took the job (it must first fetch
+#: the placeholder from IPFS).
+SEND_TIMEOUT_S = 300.0
+#: Log drain at the end: caught up once every line arrived and this much silence followed.
+LOG_IDLE_S = 0.2
+#: ... and given up after this much silence (a long replay keeps the drain going) ...
+LOG_STALL_S = 5.0
+#: ... or after this long in all, however long the replay.
+LOG_DRAIN_MAX_S = 120.0
+
+#: What a job keeps private (docs/protocol.md §11): ``"both"`` its definition and its results
+#: (the Nosana CLI's confidential job), ``"input"`` only the definition (the host pins the
+#: results publicly), ``"results"`` only the results (the definition is pinned publicly).
+Private = Literal["both", "input", "results"]
+
+
+class JobMachine:
+    """The state machine of one job. Made by the handle, started by :meth:`start`.
+
+    ``attach``: follow a job listed earlier (``job.address`` is known, the definition is
+    not) instead of posting ``definition`` (or ``source``, parsed on the loop).
+    """
+
+    def __init__(
+        self,
+        job: JobRecord,
+        network: Network,
+        *,
+        definition: JobDefinition | None,
+        source: str | dict[str, Any] | None,
+        attach: bool,
+        market: str | None,
+        node: str | None,
+        private: Private,
+        env: Mapping[str, str] | None,
+        namespace: Mapping[str, Any] | None,
+        owns_network: bool,
+        results_timeout: float,
+        retry: Retry,
+    ) -> None:
+        self.job = job
+        self.network = network
+        self.definition = definition
+        self.private = private
+        self._source = source
+        self._attach = attach
+        self._market_ref = market
+        self._node_ref = node
+        self._env = env
+        self._namespace = namespace
+        self._owns_network = owns_network
+        self._results_timeout = results_timeout
+        self._retry = retry
+        self._host: HostClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        #: What the machine's waits wait on: every write to the record notifies it.
+        self.changes = job._changes
+        #: Set once the machine is closing its clients (a stop then has nothing to do).
+        self._finishing = False
+        self._ledger_error: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        """Run the machine on the package's loop (returns at once)."""
+        if self._task is not None:
+            return
+        if runner.in_runner_thread():
+            self._launch()
+        else:
+            runner.run_sync(self._launch_async(), timeout=10)
+
+    async def _launch_async(self) -> None:
+        self._launch()
+
+    def _launch(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._main())
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the machine's loop, from whichever loop the caller is on."""
+        loop = self._loop
+        assert loop is not None, "the machine was not started"
+        if asyncio.get_running_loop() is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    # ------------------------------------------------------------------ stop, extend
+
+    async def stop(self) -> None:
+        """End the job (returns once the host or the ledger accepted it)."""
+        job = self.job
+        if job.done or self._finishing:
+            return  # ended meanwhile: nothing to stop
+        if job.address is None:
+            # Not listed yet: the machine sees the flag before listing (and does not list).
+            job._set_stop_requested(True)
+            return
+        if job.state is not None and job.state.done:
+            return
+        # Set while a stop is being sent (the machine then expects the host's refusals);
+        # put back if the stop did not go through.
+        before = job._stop_requested
+        job._set_stop_requested(True)
+        try:
+            await self._send_stop(job.address)
+        except BaseException:
+            if not job.done and not self._finishing:
+                job._set_stop_requested(before)
+            raise
+
+    async def _send_stop(self, address: str) -> None:
+        job = self.job
+        if job.state is JobState.RUNNING and job.node is not None:
+            try:
+                await self._host_client().stop()
+                job._mark("stop-sent")
+                return
+            except HostError as exc:
+                log.info("host stop failed (%s); stopping on the ledger", exc)
+            except RuntimeError:
+                if self._finishing:
+                    return  # the machine closed the client: the job is ending anyway
+                raise
+        if self._finishing:
+            return
+        if job.state is None or not job.state.done:
+            try:
+                await self.network.stop(address)
+                job._mark("stop-sent")
+            except NetworkError:
+                # Already ended meanwhile? Then there is nothing to stop.
+                info = await self.network.job(address)
+                if not info.state.done:
+                    raise
+
+    async def extend(self, seconds: int) -> None:
+        assert self.job.address is not None
+        await self.network.extend(self.job.address, seconds)
+        self.job._extended(seconds)
+
+    # ------------------------------------------------------------------ the run
+
+    async def _main(self) -> None:
+        job = self.job
+        try:
+            if self._attach:
+                await self._attach_flow()
+            else:
+                await self._post_flow()
+        except asyncio.CancelledError:
+            # The process is exiting (the runner cancels every task): stop the job rather than
+            # leave it running, and paid for, with nobody to collect its results; briefly.
+            self._fail(Failure("the job client was shut down"))
+            await self._abandon(timeout=3)
+        except (NosanaError, Failure) as exc:
+            self._fail(exc)
+            await self._abandon()
+        except Exception as exc:  # a bug: keep the handle consistent, say what happened
+            log.exception("job %s: unexpected error", job.address)
+            detail = self.job._redactor.redact(str(exc).splitlines()[0] if str(exc) else "")
+            self._fail(Failure(f"internal error: {type(exc).__name__}: {detail}"))
+            await self._abandon()
+        finally:
+            await self._finish()
+
+    def _fail(self, error: BaseException) -> None:
+        text = self.job._redactor.redact(first_line(error))
+        log.info("job %s failed: %s", self.job.address, text)
+        self.job._fail(error)
+
+    async def _abandon(self, timeout: float = 10) -> None:
+        """After a failure: a listed job that is not done is stopped (so it does not run, and
+        cost, until its timeout)."""
+        job = self.job
+        if job.address is None or (job.state is not None and job.state.done):
+            return
+        deadline = time.monotonic() + timeout
+        if job.state is JobState.RUNNING and job.node is not None:
+            # Like stop(): the host first, one bounded POST (a ledger stop on Solana is a
+            # transaction, which rarely fits these budgets), then the ledger.
+            try:
+                host = self._host_client()
+                await asyncio.wait_for(host.stop(timeout=timeout / 2), timeout / 2 + 0.5)
+                job._warn(f"job {job.address} was stopped after the failure")
+                return
+            except (NosanaError, RuntimeError, asyncio.TimeoutError) as exc:
+                log.info("host stop after the failure failed (%s); stopping on the ledger", exc)
+        try:
+            remaining = max(0.5, deadline - time.monotonic())
+            await asyncio.wait_for(self.network.stop(job.address), remaining)
+            job._warn(f"job {job.address} was stopped after the failure")
+        except (NosanaError, asyncio.TimeoutError) as exc:
+            job._warn(f"could not stop job {job.address}: {exc}")
+
+    async def _finish(self) -> None:
+        self._finishing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._host is not None:
+            await self._host.aclose()
+        if self._owns_network:
+            try:
+                await self.network.aclose()
+            except Exception:  # closing must not hide the outcome
+                log.debug("closing the network failed", exc_info=True)
+        # Drop what is no longer needed and could hold secrets.
+        self._env = None
+        self._namespace = None
+        self.job._settle()
+
+    def _host_client(self) -> HostClient:
+        job = self.job
+        assert job.address is not None and job.node is not None
+        if self._host is None:
+            self._host = HostClient(
+                self.network.node_url(job.node),
+                job.address,
+                self.network.wallet,
+                retry=self._retry,
+                # Looked up per call: the redactor is known only once the definition is resolved.
+                redact=lambda text: self.job._redactor.redact(text),
+            )
+        return self._host
+
+    def _ledger_done(self) -> bool:
+        state = self.job.state
+        return state is not None and state.done
+
+    def _env_map(self) -> Mapping[str, str]:
+        return self._env if self._env is not None else reference_env()
+
+    # -- posting a new job ---------------------------------------------------------------
+
+    def _validate(self) -> JobDefinition:
+        """The definition, parsed and with every reference resolvable: nothing leaves this
+        machine before that."""
+        definition = self.definition
+        if definition is None:
+            source = self._source
+            definition = (
+                parse_job_definition(source) if isinstance(source, str)
+                else validate_job_definition(source)
+            )
+            self.definition = definition
+        definition.check_references(env=self._env_map(), namespace=self._namespace or {})
+        return definition
+
+    async def _post_flow(self) -> None:
+        job = self.job
+        job._set_phase("validating")
+        definition = self._validate()
+        placeholder = definition.placeholder(
+            send=self.private != "results", receive=self.private != "input")
+        market = await self._resolve_market()
+        job._set_market(market)
+        if market.job_timeout and job.timeout > market.job_timeout:
+            raise Failure(
+                f"timeout {format_duration(job.timeout)} exceeds market {market.slug}'s "
+                f"longest job ({format_duration(market.job_timeout)})"
+            )
+        if self.job._stop_requested:
+            return
+
+        job._set_phase("pinning")
+        cid = await self.network.pin(placeholder)
+        if self.job._stop_requested:
+            return
+
+        job._set_phase("listing")
+        listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
+        job._listed(listing.job)
+        job._set_phase("queued")
+        self._tasks.append(asyncio.create_task(self._watch_ledger()))
+        if self.job._stop_requested:
+            await self.stop()
+        await self._follow_job(definition)
+
+    async def _resolve_market(self) -> Market:
+        ref = self._market_ref
+        if ref is not None:
+            return await self.network.market(ref)
+        name = self.network.name
+        if name != "local":
+            raise Failure(f"choose a market on {name} (--market or NOSANA_MARKET)")
+        markets = await self.network.markets()
+        if not markets:
+            raise Failure("the local network has no market")
+        ready = [m for m in markets if m.idle_hosts > 0]
+        return (ready or markets)[0]
+
+    # -- following a listed job ----------------------------------------------------------
+
+    async def _attach_flow(self) -> None:
+        job = self.job
+        assert job.address is not None
+        info = await self.network.job(job.address)
+        wallet = self.network.wallet.address
+        if info.project and info.project != wallet:
+            raise Failure(f"job {job.address} was posted by {info.project}, not by this wallet "
+                          f"({wallet}): its host will not answer us")
+        job._set_ledger(info)
+        try:
+            job._set_market(await self.network.market(info.market))
+        except NetworkError:
+            job._set_market(None)
+        job._set_phase("queued" if info.state is JobState.QUEUED else "running")
+        self._tasks.append(asyncio.create_task(self._watch_ledger()))
+        await self._follow_job(None)
+
+    async def _follow_job(self, definition: JobDefinition | None) -> None:
+        """From queued to done: wait for a host, send the definition, follow the run, collect
+        the results, wait for the ledger's end, drain the log."""
+        job = self.job
+        if not await self._wait_for_host():
+            return  # ended before it ran (delisted): nothing to collect
+        job._mark("running")
+        self._precompute_urls(definition)
+        host = self._host_client()
+        streams = HostStreams(job, self._retry)
+        log_task = asyncio.create_task(streams.follow_logs(host))
+        self._tasks += [log_task, asyncio.create_task(streams.follow_info(host))]
+        if definition is not None and not self._ledger_done():
+            job._set_phase("sending-definition")
+            await self._send_definition(host, definition)
+        job._set_phase("running")
+        await self._until_ended()
+        if self.job._info_end is not None:
+            job._mark("end-seen")
+        flow = await self._collect()
+        if flow is not None:
+            self._take_flow(flow)
+        # The ledger's final state (the host completes the job after the window), bounded.
+        await self.changes.wait_for(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
+        await streams.drain_logs(host, log_task, flow)
+
+    async def _wait_for_host(self) -> bool:
+        """Queued: until a host takes the job (True) or it ends without running (False)."""
+        job = self.job
+        horizon = job.timeout + EXPIRY_MARGIN_S + 24 * 3600.0
+        running = await self.changes.wait_for(
+            lambda: job.node is not None or self._ledger_done() or self._ledger_error is not None,
+            horizon,
+        )
+        if not running:
+            raise Failure(f"job {job.address} was not taken by a host")
+        if job.node is None and not self._ledger_done() and self._ledger_error is not None:
+            raise Failure(f"lost track of job {job.address}: {self._ledger_error}", lost=True)
+        return job.node is not None
+
+    async def _send_definition(self, host: HostClient, definition: JobDefinition) -> None:
+        """Resolve the definition (only now) and POST it to the host; the body is not kept."""
+        resolved = definition.resolve(env=self._env_map(), namespace=self._namespace or {})
+        self.job._set_redactor(resolved.redactor)
+        send = asyncio.create_task(host.send_definition(resolved.body, timeout=SEND_TIMEOUT_S))
+        del resolved
+        send.add_done_callback(lambda _task: self.changes.notify())
+
+        # A job stopped or ended meanwhile makes the POST pointless: stop trying.
+        def pointless() -> bool:
+            return self.job._stop_requested or self._ledger_done() or self.job._info_end is not None
+
+        await self.changes.wait_for(lambda: send.done() or pointless(), SEND_TIMEOUT_S + 5)
+        if not send.done():
+            send.cancel()
+            await asyncio.gather(send, return_exceptions=True)
+        if send.cancelled():
+            return
+        try:
+            send.result()  # raises the HostError of a refused definition
+            self.job._mark("definition-sent")
+        except HostError:
+            # Stopped before the host took the definition: that refusal is expected.
+            if not self.job._stop_requested:
+                raise
+
+    def _ended(self) -> bool:
+        """The host says the flow ended, the ledger says the job ended, or its expiry passed
+        (the host then ends it)."""
+        expiry = self.job.expires_at
+        return (self.job._info_end is not None or self._ledger_done()
+                or (expiry is not None and time.time() >= expiry))
+
+    async def _until_ended(self) -> None:
+        """Wait for the end, following extensions: the bound is re-computed from the current
+        expiry on every wake-up, and the wait also wakes when the expiry is due (so reaching
+        it is noticed at once). Raises if the job outlives its expiry by ``EXPIRY_MARGIN_S``
+        without the host, the ledger or the clock saying it ended."""
+        job = self.job
+        fallback_start = time.time()  # only when the ledger has not shown a start time
+        while not self._ended():
+            now = time.time()
+            expiry = job.expires_at or (fallback_start + job.timeout)
+            remaining = expiry + EXPIRY_MARGIN_S - now
+            if remaining <= 0:
+                raise Failure(f"job {job.address} did not end within {EXPIRY_MARGIN_S:g} s "
+                              "of its expiry", lost=True)
+            to_expiry = expiry - now
+            await self.changes.wait_for(self._ended, min(to_expiry, remaining) if to_expiry > 0
+                              else remaining)
+
+    # -- results -------------------------------------------------------------------------
+
+    async def _collect(self) -> FlowState | None:
+        """The private results (or, for send-only jobs, the public ones on IPFS).
+
+        Polled from the moment the end is seen, inside the host's window. The window closes
+        before the ledger shows the job done, so once the ledger says done the polling gets
+        only a short grace (a host that quit never opens a window at all). Attaching after
+        the end, that grace bounds the polls; an answer under way still gets its request
+        timeout.
+        """
+        if self.private == "input":
+            return await self._public_result()
+        host = self._host_client()
+        self.job._set_phase("collecting-results")
+        late = self.job._info_end is None and self._ledger_done()
+        timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout
+        fetch = asyncio.create_task(host.results(timeout=timeout))
+        fetch.add_done_callback(lambda _task: self.changes.notify())
+        try:
+            await self.changes.wait_for(lambda: fetch.done() or self._ledger_done(), timeout + 1)
+            if not fetch.done():
+                # Late, the GET's own bound already is the short grace: what runs past it is
+                # an answer under way (a long result on a busy machine), given its request
+                # timeout. Otherwise the ledger's end cuts the polling short.
+                grace = timeout + host.request_timeout if late else LATE_RESULTS_TIMEOUT_S
+                await asyncio.wait({fetch}, timeout=grace)
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+                raise HostError(
+                    host.base_url,
+                    f"GET /job/{self.job.address}/results",
+                    f"the job ended ({self.job.state}) without the host serving its results",
+                    gave_up=True,
+                )
+            flow = fetch.result()
+        except HostError as exc:
+            if self.job._stop_requested or self.job.state is JobState.STOPPED:
+                self.job._warn(f"no results: {exc}")
+                return None
+            raise
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+        self.job._mark("results")
+        return flow
+
+    async def _public_result(self) -> FlowState | None:
+        """Send-only jobs: the host pins the full result publicly; read it from IPFS."""
+        def published() -> bool:
+            info = self.job.ledger
+            return self._ledger_done() and info is not None and bool(info.ipfs_result)
+
+        await self.changes.wait_for(published, LEDGER_DONE_TIMEOUT_S + self._results_timeout)
+        info = self.job.ledger
+        fetch: Callable[[str], Awaitable[Any]] | None = getattr(self.network, "fetch", None)
+        if info is None or not info.ipfs_result or fetch is None:
+            self.job._warn("the public result could not be read")
+            return None
+        document = await fetch(info.ipfs_result)
+        try:
+            flow = FlowState.model_validate(document)
+        except ValueError:
+            raise Failure("the public result is not a flow state") from None
+        self.job._mark("results")
+        return flow
+
+    def _take_flow(self, flow: FlowState) -> None:
+        """Hand the results to the job, every host text in them redacted."""
+        if self.job._redactor:
+            flow = redact_flow(flow, self.job._redactor.redact)
+        self.job._set_flow(flow)
+
+    # -- ledger --------------------------------------------------------------------------
+
+    async def _watch_ledger(self) -> None:
+        job = self.job
+        assert job.address is not None
+        backoff = self._retry.backoff()
+        last: JobInfo | None = None
+        while True:
+            try:
+                async for info in self.network.watch(job.address):
+                    # A new watch() yields the current state first: only a change is progress
+                    # (else watch, fail, watch again would never run out of retries).
+                    if info == last:
+                        continue
+                    last = info
+                    backoff.reset()
+                    job._set_ledger(info)
+                return
+            except NetworkError as exc:
+                if not await backoff.wait():
+                    self._ledger_error = str(exc)
+                    job._warn(f"stopped following the ledger: {exc}")
+                    self.changes.notify()
+                    return
+
+    # -- URLs ----------------------------------------------------------------------------
+
+    def _precompute_urls(self, definition: JobDefinition | None) -> None:
+        """Public service URLs are known before the job runs, where the network has a domain."""
+        domain = self.network.service_domain()
+        address = self.job.address
+        if definition is None or domain is None or address is None:
+            return
+        urls = [
+            ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
+                          port=service.port, op_id=service.op_id)
+            for service in exposed_services(definition.to_dict(), address)
+        ]
+        if urls:
+            self.job._set_urls(urls)
+
+    def __repr__(self) -> str:
+        return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"
+
+
+class HostStreams:
+    """The host's ``/info`` and ``/log`` streams of one job, followed on the loop into the
+    job's record. A stream that dies is resumed after a pause for as long as the job can live
+    (its expiry plus ``EXPIRY_MARGIN_S``, moved along with an extension); at the end the
+    log is drained, so that every line the host sent is in the record."""
+
+    def __init__(self, job: JobRecord, retry: Retry) -> None:
+        self.job = job
+        self._retry = retry
+        self._last_log_at = 0.0
+        self._container_lines = 0
+        #: The streams whose interruption was noted in the job's warnings.
+        self._interrupted: set[str] = set()
+
+    def _stream_retry(self) -> Backoff:
+        """How long a dead host stream is retried: slowly, for as long as the job can live
+        (the machine cancels the followers once the job is done). Pause with
+        :meth:`_resume`, which moves the bound along with an extension."""
+        return Retry(first=1.0, cap=5.0, attempts=100_000, total=60.0).backoff(
+            self._stream_lifetime(0.0)
+        )
+
+    def _stream_lifetime(self, elapsed: float) -> float:
+        """A stream retry loop's total bound, ``elapsed`` seconds after it began: until the
+        job's current expiry plus ``EXPIRY_MARGIN_S`` (at least 60 s in all)."""
+        job = self.job
+        expiry = job.expires_at or (time.time() + job.timeout)
+        return max(60.0, elapsed + expiry + EXPIRY_MARGIN_S - time.time())
+
+    async def _resume(self, backoff: Backoff) -> bool:
+        """``backoff.wait()`` with the bound re-computed from the job's current expiry."""
+        backoff.total = self._stream_lifetime(backoff.elapsed)
+        return await backoff.wait()
+
+    async def _keep_following(self, stream: str, exc: HostError, resume: Backoff) -> bool:
+        """A host stream failed: whether to resume it (after a pause). The first failure is
+        noted in the job's warnings; one that retrying cannot fix ends the stream."""
+        if not exc.gave_up:
+            self.job._warn(f"stopped following {stream}: {exc}")
+            self.job._changes.notify()
+            return False
+        if stream not in self._interrupted:
+            self._interrupted.add(stream)
+            self.job._warn(f"{stream} interrupted (resuming): {exc}")
+        if not await self._resume(resume):
+            self.job._changes.notify()
+            return False
+        return True
+
+    async def follow_info(self, host: HostClient) -> None:
+        """Follow ``/info`` (status, URLs, ``endTime``) until the event that has ``endTime``.
+
+        A stream that gave up is resumed: losing ``/info`` would mean noticing the end only
+        from the ledger, after the host's results window.
+        """
+        resume = self._stream_retry()
+        while True:
+            try:
+                async for event in host.info(timeout=self._retry.total):
+                    self.job._set_info(event)
+                return
+            except HostError as exc:
+                if not await self._keep_following("/info", exc, resume):
+                    return
+
+    async def follow_logs(self, host: HostClient) -> None:
+        """Follow ``/log`` until cancelled; resumed from the cursor after the client gave up."""
+        resume = self._stream_retry()
+        while True:
+            try:
+                async for entry in host.logs(since=host.log_cursor):
+                    line = LogLine.from_log_entry(entry, self.job._redactor.redact)
+                    if line.stream != "node":
+                        self._container_lines += 1
+                    self._last_log_at = time.monotonic()
+                    self.job._add_log(line)
+            except HostError as exc:
+                if not await self._keep_following("/log", exc, resume):
+                    return
+
+    async def drain_logs(self, host: HostClient, log_task: asyncio.Task[Any],
+                         flow: FlowState | None) -> None:
+        """Let the ``/log`` stream catch up before it is closed.
+
+        Caught up means: connected (not between reconnects), every container line the
+        results hold has arrived, and nothing new for ``LOG_IDLE_S`` (the host's closing
+        progress lines). A replay that is still delivering lines keeps the drain going, so
+        attaching to a long finished job gets every line; silence for ``LOG_STALL_S`` or
+        ``LOG_DRAIN_MAX_S`` in all ends it.
+        """
+        expected = sum(
+            1 for op in (flow.op_states if flow is not None else [])
+            for entry in op.logs if entry.type in ("stdout", "stderr")
+        )
+        start = time.monotonic()
+        while not log_task.done():
+            now = time.monotonic()
+            idle = now - max(self._last_log_at, start)
+            if host.log_connected and self._container_lines >= expected and idle >= LOG_IDLE_S:
+                return
+            if idle >= LOG_STALL_S or now - start >= LOG_DRAIN_MAX_S:
+                return
+            await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
