@@ -47,10 +47,6 @@ from .waiting import PATIENCE, until
 #: ``stop_timeout`` bounds a stop that takes well under a second.
 FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0,
         "stop_grace": 0.5}
-#: The devnode's behaviours from before its hosts followed the real host's (each a named
-#: ``DevNodeConfig`` setting), for the client tests written against them.
-OLDER_DEVNODE = {"log_payload": True, "results_values": True, "keep_log_history": True,
-                 "info_last_event": "final-status", "term_process_group": True}
 
 #: This session's temporary directory (set by ``session_sandbox``). Every devnode the session
 #: starts, in this process or in a subprocess, makes its job directories below it, and the
@@ -521,6 +517,6 @@ def shell() -> Iterator[InteractiveShell]:
 def shell_devnode() -> Iterator[DevNode]:
     """One devnode for a module of shell tests (the magics reach it through
     ``NOSANA_DEVNODE_URL``): starting one per test would dominate their time."""
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05, stop_grace=0.5,
-                 **OLDER_DEVNODE) as node:  # type: ignore[arg-type]
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05,
+                 stop_grace=0.5) as node:
         yield node

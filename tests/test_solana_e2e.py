@@ -32,7 +32,6 @@ from nosana_magic.network.base import JobState
 from nosana_magic.network.markets import MAINNET_MARKETS
 from nosana_magic.network.solana import SolanaNetwork
 from nosana_magic.protocol import cid_to_digest
-from tests.conftest import OLDER_DEVNODE
 from tests.fakes.bridge import ChainBridge
 from tests.fakes.solana_env import NOS, PINATA_JWT, FakeSolana
 from tests.waiting import PATIENCE
@@ -66,7 +65,7 @@ def mainnet(tmp_path: Path) -> Iterator[tuple[FakeSolana, DevNode, ChainBridge]]
     config = DevNodeConfig(
         hosts=2, pickup_delay=None, results_window=10, sse_interval=0.05, stop_timeout=30,
         markets=[MarketConfig("nvidia-4090", "NVIDIA 4090", price=PRICE, job_timeout=86_400)],
-        stop_grace=0.5, **OLDER_DEVNODE,  # type: ignore[arg-type]
+        stop_grace=0.5,
     )
     with DevNode(config) as devnode, FakeSolana(pinata_store=devnode.ipfs) as env:
         env.fund(sol=0.1, nos=10)

@@ -165,10 +165,7 @@ def _start_devnode() -> tuple[DevNode, bool]:
             from ..devnode import DevNode
         except ImportError as exc:  # pragma: no cover - the devnode ships with the package
             raise NetworkError(f"the local network is not available: {exc}") from None
-        # The client still reads the devnode's older shapes (op ids on log lines, results
-        # values): its own local network keeps them for now.
-        node = DevNode(log_payload=True, results_values=True, keep_log_history=True,
-                       info_last_event="final-status", term_process_group=True)
+        node = DevNode()
         try:
             node.start()
         except Exception as exc:
