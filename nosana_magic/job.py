@@ -78,9 +78,11 @@ T = TypeVar("T")
 
 #: How long a stop is waited for: a Ctrl-C does not cancel it, and it goes on after that.
 STOP_WAIT_S = 60.0
-#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for (the
-#: host winds it down within seconds), so that what is said next is final.
-END_WAIT_S = 10.0
+#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for, so
+#: that what is said next is final: a host stops containers as ``docker stop`` does (10 s
+#: before a program that ignores SIGTERM is killed, docs/protocol.md §9), then hands out the
+#: results.
+END_WAIT_S = 30.0
 
 # --------------------------------------------------------------------------- the registry
 

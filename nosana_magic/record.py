@@ -179,9 +179,7 @@ class JobRecord:
             self.flow.status if self.flow is not None
             else None if self._info is None else self._info.status)
         if word == "waiting-for-result" and self.flow is not None:
-            word = final_status(self.flow)
-            # A host ends an expired job "success" (docs/protocol.md §9): its raw word.
-            return "success" if word == "expired" else word
+            return _host_word(self.flow)
         return word
 
     @property
@@ -428,3 +426,16 @@ class JobRecord:
         self._emit("phase")
         self._emit("done")
         self._future.set_result(self)
+
+
+def _host_word(flow: FlowState) -> str:
+    """The end status a host gives a flow, worked out from its results (docs/protocol.md §9):
+    ``success`` once every op ran, whatever their exit codes, and on expiry or a stop through
+    its API; ``failed`` for its own errors, which show as an op it could not start;
+    ``stopped``, ``validation-error`` … as the op states and errors say."""
+    word = final_status(flow)
+    if word not in ("failed", "expired"):
+        return word
+    could_not_start = any(op.status == "failed" and op.start_time is None
+                          for op in flow.op_states)
+    return "failed" if could_not_start else "success"
