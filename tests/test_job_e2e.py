@@ -237,6 +237,38 @@ def test_either_order_of_the_last_info_event_gives_the_same_handle(
     assert [line.op_id for line in job.logs if line.container] == ["a", "b", "b"]
 
 
+def test_results_agree_between_the_devnode_and_a_nosana_hosts_shape(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    """Single, repeated and non-matching regexes, and one without groups: the values the
+    handle gives on the devnode are those of the flat match arrays a Nosana host makes
+    (docs/protocol.md §14), with the regexes known or not."""
+    from nosana_magic.outcome import ops_and_results, result_groups
+    from nosana_magic.results import FlowState
+
+    rules = {"acc": "acc=([0-9.]+)", "loss": "loss=([0-9.]+)", "f1": "f1=(.*)",
+             "seen": "loss=[0-9.]+"}
+    document = definition(op("a", "echo 'loss=0.5'; echo 'loss=0.25'; echo 'acc=0.9'",
+                             results=rules))
+    job = _run(net, document)
+    assert job.ok, job._error_line()
+    # What a Nosana host stores for these lines (whole match, then the groups, per line).
+    nosana = {"acc": ["acc=0.9", "0.9"], "loss": ["loss=0.5", "0.5", "loss=0.25", "0.25"],
+              "f1": [], "seen": ["loss=0.5", "loss=0.25"]}
+    assert job.flow is not None and job.flow.op_states[0].results == nosana
+    flow = FlowState.model_validate({"status": "waiting-for-result", "opStates": [{
+        "operationId": "a", "status": "success", "exitCode": 0, "results": nosana}]})
+    for groups in (result_groups(document), None):
+        outcome = ops_and_results(flow, stopped_by_you=False, groups=groups)
+        assert outcome.results == dict(job.results) == {"acc": 0.9, "loss": 0.25,
+                                                        "seen": "loss=0.25"}
+        assert outcome.every == {"acc": [0.9], "loss": [0.5, 0.25], "f1": [],
+                                 "seen": ["loss=0.5", "loss=0.25"]}
+        assert outcome.matches == dict(job.matches)
+    assert job.results.all("loss") == [0.5, 0.25] and job.results.all("f1") == []
+    assert job.matches["loss"] == [["loss=0.5", "0.5"], ["loss=0.25", "0.25"]]
+
+
 def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwork,
                                                 sent: dict[str, list[str]]) -> None:
     """Correctness bound (catches a return to multi-second polling), not a benchmark."""
