@@ -108,7 +108,8 @@ def _widgets_available() -> bool:
 
 
 def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
-    """The stream a log line is shown on, and its text (prefixed with its op, no newline).
+    """The stream a log line is shown on, and its text (prefixed with its op, ``[?]`` when it
+    could not be told; no newline).
 
     Host messages (``node``) go to stdout as the host wrote them, marked ``· host:``: they
     are the host's commentary (a host says "finished successfully" after a failed op), never
@@ -118,7 +119,9 @@ def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
     text = line.text.rstrip("\n")
     if line.stream == "node":
         return "stdout", f"· host: {text}"
-    prefix = f"[{line.op_id}] " if line.op_id else ""
+    # A host does not say which op printed a line (docs/protocol.md §7): "[?]" marks one
+    # whose op could not be told (several ran); the results say afterwards.
+    prefix = f"[{line.op_id}] " if line.op_id else "[?] " if line.stream == "output" else ""
     return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
 
 

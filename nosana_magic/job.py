@@ -79,9 +79,11 @@ T = TypeVar("T")
 
 #: How long a stop is waited for: a Ctrl-C does not cancel it, and it goes on after that.
 STOP_WAIT_S = 60.0
-#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for (the
-#: host winds it down within seconds), so that what is said next is final.
-END_WAIT_S = 10.0
+#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for, so
+#: that what is said next is final: a host stops containers as ``docker stop`` does (10 s
+#: before a program that ignores SIGTERM is killed, docs/protocol.md §9), then hands out the
+#: results.
+END_WAIT_S = 30.0
 
 # --------------------------------------------------------------------------- the registry
 
@@ -158,12 +160,14 @@ class ConfidentialJob(JobRecord):
     done          True once the machine is done with the job (its status is final)
     reason        why the job did not succeed, in one line ("" otherwise)
     phase         where the machine is, ``validating`` … ``done`` (:attr:`status` is the verdict)
-    results       every op's ``results`` values by name (``op.name`` when two ops share one)
+    results       each ``results`` name's value, its last match (``.all(name)``: every match)
+    matches       each ``results`` name's every match, ``[whole match, group 1, …]`` per line
     ops           each op's :class:`OpResult` (status, exit code, logs, results) by op id
     urls          the services the job exposes (:class:`~nosana_magic.results.ServiceUrl`)
     logs          every line of the job's log so far (:class:`LogLine`, redacted)
-    stdout        the ops' standard output, one line per entry
-    stderr        the ops' standard error, one line per entry
+    log_warnings  why the log may lack lines (a host keeps 24,999 per op), one line each
+    stdout        the ops' standard output, one line per entry (once the results are in)
+    stderr        the ops' standard error, one line per entry (once the results are in)
     node_logs     the host's own progress lines
     flow          the host's raw results (:class:`~nosana_magic.results.FlowState`)
     result        deprecated name of ``flow`` (it goes in the next release)

@@ -36,8 +36,9 @@ from . import runner
 from .errors import NosanaError, OutcomeUnknown
 from .host import HostClient, HostError
 from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
+from .joblog import reconcile
 from .network.base import JobInfo, JobState, Market, Network, NetworkError
-from .outcome import Failure, first_line, redact_flow
+from .outcome import Failure, first_line, redact_flow, result_groups
 from .protocol import (
     EXPIRY_MARGIN_S,
     exposed_services,
@@ -46,7 +47,7 @@ from .protocol import (
     short_address,
 )
 from .record import Changes, JobRecord
-from .results import FlowState, LogLine, ServiceUrl
+from .results import FlowState, LogLine, NodeLogEntry, ServiceUrl
 from .settings import reference_env
 from .signer import Signer
 from .transport import Backoff, Retry
@@ -67,8 +68,14 @@ LEDGER_DONE_TIMEOUT_S = 30.0
 #: How long the definition POST retries after the host took the job (it must first fetch
 #: the placeholder from IPFS).
 SEND_TIMEOUT_S = 300.0
-#: Log drain at the end: caught up once every line arrived and this much silence followed.
+#: ``/info`` attempts failed in a row before the results are also polled for (bounded by
+#: the job's life), every this many seconds: the end is then not missed with ``/info``.
+INFO_FAILURES_BEFORE_PROBE = 3
+RESULTS_PROBE_PAUSE_S = 2.0
+#: Log drain at the end: caught up once every line arrived and this much silence followed ...
 LOG_IDLE_S = 0.2
+#: ... or, with lines missing (the results bring them back), after this much silence ...
+LOG_MISSING_IDLE_S = 1.0
 #: ... and given up after this much silence (a long replay keeps the drain going) ...
 LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
@@ -144,6 +151,11 @@ class JobMachine:
         self._ledger_error: str | None = None
         #: ``time.monotonic()`` when the machine started (silence counts from there at first).
         self._started_at = time.monotonic()
+        #: The results asked for while ``/info`` is down, and what they answered.
+        self._probe: asyncio.Task[None] | None = None
+        self._probed: FlowState | None = None
+        #: A job attached to: the op ids and results group counts of the host's definition.
+        self._host_shape: tuple[list[str], dict[str, dict[str, int]]] | None = None
 
     @property
     def started(self) -> bool:
@@ -480,9 +492,17 @@ class JobMachine:
         job._mark("running")
         self._precompute_urls(definition)
         host = await self._host_client()
-        streams = HostStreams(job, self._retry)
+        op_ids = self.definition.op_ids if self.definition else None
+        if op_ids is None:
+            # A job attached to: its ops and results rules from the host's copy of the
+            # definition (its values are dropped at once).
+            self._host_shape = await self._shape_from_host(host)
+            op_ids = self._host_shape[0] if self._host_shape else None
+        streams = HostStreams(job, self._retry, on_info_lost=lambda: self._probe_results(host),
+                              op_ids=op_ids)
         log_task = asyncio.create_task(streams.follow_logs(host))
-        self._tasks += [log_task, asyncio.create_task(streams.follow_info(host))]
+        self._tasks += [log_task, asyncio.create_task(streams.follow_info(host)),
+                        asyncio.create_task(streams.follow_states(host))]
         if definition is not None and not self._ledger_done():
             job._set_phase("sending-definition")
             await self._send_definition(host, definition)
@@ -492,10 +512,41 @@ class JobMachine:
             job._mark("end-seen")
         flow = await self._collect()
         if flow is not None:
-            self._take_flow(flow)
+            self._take_flow(flow, await self._result_groups(flow, host))
         # The ledger's final state (the host completes the job after the window), bounded.
         await self.changes.wait_for(self._ledger_done, LEDGER_DONE_TIMEOUT_S)
         await streams.drain_logs(host, log_task, flow)
+        if host.log_connections and (not host.log_connected or (
+                host.log_connections > 1 and host.log_connection_entries == 0)):
+            # The stream is down, or came back with an empty replay: a host does not replay a
+            # finished job's log (docs/protocol.md §7), what it sent while the socket was
+            # down is gone; the results bring back the ops' lines.
+            job._log_gap("the live log was disconnected at the end: the host's last lines "
+                         "may be missing (the ops' lines are taken from the results)")
+        log_task.cancel()
+        await asyncio.gather(log_task, return_exceptions=True)
+        if flow is not None:
+            # The log made whole: each op's lines from the results, with op and stream.
+            job._set_logs(reconcile(job.logs, {op_id: op.logs for op_id, op in job.ops.items()}))
+
+    def _probe_results(self, host: HostClient) -> None:
+        """``/info`` is down: ask for the results themselves, bounded by the job's life, so
+        that its end is not missed (each other signal may be down too)."""
+        if self._probe is not None or self._finishing:
+            return
+
+        async def probe() -> None:
+            lifetime = (self.job.expires_at or time.time() + self.job.timeout) - time.time()
+            try:
+                self._probed = await host.results(timeout=max(60.0, lifetime + EXPIRY_MARGIN_S),
+                                                  pause=RESULTS_PROBE_PAUSE_S)
+            except HostError as exc:
+                log.info("results probe of %s gave up: %s", self.job.address, exc)
+                return
+            self.job._set_window_open()
+
+        self._probe = asyncio.create_task(probe())
+        self._tasks.append(self._probe)
 
     async def _wait_for_host(self) -> bool:
         """Queued: until a host takes the job (True) or it ends without running (False)."""
@@ -539,10 +590,11 @@ class JobMachine:
                 raise
 
     def _ended(self) -> bool:
-        """The host says the flow ended, the ledger says the job ended, or its expiry passed
-        (the host then ends it)."""
+        """The host says the flow ended (``/info``; or its results window opened, by
+        ``/log``, ``/status`` or the results themselves), the ledger says the job ended, or
+        its expiry passed (the host then ends it). Any one suffices."""
         expiry = self.job.expires_at
-        return (self.job._info_end is not None or self._ledger_done()
+        return (self.job._info_end is not None or self.job._window_open or self._ledger_done()
                 or (expiry is not None and time.time() >= expiry))
 
     async def _until_ended(self) -> None:
@@ -578,6 +630,9 @@ class JobMachine:
             return await self._public_result()
         host = await self._host_client()
         self.job._set_phase("collecting-results")
+        if self._probed is not None:
+            self.job._mark("results")
+            return self._probed
         late = self.job._info_end is None and self._ledger_done()
         timeout = LATE_RESULTS_TIMEOUT_S if late else self._results_timeout
         fetch = asyncio.create_task(host.results(timeout=timeout))
@@ -631,11 +686,35 @@ class JobMachine:
         self.job._mark("results")
         return flow
 
-    def _take_flow(self, flow: FlowState) -> None:
+    async def _result_groups(self, flow: FlowState,
+                             host: HostClient) -> dict[str, dict[str, int]] | None:
+        """Each results regex's group count (where one match ends in a results value,
+        docs/protocol.md §14): from the definition, or the host's copy of it for a job
+        attached to; None when neither is known."""
+        if self.definition is not None:
+            return result_groups(self.definition.to_dict())
+        if self._host_shape is None and any(op.results for op in flow.op_states):
+            self._host_shape = await self._shape_from_host(host)
+        return self._host_shape[1] if self._host_shape else None
+
+    @staticmethod
+    async def _shape_from_host(host: HostClient,
+                               ) -> tuple[list[str], dict[str, dict[str, int]]] | None:
+        """The op ids and results regexes' group counts of the host's copy of the
+        definition, or None when the host does not give it (yet)."""
+        document = await host.definition()
+        ops = document.get("ops") if document else None
+        if not document or not isinstance(ops, list):
+            return None
+        ids = [str(op.get("id")) for op in ops if isinstance(op, dict)]
+        return ids, result_groups(document)
+
+    def _take_flow(self, flow: FlowState,
+                   groups: dict[str, dict[str, int]] | None = None) -> None:
         """Hand the results to the job, every host text in them redacted."""
         if self.job._redactor:
             flow = redact_flow(flow, self.job._redactor.redact)
-        self.job._set_flow(flow)
+        self.job._set_flow(flow, groups=groups)
 
     # -- ledger --------------------------------------------------------------------------
 
@@ -754,11 +833,17 @@ class HostStreams:
     (its expiry plus ``EXPIRY_MARGIN_S``, moved along with an extension); at the end the
     log is drained, so that every line the host sent is in the record."""
 
-    def __init__(self, job: JobRecord, retry: Retry) -> None:
+    def __init__(self, job: JobRecord, retry: Retry, *,
+                 on_info_lost: Callable[[], None] | None = None,
+                 op_ids: list[str] | None = None) -> None:
         self.job = job
         self._retry = retry
+        #: The job's op ids, where its definition is known.
+        self._op_ids = op_ids
+        self._on_info_lost = on_info_lost
         self._last_log_at = 0.0
         self._container_lines = 0
+        self._gaps_seen = 0
         #: The streams whose interruption was noted in the job's warnings.
         self._interrupted: set[str] = set()
 
@@ -785,6 +870,8 @@ class HostStreams:
     async def _keep_following(self, stream: str, exc: HostError, resume: Backoff) -> bool:
         """A host stream failed: whether to resume it (after a pause). The first failure is
         noted in the job's warnings; one that retrying cannot fix ends the stream."""
+        if stream == "/info" and self._on_info_lost is not None:
+            self._on_info_lost()  # the end must not be missed with it
         if not exc.gave_up:
             self.job._warn(f"stopped following {stream}: {exc}")
             self.job._changes.notify()
@@ -806,27 +893,79 @@ class HostStreams:
         resume = self._stream_retry()
         while True:
             try:
-                async for event in host.info(timeout=self._retry.total):
+                async for event in host.info(timeout=self._retry.total,
+                                             on_retry=self._info_retried):
                     self.job._set_info(event)
                 return
             except HostError as exc:
                 if not await self._keep_following("/info", exc, resume):
                     return
 
+    def _info_retried(self, attempt: int, why: str) -> None:
+        """``/info`` failed ``attempt`` times in a row: from the third, the end must not
+        depend on it (a host whose stream answers 500 for good still serves the results)."""
+        if attempt < INFO_FAILURES_BEFORE_PROBE or "/info failing" in self._interrupted:
+            return
+        self._interrupted.add("/info failing")
+        self.job._warn(f"/info failing ({why}); its end is watched for by the other signals "
+                       "and by polling the results")
+        if self._on_info_lost is not None:
+            self._on_info_lost()
+
     async def follow_logs(self, host: HostClient) -> None:
-        """Follow ``/log`` until cancelled; resumed from the cursor after the client gave up."""
+        """Follow ``/log`` until cancelled; resumed where it stopped after the client gave up.
+
+        A container line goes to its op when that can be known (docs/protocol.md §7: the
+        host does not say): when exactly one op runs, by the host's last ``/info``. The
+        host's line that it opens the results window is a signal of the end.
+        """
         resume = self._stream_retry()
         while True:
             try:
-                async for entry in host.logs(since=host.log_cursor):
-                    line = LogLine.from_log_entry(entry, self.job._redactor.redact)
-                    if line.stream != "node":
+                async for entry in host.logs():
+                    line = LogLine.from_log_entry(entry, self.job._redactor.redact,
+                                                  op_id=self._running_op())
+                    if line.container:
                         self._container_lines += 1
+                    elif _opens_results_window(entry):
+                        self.job._set_window_open()
                     self._last_log_at = time.monotonic()
+                    self._note_gaps(host)
                     self.job._add_log(line)
             except HostError as exc:
                 if not await self._keep_following("/log", exc, resume):
                     return
+
+    def _running_op(self) -> str | None:
+        """The op a live container line comes from, when it can be known: the only op (by
+        the definition, or the host's last ``/info``), or the only one running by that."""
+        if self._op_ids is not None and len(self._op_ids) == 1:
+            return self._op_ids[0]
+        info = self.job._info
+        if info is None:
+            return None
+        if len(info.op_states) == 1:
+            return info.op_states[0].operation_id
+        running = [op.operation_id for op in info.op_states if op.status == "running"]
+        return running[0] if len(running) == 1 else None
+
+    def _note_gaps(self, host: HostClient) -> None:
+        if host.log_gaps > self._gaps_seen:
+            self._gaps_seen = host.log_gaps
+            self.job._log_gap("the live log may have missed lines while it reconnected (the "
+                              "host's history no longer held them); the results bring back "
+                              "the ops' lines")
+
+    async def follow_states(self, host: HostClient) -> None:
+        """Follow ``/status`` for the host's word that it opened the results window; a
+        host without the route, or one that stops answering it, is left alone (the other
+        signals of the end remain)."""
+        try:
+            async for state in host.states():
+                if state == "awaiting-result-send":
+                    self.job._set_window_open()
+        except HostError as exc:
+            log.debug("not following /status of %s: %s", self.job.address, exc)
 
     async def drain_logs(self, host: HostClient, log_task: asyncio.Task[Any],
                          flow: FlowState | None) -> None:
@@ -846,8 +985,17 @@ class HostStreams:
         while not log_task.done():
             now = time.monotonic()
             idle = now - max(self._last_log_at, start)
-            if host.log_connected and self._container_lines >= expected and idle >= LOG_IDLE_S:
+            caught_up = self._container_lines >= expected or idle >= LOG_MISSING_IDLE_S
+            if host.log_connected and caught_up and idle >= LOG_IDLE_S:
                 return
             if idle >= LOG_STALL_S or now - start >= LOG_DRAIN_MAX_S:
                 return
             await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
+
+
+def _opens_results_window(entry: NodeLogEntry) -> bool:
+    """A host's line that it is opening the results window: it resolves the results
+    (docs/protocol.md §10), as a Nosana host (``JobExternalUtil.resolveResult``) and the
+    devnode write it."""
+    return entry.method == "JobExternalUtil.resolveResult" or entry.log.startswith(
+        ("Resolving job results", "Waiting for the results to be collected"))

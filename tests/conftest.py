@@ -46,7 +46,8 @@ from .waiting import PATIENCE, until
 #: short. The results window closes as soon as the results are collected, so it can be long
 #: enough that a loaded machine never misses it (tests that wait one out set a short one);
 #: ``stop_timeout`` bounds a stop that takes well under a second.
-FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0}
+FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0,
+        "stop_grace": 0.5}
 
 #: This session's temporary directory (set by ``session_sandbox``). Every devnode the session
 #: starts, in this process or in a subprocess, makes its job directories below it, and the
@@ -563,5 +564,6 @@ def shell() -> Iterator[InteractiveShell]:
 def shell_devnode() -> Iterator[DevNode]:
     """One devnode for a module of shell tests (the magics reach it through
     ``NOSANA_DEVNODE_URL``): starting one per test would dominate their time."""
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05) as node:
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05,
+                 stop_grace=0.5) as node:
         yield node

@@ -139,9 +139,11 @@ def test_a_confidential_job_runs_on_credits_end_to_end(
     # Money first: what it can cost and what is there, before anything was listed.
     assert ("local: market local-cpu at $0.055/h in credits, timeout 10m → at most $0.0092; "
             "credits: $5.00 available") in out
-    assert out.index("credits: $5.00 available") < out.index("[train] epoch 1")
-    # Live logs, private results, a private URL.
-    assert "[train] loss=0.125" in out
+    assert out.index("credits: $5.00 available") < out.index("epoch 1")
+    # Live logs (two ops run at once: a live line's op is not known until the results say),
+    # private results, a private URL.
+    assert "loss=0.125" in out
+    assert [line.text for line in run.ops["train"].logs] == ["epoch 1", "loss=0.125"]
     assert run.results == {"loss": 0.125}
     [url] = run.urls
     assert url.private and url.op_id == "web" and fetched[-1] == 200

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nosana_magic.devnode.ledger import SYSTEM_ADDRESS
 from nosana_magic.wallet import Wallet
 
 from .conftest import PLACEHOLDER, definition, op, processes_of_jobs
@@ -121,15 +122,17 @@ def _running_job(url: str, cmd: str) -> str:
                           json={"ipfsHash": cid, "market": "local-cpu", "timeout": 120},
                           headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
                                    "x-user-id": wallet.address}).json()["job"]
+        # The official job shape names the system address as node until a host takes it.
         deadline = time.monotonic() + PATIENCE
-        while client.get(f"/api/jobs/{job}").json()["node"] is None:
-            assert time.monotonic() < deadline
+        while client.get(f"/api/jobs/{job}").json()["node"] in (None, SYSTEM_ADDRESS):
+            assert time.monotonic() < deadline, "no host took the job"
             time.sleep(0.05)
         node = client.get(f"/api/jobs/{job}").json()["node"]
         path = f"/node/{node}/job/{job}/job-definition"
+        deadline = time.monotonic() + PATIENCE
         while client.post(path, json=definition(op("long", cmd)),
                           headers={"Authorization": wallet.auth_header(cid)}).status_code != 200:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the host did not take the definition"
             time.sleep(0.05)
     return str(job)
 

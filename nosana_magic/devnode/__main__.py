@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds a host waits for GET /results (default 60)")
     parser.add_argument("--pickup-delay", type=float, default=0.2, metavar="S",
                         help="seconds before an idle host takes a queued job (default 0.2)")
+    parser.add_argument("--stop-grace", type=float, default=10.0, metavar="S",
+                        help="seconds a stopped op gets before it is killed, as docker stop "
+                        "(default 10)")
+    parser.add_argument("--colors", action="store_true",
+                        help="node log lines in ANSI colours, as a host in a terminal writes them")
     parser.add_argument("--legacy-routes", action="store_true",
                         help="also serve the pre-2025-10 node routes (/job-definition/:id …)")
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
@@ -58,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hosts=args.hosts,
         results_window=args.results_window,
         pickup_delay=args.pickup_delay,
+        stop_grace=args.stop_grace,
+        node_log_colors=args.colors,
         legacy_routes=args.legacy_routes,
         workdir=args.workdir,
         port=args.port,

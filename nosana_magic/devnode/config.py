@@ -38,7 +38,12 @@ def _default_markets() -> list[MarketConfig]:
 
 @dataclass
 class DevNodeConfig:
-    """How a :class:`~nosana_magic.devnode.DevNode` behaves. Times are in seconds."""
+    """How a :class:`~nosana_magic.devnode.DevNode` behaves. Times are in seconds.
+
+    By default the hosts behave as Nosana's own host does (docs/devnode.md says where they
+    still differ, and why). The settings under "older devnode behaviours" bring back what
+    devnodes did before they followed the real host, for tests written against it.
+    """
 
     #: Emulated hosts, spread round-robin over the markets (every market gets one first).
     hosts: int = 2
@@ -57,8 +62,23 @@ class DevNodeConfig:
     ws_auth_expiry: float = 300.0
     #: How long a WebSocket may stay open without sending its first message.
     ws_first_message_timeout: float = 120.0
-    #: How long stopping a job's processes may take before the devnode gives up on them.
+    #: Docker's stop grace (``docker stop`` waits 10 s): on a stop, an op's main process gets
+    #: SIGTERM only if it handles it (a container's PID 1 ignores the signals it does not
+    #: handle), and whatever of the op still runs this many seconds later is killed (exit
+    #: 137). The flow's ``endTime`` comes after that, as on a Nosana host.
+    stop_grace: float = 10.0
+    #: How long stopping a job's processes may take beyond ``stop_grace`` before the devnode
+    #: gives up on them.
     stop_timeout: float = 10.0
+    #: What the last ``/info`` event of a job says. A Nosana host sets the final status with
+    #: ``endTime``, then overwrites it with ``waiting-for-result`` when it opens the results
+    #: window, and its stream polls once a second: which of the two the last event shows is a
+    #: race (docs/protocol.md §6). ``"waiting-for-result"`` is how it usually goes;
+    #: ``"final-status"`` gives the other order.
+    info_last_event: Literal["waiting-for-result", "final-status"] = "waiting-for-result"
+    #: Node log lines (not container output) carry ANSI colour codes, as a host run in a
+    #: terminal writes them.
+    node_log_colors: bool = False
     #: Serve the pre-2025-10 node routes (``/job-definition/:id``, ``/job-result/:id`` …).
     legacy_routes: bool = False
     faults: Faults = field(default_factory=Faults)
@@ -83,3 +103,23 @@ class DevNodeConfig:
     #: ``@nosana/api`` 2.1.8 returns it) or a whole ``message:signature`` header (as older
     #: services did). Clients must take both (docs/protocol.md §24).
     signing_answer: Literal["signature", "header"] = "signature"
+
+    # -- older devnode behaviours (each differs from a Nosana host) ---------------------------
+    #: ``/log`` entries carry ``payload: {opId, stream}`` (which op and stream a container line
+    #: came from, ``{opId}`` on an op's progress lines); Nosana hosts send no payload.
+    log_payload: bool = False
+    #: Results values are the first group of each match (else the whole match): a string for
+    #: one match, a list for several, no key when nothing matched; Nosana hosts keep every
+    #: match array (docs/protocol.md §14).
+    results_values: bool = False
+    #: A finished job's ``/log`` and ``/status`` history is still replayed to new subscribers;
+    #: a Nosana host clears it once the job is done.
+    keep_log_history: bool = False
+    #: After an uncollected results window the flow's status goes back to the final one, so a
+    #: late ``GET /results`` answers 400; on a Nosana host it stays ``waiting-for-result``
+    #: and the late GET still answers 200.
+    close_results_window: bool = False
+    #: A stop sends SIGTERM to every process of an op at once and keeps what they print
+    #: meanwhile (exit 143 within ``stop_grace``); on a Nosana host ``docker stop`` signals
+    #: only the container's PID 1 and the op's log stream ends at the stop.
+    term_process_group: bool = False
