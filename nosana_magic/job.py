@@ -532,6 +532,23 @@ def _open(
     return open_network(chosen, on_notice=on_notice), True
 
 
+def _job_settings(settings: Settings | None, *, market: str | None,
+                  timeout: str | int | None, pay: str | None) -> Settings:
+    """``settings`` (default: from the environment) with a call's own arguments over them."""
+    base = settings or Settings.from_env()
+    if market is not None:
+        base = base.with_overrides(market=market)
+    if pay is not None:
+        base = base.with_overrides(pay=pay)
+    if timeout is not None:
+        try:
+            seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)
+        except DurationError as exc:
+            raise JobFailed(f"timeout: {exc}") from None
+        base = base.with_overrides(timeout=seconds)
+    return base
+
+
 def run_confidential(
     definition: str | dict[str, Any] | JobDefinition,
     *,
@@ -564,17 +581,7 @@ def run_confidential(
     goes. Failures do not raise here: check ``job.ok`` or call ``job.raise_for_status()``.
     """
     _check_private(private)
-    base = settings or Settings.from_env()
-    if market is not None:
-        base = base.with_overrides(market=market)
-    if pay is not None:
-        base = base.with_overrides(pay=pay)
-    if timeout is not None:
-        try:
-            seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)
-        except DurationError as exc:
-            raise JobFailed(f"timeout: {exc}") from None
-        base = base.with_overrides(timeout=seconds)
+    base = _job_settings(settings, market=market, timeout=timeout, pay=pay)
     net, owns = _open(network, settings=base, on_notice=on_notice)
     parsed = definition if isinstance(definition, JobDefinition) else None
     source = definition if not isinstance(definition, JobDefinition) else None

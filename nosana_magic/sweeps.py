@@ -26,12 +26,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from . import runner
-from .errors import JobFailed, JobInterrupted, MissingResult, ParamError
-from .job import END_WAIT_S, STOP_WAIT_S, ConfidentialJob, _open
+from .errors import JobInterrupted, MissingResult, ParamError
+from .job import END_WAIT_S, STOP_WAIT_S, ConfidentialJob, _job_settings, _open
 from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
 from .outcome import first_line
 from .params import ParamSet, check_params, param_sets
-from .protocol import DurationError, parse_duration
 from .settings import Settings, reference_env
 from .store import Store, StoreError, open_store
 from .table import Row, Table
@@ -311,20 +310,6 @@ def _definition(definition: str | dict[str, Any] | JobDefinition) -> JobDefiniti
     return validate_job_definition(definition)
 
 
-def _settings(settings: Settings | None, market: str | None,
-              timeout: str | int | None) -> Settings:
-    base = settings or Settings.from_env()
-    if market is not None:
-        base = base.with_overrides(market=market)
-    if timeout is not None:
-        try:
-            seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)
-        except DurationError as exc:
-            raise JobFailed(f"timeout: {exc}") from None
-        base = base.with_overrides(timeout=seconds)
-    return base
-
-
 def sweep(
     definition: str | dict[str, Any] | JobDefinition,
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any,
@@ -336,6 +321,7 @@ def sweep(
     network: str | Network | None = None,
     node: str | None = None,
     private: Private = "both",
+    pay: str | None = None,
     wait: bool = True,
     env: Mapping[str, str] | None = None,
     namespace: Mapping[str, Any] | None = None,
@@ -355,12 +341,13 @@ def sweep(
     parsed = _definition(definition)
     sets = param_sets(params)
     check_params(parsed.param_names, sets)
-    parsed.check_references(env=reference_env() if env is None else env,
-                            namespace=namespace or {}, params=sets[0])
+    for one in sets:  # each job's definition as it will be sent, before anything is pinned
+        parsed.check_resolved(env=reference_env() if env is None else env,
+                              namespace=namespace or {}, params=one)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ParamError(f"parallel: expected a whole number of jobs, at least 1, got "
                          f"{parallel!r}")
-    base = _settings(settings, market, timeout)
+    base = _job_settings(settings, market=market, timeout=timeout, pay=pay)
     runs = _make_runs(parsed, sets, base, name=name or time.strftime("sweep-%Y%m%d-%H%M%S"),
                       parallel=parallel, network=network, node=node, private=private,
                       env=env, namespace=namespace, on_notice=on_notice)
