@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 #: The node a job shows on chain when it was stopped before any host took it.
 SYSTEM_ADDRESS = "11111111111111111111111111111111"
 
-EventKind = Literal["phase", "log", "urls", "state", "done"]
+#: ``logs``: the log was made whole from the results (it replaces the lines seen live).
+EventKind = Literal["phase", "log", "logs", "urls", "state", "done"]
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,7 @@ class JobRecord:
         for warning in log.missing:
             self.log_warnings.append(warning)
             self._warn(warning)
+        self._emit("logs")
         self._emit("state")
 
     def _log_gap(self, warning: str) -> None:

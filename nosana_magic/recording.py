@@ -83,6 +83,10 @@ class _Recording:
                 return
             self._skip = 0
             self.recorder.append_logs((line,))
+        elif event.kind == "logs":
+            # The live lines could not all say their op and stream; the results' can.
+            self._skip = 0
+            self.recorder.replace_logs(self.job.logs)
         elif event.kind == "done":
             self.finish()
         else:

@@ -563,6 +563,8 @@ class JobRecorder:
         self._fields: dict[str, Any] = {}
         self._lines: list[LineLike] = []
         self._dropped = 0
+        #: The pending lines replace the job's stored log (:meth:`replace_logs`).
+        self._replacing = False
         self.finished = False
         #: Taken over by another recorder of this process: what comes here is not written.
         self.disowned = False
@@ -619,6 +621,17 @@ class JobRecorder:
         if pending > before:
             self.store._writer.touch(self, pending)
 
+    def replace_logs(self, lines: Iterable[LineLike]) -> None:
+        """The job's whole log, made again (from a host's results): it replaces what was
+        stored from the live stream, which could not tell every line's op and stream."""
+        with self._lock:
+            if self.disowned:
+                return
+            self._lines = list(lines)[:MAX_PENDING_LINES]
+            self._dropped, self._replacing = 0, True
+            pending = len(self._lines)
+        self.store._writer.touch(self, pending, urgent=True)
+
     def finish(self, **fields: Any) -> None:
         """The last fields of a job that ended; the writer commits them at once."""
         self.update(**fields)
@@ -626,19 +639,22 @@ class JobRecorder:
             self.finished = True
         self.store._writer.touch(self, urgent=True)
 
-    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool]:
+    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool, bool]:
         with self._lock:
             fields, self._fields = self._fields, {}
             lines, self._lines = self._lines, []
             dropped, self._dropped = self._dropped, 0
-            return fields, lines, dropped, self.finished
+            replacing, self._replacing = self._replacing, False
+            return fields, lines, dropped, self.finished, replacing
 
-    def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int) -> None:
+    def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int,
+                   replacing: bool) -> None:
         """A batch that could not be committed goes back in front of what came since."""
         with self._lock:
             self._fields = {**fields, **self._fields}
             self._lines = lines + self._lines
             self._dropped += dropped
+            self._replacing = self._replacing or replacing
 
     def __repr__(self) -> str:
         return f"<JobRecorder {self.key[:8]} {self.store.path}>"
@@ -672,7 +688,7 @@ class _Batch:
     inserts: list[dict[str, Any]]
     takeovers: list[str]
     sweeps: list[tuple[str, dict[str, Any]]]
-    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool]]
+    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool, bool]]
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
@@ -872,12 +888,12 @@ class _Writer:
                     self._sweeps = sweeps + self._sweeps
                     for key, rec in dirty.items():
                         self._dirty.setdefault(key, rec)
-                for rec, fields, lines, dropped, _ in batches.values():
-                    rec._give_back(fields, lines, dropped)
+                for rec, fields, lines, dropped, _, replacing in batches.values():
+                    rec._give_back(fields, lines, dropped, replacing)
         finally:
             for waiter in waiters:
                 waiter.set()
-        for key, (_, _, _, _, finished) in batches.items():
+        for key, (_, _, _, _, finished, _) in batches.items():
             if finished:
                 with self._lock:
                     self._live.pop(key, None)
@@ -922,7 +938,9 @@ class _Writer:
                 conn.execute("UPDATE jobs SET writer = ?, pid = ?, hostname = ?, seen_at = ? "
                              "WHERE key = ?", (writer, os.getpid(), _HOSTNAME, stamp, key))
                 self._logs.pop(key, None)
-            for rec, fields, lines, dropped, finished in batch.jobs.values():
+            for rec, fields, lines, dropped, finished, replacing in batch.jobs.values():
+                if replacing:
+                    self._clear_log(conn, rec.key)
                 self._write_job(conn, rec, fields, lines, dropped, finished, stamp)
             if heartbeat:
                 with self._lock:
@@ -957,6 +975,11 @@ class _Writer:
             self._append(conn, key, lines, dropped, rec._redact())
 
     # -- log chunks -------------------------------------------------------------------------
+
+    def _clear_log(self, conn: sqlite3.Connection, key: str) -> None:
+        conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
+        conn.execute("UPDATE jobs SET log_lines = 0, log_dropped = 0 WHERE key = ?", (key,))
+        self._logs.pop(key, None)
 
     def _log_state(self, conn: sqlite3.Connection, key: str) -> _LogState:
         state = self._logs.get(key)

@@ -148,6 +148,24 @@ def test_logs_come_back_in_order_as_a_stream_or_a_range(store: Store) -> None:
     assert store.job(rec.key).log_lines == 5001 and not store.job(rec.key).log_truncated
 
 
+def test_a_log_made_whole_replaces_the_live_lines_once(store: Store) -> None:
+    # Live lines first (their op and stream not known), then the log rebuilt from the
+    # results, then a line after it: the store holds the rebuilt log and that line, once.
+    rec = store.record(network="local")
+    rec.append_logs([Line(None, "output", f"live {i}", time.time()) for i in range(300)])
+    assert store.flush()
+    rec.replace_logs([Line("train", "stderr" if i % 2 else "stdout", f"line {i}", time.time())
+                      for i in range(200)])
+    rec.append_logs([Line(None, "node", "Job finished", time.time())])
+    rec.finish(status="succeeded")
+    assert store.flush()
+    got = list(store.iter_logs(rec.key))
+    assert [g.text for g in got] == [f"line {i}" for i in range(200)] + ["Job finished"]
+    assert [g.index for g in got] == list(range(201))
+    assert (got[1].op_id, got[1].stream) == ("train", "stderr")
+    assert store.job(rec.key).log_lines == 201
+
+
 def test_a_long_log_keeps_its_first_and_last_part_and_says_so(tmp_path: Path) -> None:
     limit = 400_000
     store = Store(tmp_path / "runs.sqlite3", max_log_bytes=limit)
