@@ -237,6 +237,15 @@ def _timestamp_s(value: str | int | float | None) -> float:
 LogStream = Literal["stdout", "stderr", "output", "node"]
 
 
+def _shown(raw: str, redact: Callable[[str], str]) -> str:
+    """A host's text as a log line shows it: redacted, then without ANSI escapes. Redacted
+    first, because a secret may hold an escape sequence itself; again after, for one that a
+    colour code interrupted."""
+    text = redact(_strip_newline(raw))
+    plain = strip_ansi(text)
+    return text if plain is text else redact(plain)
+
+
 @dataclass(frozen=True)
 class LogLine:
     """One line of a job's log: an op's output (``stdout``, ``stderr``, or ``output`` when the
@@ -276,7 +285,7 @@ class LogLine:
         else:
             op_id = named if isinstance(named, str) else None
         stamp = entry.timestamp if entry.timestamp else None
-        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
+        return cls(op_id, stream, _shown(entry.log, redact),
                    _timestamp_s(stamp))
 
     @classmethod
@@ -284,7 +293,7 @@ class LogLine:
                     redact: Callable[[str], str] = _same) -> LogLine:
         """A line of an op's log in the results (any stream but stdout is shown as stderr)."""
         stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
-        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
+        return cls(op_id, stream, _shown(entry.log, redact),
                    _timestamp_s(entry.timestamp))
 
 
