@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 from .network.markets import format_usd
 from .protocol import format_duration, short_address
-from .runner import call_soon, get_loop, in_runner_thread, run_sync
+from .runner import call_and_wait, call_soon, get_loop, in_runner_thread, run_sync
 
 if TYPE_CHECKING:
     import asyncio
@@ -679,19 +679,13 @@ class WidgetView(JobView):
     # -- main thread ---------------------------------------------------------------------
 
     def _last_output(self) -> None:
-        done = threading.Event()
-
         def final() -> None:
-            try:
-                if self.job.done:
-                    self._finalise()
-                else:
-                    self._flush(force_header=True)
-            finally:
-                done.set()
+            if self.job.done:
+                self._finalise()
+            else:
+                self._flush(force_header=True)
 
-        call_soon(final)
-        done.wait(timeout=5)
+        call_and_wait(final, timeout=5)
 
     def _show_summary(self, text: str, *, final: bool) -> None:
         if not final:

@@ -129,6 +129,21 @@ def call_soon(fn: Callable[..., object], *args: object) -> None:
     get_loop().call_soon_threadsafe(fn, *args)
 
 
+def call_and_wait(fn: Callable[[], object], timeout: float) -> bool:
+    """Run ``fn()`` on the loop thread and wait for it, at most ``timeout`` seconds (from
+    another thread); True if it ran in time."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    call_soon(call)
+    return done.wait(timeout)
+
+
 def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
     """Run ``coro`` on the private loop and block until it finishes; return its result.
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 from .display import _stream_outputs, _widgets_available, format_line, in_kernel
 from .outcome import FINAL_STATUSES
 from .params import label
-from .runner import call_soon, get_loop, in_runner_thread, run_sync
+from .runner import call_and_wait, call_soon, get_loop, in_runner_thread, run_sync
 from .table import format_value
 
 if TYPE_CHECKING:
@@ -321,19 +321,13 @@ class SweepWidgetView(SweepView):
     # -- main thread ---------------------------------------------------------------------
 
     def _last_output(self) -> None:
-        done = threading.Event()
-
         def final() -> None:
-            try:
-                if self.runs.done:
-                    self._finalise()
-                else:
-                    self._flush(force=True)
-            finally:
-                done.set()
+            if self.runs.done:
+                self._finalise()
+            else:
+                self._flush(force=True)
 
-        call_soon(final)
-        done.wait(timeout=5)
+        call_and_wait(final, timeout=5)
 
     def _show_summary(self, text: str) -> None:
         if self._summary_handle is not None:
