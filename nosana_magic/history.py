@@ -162,6 +162,8 @@ def jobs_table(*, last: int | None = 20, sweep: str | None = None, status: str |
     """``%nosana jobs``: the recorded runs of every kernel, newest first (a sweep's in its
     order); ``status="running"`` means every job that has not finished."""
     opened = _open(settings, store)
+    # This process's own records first: a job that ended a moment ago reads as it ended.
+    opened.flush(timeout=2.0)
     finished = False if status == "running" else None
     records = opened.jobs(last=last, sweep=sweep, finished=finished,
                           status=None if status in (None, "running") else status)
