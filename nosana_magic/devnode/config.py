@@ -71,3 +71,10 @@ class DevNodeConfig:
     log_history_bytes: int = 64 * 1024 * 1024
     #: Log entries kept per op in ``opStates[].logs`` (the node's cap).
     op_log_cap: int = 24_999
+    #: The token a client must present (header ``x-nosana-local-token``) on the ledger, IPFS
+    #: and control routes; the node API and services are open as on a host (``None``: no
+    #: token asked). Kept out of the repr.
+    token: str | None = field(default=None, repr=False)
+    #: Seconds with no job and no request after which :attr:`DevNode.stop_requested` is set
+    #: (``None``: never).
+    idle_timeout: float | None = None
