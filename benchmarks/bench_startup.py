@@ -5,7 +5,8 @@ Run: python benchmarks/bench_startup.py [--runs 5]
 Every sample is a fresh Python process (as a new kernel is), with nothing configured but a
 data dir of the benchmark's own, and times, inside that process:
 
-* ``%load_ext nosana_magic`` in an IPython shell (IPython itself imported before);
+* ``%load_ext nosana_magic`` in an IPython shell (IPython itself imported before), and in
+  one that has also loaded what an ipykernel kernel has before its first cell;
 * the local network up: ``open_network()`` until its first answer (its markets), **cold**
   (no local network running for this user: the process brings it up) and **warm** (one left
   running by an earlier process, where the checkout keeps one between processes);
@@ -27,7 +28,9 @@ from pathlib import Path
 from common import REPO, default_settings, spread, stop_default_network
 
 LOAD_EXT = """
-import json, time
+import json, sys, time
+if sys.argv[1:] == ["kernel"]:
+    import ipykernel.ipkernel  # what a Jupyter kernel has loaded before any cell
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 config = Config()
@@ -65,7 +68,9 @@ print(json.dumps({"s": time.perf_counter() - start}))
 
 
 def sample(code: str, *args: str) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOSANA_")}
+    # As an installed package runs: its bytecode cached (the first sample writes it).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NOSANA_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(REPO)
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
@@ -92,12 +97,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    sample(LOAD_EXT, "kernel")  # warm-up: bytecode written, files in the page cache
     load = [sample(LOAD_EXT) for _ in range(args.runs)]
+    in_kernel = [sample(LOAD_EXT, "kernel") for _ in range(args.runs)]
     up_cold, up_warm = cold_and_warm(NETWORK_UP, args.runs)
     job_cold, job_warm = cold_and_warm(FIRST_JOB, args.runs)
     ms = [1000 * s for s in load]
     print(f"fresh processes, {args.runs} runs each: median (min-max)")
-    print(f"  %load_ext nosana_magic:           {spread(ms, '.1f')} ms")
+    print(f"  %load_ext nosana_magic, IPython:  {spread(ms, '.1f')} ms")
+    print(f"  %load_ext nosana_magic, a kernel: {spread([1000 * s for s in in_kernel], '.1f')} ms")
     print(f"  local network up, cold:           {spread(up_cold)} s")
     print(f"  local network up, warm:           {spread(up_warm)} s")
     print(f"  first job (echo) to results, cold: {spread(job_cold)} s")
