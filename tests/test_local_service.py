@@ -217,27 +217,34 @@ def test_it_stops_when_idle_but_not_while_a_job_runs(data_dir: Path) -> None:
     assert "stopped" in (data_dir / LOG_FILE).read_text()
 
 
-def test_stop_ends_the_jobs_and_their_processes(data_dir: Path) -> None:
-    # A kernel that started a long job and then died (SIGKILL: nothing of it stopped it).
+def start_job_and_die(directory: Path, cmd: str) -> str:
+    """A kernel that starts a job running ``cmd`` (which prints ``up``), then dies (SIGKILL:
+    nothing of it stops the job); the job's address."""
     kernel = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
             from nosana_magic import run_confidential
             from nosana_magic.settings import Settings
-            job = run_confidential({text(definition(op("a", "echo up; sleep 300")))!r},
+            job = run_confidential({text(definition(op("a", cmd)))!r},
                                    settings=Settings.from_env(), wait=False, timeout=600)
             while not any(line.text == "up" for line in job.logs):
                 time.sleep(0.05)
             print(job.address, flush=True)
             time.sleep(600)
         """)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=environment(data_dir))
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=environment(directory))
     try:
         assert kernel.stdout is not None
         address = kernel.stdout.readline().strip()
     finally:
         kernel.send_signal(signal.SIGKILL)
         kernel.wait(PATIENCE)
+    assert address
+    return address
+
+
+def test_stop_ends_the_jobs_and_their_processes(data_dir: Path) -> None:
+    address = start_job_and_die(data_dir, "echo up; sleep 300")
     assert address and processes_of_jobs({address})
     settings = settings_for(data_dir)
     found = local.service_status(settings)
@@ -247,6 +254,22 @@ def test_stop_ends_the_jobs_and_their_processes(data_dir: Path) -> None:
     wait_until(lambda: not processes_of_jobs({address}), what="the job's processes killed")
     assert local.service_info(settings) is None and not (data_dir / RUNTIME_FILE).exists()
     assert local.stop_local_service(settings) is None  # nothing left to stop
+
+
+def test_a_killed_service_leaves_no_process_of_its_jobs(data_dir: Path) -> None:
+    # A kernel starts a job whose op also leaves a process in a session of its own (a daemon
+    # it started), then dies; then the service is SIGKILLed: nothing of it can act on that.
+    address = start_job_and_die(data_dir, "setsid sleep 300 & echo up; sleep 300")
+    assert len(processes_of_jobs({address})) >= 2
+    info = read_runtime(data_dir)
+    assert info is not None
+    os.kill(info.pid, signal.SIGKILL)
+    wait_until(lambda: not processes_of_jobs({address}), what="its job's processes gone")
+    wait_until(lambda: not (data_dir / RUNTIME_FILE).exists(), what="its runtime file gone")
+    assert "killed" in (data_dir / LOG_FILE).read_text()
+    # The next use starts a new one.
+    found, started = local.ensure_service(settings_for(data_dir))
+    assert started and found.pid != info.pid
 
 
 def test_attach_from_a_new_kernel_and_the_local_commands(

@@ -12,11 +12,19 @@ own child) waits until the service listens and has written its runtime file, pri
 (``ready PID URL``, or ``error: …``) and exits, so the client reaps it at once, and the
 service, in a session of its own, is nobody's child to wait for and no terminal's to hang up
 with. What the service writes goes to ``local-network.log`` beside the runtime file.
+
+On Linux the service's session starts with a *guardian*: a small process (no server loaded)
+that is a child subreaper and the service's parent. Whatever the service's job processes
+leave as orphans comes to it and is reaped; when the service dies, however it dies (SIGKILL
+included, when it cannot kill its jobs itself), every process of its jobs, now the
+guardian's, is killed and the runtime file removed. A signal to stop it is passed on to the
+service.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import signal
@@ -126,6 +134,86 @@ def _detach(log_path: Path) -> None:
     os.close(log_fd)
 
 
+def _become_subreaper() -> bool:
+    """Make this process the one orphans below it are given to (Linux ``prctl``); whether
+    it is."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+#: ``prctl`` option (linux/prctl.h).
+_PR_SET_CHILD_SUBREAPER = 36
+#: How long the guardian goes on killing what the service left.
+_SWEEP_S = 10.0
+
+
+def _guard(service: int, data_dir: Path) -> int:
+    """The guardian: reap orphans until ``service`` exits, then kill and reap every process
+    left below this one, remove the service's runtime file and exit with its status."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(service, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = 1
+    while True:
+        pid, status = os.waitpid(-1, 0)  # the service or an orphan given to us
+        if pid == service:
+            code = os.waitstatus_to_exitcode(status)
+            break
+    left = _sweep()
+    if left or code:
+        _say(f"the service ended (status {code}); killed {left} process(es) of its jobs")
+    remove_runtime(data_dir, service)
+    return 0 if code == 0 else 1
+
+
+def _sweep() -> int:
+    """SIGKILL every process below this one (each op leads a process group of its own), and
+    reap them; how many were killed. Bounded by :data:`_SWEEP_S`."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + _SWEEP_S
+    while time.monotonic() < deadline:
+        children = _children(os.getpid())
+        for child in children:
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(child, signal.SIGKILL)
+            killed.add(child)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            if not children:
+                break  # nothing below us any more
+        time.sleep(0.02)
+    return len(killed)
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid`` (``/proc``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir: Path = args.data_dir.expanduser().resolve()
@@ -142,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.close(read_fd)
     os.setsid()
     _detach(log_path)
+    if _become_subreaper():
+        service = os.fork()
+        if service:
+            os.close(write_fd)  # the launcher sees the end of the pipe if the service dies
+            return _guard(service, data_dir)
     told = False
 
     def ready(line: str) -> None:
