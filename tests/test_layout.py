@@ -87,6 +87,7 @@ PACED_SLEEPS = {
                                  "DevNode._watch_idle"},  # the idle check's pace
     "nosana_magic.devnode.monitor": {"LoopLag.run"},  # the lag probe is a paced sleep
     "nosana_magic.devnode.runtime": {"start_lock"},  # a non-blocking lock, tried in a bound
+    "nosana_magic.devnode.service": {"_sweep"},  # the guardian's kill-and-reap, in a bound
     "nosana_magic.network.local": {"stop_local_service"},  # until the service's pid is gone
     "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
     "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
