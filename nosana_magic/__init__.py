@@ -1,7 +1,8 @@
 """Run confidential GPU jobs on the Nosana network from IPython and Jupyter.
 
 ``%load_ext nosana_magic`` registers the ``%%nosana_confidential`` cell magic and the
-``%nosana`` line magic. From plain Python: ``nosana_magic.run_confidential(...)``.
+``%nosana`` line magic. From plain Python: ``nosana_magic.run_confidential(...)``, a sweep of
+jobs with ``nosana_magic.sweep(...)``, a past run with ``nosana_magic.load(address)``.
 
 Every error a user can catch is exported here; :mod:`nosana_magic.errors` draws their tree.
 """
@@ -21,6 +22,9 @@ _EXPORTS = {
     # running jobs
     "run_confidential": "job",
     "ConfidentialJob": "job",
+    "sweep": "sweeps",
+    "Runs": "sweeps",
+    "load": "history",
     "Settings": "settings",
     "parse_job_definition": "jobdef",
     "validate_job_definition": "jobdef",
@@ -35,9 +39,13 @@ _EXPORTS = {
     "WalletError": "errors",
     "JobDefinitionError": "errors",
     "SecretError": "errors",
+    "ParamError": "errors",
+    "StoreError": "errors",
     "SpendNotConfirmed": "errors",
     "NetworkError": "errors",
     "UnknownMarketError": "errors",
+    "InsufficientCreditsError": "errors",
+    "OutcomeUnknown": "errors",
     "InsufficientFundsError": "errors",
     "TransactionFailedError": "errors",
     "IpfsError": "errors",
@@ -57,6 +65,7 @@ __all__ = [
     "ConfidentialJob",
     "FlowState",
     "HostError",
+    "InsufficientCreditsError",
     "InsufficientFundsError",
     "IpfsError",
     "JobDefinition",
@@ -70,19 +79,25 @@ __all__ = [
     "MissingResult",
     "NetworkError",
     "NosanaError",
+    "OutcomeUnknown",
+    "ParamError",
+    "Runs",
     "SecretError",
     "ServiceUrl",
     "Settings",
     "SettingsError",
     "SpendNotConfirmed",
+    "StoreError",
     "TransactionFailedError",
     "UnknownMarketError",
     "Wallet",
     "WalletError",
+    "load",
     "load_ipython_extension",
     "load_wallet",
     "parse_job_definition",
     "run_confidential",
+    "sweep",
     "unload_ipython_extension",
     "validate_job_definition",
 ]
@@ -92,6 +107,7 @@ if TYPE_CHECKING:
 
     from .errors import (
         HostError,
+        InsufficientCreditsError,
         InsufficientFundsError,
         IpfsError,
         JobDefinitionError,
@@ -104,17 +120,22 @@ if TYPE_CHECKING:
         MissingResult,
         NetworkError,
         NosanaError,
+        OutcomeUnknown,
+        ParamError,
         SecretError,
         SettingsError,
         SpendNotConfirmed,
+        StoreError,
         TransactionFailedError,
         UnknownMarketError,
         WalletError,
     )
+    from .history import load
     from .job import ConfidentialJob, run_confidential
     from .jobdef import JobDefinition, parse_job_definition, validate_job_definition
     from .results import FlowState, ServiceUrl
     from .settings import Settings
+    from .sweeps import Runs, sweep
     from .wallet import Wallet, load_wallet
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
+from .network.markets import format_usd
 from .protocol import format_duration, short_address
 from .runner import call_soon, get_loop, in_runner_thread, run_sync
 
@@ -107,7 +108,8 @@ def _widgets_available() -> bool:
 
 
 def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
-    """The stream a log line is shown on, and its text (prefixed with its op, no newline).
+    """The stream a log line is shown on, and its text (prefixed with its op, ``[?]`` when it
+    could not be told; no newline).
 
     Host messages (``node``) go to stdout as the host wrote them, marked ``· host:``: they
     are the host's commentary (a host says "finished successfully" after a failed op), never
@@ -117,7 +119,9 @@ def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
     text = line.text.rstrip("\n")
     if line.stream == "node":
         return "stdout", f"· host: {text}"
-    prefix = f"[{line.op_id}] " if line.op_id else ""
+    # A host does not say which op printed a line (docs/protocol.md §7): "[?]" marks one
+    # whose op could not be told (several ran); the results say afterwards.
+    prefix = f"[{line.op_id}] " if line.op_id else "[?] " if line.stream == "output" else ""
     return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
 
 
@@ -158,12 +162,18 @@ class Summary:
     results: tuple[tuple[str, Any], ...]
     urls: tuple[ServiceUrl, ...]
     reason: str
+    #: USD, when credits pay (then ``price`` and the cost are in credits, not NOS).
+    cost_usd: float | None = None
 
     @classmethod
     def of(cls, job: ConfidentialJob) -> Summary:
         market = job.market
         price = (f"{market.nos_per_hour:.4g} NOS/h"
                  if market is not None and market.price_per_second else "")
+        cost_usd = job.cost_usd
+        if cost_usd is not None and market is not None:
+            # Paid with credits: the NOS on chain are Nosana's, the dollars are the user's.
+            price = f"{format_usd(market.usd_per_hour_with_fee or 0)}/h in credits"
         done = job.done
         return cls(
             address=job.address, network=job.network_name, status=str(job.status),
@@ -172,7 +182,7 @@ class Summary:
             ops=tuple((op_id, op.status, None if op.exit_code is None or not op.ran
                        else op.exit_code) for op_id, op in job.ops.items()),
             results=tuple(job.results.items()), urls=tuple(job.urls),
-            reason=job.reason if done else "",
+            reason=job.reason if done else "", cost_usd=cost_usd,
         )
 
     def service_status(self, url: ServiceUrl) -> str:
@@ -193,7 +203,10 @@ class Summary:
             details.append(f"market {self.market}")
         if self.node:
             details.append(f"node {self.node}")
-        if self.cost is not None:
+        if self.cost_usd is not None:
+            details.append(f"{'cost' if self.done else 'at most'} {format_usd(self.cost_usd)} "
+                           "in credits")
+        elif self.cost is not None:
             details.append(f"{'cost' if self.done else 'at most'} {_nos(self.cost)} NOS")
         if details:
             lines.append("  " + " · ".join(details))

@@ -12,15 +12,19 @@ The tree::
      │    ├── SettingsError             a setting that cannot work (names it and its source)
      │    ├── WalletError               no usable wallet (says where it looked)
      │    ├── JobDefinitionError        an invalid job definition, every problem located
-     │    ├── SecretError               a ${env:…}/${var:…} reference that does not resolve
+     │    ├── SecretError               a ${env:…}/${var:…}/${param:…} that does not resolve
+     │    ├── ParamError                a sweep's parameters that cannot work (says which and why)
      │    ├── SpendNotConfirmed         a job on a paid network that nobody confirmed
      │    ├── NetworkError              the ledger, IPFS or a market refused or is unreachable
      │    │    ├── UnknownMarketError   no such market (also a LookupError)
+     │    │    ├── OutcomeUnknown       sent, but the answer was lost: it may have taken effect
      │    │    ├── InsufficientFundsError  the wallet cannot pay; says what is missing
+     │    │    ├── InsufficientCreditsError  the API key's credits cannot pay (402)
      │    │    ├── TransactionFailedError  the cluster rejected a transaction (``logs``)
      │    │    └── IpfsError            pinning or reading a document failed, or no JWT
      │    ├── HostError                 a job's host refused a request or stopped answering
      │    ├── JobNotFound               no job of this kernel matches a reference
+     │    ├── StoreError                the local store cannot be opened or read, or lacks a job
      │    └── JobFailed                 a job that did not succeed (``raise_for_status``)
      │         ├── JobStopped           stopped by you before it finished
      │         ├── JobExpired           it reached its timeout
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostError",
+    "InsufficientCreditsError",
     "InsufficientFundsError",
     "IpfsError",
     "JobDefinitionError",
@@ -60,9 +65,12 @@ __all__ = [
     "MissingResult",
     "NetworkError",
     "NosanaError",
+    "OutcomeUnknown",
+    "ParamError",
     "SecretError",
     "SettingsError",
     "SpendNotConfirmed",
+    "StoreError",
     "TransactionFailedError",
     "UnknownMarketError",
     "WalletError",
@@ -133,6 +141,15 @@ class SecretError(NosanaError):
         """The variable names that could not be resolved, in order of appearance."""
 
 
+class ParamError(NosanaError):
+    """A sweep's parameters cannot work; the message names the option or row, and what."""
+
+
+class StoreError(NosanaError):
+    """The local store cannot be opened or read, or a job is not in it; the message says
+    which."""
+
+
 class SpendNotConfirmed(NosanaError):
     """A job on a paid network was not confirmed (declined, or nobody could be asked)."""
 
@@ -144,12 +161,27 @@ class NetworkError(NosanaError):
     """The ledger, IPFS or a market refused or could not be reached (after bounded retries)."""
 
 
+class OutcomeUnknown(NetworkError):
+    """A request that changes something (listing a job, extending it) was sent, and its
+    answer was lost: a 5xx after the work, a timeout, a transaction not confirmed in time. It
+    may have taken effect. ``job`` is the job's address when it was known before sending (on
+    chain the client makes it); a listing's job may then exist, running and paid for."""
+
+    def __init__(self, message: str, *, job: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
+
+
 class UnknownMarketError(NetworkError, LookupError):
     """A market slug that no table knows, or text that is neither a slug nor an address."""
 
 
 class InsufficientFundsError(NetworkError):
     """The wallet cannot pay for what was asked; the message says what is missing and how much."""
+
+
+class InsufficientCreditsError(NetworkError):
+    """The API key's credits do not cover what was asked; nothing was listed or added."""
 
 
 class TransactionFailedError(NetworkError):

@@ -11,7 +11,9 @@ What it does differently from the Nosana CLI (docs/protocol.md §23), on purpose
 * a 401 (or WS close 3000) whose detail is the host's on-chain lookup of the job failing is
   retried within the bound; only a signature that does not verify (the wrong wallet) and an
   expired header are final (docs/protocol.md §3);
-* the ``/log`` WebSocket reconnects without duplicating or losing lines (see :meth:`logs`);
+* the ``/log`` WebSocket reconnects without duplicating lines, finds where a new
+  connection's replay really starts (a host's history may have been cut or cleared), says
+  when lines may be missing, and keeps an entry it cannot read as raw text (see :meth:`logs`);
 * bodies are parsed as JSON whatever their content type (the host labels JSON ``text/html``);
 * when a host answers 404 on the current ``/job/{id}/…`` paths, the legacy paths of
   docs/protocol.md §8 are tried once and, if they answer, used for the rest of the client's life.
@@ -27,9 +29,13 @@ import asyncio
 import functools
 import json
 import logging
+import re
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -38,8 +44,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import HostError
 from .results import FlowState, InfoEvent, NodeLogEntry
+from .signer import Signer
 from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
-from .wallet import Wallet
 
 __all__ = [
     "Backoff",
@@ -50,6 +56,18 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class _NoFrameLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger our WebSocket connections get. websockets logs every frame at DEBUG, and
+    ours carry the job's output (and the first one our auth header): never at DEBUG, so
+    frames are not even formatted; INFO and up pass to ``websockets.client`` as usual."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WS_LOGGER = _NoFrameLog(logging.getLogger("websockets.client"), {})
 
 #: The node API's retry policy unless the caller gives one (from ~0.1 s to ~2 s, 60 s at most).
 _DEFAULT_RETRY = Retry()
@@ -164,7 +182,7 @@ class HostClient:
         self,
         base_url: str,
         job: str,
-        wallet: Wallet,
+        signer: Signer,
         *,
         http: httpx.AsyncClient | None = None,
         retry: Retry = _DEFAULT_RETRY,
@@ -172,7 +190,12 @@ class HostClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.job = job
-        self.wallet = wallet
+        #: Who signs the requests: the job's project (a wallet, or the signing service's
+        #: header for a credit job; docs/protocol.md §3, §24).
+        self.signer = signer
+        # One path segment whatever the ledger said the job is: no "/" or ".." reaches
+        # another route.
+        self._job_segment = quote(job, safe="")
         self.retry = retry
         self._redact = redact or (lambda text: text)
         self._http = http or http_client_for(self.base_url)
@@ -180,14 +203,25 @@ class HostClient:
         #: ``None`` until a route answered; ``True`` once this host was found to speak only
         #: the legacy paths of docs/protocol.md §8.
         self.legacy: bool | None = None
-        #: Log entries received from ``/log`` so far (the replay cursor, see :meth:`logs`).
+        #: Log entries received from ``/log`` so far (see :meth:`logs`).
         self.log_cursor = 0
-        #: Times a ``/log`` replay did not match what was seen before (history changed).
-        self.replay_mismatches = 0
+        #: Reconnects after which lines may be missing: the new replay started after the
+        #: last entry seen (the host's history was cut, cleared or replaced meanwhile).
+        self.log_gaps = 0
+        #: Entries that could not be read as node log entries (kept as raw text).
+        self.unreadable_entries = 0
         #: ``/log`` connections opened (1 + reconnects).
         self.log_connections = 0
         #: Whether a ``/log`` connection is open and subscribed right now.
         self.log_connected = False
+        #: ``time.monotonic()`` of the host's last answer: a response, an event or a keep-alive
+        #: of ``/info``, a ``/log`` frame (``None`` before the first).
+        self.last_answer: float | None = None
+        #: Entries the open ``/log`` connection sent so far (its replay included): none on a
+        #: reconnect means the host no longer holds the job's history (a finished job's is
+        #: cleared, docs/protocol.md §7), so what it sent meanwhile is gone.
+        self.log_connection_entries = 0
+        self._log_position = _LogPosition()
 
     def __repr__(self) -> str:
         return f"HostClient({self.base_url!r}, job={self.job!r})"
@@ -207,7 +241,7 @@ class HostClient:
     def _auth(self) -> str:
         # The host checks the signer and the timestamp, not the message (docs/protocol.md §3);
         # the job address is a message without ":" that says what the header is for.
-        return self.wallet.auth_header(self.job)
+        return self.signer.auth_header(self.job)
 
     def _headers(self, *, legacy: bool = False) -> dict[str, str]:
         header = self._auth()
@@ -220,7 +254,7 @@ class HostClient:
     def _route(self, kind: Kind, *, legacy: bool | None = None) -> tuple[str, str]:
         method, current, old = _ROUTES[kind]
         use_legacy = self.legacy if legacy is None else legacy
-        return method, (old if use_legacy else current).format(job=self.job)
+        return method, (old if use_legacy else current).format(job=self._job_segment)
 
     def _route_name(self, kind: Kind) -> str:
         method, path = self._route(kind)
@@ -228,7 +262,8 @@ class HostClient:
 
     def _message(self, response: httpx.Response) -> str:
         """The host's error string: short, one line, redacted; HTML pages are not shown."""
-        return self._redact(server_message(response)) or f"HTTP {response.status_code}"
+        # Redacted before it is shortened: a cut would leave a piece of a secret unrecognised.
+        return server_message(response, redact=self._redact) or f"HTTP {response.status_code}"
 
     def _error(
         self,
@@ -289,13 +324,15 @@ class HostClient:
         headers = self._headers(legacy=legacy)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        return await self._http.request(
+        response = await self._http.request(
             method,
             self.base_url + path,
             content=content,
             headers=headers,
             timeout=httpx.Timeout(self.request_timeout) if patient else self._timeout(backoff),
         )
+        self.last_answer = time.monotonic()
+        return response
 
     async def _until_answered(
         self,
@@ -410,7 +447,7 @@ class HostClient:
             return False  # legacy hosts have no GET for it: report the refusal
         try:
             response = await self._http.get(
-                f"{self.base_url}/job/{self.job}/job-definition",
+                f"{self.base_url}/job/{self._job_segment}/job-definition",
                 headers=self._headers(),
                 timeout=self._timeout(backoff),
             )
@@ -419,21 +456,21 @@ class HostClient:
         # The body is the real definition (with its secrets): only its status is looked at.
         return response.status_code == 200
 
-    async def results(self, *, timeout: float = 60.0) -> FlowState:
+    async def results(self, *, timeout: float = 60.0, pause: float = 0.25) -> FlowState:
         """GET the job's private results; call it as soon as ``/info`` shows ``endTime``.
 
         The host serves them only inside its results window (docs/protocol.md §10); before that it
         answers 400 "cannot get job result at this time", which is retried quickly (pauses of
-        at most 0.25 s) until ``timeout``; an answer under way gets ``request_timeout`` even
-        past it (a long result on a busy machine). The body is JSON whatever its content type. Note
-        the returned ``status`` is usually ``waiting-for-result``: see
-        :func:`results.final_status`.
+        at most ``pause`` seconds) until ``timeout``; an answer under way gets
+        ``request_timeout`` even past it (a long result on a busy machine). The body is JSON
+        whatever its content type. Note the returned ``status`` is usually
+        ``waiting-for-result``: see :func:`results.final_status`.
         """
         quick = Retry(
-            first=self.retry.first,
-            cap=min(self.retry.cap, 0.25),
+            first=min(self.retry.first, pause),
+            cap=pause,
             factor=self.retry.factor,
-            attempts=max(self.retry.attempts, 1000),
+            attempts=max(self.retry.attempts, 1000, int(timeout / max(pause, 0.01)) + 10),
             total=timeout,
         )
 
@@ -459,6 +496,21 @@ class HostClient:
             patient=True,
         )
 
+    async def definition(self) -> dict[str, Any] | None:
+        """The real definition as the host holds it (``GET /job/{job}/job-definition``), or
+        None when the host does not give it (one try). It holds the job's resolved secrets:
+        the caller reads what it needs and drops it; nothing of it is logged or raised."""
+        try:
+            response = await self._http.get(
+                f"{self.base_url}/job/{self.job}/job-definition", headers=self._headers(),
+                timeout=self.request_timeout)
+            data = json.loads(response.content) if response.status_code == 200 else None
+            if isinstance(data, str):  # a doubly encoded body
+                data = json.loads(data)
+        except (httpx.TransportError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the host to end the job now (its expiry becomes now; results stay collectable)."""
 
@@ -474,17 +526,20 @@ class HostClient:
 
     # ------------------------------------------------------------------ SSE /info
 
-    async def info(self, *, timeout: float | None = None) -> AsyncIterator[InfoEvent]:
+    async def info(self, *, timeout: float | None = None,
+                   on_retry: Callable[[int, str], None] | None = None,
+                   ) -> AsyncIterator[InfoEvent]:
         """Follow ``GET /job/{job}/info``: the job's flow as it changes, until ``endTime``.
 
         Yields each event (the host sends one at once, then one per change). Ends after the
         event that carries ``endTime``. A dropped stream is reopened with bounded backoff (the
         bound restarts whenever an event arrives); a reopened stream's first event repeats the
         last one and is skipped. 404 (the host has no flow for the job yet) is retried the
-        same way. ``timeout`` bounds each streak of failures (default: the retry policy's).
+        same way. ``timeout`` bounds each streak of failures (default: the retry policy's);
+        ``on_retry(attempt, why)`` is told of each failed attempt of a streak.
         """
         route = f"GET /job/{self.job}/info"
-        url = f"{self.base_url}/job/{self.job}/info"
+        url = f"{self.base_url}/job/{self._job_segment}/info"
         backoff = self.retry.backoff(timeout)
         last_data: str | None = None
         last = "no attempt"
@@ -499,6 +554,7 @@ class HostClient:
                     headers={**self._headers(), "Accept": "text/event-stream"},
                     timeout=request_timeout,
                 ) as response:
+                    self.last_answer = time.monotonic()
                     if response.status_code != 200:
                         await response.aread()
                         if (
@@ -512,6 +568,7 @@ class HostClient:
                     else:
                         parser = SseParser()
                         async for line in response.aiter_lines():
+                            self.last_answer = time.monotonic()  # keep-alives included
                             data = parser.feed(line)
                             if data is None or data == last_data:
                                 continue
@@ -524,6 +581,8 @@ class HostClient:
                         last = "the stream closed before the job ended"
             except httpx.TransportError as exc:
                 last = type(exc).__name__
+            if on_retry is not None:
+                on_retry(backoff.attempt + 1, last)
             if not await backoff.wait():
                 raise self._error(
                     route,
@@ -539,27 +598,28 @@ class HostClient:
 
     # ------------------------------------------------------------------ WS /log
 
-    async def logs(self, *, since: int = 0) -> AsyncIterator[NodeLogEntry]:
+    async def logs(self) -> AsyncIterator[NodeLogEntry]:
         """Follow the job's node log over the ``/log`` WebSocket (owner-signed).
 
         Yields every entry once, in order: container output (``type == "log"``) and the
         host's progress lines. It runs until the caller stops iterating (the stream has no
         end of its own); a dropped socket is reopened with bounded backoff, and giving up
-        raises :class:`HostError`.
+        raises :class:`HostError`. A later call goes on where the last one stopped.
 
-        No duplicate, no loss across reconnects: the host replays the job's whole history, in
-        order, to every new subscriber, then streams new entries, with no marker between the
-        two. So the client keeps a cursor, :attr:`log_cursor`, the number of entries seen;
-        on a new connection it skips that many entries and checks that the last skipped one
-        has the ``(timestamp, log)`` of the last entry seen. If it does not (the host's
-        history changed, e.g. the host restarted), :attr:`replay_mismatches` is counted and the
-        entries from that point on are yielded: a possible repeat rather than a silent loss.
-        ``since`` starts the cursor further on (entries already seen by an earlier client).
+        A new connection replays the host's history, then streams new entries, with no
+        marker between the two (docs/protocol.md §7); that history may start after the job's
+        first line (a capped history), or be gone (the job is done). So the replay is not
+        skipped by count: entries are timestamped in order, so every entry older than the
+        last one seen is skipped, and at that last millisecond the entries seen are skipped
+        once each. When the first new entry is not the job's first one seen and comes after
+        the last one seen, lines may be missing: :attr:`log_gaps` counts it and a warning
+        says so (the job's results have every op's lines). An entry that is not a readable
+        node log entry is kept as raw text (``type: "unreadable"``) and counted in
+        :attr:`unreadable_entries`, never dropped.
         """
         url = _to_ws_url(self.base_url)
         route = "WS /log"
-        self.log_cursor = since
-        last_key: tuple[int | None, str] | None = None
+        position = self._log_position
         backoff = self.retry.backoff()
         last = "no attempt"
         while True:
@@ -570,30 +630,30 @@ class HostClient:
                     close_timeout=2,
                     max_size=2**24,
                     proxy=None if is_loopback(url) else True,
+                    logger=_WS_LOGGER,
                 ) as ws:
                     self.log_connections += 1
                     self.log_connected = True
+                    self.last_answer = time.monotonic()
+                    self.log_connection_entries = 0
                     await ws.send(self._log_subscription())
-                    index = 0  # position in this connection's stream (replay, then live)
-                    skip = self.log_cursor
+                    replay = position.replay()
                     async for raw in ws:
-                        entry = self._log_entry(raw)
-                        if entry is None:
+                        self.last_answer = time.monotonic()
+                        found = self._log_entry(raw)
+                        if found is None:
                             continue
-                        index += 1
-                        key = (entry.timestamp, entry.log)
-                        if index < skip:
+                        entry, key = found
+                        self.log_connection_entries += 1
+                        if replay.seen_before(key, entry.timestamp):
                             continue
-                        if index == skip:
-                            if last_key is None or key == last_key:
-                                continue  # the replay is aligned with what we saw
-                            self.replay_mismatches += 1
-                            log.warning(
-                                "host %s replayed a different /log history; lines may repeat",
-                                self.base_url,
-                            )
-                        self.log_cursor = index
-                        last_key = key
+                        if replay.gap(key, entry.timestamp):
+                            self.log_gaps += 1
+                            log.warning("host %s: the /log replay after a reconnect starts "
+                                        "after the last line seen: lines may be missing",
+                                        self.base_url)
+                        position.add(key, entry.timestamp)
+                        self.log_cursor = position.count
                         backoff.reset()
                         yield entry
                     last = "the host closed the log stream"
@@ -613,10 +673,44 @@ class HostClient:
                     gave_up=True,
                 )
 
+    async def states(self) -> AsyncIterator[str]:
+        """Follow the host's state machine for the job over the ``/status`` WebSocket
+        (docs/protocol.md §7): yields each state's status (``awaiting-result-send`` when the
+        results window opens …), the history first. A dropped socket is reopened with
+        bounded backoff; giving up, or a host without the route, raises :class:`HostError`.
+        """
+        url = _to_ws_url(self.base_url)
+        route = "WS /status"
+        backoff = self.retry.backoff()
+        seen: set[str] = set()
+        last = "no attempt"
+        while True:
+            try:
+                async with ws_connect(url, open_timeout=self.request_timeout, close_timeout=2,
+                                      proxy=None if is_loopback(url) else True) as ws:
+                    await ws.send(json.dumps({"path": "/status", "header": self._auth(),
+                                              "body": {"jobAddress": self.job}}))
+                    async for raw in ws:
+                        state = _state_frame(raw)
+                        if state is None or state in seen:
+                            continue  # (a replay repeats the states seen)
+                        seen.add(state)
+                        backoff.reset()
+                        yield state
+                    last = "the host closed the status stream"
+            except ConnectionClosed as exc:
+                last = self._closed(exc, route)
+            except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
+                last = type(exc).__name__
+            if not await backoff.wait():
+                raise HostError(self.base_url, route,
+                                f"gave up after {backoff.attempt} attempts: {last}",
+                                gave_up=True)
+
     def _log_subscription(self) -> str:
         """The first frame of a ``/log`` connection: which job, signed by its owner."""
         return json.dumps({"path": "/log", "header": self._auth(),
-                           "body": {"jobAddress": self.job, "address": self.wallet.address}})
+                           "body": {"jobAddress": self.job, "address": self.signer.address}})
 
     def _closed(self, exc: ConnectionClosed, route: str) -> str:
         """Why the host closed the log socket, in one line; raises :class:`HostError` when
@@ -630,19 +724,101 @@ class HostClient:
             return problem
         return f"connection closed ({code})" if code else "connection lost"
 
-    def _log_entry(self, raw: str | bytes) -> NodeLogEntry | None:
+    def _log_entry(self, raw: str | bytes) -> tuple[NodeLogEntry, str] | None:
+        """A ``/log`` frame's entry and its text (what tells two entries apart), or None for
+        a frame of another path. What cannot be read is kept as an ``unreadable`` entry
+        holding the raw text."""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            frame = json.loads(raw)
+            frame = json.loads(text)
         except ValueError:
+            frame = None
+        if isinstance(frame, dict) and frame.get("path") not in ("log", None):
             return None
-        if not isinstance(frame, dict) or frame.get("path") != "log":
-            return None
-        data = frame.get("data")
+        data = frame.get("data") if isinstance(frame, dict) else None
+        key = data if isinstance(data, str) else text
         try:
             if isinstance(data, str):
-                return NodeLogEntry.model_validate_json(data)
+                return NodeLogEntry.model_validate_json(data), key
             if isinstance(data, dict):
-                return NodeLogEntry.model_validate(data)
+                return NodeLogEntry.model_validate(data), key
         except ValidationError:
-            return None
+            pass
+        self.unreadable_entries += 1
+        stamp = _TIMESTAMP.search(key)
+        return NodeLogEntry(log=key, type="unreadable", method=None,
+                            timestamp=int(stamp.group(1)) if stamp else None), key
+
+
+#: A timestamp in an entry's text, for an entry that could not be read otherwise.
+_TIMESTAMP = re.compile(r'"timestamp"\s*:\s*(\d+)')
+
+
+def _state_frame(raw: str | bytes) -> str | None:
+    """The status of a ``/status`` frame (``{"path": "state", "data": "<JSON>"}``)."""
+    try:
+        frame = json.loads(raw)
+        data = frame.get("data") if isinstance(frame, dict) else None
+        state = json.loads(data) if isinstance(data, str) else data
+    except ValueError:
         return None
+    status = state.get("status") if isinstance(state, dict) else None
+    return status if isinstance(status, str) else None
+
+
+@dataclass
+class _LogPosition:
+    """How far a client got in a job's ``/log`` history: enough to align a new connection's
+    replay with it (entries are timestamped in order; several may share a millisecond)."""
+
+    count: int = 0
+    first: str | None = None
+    last_ts: int | None = None
+    #: The entries seen at ``last_ts``, by text, with how many times each.
+    at_last: Counter[str] = field(default_factory=Counter)
+
+    def add(self, key: str, timestamp: int | None) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = key
+        if timestamp is None:
+            return
+        if timestamp != self.last_ts:
+            self.last_ts, self.at_last = timestamp, Counter()
+        self.at_last[key] += 1
+
+    def replay(self) -> _Replay:
+        return _Replay(self)
+
+
+class _Replay:
+    """One connection's replay, against what was seen before it."""
+
+    def __init__(self, position: _LogPosition) -> None:
+        self._position = position
+        self._last_ts = position.last_ts
+        self._left = Counter(position.at_last)
+        self._replaying = position.count > 0
+        #: Nothing came on this connection yet.
+        self._fresh = True
+
+    def seen_before(self, key: str, timestamp: int | None) -> bool:
+        """Whether this entry was seen before (an old entry the replay repeats)."""
+        if not self._replaying or timestamp is None or self._last_ts is None:
+            return False
+        if timestamp < self._last_ts or (timestamp == self._last_ts and self._left[key] > 0):
+            self._left[key] -= timestamp == self._last_ts
+            self._fresh = False
+            return True
+        self._replaying = False
+        return False
+
+    def gap(self, key: str, timestamp: int | None) -> bool:
+        """For a new entry: whether lines may be missing before it. That is when it is the
+        connection's very first entry (the replay repeated nothing seen before), not the
+        job's first line, and newer than the last line seen."""
+        fresh, self._fresh = self._fresh, False
+        position = self._position
+        if not fresh or position.count == 0 or key == position.first:
+            return False
+        return timestamp is None or self._last_ts is None or timestamp > self._last_ts

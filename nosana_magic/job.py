@@ -50,6 +50,7 @@ from .record import JobEvent, JobRecord
 from .results import FlowState, LogLine
 from .secrets import SecretError
 from .settings import Settings
+from .store import Store, StoreError, open_store
 from .transport import Retry
 
 __all__ = [
@@ -78,9 +79,11 @@ T = TypeVar("T")
 
 #: How long a stop is waited for: a Ctrl-C does not cancel it, and it goes on after that.
 STOP_WAIT_S = 60.0
-#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for (the
-#: host winds it down within seconds), so that what is said next is final.
-END_WAIT_S = 10.0
+#: How long, once a stop after Ctrl-C was accepted, the end of the job is waited for, so
+#: that what is said next is final: a host stops containers as ``docker stop`` does (10 s
+#: before a program that ignores SIGTERM is killed, docs/protocol.md §9), then hands out the
+#: results.
+END_WAIT_S = 30.0
 
 # --------------------------------------------------------------------------- the registry
 
@@ -157,12 +160,14 @@ class ConfidentialJob(JobRecord):
     done          True once the machine is done with the job (its status is final)
     reason        why the job did not succeed, in one line ("" otherwise)
     phase         where the machine is, ``validating`` … ``done`` (:attr:`status` is the verdict)
-    results       every op's ``results`` values by name (``op.name`` when two ops share one)
+    results       each ``results`` name's value, its last match (``.all(name)``: every match)
+    matches       each ``results`` name's every match, ``[whole match, group 1, …]`` per line
     ops           each op's :class:`OpResult` (status, exit code, logs, results) by op id
     urls          the services the job exposes (:class:`~nosana_magic.results.ServiceUrl`)
     logs          every line of the job's log so far (:class:`LogLine`, redacted)
-    stdout        the ops' standard output, one line per entry
-    stderr        the ops' standard error, one line per entry
+    log_warnings  why the log may lack lines (a host keeps 24,999 per op), one line each
+    stdout        the ops' standard output, one line per entry (once the results are in)
+    stderr        the ops' standard error, one line per entry (once the results are in)
     node_logs     the host's own progress lines
     flow          the host's raw results (:class:`~nosana_magic.results.FlowState`)
     result        deprecated name of ``flow`` (it goes in the next release)
@@ -172,6 +177,8 @@ class ConfidentialJob(JobRecord):
     network       the :class:`~nosana_magic.network.base.Network` the job runs on
     network_name  its name: ``local``, ``devnet`` or ``mainnet``
     definition    the job definition (``None`` for a job followed with :meth:`attach`)
+    params        its parameters, for a job of a sweep (``${param:NAME}``), else ``None``
+    placeholder   the CID of the public placeholder pinned for it
     private       what is kept private: ``both``, ``input`` or ``results``
     market        the market the job is listed on
     node          the address of the host that runs it
@@ -179,6 +186,7 @@ class ConfidentialJob(JobRecord):
     ledger        the ledger's last record of it
     price         NOS per second
     cost          NOS: what it cost once done, else the most it can cost
+    cost_usd      the same in USD when credits pay (else None)
     timeout       its timeout in seconds (extensions included)
     started_at    Unix time the host started it
     ended_at      Unix time it ended
@@ -204,14 +212,15 @@ class ConfidentialJob(JobRecord):
         address: str | None = None,
         results_timeout: float | None = None,
         retry: Retry | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         _check_private(private)
-        super().__init__(network, timeout=timeout, address=address)
+        super().__init__(network, timeout=timeout, address=address, params=params)
         attach = address is not None and definition is None and source is None
         self._machine = JobMachine(
             self, network, definition=definition, source=source, attach=attach,
             market=market, node=node, private=private, env=env, namespace=namespace,
-            owns_network=owns_network, retry=retry or Retry(),
+            owns_network=owns_network, retry=retry or Retry(), params=params,
             results_timeout=RESULTS_TIMEOUT_S if results_timeout is None else results_timeout,
         )
 
@@ -260,7 +269,14 @@ class ConfidentialJob(JobRecord):
             rows.append(("node", html.escape(self.node)))
         if self.elapsed is not None:
             rows.append(("elapsed", html.escape(format_duration(self.elapsed))))
-        if self.price is not None:
+        usd = self.cost_usd
+        if usd is not None and self.market is not None:
+            from .network.markets import format_usd
+
+            money = (f"{format_usd(self.market.usd_per_hour_with_fee or 0)}/h in credits, "
+                     f"{'cost' if self.done else 'at most'} {format_usd(usd)}")
+            rows.append(("price", html.escape(money)))
+        elif self.price is not None:
             cost = self.cost
             money = f"{self.price:.6g} NOS/s"
             if cost is not None:
@@ -296,6 +312,20 @@ class ConfidentialJob(JobRecord):
             return self
         _register(self)
         self._machine.start()
+        return self
+
+    def record_in(self, store: Store | Settings | None, **placement: Any) -> ConfidentialJob:
+        """Record the job in the local store as it goes (before :meth:`start`; the entry
+        points do it): ``store``, or the one of these settings. ``placement``: its
+        ``sweep_id`` and ``sweep_index``; ``take_over=True`` for a job followed again."""
+        from .recording import record_job
+
+        try:
+            opened = store if isinstance(store, Store) else open_store(store)
+        except StoreError as exc:
+            self._warn(f"not recorded in the local store: {exc}")
+            return self
+        record_job(self, opened, definition=lambda: self.definition, **placement)
         return self
 
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -463,10 +493,13 @@ class ConfidentialJob(JobRecord):
 
         Streams the host's replayed ``/log`` history and then the live log, and still collects
         the private results when the job ends (inside the host's window). The real definition
-        is not known here, so secret values cannot be redacted from what the host sends back.
+        is not known here: the secrets redacted from what the host sends back are the values
+        that the ``${env:NAME}`` references of its definition in the local store have in
+        this environment (none for a job the store does not hold).
         """
         net, owns = _open(network, on_notice=on_notice)
         job = cls(None, net, owns_network=owns, address=address, results_timeout=results_timeout)
+        job.record_in(network if isinstance(network, Settings) else None, take_over=True)
         job.start()
         return job.wait() if wait else job
 
@@ -507,11 +540,13 @@ def run_confidential(
     network: str | Network | None = None,
     node: str | None = None,
     private: Private = "both",
+    pay: str | None = None,
     wait: bool = True,
     env: Mapping[str, str] | None = None,
     namespace: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     on_notice: Callable[[str], None] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> ConfidentialJob:
     """Run a confidential Nosana job; returns its handle (done when ``wait`` is true).
 
@@ -521,14 +556,19 @@ def run_confidential(
     a :class:`Network`. ``private``: what is kept private, ``"both"`` (the definition and
     the results, as the Nosana CLI's confidential jobs), ``"input"`` (the host pins the
     results publicly) or ``"results"`` (the definition is pinned publicly: it must hold no
-    secret). ``env`` (default: the process environment) and ``namespace`` resolve ``${env:…}`` and
-    ``${var:…}`` just before the definition is sent to the host. Failures do not raise
-    here: check ``job.ok`` or call ``job.raise_for_status()``.
+    secret). ``pay``: ``"credits"`` (the API key in ``NOSANA_API_KEY``) or ``"wallet"``
+    (default: credits when an API key is set). ``env`` (default: the process environment) and
+    ``namespace`` resolve ``${env:…}`` and ``${var:…}`` just before the definition is sent to
+    the host; ``params`` resolve ``${param:…}`` (a sweep runs one job per parameter set:
+    :func:`nosana_magic.sweep`). The job is recorded in the local store of ``settings`` as it
+    goes. Failures do not raise here: check ``job.ok`` or call ``job.raise_for_status()``.
     """
     _check_private(private)
     base = settings or Settings.from_env()
     if market is not None:
         base = base.with_overrides(market=market)
+    if pay is not None:
+        base = base.with_overrides(pay=pay)
     if timeout is not None:
         try:
             seconds = timeout if isinstance(timeout, int) else parse_duration(timeout)
@@ -540,8 +580,9 @@ def run_confidential(
     source = definition if not isinstance(definition, JobDefinition) else None
     job = ConfidentialJob(
         parsed, net, market=base.market, timeout=base.timeout, node=node, private=private,
-        env=env, namespace=namespace, owns_network=owns, source=source,
+        env=env, namespace=namespace, owns_network=owns, source=source, params=params,
     )
+    job.record_in(base)
     job.start()
     if wait:
         job.wait()

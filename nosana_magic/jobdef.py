@@ -14,6 +14,7 @@ secret. All problems are collected, not only the first.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -45,6 +46,7 @@ from .jsonc import (
     parse_jsonc,
     typia_path,
 )
+from .jsregex import RegexError, check_pattern
 from .secrets import (
     Redactor,
     Reference,
@@ -667,7 +669,7 @@ class JobDefinition(_Model):
     Build it with :func:`parse_job_definition` (cell text, located errors) or
     :func:`validate_job_definition` (already-parsed JSON). It keeps the JSON exactly as
     written (:meth:`to_dict`), so what the host receives is what the user wrote, with only
-    ``${env:…}``/``${var:…}`` references resolved (:meth:`resolve`).
+    ``${env:…}``/``${var:…}``/``${param:…}`` references resolved (:meth:`resolve`).
     """
 
     version: Annotated[Literal["0.1"], PlainValidator(_one_of("0.1"))]
@@ -707,7 +709,8 @@ class JobDefinition(_Model):
 
     @property
     def references(self) -> list[Reference]:
-        """Every ``${env:NAME}``/``${var:NAME}`` reference, in document order."""
+        """Every ``${env:NAME}``/``${var:NAME}``/``${param:NAME}`` reference, in document
+        order."""
         return list(self._references)
 
     # -- ops and ports ---------------------------------------------------------------------
@@ -755,42 +758,101 @@ class JobDefinition(_Model):
     def _positions(self) -> Mapping[JsonPath, tuple[int, int]] | None:
         return self._doc.positions if self._doc is not None else None
 
+    @property
+    def param_names(self) -> list[str]:
+        """The names of the ``${param:NAME}`` references, each once, in document order."""
+        return list(dict.fromkeys(r.name for r in self._references if r.kind == "param"))
+
     def check_references(self, *, env: Mapping[str, str] | None = None,
-                         namespace: Mapping[str, object] | None = None) -> None:
+                         namespace: Mapping[str, object] | None = None,
+                         params: Mapping[str, object] | None = None) -> None:
         """Raise :class:`SecretError` naming every unresolvable reference; build nothing."""
         resolve_references(self.to_dict(), env=reference_env() if env is None else env,
-                           namespace=namespace or {}, positions=self._positions())
+                           namespace=namespace or {}, params=params,
+                           positions=self._positions())
 
     def missing_references(self, *, env: Mapping[str, str] | None = None,
-                           namespace: Mapping[str, object] | None = None) -> list[str]:
+                           namespace: Mapping[str, object] | None = None,
+                           params: Mapping[str, object] | None = None) -> list[str]:
         """Names of the variables that cannot be resolved (empty when all resolve)."""
         try:
-            self.check_references(env=env, namespace=namespace)
+            self.check_references(env=env, namespace=namespace, params=params)
         except SecretError as err:
             return err.names
         return []
 
-    def resolve(self, *, env: Mapping[str, str] | None = None,
-                namespace: Mapping[str, object] | None = None) -> ResolvedDefinition:
-        """The body to POST to the host: references resolved, compact JSON, size-checked.
+    def check_resolved(self, *, env: Mapping[str, str] | None = None,
+                       namespace: Mapping[str, object] | None = None,
+                       params: Mapping[str, object] | None = None) -> None:
+        """Raise what :meth:`resolve` would raise, keeping nothing it resolved.
 
-        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to empty.
+        Every reference must resolve (:class:`SecretError`), and the definition *as it will
+        be sent* must be one a host runs (:class:`JobDefinitionError`): valid, at most
+        100 kB, no NUL character for a container, dependencies that can run, results
+        patterns JavaScript compiles. Call it before pinning and listing: a job whose
+        definition the host then refuses is paid for all the same, and the host's validation
+        errors, which quote the refused values, go into its public result
+        (docs/protocol.md §11). A problem that only a reference's value makes names the
+        reference, never the value.
+        """
+        self._resolved_body(env=env, namespace=namespace, params=params)
+
+    def resolve(self, *, env: Mapping[str, str] | None = None,
+                namespace: Mapping[str, object] | None = None,
+                params: Mapping[str, object] | None = None) -> ResolvedDefinition:
+        """The body to POST to the host: references resolved, compact JSON, checked as
+        :meth:`check_resolved` checks it.
+
+        ``env`` defaults to the process environment; ``namespace`` (notebook variables) to
+        empty; ``params`` are the job's sweep parameters (``None``: not part of a sweep).
         The result's ``redactor`` hides the resolved ``${env:…}`` values in host text.
         """
+        body, secrets = self._resolved_body(env=env, namespace=namespace, params=params)
+        return ResolvedDefinition(body, Redactor(secrets), tuple(sorted(secrets)))
+
+    def _resolved_body(self, *, env: Mapping[str, str] | None,
+                       namespace: Mapping[str, object] | None,
+                       params: Mapping[str, object] | None = None
+                       ) -> tuple[bytes, dict[str, str]]:
         source = self.to_dict()
+        sizes: dict[str, int] = {}
         resolved, secrets = resolve_references(
             source, env=reference_env() if env is None else env,
-            namespace=namespace or {}, positions=self._positions())
+            namespace=namespace or {}, params=params, positions=self._positions(),
+            sizes=sizes)
         _number_ports(source, resolved, self._doc)
-        # A ${var:…} value can make a field invalid (an op id with a space, say): check again,
-        # against the original positions, before anything is sent.
-        _validate(resolved, self._doc, resolved=True)
+        # A ${var:…}/${param:…} value can make a field invalid (an op id with a space, say):
+        # check again, against the original positions, before anything is sent.
+        try:
+            _validate(resolved, self._doc, resolved=True)
+            problems = _host_problems(resolved, self._doc)
+            if problems:
+                raise JobDefinitionError(problems)
+        except JobDefinitionError as err:
+            raise JobDefinitionError([self._blame(p) for p in err.problems]) from None
         try:
             body = json.dumps(resolved, separators=(",", ":"), ensure_ascii=False).encode()
         except UnicodeEncodeError:  # a lone surrogate escape: keep it escaped
             body = json.dumps(resolved, separators=(",", ":")).encode()
-        check_body_size(body)
-        return ResolvedDefinition(body, Redactor(secrets), tuple(sorted(secrets)))
+        if len(body) > MAX_BODY_BYTES:
+            # The references that add the most (a kilobyte or more: a short value's size
+            # says too much of a secret).
+            largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+            blamed = ", ".join(f"{ref} adds {size:,}" for ref, size in largest if size >= 1024)
+            raise JobDefinitionError([Problem(
+                1, 1, "", f"job definition is {len(body):,} bytes once its references are "
+                f"resolved{f' ({blamed})' if blamed else ''}; Nosana hosts accept at most "
+                f"{MAX_BODY_BYTES:,}", "$input")])
+        return body, secrets
+
+    def _blame(self, problem: Problem) -> Problem:
+        """``problem``, found once the references were resolved, naming those that made it."""
+        refs = dict.fromkeys(f"${{{ref.kind}:{ref.name}}}" for ref in self._references
+                             if _within(ref.path, problem.path))
+        if not refs:
+            return problem
+        return dataclasses.replace(
+            problem, message=f"{problem.message} (once {', '.join(refs)} is resolved)")
 
     # -- the public placeholder ------------------------------------------------------------
 
@@ -1051,6 +1113,11 @@ def _value_at(obj: Any, path: JsonPath) -> Any:
     return obj
 
 
+def _within(inner: str, outer: str) -> bool:
+    """Whether the formatted path ``inner`` is ``outer`` or lies below it."""
+    return not outer or inner == outer or inner.startswith((outer + ".", outer + "["))
+
+
 def _rule_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
     """The rules pydantic's field types cannot express (they look across values)."""
     out: list[Problem] = []
@@ -1086,9 +1153,119 @@ def _rule_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
     return out
 
 
+def _host_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    """What a host refuses only once it runs the job, although its validator accepted the
+    definition: dependencies it cannot plan, results patterns JavaScript cannot compile, NUL
+    characters a container cannot take. Checked on the resolved definition."""
+    problems = [*_dependency_problems(obj, doc), *_pattern_problems(obj, doc),
+                *_nul_problems(obj, doc)]
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0)) if doc else problems
+
+
+def _group(op: dict[str, Any]) -> object:
+    execution = op.get("execution")
+    return execution.get("group") if isinstance(execution, dict) else None
+
+
+def _dependency_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    """``depends_on`` a host refuses (an unknown op, the op itself, an op of another
+    execution group: docs/protocol.md §13), or that can never run (a cycle: the ops would wait
+    for each other until the job's timeout)."""
+    out: list[Problem] = []
+    index = {op["id"]: i for i, op in _ops(obj) if isinstance(op.get("id"), str)}
+    ops = dict(_ops(obj))
+    edges: dict[int, list[tuple[int, JsonPath]]] = {}
+    for i, op in ops.items():
+        execution = op.get("execution")
+        depends = execution.get("depends_on") if isinstance(execution, dict) else None
+        for k, name in enumerate(depends if isinstance(depends, list) else []):
+            path: JsonPath = ("ops", i, "execution", "depends_on", k)
+            if not isinstance(name, str):
+                continue
+            if name == op.get("id"):
+                out.append(_problem(doc, path, "an op cannot depend on itself"))
+            elif name not in index:
+                out.append(_problem(doc, path, "depends_on names no op of this definition"))
+            elif _group(ops[index[name]]) != _group(op):
+                out.append(_problem(doc, path, f"ops[{index[name]}] is in another execution "
+                                               "group: hosts refuse a dependency across groups"))
+            else:
+                edges.setdefault(i, []).append((index[name], path))
+    out.extend(_problem(doc, path, f"depends_on makes a cycle ({cycle}): these ops would wait "
+                                   "for each other until the job's timeout")
+               for cycle, path in _cycles(edges))
+    return out
+
+
+def _cycles(edges: dict[int, list[tuple[int, JsonPath]]]) -> list[tuple[str, JsonPath]]:
+    """Each dependency cycle once, as ``ops[0] → ops[2] → ops[0]``, with the path of the
+    ``depends_on`` entry that closes it."""
+    found: list[tuple[str, JsonPath]] = []
+    done: set[int] = set()
+
+    def visit(node: int, trail: list[int]) -> None:
+        for target, path in edges.get(node, []):
+            if target in trail:
+                loop = [*trail[trail.index(target):], target]
+                found.append((" → ".join(f"ops[{i}]" for i in loop), path))
+            elif target not in done:
+                visit(target, [*trail, target])
+        done.add(node)
+
+    for start in sorted(edges):
+        if start not in done:
+            visit(start, [start])
+    return found
+
+
+def _pattern_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    """Results patterns JavaScript's ``RegExp`` refuses: a host would put the error's text in
+    place of the result (docs/protocol.md §14)."""
+    out: list[Problem] = []
+    for i, op in _ops(obj):
+        results = op.get("results")
+        for name, rule in (results.items() if isinstance(results, dict) else []):
+            path: JsonPath = ("ops", i, "results", name)
+            pattern = rule
+            if isinstance(rule, dict):
+                pattern, path = rule.get("regex"), (*path, "regex")
+            if not isinstance(pattern, str):
+                continue
+            try:
+                check_pattern(pattern)
+            except RegexError as err:
+                out.append(_problem(doc, path, f"results pattern: {err}"))
+    return out
+
+
+def _nul_problems(obj: object, doc: JsoncDocument | None) -> list[Problem]:
+    """A NUL character in what becomes a container's image, command, environment or paths:
+    no container can take it, so the op would fail to start."""
+    out: list[Problem] = []
+
+    def walk(value: object, path: JsonPath) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                out.append(_problem(doc, path, "a NUL character cannot be passed to a container"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    out.append(_problem(doc, (*path, key), "a NUL character cannot be passed "
+                                                           "to a container", at_key=True))
+                walk(item, (*path, key))
+        elif isinstance(value, list):
+            for k, item in enumerate(value):
+                walk(item, (*path, k))
+
+    if isinstance(obj, dict):
+        for i, op in _ops(obj):
+            walk(op.get("args"), ("ops", i, "args"))
+        walk(obj.get("global"), ("global",))
+    return out
+
+
 def _warnings(obj: object, doc: JsoncDocument | None) -> list[Problem]:
     out: list[Problem] = []
-    ids = {op.get("id") for _, op in _ops(obj)}
     for i, op in _ops(obj):
         for sub, port in _expose_ports(_args(op)):
             path = ("ops", i, "args", *sub)
@@ -1098,12 +1275,6 @@ def _warnings(obj: object, doc: JsoncDocument | None) -> list[Problem]:
                 out.append(_problem(doc, path, f"port {port} is not a whole number"))
             elif not 1 <= port <= 65535:
                 out.append(_problem(doc, path, f"port {port} is outside 1-65535"))
-        execution = op.get("execution")
-        depends = execution.get("depends_on") if isinstance(execution, dict) else None
-        for k, name in enumerate(depends if isinstance(depends, list) else []):
-            if isinstance(name, str) and name not in ids:
-                out.append(_problem(doc, ("ops", i, "execution", "depends_on", k),
-                                    "depends_on names no op of this definition"))
     return out
 
 
@@ -1132,7 +1303,7 @@ def _credential_warnings(obj: object, doc: JsoncDocument | None) -> list[Problem
     the cell, so say where it is (never what it is) and how to reference it instead."""
     out: list[Problem] = []
     for path, text in _string_leaves(obj):
-        if not text or "${env:" in text or "${var:" in text:
+        if not text or "${env:" in text or "${var:" in text or "${param:" in text:
             continue  # a reference (or nothing) is not a literal credential
         what, name = None, None
         for tail, (field, variable) in _CREDENTIAL_FIELDS.items():

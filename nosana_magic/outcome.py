@@ -11,23 +11,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from .errors import MissingResult
 from .protocol import JobState, format_duration
-from .results import FlowState, LogLine, OpState, final_status
+from .results import (
+    FlowState,
+    LogLine,
+    OpState,
+    ResultValue,
+    final_status,
+    regex_groups,
+    result_matches,
+)
+from .transport import one_line
 
 __all__ = [
     "FINAL_STATUSES",
     "Facts",
     "Failure",
+    "FlowOutcome",
     "MissingResult",
     "OpResult",
     "Phase",
     "Results",
     "ops_and_results",
     "reason",
+    "result_groups",
     "verdict",
 ]
 
@@ -78,10 +89,15 @@ class OpResult:
     host_status: str
     exit_code: int | None
     logs: list[LogLine]
+    #: Each results name's value: the last match's first group (the whole match for a
+    #: regex without groups), JSON-decoded.
     results: dict[str, Any]
     ended_by: EndedBy | None = None
     #: False when the op never started (the job ended first).
     ran: bool = True
+    #: Each results name's every match, one ``[whole match, group 1, …]`` list per matching
+    #: line, as the host found them (strings; ``None`` for a group that took no part).
+    matches: dict[str, list[list[str | None]]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -115,14 +131,29 @@ class Results(dict[str, _V]):
     """A job's results (or its ops) by name: a plain dict, except that a missing name raises
     :class:`MissingResult` saying which names exist and, if the job did not succeed, why.
 
-    ``explain(kind, key, names)`` words that line (the job knows its own state).
+    ``explain(kind, key, names)`` words that line (the job knows its own state). For results,
+    :meth:`all` gives a name's value in every match, not only the last one.
     """
 
     def __init__(self, items: Mapping[str, _V] | None = None, *, kind: str = "result",
-                 explain: Callable[[str, str, list[str]], str] | None = None) -> None:
+                 explain: Callable[[str, str, list[str]], str] | None = None,
+                 every: Mapping[str, list[Any]] | None = None) -> None:
         super().__init__(items or {})
         self._kind = kind
         self._explain = explain
+        self._every = dict(every or {})
+
+    def all(self, key: str) -> list[Any]:
+        """``key``'s value in every match, in the order the op printed them (each the
+        match's first group, or the whole match, JSON-decoded): a loss per epoch, say.
+        ``[]`` when the pattern matched nothing; a name no op has raises
+        :class:`MissingResult`."""
+        if key in self._every:
+            return list(self._every[key])
+        if key in self:
+            return [self[key]]
+        self.__missing__(key)
+        return []
 
     def __missing__(self, key: str) -> _V:
         names = [str(name) for name in self]
@@ -179,31 +210,129 @@ def op_ended_by(op: OpState, stopped_by_you: bool) -> EndedBy | None:
     return None
 
 
+@dataclass(frozen=True)
+class FlowOutcome:
+    """What a flow's results come to: each op's outcome and the results values by name (a
+    name two ops share is qualified by op, ``train.loss``)."""
+
+    ops: dict[str, OpResult]
+    #: Each name's value (the last match's).
+    results: dict[str, Any]
+    #: Each name's value in every match.
+    every: dict[str, list[Any]]
+    #: Each name's every match, as the host found them.
+    matches: dict[str, list[list[str | None]]]
+    #: Results the host could not extract (a regex it refused), one line each.
+    problems: list[str]
+
+
+def result_groups(definition: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Each op's results regexes' group counts (by op id, then name), from a definition."""
+    groups: dict[str, dict[str, int]] = {}
+    for op in definition.get("ops") or []:
+        rules = op.get("results") if isinstance(op, Mapping) else None
+        if not isinstance(rules, Mapping):
+            continue
+        counts = groups.setdefault(str(op.get("id")), {})
+        for name, rule in rules.items():
+            pattern = rule if isinstance(rule, str) else (
+                rule.get("regex") if isinstance(rule, Mapping) else None)
+            if isinstance(pattern, str):
+                counts[str(name)] = 0 if pattern == "*" else regex_groups(pattern)
+    return groups
+
+
+def match_value(match: list[str | None]) -> Any:
+    """The value a match stands for: its first group, else the whole match, JSON-decoded."""
+    return _decode(match[1] if len(match) > 1 else match[0])
+
+
+def guess_groups(value: list[str | None]) -> int:
+    """How many groups the regex that made ``value`` has, when its definition is not known:
+    the largest count under which the list cuts evenly into matches whose groups are each
+    found in their whole match (usually true of a match), else none."""
+    for groups in range(min(len(value) - 1, 9), 0, -1):
+        size = groups + 1
+        if len(value) % size:
+            continue
+        chunks = [value[start : start + size] for start in range(0, len(value), size)]
+        if all(isinstance(chunk[0], str) and all(
+                group is None or group in chunk[0] for group in chunk[1:]) for chunk in chunks):
+            return groups
+    return 0
+
+
+def _op_values(op: OpState, groups: Mapping[str, int],
+               ) -> tuple[dict[str, Any], dict[str, list[Any]],
+                          dict[str, list[list[str | None]]], list[str]]:
+    """An op's results: each name's last value, every value, every match; and what the host
+    could not extract. ``groups``: each name's regex group count, where known."""
+    last: dict[str, Any] = {}
+    every: dict[str, list[Any]] = {}
+    matches: dict[str, list[list[str | None]]] = {}
+    problems: list[str] = []
+    raw: Mapping[str, ResultValue] = op.results or {}
+    for name, value in raw.items():
+        if isinstance(value, str):
+            why = value.splitlines()[0][:200] if value else "no reason given"
+            problems.append(f"results.{name} of op {op.operation_id}: the host could not use "
+                            f"the pattern ({why})")
+            continue
+        count = groups.get(name)
+        found = result_matches(value, guess_groups(value) if count is None else count)
+        matches[name] = found
+        every[name] = [match_value(match) for match in found]
+        if found:
+            last[name] = every[name][-1]
+    return last, every, matches, problems
+
+
 def ops_and_results(flow: FlowState, *, stopped_by_you: bool,
-                    ) -> tuple[dict[str, OpResult], dict[str, Any]]:
-    """Each op's outcome by op id, and every results value by name: a name two ops share
-    is qualified by op (``train.loss``); values are JSON-decoded."""
+                    groups: Mapping[str, Mapping[str, int]] | None = None) -> FlowOutcome:
+    """Each op's outcome by op id, and every results value by name (docs/protocol.md §14).
+
+    A host keeps, per name, every matching line's match (the whole match, then the groups,
+    all in one flat list): the value of a name is its last match's first group (or the whole
+    match, for a regex without groups), JSON-decoded; every match's is in ``every``. Where
+    one match ends is known from the regex's group count, ``groups[op id][name]`` (from the
+    definition), or else guessed. A name with no match has no value. A name two ops share
+    is qualified by op (``train.loss``).
+    """
     ops: dict[str, OpResult] = {}
     owners: dict[str, list[str]] = {}
+    per_op: dict[str, tuple[dict[str, Any], dict[str, list[Any]],
+                            dict[str, list[list[str | None]]]]] = {}
+    problems: list[str] = []
     for op in flow.op_states:
-        decoded = {name: _decode(value) for name, value in (op.results or {}).items()}
+        last, every, matches, trouble = _op_values(op, (groups or {}).get(op.operation_id, {}))
+        problems += trouble
+        per_op[op.operation_id] = (last, every, matches)
         ops[op.operation_id] = OpResult(
             op_id=op.operation_id,
             host_status=op.status,
             exit_code=op.exit_code,
             logs=[LogLine.from_op_log(op.operation_id, entry) for entry in op.logs],
-            results=decoded,
+            results=last,
             ended_by=op_ended_by(op, stopped_by_you),
             ran=op.start_time is not None or op.status == "running",
+            matches=matches,
         )
-        for name in decoded:
+        for name in matches:
             owners.setdefault(name, []).append(op.operation_id)
-    merged = {
-        (name if len(owners[name]) == 1 else f"{op_id}.{name}"): value
-        for op_id, op_result in ops.items()
-        for name, value in op_result.results.items()
-    }
-    return ops, merged
+
+    def key(op_id: str, name: str) -> str:
+        return name if len(owners[name]) == 1 else f"{op_id}.{name}"
+
+    merged: dict[str, Any] = {}
+    every_of: dict[str, list[Any]] = {}
+    matches_of: dict[str, list[list[str | None]]] = {}
+    for op_id, (last, every, matches) in per_op.items():
+        for name in matches:
+            if name in last:
+                merged[key(op_id, name)] = last[name]
+            every_of[key(op_id, name)] = every[name]
+            matches_of[key(op_id, name)] = matches[name]
+    return FlowOutcome(ops, merged, every_of, matches_of, problems)
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -291,14 +420,36 @@ def reason(facts: Facts, redact: Callable[[str], str]) -> str:
         return "the host rejected the job definition" + (f": {detail}" if detail else "")
     for op in flow.op_states:
         if op.status == "failed" or op.exit_code not in (None, 0):
+            said = op_failure(op, redact)
+            why = f": {said}" if said else ""
             if op.exit_code is not None:
-                return f"op {op.operation_id} exited with {op.exit_code}"
-            return f"op {op.operation_id} {op.status}"
+                return f"op {op.operation_id} exited with {op.exit_code}{why}"
+            return f"op {op.operation_id} {op.status}{why}"
     if flow.errors:
         first = flow.errors[0]
-        text = first if isinstance(first, str) else json.dumps(first)[:200]
-        return f"the host says {outcome}: {redact(text)}"
+        text = first if isinstance(first, str) else json.dumps(first)
+        # Redacted whole, then cut: a cut would leave a piece of a secret unrecognised.
+        return f"the host says {outcome}: {one_line(redact(text))}"
     return f"the host says {facts.reported or flow.status}"
+
+
+def op_failure(op: OpState, redact: Callable[[str], str]) -> str:
+    """What the host said about an op it could not run, in one line ("" if nothing): the
+    first error it recorded (an op that could not start: exit code 2), else its last
+    ``nodeerr`` log line (its arguments could not be resolved), else the diagnostics' reason
+    (docs/protocol.md §14). A process's own exit code needs no words from the host."""
+    for error in op.errors:
+        message = error.get("message") if isinstance(error, Mapping) else error
+        if isinstance(message, str) and message.strip():
+            return one_line(redact(message), 160)
+    node_lines = [entry.log for entry in op.logs if entry.type == "nodeerr" and entry.log.strip()]
+    if node_lines:
+        return one_line(redact(node_lines[-1]), 160)
+    reason = (op.diagnostics or {}).get("reason")
+    said = reason.get("reason") if isinstance(reason, Mapping) else None
+    if isinstance(said, str) and said.strip() and op.exit_code not in (0, None):
+        return one_line(redact(said), 160)
+    return ""
 
 
 def first_line(error: BaseException) -> str:

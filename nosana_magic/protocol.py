@@ -354,15 +354,15 @@ def parse_duration(value: str | int | float) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human form: ``45s``, ``30m``, ``2h 5m``."""
+    """A short human form that drops nothing but fractions of a second: ``45s``, ``30m``,
+    ``2h 5m``, ``24h 1s``. Two whole numbers of seconds never look the same, so a limit and
+    what it refuses read apart (``timeout 24h 1s exceeds … (24h)``)."""
     total = round(seconds)
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
-    return f"{secs}s"
+    parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s"))
+             if value]
+    return " ".join(parts) or "0s"
 
 
 # --------------------------------------------------------------------------- jobs on the ledger

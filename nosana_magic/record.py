@@ -17,15 +17,16 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import HostError
+from .joblog import Reconciled
 from .network.base import JobInfo, JobState, Market, Network
 from .outcome import Facts, OpResult, Phase, Results, ops_and_results, reason, verdict
 from .protocol import short_address
-from .results import FlowState, InfoEvent, LogLine, ServiceUrl, urls_from_secrets
+from .results import FlowState, InfoEvent, LogLine, ServiceUrl, final_status, urls_from_secrets
 from .secrets import Redactor
 
 __all__ = ["SYSTEM_ADDRESS", "Changes", "EventKind", "JobEvent", "JobRecord"]
@@ -90,15 +91,19 @@ def _says_lost(error: BaseException | None) -> bool:
 class JobRecord:
     """What is known about one job (documented on :class:`~nosana_magic.job.ConfidentialJob`)."""
 
-    def __init__(self, network: Network, *, timeout: int, address: str | None) -> None:
+    def __init__(self, network: Network, *, timeout: int, address: str | None,
+                 params: Mapping[str, Any] | None = None) -> None:
         self.network = network
         self.address: str | None = address
+        self.params: dict[str, Any] | None = None if params is None else dict(params)
+        self.placeholder: str | None = None
         self.market: Market | None = None
         self.node: str | None = None
         self.phase: Phase = "validating"
         self.flow: FlowState | None = None
         self.ops: Results[OpResult] = Results(kind="op", explain=self._explain_missing)
         self.results: Results[Any] = Results(explain=self._explain_missing)
+        self.matches: Results[list[list[str | None]]] = Results(explain=self._explain_missing)
         self.urls: list[ServiceUrl] = []
         self.price: float | None = None
         self.timeout: int = timeout
@@ -115,6 +120,11 @@ class JobRecord:
         #: host's last /info event, the redactor of the resolved definition.
         self._stop_requested = False
         self._info: InfoEvent | None = None
+        #: A signal other than ``/info`` said the results window is open (a ``/log`` or
+        #: ``/status`` line, or the results themselves answered).
+        self._window_open = False
+        #: Why the log may lack lines, one line each (also in :attr:`warnings`).
+        self.log_warnings: list[str] = []
         self._redactor: Redactor = Redactor.empty()
         #: What the machine's waits wait on: every write notifies it.
         self._changes = Changes()
@@ -163,27 +173,39 @@ class JobRecord:
         """The host's own status word for the flow, as it last reported it (``running``,
         ``success``, ``failed``, ``stopped``, ``waiting-for-result``…), ``None`` before a host
         said anything. Raw: a host says ``success`` after an op failed, or after a stop
-        through its API; :attr:`status` is the verdict."""
+        through its API; :attr:`status` is the verdict. Once a host ended the flow and
+        only says ``waiting-for-result`` (its results window opened before it said more,
+        docs/protocol.md §6), the word is worked out from the results as the host would have
+        said it (``success``, ``failed``, ``validation-error`` …)."""
         end = self._info_end
-        if end is not None:
-            return end.status
-        if self.flow is not None:
-            return self.flow.status
-        return None if self._info is None else self._info.status
+        word = end.status if end is not None else (
+            self.flow.status if self.flow is not None
+            else None if self._info is None else self._info.status)
+        if word == "waiting-for-result" and self.flow is not None:
+            return _host_word(self.flow)
+        return word
 
     @property
     def logs(self) -> list[LogLine]:
-        """Every line of the job's ``/log`` stream so far, in order (redacted)."""
+        """Every line of the job's log so far, in order (redacted, without ANSI escapes).
+
+        While the job runs: what the host's ``/log`` stream sent, container lines with their
+        op when it can be known and stream ``output`` (a Nosana host does not say
+        stdout or stderr). Once the results are in: made whole from each op's log in the
+        results (every op line with its op and stream, what the live stream missed put
+        back), or with :attr:`log_warnings` saying what may be missing.
+        """
         return list(self._logs)
 
     @property
     def stdout(self) -> str:
-        """The ops' standard output, one line per entry."""
+        """The ops' standard output, one line per entry (known once the results are in: the
+        live stream does not say which stream a line is on)."""
         return "\n".join(line.text for line in self._logs if line.stream == "stdout")
 
     @property
     def stderr(self) -> str:
-        """The ops' standard error, one line per entry."""
+        """The ops' standard error, one line per entry (known once the results are in)."""
         return "\n".join(line.text for line in self._logs if line.stream == "stderr")
 
     @property
@@ -196,12 +218,25 @@ class JobRecord:
         """NOS: what the job cost once done, else the most it can cost (price × timeout)."""
         if self.price is None:
             return None
+        return self._charged_seconds() * self.price
+
+    @property
+    def cost_usd(self) -> float | None:
+        """USD, for a job paid with credits (else ``None``): what it cost once done, else the
+        most it can cost (the market's credit price × timeout)."""
+        if getattr(self.network, "pays_with", "wallet") != "credits" or self.market is None:
+            return None
+        per_hour = self.market.usd_per_hour_with_fee
+        return None if per_hour is None else self._charged_seconds() * per_hour / 3600
+
+    def _charged_seconds(self) -> float:
+        """The seconds paid for: those it ran once done, else the whole timeout."""
         info = self.ledger
         if self.done and info is not None and info.time_start and info.time_end:
-            return max(0, info.time_end - info.time_start) * self.price
+            return max(0, info.time_end - info.time_start)
         if self.done and info is not None and info.time_start is None:
             return 0.0  # never ran
-        return self.price * self.timeout
+        return float(self.timeout)
 
     @property
     def elapsed(self) -> float | None:
@@ -289,6 +324,9 @@ class JobRecord:
             log.debug("job %s: %s", self.address, phase)
             self._emit("phase")
 
+    def _set_placeholder(self, cid: str) -> None:
+        self.placeholder = cid
+
     def _set_market(self, market: Market | None) -> None:
         self.market = market
         if market is not None:
@@ -330,6 +368,26 @@ class JobRecord:
         self._logs.append(line)
         self._emit("log", line)
 
+    def _set_logs(self, log: Reconciled) -> None:
+        """The log made whole from the results (:func:`~nosana_magic.joblog.reconcile`)."""
+        self._logs = list(log.lines)
+        for warning in log.missing:
+            self.log_warnings.append(warning)
+            self._warn(warning)
+        self._emit("state")
+
+    def _log_gap(self, warning: str) -> None:
+        """Lines may be missing from the log (the results may still bring them back)."""
+        self.log_warnings.append(warning)
+        self._warn(warning)
+
+    def _set_window_open(self) -> None:
+        """A signal other than ``/info`` says the host opened the results window."""
+        if not self._window_open:
+            self._window_open = True
+            self._mark("window-seen")
+            self._changes.notify()
+
     def _set_urls(self, urls: list[ServiceUrl]) -> None:
         merged = {url.expose_id or url.url: url for url in self.urls}
         for url in urls:
@@ -339,12 +397,18 @@ class JobRecord:
             self.urls = new
             self._emit("urls")
 
-    def _set_flow(self, flow: FlowState) -> None:
-        """The host's results (already redacted): each op's outcome and every value."""
+    def _set_flow(self, flow: FlowState,
+                  groups: dict[str, dict[str, int]] | None = None) -> None:
+        """The host's results (already redacted): each op's outcome and every value.
+        ``groups``: each op's results regexes' group counts, where the definition is known."""
         self.flow = flow
-        ops, merged = ops_and_results(flow, stopped_by_you=self._stop_requested)
-        self.ops = Results(ops, kind="op", explain=self._explain_missing)
-        self.results = Results(merged, explain=self._explain_missing)
+        outcome = ops_and_results(flow, stopped_by_you=self._stop_requested, groups=groups)
+        self.ops = Results(outcome.ops, kind="op", explain=self._explain_missing)
+        self.results = Results(outcome.results, explain=self._explain_missing,
+                               every=outcome.every)
+        self.matches = Results(outcome.matches, explain=self._explain_missing)
+        for problem in outcome.problems:
+            self._warn(problem)
         if flow.secrets:
             self._set_urls(urls_from_secrets(flow.secrets, self.address or ""))
 
@@ -381,3 +445,16 @@ class JobRecord:
         self._emit("phase")
         self._emit("done")
         self._future.set_result(self)
+
+
+def _host_word(flow: FlowState) -> str:
+    """The end status a host gives a flow, worked out from its results (docs/protocol.md §9):
+    ``success`` once every op ran, whatever their exit codes, and on expiry or a stop through
+    its API; ``failed`` for its own errors, which show as an op it could not start;
+    ``stopped``, ``validation-error`` … as the op states and errors say."""
+    word = final_status(flow)
+    if word not in ("failed", "expired"):
+        return word
+    could_not_start = any(op.status == "failed" and op.start_time is None
+                          for op in flow.op_states)
+    return "failed" if could_not_start else "success"

@@ -11,6 +11,7 @@ before the job runs).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .jsregex import RegexError, to_python
 from .protocol import is_private_expose_id
 
 __all__ = [
@@ -27,12 +29,18 @@ __all__ = [
     "FlowState",
     "InfoEvent",
     "LogLine",
+    "LogStream",
     "NodeLogEntry",
+    "NodeLogPending",
     "OpLog",
     "OpState",
+    "ResultValue",
     "ServiceEndpoint",
     "ServiceUrl",
     "final_status",
+    "regex_groups",
+    "result_matches",
+    "strip_ansi",
     "urls_from_secrets",
 ]
 
@@ -57,6 +65,13 @@ class OpLog(_Wire):
     timestamp: str | int | None = None
 
 
+#: One results value as a host stores it (docs/protocol.md §14): a list of every matching log
+#: line's ``match`` (the whole match, then its groups; ``None`` for a group that took no part),
+#: ``[]`` when nothing matched, or the error text of a regex the host could not compile.
+#: Older devnodes sent the value of the first group instead (a string, or a list of them).
+ResultValue = str | list[str | None]
+
+
 class OpState(_Wire):
     """The state of one op, in ``ops`` order."""
 
@@ -70,7 +85,7 @@ class OpState(_Wire):
     logs: list[OpLog] = Field(default_factory=list)
     errors: list[Any] = Field(default_factory=list)
     diagnostics: dict[str, Any] | None = None
-    results: dict[str, str | list[str]] | None = None
+    results: dict[str, ResultValue] | None = None
 
 
 class FlowState(_Wire):
@@ -90,13 +105,25 @@ class InfoEvent(FlowState):
     operations: dict[str, Any] | None = None
 
 
+class NodeLogPending(_Wire):
+    """``pending`` of a host's progress line: it waits for ``expecting`` (a ``Class.method``)."""
+
+    is_pending: bool = False
+    expecting: str | None = None
+
+
 class NodeLogEntry(_Wire):
-    """One entry of the ``/log`` WebSocket stream (``type: "log"`` is container output)."""
+    """One entry of the ``/log`` WebSocket stream (``type: "log"`` is container output).
+
+    Hosts send ``pending`` as an object on their progress ("process") lines and leave it out
+    elsewhere; container lines carry no ``payload`` (docs/protocol.md §7). Older devnodes sent
+    ``pending: false`` and a ``payload`` of ``{opId, stream}``: both shapes are read.
+    """
 
     log: str = ""
     method: str | None = None
     type: str = "info"
-    pending: bool | None = None
+    pending: NodeLogPending | bool | None = None
     timestamp: int | None = None
     job: str | None = None
     payload: Any = None
@@ -170,8 +197,21 @@ def _strip_newline(text: str) -> str:
     return text
 
 
+#: ANSI escape sequences (CSI, such as chalk's colours, OSC, and two-character escapes): a host
+#: run in a terminal colours its own lines (docs/protocol.md §4), and programs colour theirs.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without its ANSI escape sequences (colours, cursor moves)."""
+    return _ANSI.sub("", text) if "\x1b" in text else text
+
+
 def _timestamp_s(value: str | int | float | None) -> float:
-    """Seconds from the host's ms integers or docker's ISO strings (``now`` if unknown)."""
+    """Seconds from the host's ms integers (or their text) or docker's ISO strings (``now``
+    if unknown)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value / 1000.0
     if isinstance(value, str):
@@ -191,9 +231,17 @@ def _timestamp_s(value: str | int | float | None) -> float:
     return time.time()
 
 
+#: The streams of a log line: an op's ``stdout`` or ``stderr``; ``output`` for container
+#: output whose stream the host did not say (its live ``/log`` never does, docs/protocol.md
+#: §7); ``node`` for the host's own lines.
+LogStream = Literal["stdout", "stderr", "output", "node"]
+
+
 @dataclass(frozen=True)
 class LogLine:
-    """One line of a job's log: container output (``stdout``/``stderr``) or a host ``node`` line."""
+    """One line of a job's log: an op's output (``stdout``, ``stderr``, or ``output`` when the
+    host did not say which) or a host ``node`` line. ``op_id`` is ``None`` when the line's op
+    is not known. The text has no ANSI escapes and no final newline, and was redacted."""
 
     op_id: str | None
     stream: str
@@ -203,28 +251,41 @@ class LogLine:
     def __str__(self) -> str:
         return self.text
 
+    @property
+    def container(self) -> bool:
+        """True for an op's output (not a host line)."""
+        return self.stream != "node"
+
     @classmethod
-    def from_log_entry(cls, entry: NodeLogEntry,
-                       redact: Callable[[str], str] = _same) -> LogLine:
-        """A line of the live ``/log`` stream: container output (``type: "log"``, whose
-        payload names the op and the stream) or the host's own progress line (``node``)."""
+    def from_log_entry(cls, entry: NodeLogEntry, redact: Callable[[str], str] = _same, *,
+                       op_id: str | None = None) -> LogLine:
+        """A line of the live ``/log`` stream: container output (``type: "log"``) or the
+        host's own progress line (``node``).
+
+        A Nosana host does not say which op or which stream a container line came from, so
+        its stream is ``output`` and its op ``op_id`` (what the caller could tell, else
+        ``None``). Older devnodes named both in a ``payload``, which is then used.
+        """
         payload = entry.payload if isinstance(entry.payload, Mapping) else {}
-        op_id = payload.get("opId") or payload.get("op_id") or payload.get("operationId")
+        named = payload.get("opId") or payload.get("op_id") or payload.get("operationId")
+        stream: str = "node"
         if entry.type == "log":
-            stream = payload.get("stream") or payload.get("type")
-            stream = stream if stream in ("stdout", "stderr") else "stdout"
+            said = payload.get("stream") or payload.get("type")
+            stream = said if said in ("stdout", "stderr") else "output"
+            op_id = named if isinstance(named, str) else op_id
         else:
-            stream = "node"
+            op_id = named if isinstance(named, str) else None
         stamp = entry.timestamp if entry.timestamp else None
-        return cls(op_id if isinstance(op_id, str) else None, stream,
-                   redact(_strip_newline(entry.log)), _timestamp_s(stamp))
+        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
+                   _timestamp_s(stamp))
 
     @classmethod
     def from_op_log(cls, op_id: str, entry: OpLog,
                     redact: Callable[[str], str] = _same) -> LogLine:
         """A line of an op's log in the results (any stream but stdout is shown as stderr)."""
         stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
-        return cls(op_id, stream, redact(_strip_newline(entry.log)), _timestamp_s(entry.timestamp))
+        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
+                   _timestamp_s(entry.timestamp))
 
 
 #: Flow statuses a host reports while the job has not finished.
@@ -263,3 +324,30 @@ def final_status(flow: FlowState, *, reported: str | None = None) -> str:
 def _expired(op: OpState) -> bool:
     reason = (op.diagnostics or {}).get("reason")
     return isinstance(reason, dict) and reason.get("jobExpired") is True
+
+
+# ---------------------------------------------------------------------- results values
+
+
+def regex_groups(pattern: str) -> int:
+    """How many capturing groups a results regex has, read as JavaScript reads it (the host
+    runs it as a JavaScript ``RegExp``, docs/protocol.md §14); 0 for one it refuses."""
+    try:
+        return to_python(pattern).groups
+    except RegexError:
+        return 0
+
+
+def result_matches(value: ResultValue | None, groups: int) -> list[list[str | None]]:
+    """The matches in a results value: one ``[whole match, group 1, …]`` list per matching line.
+
+    A host concatenates the match arrays of every matching line (docs/protocol.md §14), so the
+    list is cut in pieces of ``groups + 1``. A string (a regex the host could not compile) has
+    no match; a list that does not divide evenly is taken as one match.
+    """
+    if not isinstance(value, list) or not value:
+        return []
+    size = groups + 1
+    if groups < 0 or len(value) % size:
+        return [list(value)]
+    return [list(value[start : start + size]) for start in range(0, len(value), size)]

@@ -11,10 +11,11 @@ Layers, highest first: overrides (each layer labelled by its caller: a flag on t
 
 Credentials are never held here. A setting that names a credential says *where* it is
 (``wallet`` is a key file path, or ``"env:NOSANA_WALLET"`` when that variable holds a base58
-secret), or only *whether* it is set (``pinata_jwt_set``). So a ``Settings`` can be printed
-(``%nosana config``), logged or put in an error message without leaking anything. The values
-themselves are read at the moment they are used (:meth:`Settings.read_wallet_secret`,
-:meth:`Settings.read_pinata_jwt`), from the same place the settings were read from.
+secret), or only *whether* it is set (``pinata_jwt_set``, ``api_key_set``). So a ``Settings``
+can be printed (``%nosana config``), logged or put in an error message without leaking
+anything. The values themselves are read at the moment they are used
+(:meth:`Settings.read_wallet_secret`, :meth:`Settings.read_pinata_jwt`,
+:meth:`Settings.read_api_key`), from the same place the settings were read from.
 
 :func:`reference_env` is the environment ``${env:NAME}`` references resolve against.
 """
@@ -36,16 +37,19 @@ from .protocol import DurationError, parse_duration
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "API_KEY_ENV",
     "COMMITMENTS",
     "DEFAULT_TIMEOUT_S",
     "JWT_ENV_VARS",
     "NETWORKS",
+    "PAYMENTS",
     "SETTINGS",
     "WALLET_FROM_ENV",
     "NetworkName",
     "Settings",
     "SettingsError",
     "credentials_file",
+    "find_api_key",
     "find_pinata_jwt",
     "looks_like_path",
     "mask_url",
@@ -67,11 +71,17 @@ WALLET_FROM_ENV = "env:NOSANA_WALLET"
 
 #: Environment variables that may hold the Pinata JWT, in the order they are read.
 JWT_ENV_VARS = ("NOSANA_PINATA_JWT", "PINATA_JWT")
+#: The environment variable that may hold the Nosana API key (credits; docs/protocol.md §24).
+API_KEY_ENV = "NOSANA_API_KEY"
+#: The key of the Pinata JWT and of the API key in the credentials file.
+_JWT_FIELD, _API_KEY_FIELD = "pinata_jwt", "nosana_api_key"
+#: How a job is paid: a wallet's NOS and SOL, or an API key's credits.
+PAYMENTS = ("credits", "wallet")
 
 #: The source of a value nobody set.
 DEFAULT = "default"
 #: Settings that are found, not chosen: no override sets them.
-_FOUND = ("pinata_jwt_set", "credentials_file")
+_FOUND = ("pinata_jwt_set", "api_key_set", "credentials_file")
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,10 @@ SETTINGS: Mapping[str, _Spec] = {
     "devnode_url": _Spec("NOSANA_DEVNODE_URL", "the local network service"),
     "node_url_template": _Spec("NOSANA_NODE_URL_TEMPLATE", "the network's own"),
     "wallet": _Spec("NOSANA_WALLET", "unset (the Nosana CLI key file if any)"),
+    "pay": _Spec("NOSANA_PAY", "credits when an API key is set, else the wallet"),
+    "api_key_set": _Spec(None),
+    "api_url": _Spec("NOSANA_API_URL", "Nosana's API"),
+    "signing_url": _Spec("NOSANA_SIGNING_URL", "Nosana's signing service"),
     "rpc_url": _Spec("NOSANA_RPC_URL", "the network's public RPC"),
     "ws_url": _Spec("NOSANA_WS_URL", "derived from the RPC URL"),
     "commitment": _Spec("NOSANA_COMMITMENT"),
@@ -172,6 +186,15 @@ class Settings:
     node_url_template: str | None = None
     #: Key file path, or :data:`WALLET_FROM_ENV`; ``None``: the Nosana CLI's key file.
     wallet: str | None = None
+    #: ``credits`` or ``wallet``; ``None``: credits when an API key is set (:attr:`pays_with`).
+    pay: str | None = None
+    #: Whether a Nosana API key is configured (``NOSANA_API_KEY`` or the credentials file);
+    #: the key itself is never kept here.
+    api_key_set: bool = False
+    #: Nosana's API, where credit jobs are listed (default: the network's own).
+    api_url: str | None = None
+    #: Nosana's signing service, which signs for a credit job's host (default: the network's).
+    signing_url: str | None = None
     #: Solana RPC endpoint (shown masked: it may carry an API key).
     rpc_url: str | None = None
     #: Solana WebSocket endpoint (default: beside the RPC endpoint).
@@ -221,7 +244,10 @@ class Settings:
             raise SettingsError(f"local_idle: expected whole seconds >= 0, got {idle!r}")
         if self.market is not None and (not self.market.strip() or ":" in self.market):
             raise SettingsError(f"market: {self.market!r} is not a market slug or address")
-        for name in ("devnode_url", "rpc_url", "pinata_api_url", "ipfs_gateway"):
+        if self.pay is not None and self.pay not in PAYMENTS:
+            raise SettingsError(f"pay: {self.pay!r} is not one of {', '.join(PAYMENTS)}")
+        for name in ("devnode_url", "rpc_url", "pinata_api_url", "ipfs_gateway", "api_url",
+                     "signing_url"):
             value = getattr(self, name)
             if value is not None and urlsplit(value).scheme not in ("http", "https"):
                 raise SettingsError(f"{name}: expected an http(s) URL, got {mask_url(value)!r}")
@@ -273,10 +299,11 @@ class Settings:
             if raw:
                 values[name] = _from_text(name, raw, spec.env or name, env=True)
                 sources[name] = f"env {spec.env}"
-        jwt_source = _pinata_jwt_source(environ)
-        values["pinata_jwt_set"] = jwt_source is not None
-        if jwt_source is not None:
-            sources["pinata_jwt_set"] = jwt_source
+        for name, where in (("pinata_jwt_set", _pinata_jwt_source(environ)),
+                            ("api_key_set", _api_key_source(environ))):
+            values[name] = where is not None
+            if where is not None:
+                sources[name] = where
         built = cls._build(values, sources, overrides, source)
         object.__setattr__(built, "_environ", env)
         return built
@@ -324,8 +351,8 @@ class Settings:
             value = getattr(self, name)
             if name in ("rpc_url", "ws_url"):
                 value = mask_url(value)
-            elif name == "pinata_jwt_set":
-                name, value = "pinata_jwt", "set" if value else "unset"
+            elif name in ("pinata_jwt_set", "api_key_set"):
+                name, value = name.removesuffix("_set"), "set" if value else "unset"
             elif name == "wallet" and value == WALLET_FROM_ENV:
                 value = "set"  # a secret in the environment: only that it is there
             elif name == "credentials_file" and value is None:
@@ -361,6 +388,16 @@ class Settings:
         """The Pinata JWT, read now (never kept) from where :attr:`pinata_jwt_set` was found."""
         return find_pinata_jwt(os.environ if self._environ is None else self._environ)
 
+    def read_api_key(self) -> str | None:
+        """The Nosana API key, read now (never kept) from where :attr:`api_key_set` was found."""
+        return find_api_key(os.environ if self._environ is None else self._environ)
+
+    @property
+    def pays_with(self) -> str:
+        """How a job is paid: :attr:`pay`, else ``credits`` when an API key is set, else
+        ``wallet``."""
+        return self.pay or ("credits" if self.api_key_set else "wallet")
+
 
 def _from_text(name: str, raw: str, where: str, *, env: bool) -> Any:
     """The value of setting ``name`` written as ``raw`` (``where`` names it in errors)."""
@@ -369,7 +406,7 @@ def _from_text(name: str, raw: str, where: str, *, env: bool) -> Any:
         return _timeout(text, where)
     if name == "local_idle":
         return 0 if text.lower() in ("0", "off", "never") else _timeout(text, where)
-    if name in ("network", "commitment"):
+    if name in ("network", "commitment", "pay"):
         return text.lower()
     if name == "priority_fee":
         if text.lower() == "auto":
@@ -413,7 +450,8 @@ def credentials_file(env: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_config_dir("nosana_magic")) / "credentials.json"
 
 
-def _read_credentials_file(path: Path) -> str | None:
+def _read_credentials_file(path: Path, key: str = _JWT_FIELD) -> str | None:
+    """The credential ``key`` of the credentials file at ``path``, or ``None``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -422,7 +460,7 @@ def _read_credentials_file(path: Path) -> str | None:
         # Say where, never what was read.
         log.warning("credentials file %s is not readable JSON; ignored", path)
         return None
-    found = data.get("pinata_jwt") if isinstance(data, dict) else None
+    found = data.get(key) if isinstance(data, dict) else None
     return found.strip() if isinstance(found, str) and found.strip() else None
 
 
@@ -443,3 +481,21 @@ def find_pinata_jwt(env: Mapping[str, str] | None = None) -> str | None:
         if value:
             return value
     return _read_credentials_file(credentials_file(environ))
+
+
+def _api_key_source(environ: Mapping[str, str]) -> str | None:
+    """Where the Nosana API key is (``env NOSANA_API_KEY``, ``credentials file …``), or None."""
+    if environ.get(API_KEY_ENV, "").strip():
+        return f"env {API_KEY_ENV}"
+    path = credentials_file(environ)
+    found = _read_credentials_file(path, _API_KEY_FIELD)
+    return f"credentials file {path}" if found is not None else None
+
+
+def find_api_key(env: Mapping[str, str] | None = None) -> str | None:
+    """The Nosana API key from ``NOSANA_API_KEY`` or the credentials file, or ``None``."""
+    environ = os.environ if env is None else env
+    value = environ.get(API_KEY_ENV, "").strip()
+    if value:
+        return value
+    return _read_credentials_file(credentials_file(environ), _API_KEY_FIELD)

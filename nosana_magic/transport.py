@@ -20,6 +20,7 @@ import functools
 import json
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -169,10 +170,12 @@ def one_line(text: str, limit: int = 200, *, keep_urls: bool = True) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def server_message(response: httpx.Response, limit: int = 200) -> str:
+def server_message(response: httpx.Response, limit: int = 200, *,
+                   redact: Callable[[str], str] | None = None) -> str:
     """A server's error answer as one short line: a JSON string, the ``error``/``message``/
     ``detail`` string of a JSON object, else the body; ``HTTP <status>`` for an HTML page or an
-    empty body. Callers redact what may echo a secret."""
+    empty body. Callers redact what may echo a secret: pass ``redact`` to have it applied
+    before the line is shortened (a cut would leave a piece of a secret unrecognised)."""
     text = response.text.strip()
     try:
         body = json.loads(text)
@@ -183,7 +186,9 @@ def server_message(response: httpx.Response, limit: int = 200) -> str:
     elif isinstance(body, dict):
         text = next((body[key] for key in ("error", "message", "detail")
                      if isinstance(body.get(key), str)), text)
-    line = one_line(text, limit)
-    if not line or line.startswith("<"):
+    if text.lstrip().startswith("<"):
+        return f"HTTP {response.status_code}"
+    line = one_line(redact(text) if redact is not None else text, limit)
+    if not line:
         return f"HTTP {response.status_code}"
     return line

@@ -37,6 +37,7 @@ from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.devnode.host import JobRecord
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.base import JobState
+from nosana_magic.protocol import now_ms
 from nosana_magic.wallet import Wallet
 
 from .waiting import PATIENCE, until
@@ -45,7 +46,8 @@ from .waiting import PATIENCE, until
 #: short. The results window closes as soon as the results are collected, so it can be long
 #: enough that a loaded machine never misses it (tests that wait one out set a short one);
 #: ``stop_timeout`` bounds a stop that takes well under a second.
-FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0}
+FAST = {"pickup_delay": 0.05, "results_window": 10.0, "sse_interval": 0.02, "stop_timeout": 30.0,
+        "stop_grace": 0.5}
 
 #: This session's temporary directory (set by ``session_sandbox``). Every devnode the session
 #: starts, in this process or in a subprocess, makes its job directories below it, and the
@@ -498,6 +500,52 @@ def project(devnode: DevNode) -> Iterator[Project]:
         yield p
 
 
+class CreditProject(Project):
+    """A :class:`Project` that pays with an API key: its ledger calls carry ``Bearer <key>``
+    and its node headers come from the devnode's signing service (signed by the key's
+    project key), as a credits user reaches a host."""
+
+    def __init__(self, node: DevNode, key: str | None = None) -> None:
+        super().__init__(node)
+        self.key = key if key is not None else node.api_key
+
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def address(self) -> str:
+        """The key's project address (what jobs listed with it have as ``project``)."""
+        return self.node.ledger.credits.account(self.key).address
+
+    def sign(self, message: str = "nosana-auth", **body: Any) -> httpx.Response:
+        return self.http.post(f"{self.node.client_manager_url}/auth/sign-message/external",
+                              json={"message": message, **body}, headers=self.api_headers())
+
+    def header(self, message: str = "nosana-auth", **kw: Any) -> dict[str, str]:
+        response = self.sign(message)
+        assert response.status_code == 200, response.text
+        signature = response.json()["signature"]
+        base = signature if ":" in signature else f"{message}:{signature}"
+        return {"Authorization": f"{base}:{now_ms()}"}
+
+    def list_answer(self, *, market: str = "local-cpu", timeout: int = 60) -> httpx.Response:
+        body = {"ipfsHash": self.pin(PLACEHOLDER), "market": market, "timeout": timeout}
+        return self.http.post("/api/jobs/list", json=body, headers=self.api_headers())
+
+    def balance(self) -> dict[str, Any]:
+        response = self.http.get("/api/credits/balance", headers=self.api_headers())
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+@pytest.fixture
+def credit_user(devnode: DevNode) -> Iterator[CreditProject]:
+    """The ``devnode`` fixture's own API key, as a :class:`CreditProject`."""
+    with CreditProject(devnode) as p:
+        yield p
+
+
 # ---------------------------------------------------------------------- IPython shells
 
 
@@ -531,5 +579,6 @@ def shell() -> Iterator[InteractiveShell]:
 def shell_devnode() -> Iterator[DevNode]:
     """One devnode for a module of shell tests (the magics reach it through
     ``NOSANA_DEVNODE_URL``): starting one per test would dominate their time."""
-    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05) as node:
+    with DevNode(pickup_delay=0.05, results_window=10, sse_interval=0.05,
+                 stop_grace=0.5) as node:
         yield node

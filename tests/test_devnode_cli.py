@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nosana_magic.devnode.ledger import SYSTEM_ADDRESS
 from nosana_magic.wallet import Wallet
 
 from .conftest import PLACEHOLDER, definition, op, processes_of_jobs
@@ -49,17 +50,32 @@ def finish(process: subprocess.Popen[str], sig: int) -> str:
 
 @pytest.mark.slow
 def test_cli_serves_and_stops_on_ctrl_c() -> None:
-    process, lines = start("--hosts", "3", "--results-window", "1", "--legacy-routes")
+    key = "nos_" + "c" * 40
+    process, lines = start("--hosts", "3", "--results-window", "1", "--legacy-routes",
+                           "--api-key", key, "--credits", "3")
     url = lines[0].rsplit(" ", 1)[1]
     assert url.startswith("http://127.0.0.1:")
     assert any("RUN" in line.upper() and "THIS MACHINE" in line.upper() for line in lines)
     assert sum(line.startswith("host ") for line in lines) == 3
     assert sum(line.startswith("market ") for line in lines) == 2
+    assert f"API key ($3.00 of local credits): {key}" in lines
+    assert f"signing service: {url}/client-manager" in lines
     with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
         assert len(client.get("/").json()["hosts"]) == 3
+        balance = client.get("/api/credits/balance", headers={"Authorization": f"Bearer {key}"})
+        assert balance.json()["assignedCredits"] == 3.0
     out = finish(process, signal.SIGINT)
     assert process.returncode == 0
     assert "devnode stopped" in out
+
+
+def test_cli_refuses_a_key_that_is_not_a_nosana_key() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["--api-key", "sk_live_123"], ["--credits", "-1"]):
+        done = subprocess.run([sys.executable, "-m", "nosana_magic.devnode", *args],
+                              capture_output=True, text=True, env=env, cwd=ROOT,
+                              timeout=PATIENCE)
+        assert done.returncode == 2 and done.stderr.startswith("--"), done.stderr
 
 
 @pytest.mark.slow
@@ -75,7 +91,7 @@ def test_cli_sigterm_kills_running_jobs() -> None:
                           headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
                                    "x-user-id": wallet.address}).json()["job"]
         deadline = time.monotonic() + PATIENCE
-        while client.get(f"/api/jobs/{job}").json()["node"] is None:
+        while client.get(f"/api/jobs/{job}").json()["state"] == 0:  # QUEUED
             assert time.monotonic() < deadline
             time.sleep(0.05)
         node = client.get(f"/api/jobs/{job}").json()["node"]
@@ -94,3 +110,48 @@ def test_cli_sigterm_kills_running_jobs() -> None:
     finish(process, signal.SIGTERM)
     assert process.returncode == 0
     assert not processes_of_jobs({job})
+
+
+def _running_job(url: str, cmd: str) -> str:
+    """Post a job to the devnode at ``url`` and send it ``cmd``; its id once it runs."""
+    wallet = Wallet.generate()
+    with httpx.Client(base_url=url, trust_env=False, timeout=PATIENCE) as client:
+        cid = client.post("/pinning/pinJSONToIPFS", json=PLACEHOLDER,
+                          headers={"Authorization": "Bearer x"}).json()["IpfsHash"]
+        job = client.post("/api/jobs/list",
+                          json={"ipfsHash": cid, "market": "local-cpu", "timeout": 120},
+                          headers={"Authorization": wallet.auth_header("NosanaApiAuthentication"),
+                                   "x-user-id": wallet.address}).json()["job"]
+        # The official job shape names the system address as node until a host takes it.
+        deadline = time.monotonic() + PATIENCE
+        while client.get(f"/api/jobs/{job}").json()["node"] in (None, SYSTEM_ADDRESS):
+            assert time.monotonic() < deadline, "no host took the job"
+            time.sleep(0.05)
+        node = client.get(f"/api/jobs/{job}").json()["node"]
+        path = f"/node/{node}/job/{job}/job-definition"
+        deadline = time.monotonic() + PATIENCE
+        while client.post(path, json=definition(op("long", cmd)),
+                          headers={"Authorization": wallet.auth_header(cid)}).status_code != 200:
+            assert time.monotonic() < deadline, "the host did not take the definition"
+            time.sleep(0.05)
+    return str(job)
+
+
+def test_a_sigkilled_devnode_takes_its_job_processes_with_it() -> None:
+    # SIGKILL runs no code in the devnode: its reaper, a process of its own, must notice and
+    # kill the op, what the op started in its group, and what it detached with setsid.
+    process, lines = start("--hosts", "1")
+    url = lines[0].rsplit(" ", 1)[1]
+    try:
+        job = _running_job(url, "sleep 300 & setsid sleep 300 & sleep 300")
+        deadline = time.monotonic() + PATIENCE
+        while len(processes_of_jobs({job})) < 4:  # sh, two sleeps, the detached sleep
+            assert time.monotonic() < deadline, processes_of_jobs({job})
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(PATIENCE)
+    deadline = time.monotonic() + PATIENCE
+    while processes_of_jobs({job}):
+        assert time.monotonic() < deadline, f"left running: {processes_of_jobs({job})}"
+        time.sleep(0.05)

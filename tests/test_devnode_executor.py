@@ -345,34 +345,75 @@ async def test_an_unserved_expose_entry_is_logged_without_its_contents(
     assert all("%%" not in entry.log and "s3cr3t" not in entry.log for entry in h.entries)
 
 
-async def test_results_extraction(tmp_path: Path, job: str):
-    script = (
-        "import sys\n"
-        "print('loss=0.5'); print('loss=0.25'); print('acc=0.9')\n"
-        "print('token: abc123', file=sys.stderr)\n"
-        "print('model saved to /out/model.bin')\n"
-    )
-    h = Harness(
-        job,
-        tmp_path,
-        definition(
-            run_op(
-                "train",
-                [PY, "-c", script],
-                results={
-                    "loss": r"loss=([\d.]+)",
-                    "acc": r"acc=[\d.]+",
-                    "token": {"regex": r"token: (\w+)", "logType": ["stderr"]},
-                    "token_stdout_only": {"regex": r"token: (\w+)", "logType": ["stdout"]},
-                    "token_default": r"token: (\w+)",
-                    "missing": "nothing-like-this",
-                    "broken": "(unclosed",
-                    "path": r"saved to (\S+)",
-                },
-            ),
-            run_op("plain", "echo x"),
-        ),
-    )
+RESULTS_SCRIPT = (
+    "import sys\n"
+    "print('loss=0.5'); print('loss=0.25'); print('acc=0.9')\n"
+    "print('token: abc123', file=sys.stderr)\n"
+    "print('model saved to /out/model.bin')\n"
+)
+RESULTS_RULES = {
+    "loss": r"loss=([\d.]+)",
+    "acc": r"acc=[\d.]+",
+    "token": {"regex": r"token: (\w+)", "logType": ["stderr"]},
+    "token_stdout_only": {"regex": r"token: (\w+)", "logType": ["stdout"]},
+    "token_default": r"token: (\w+)",
+    "missing": "nothing-like-this",
+    "broken": "(unclosed",
+    "path": r"saved to (\S+)",
+    "optional": r"acc=([\d.]+)(%)?",
+}
+
+
+async def test_results_are_the_match_arrays_of_every_matching_line(tmp_path: Path, job: str):
+    """As the node makes them: per name, each matching line's whole match then its groups,
+    concatenated in log order; every log type unless ``logType`` says; ``[]`` for no match;
+    the error's text for a regex that does not compile."""
+    h = Harness(job, tmp_path, definition(
+        run_op("train", [PY, "-c", RESULTS_SCRIPT], results=RESULTS_RULES),
+        run_op("plain", "echo x"),
+    ))
+    await h.run()
+    assert list(h.op("train").results or {}) == list(RESULTS_RULES)  # (in the rules' order)
+    results = dict(h.op("train").results or {})
+    broken = results.pop("broken")
+    assert results == {
+        "loss": ["loss=0.5", "0.5", "loss=0.25", "0.25"],
+        "acc": ["acc=0.9"],
+        "token": ["token: abc123", "abc123"],
+        "token_stdout_only": [],
+        "token_default": ["token: abc123", "abc123"],
+        "missing": [],
+        "path": ["saved to /out/model.bin", "/out/model.bin"],
+        "optional": ["acc=0.9", "0.9", None],
+    }
+    assert isinstance(broken, str)
+    assert broken.startswith("SyntaxError: Invalid regular expression: /(unclosed/")
+    assert h.op("plain").results is None
+    assert not h.op("train").errors
+
+
+async def test_results_see_node_errors_and_star(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(
+        run_op("a", "echo one; echo two", results={"star": "*", "start": r"^(\w)",
+                                                    "end": r"(one)$", "named": r"(?<n>tw)o"}),
+        {"type": "container/run", "id": "b", "args": {"image": "ubuntu", "cmd": []},
+         "results": {"why": "(cmd)", "none": {"regex": "(cmd)", "logType": ["stdout"]}}},
+    ))
+    await h.run()
+    # "*" reads as "/*", which matches the empty text at the start of every line.
+    # The regexes read as JavaScript reads them: "$" only at the very end (the entry ends in a
+    # newline), "(?<n>…)" a named group.
+    assert h.op("a").results == {"star": ["", ""], "start": ["o", "o", "t", "t"], "end": [],
+                                 "named": ["two", "tw"]}
+    # Without a logType the host's own error lines (nodeerr) are searched too.
+    assert h.op("b").results == {"why": ["cmd", "cmd"], "none": []}
+
+
+async def test_results_extraction_of_older_devnodes(tmp_path: Path, job: str):
+    h = Harness(job, tmp_path, definition(
+        run_op("train", [PY, "-c", RESULTS_SCRIPT], results=RESULTS_RULES),
+        run_op("plain", "echo x"),
+    ), results_values=True)
     await h.run()
     results = h.op("train").results
     assert results == {
@@ -381,6 +422,7 @@ async def test_results_extraction(tmp_path: Path, job: str):
         "token": "abc123",
         "token_default": "abc123",
         "path": "/out/model.bin",
+        "optional": "0.9",
     }
     assert any(err["event"] == "results" for err in h.op("train").errors)
     assert h.op("plain").results is None
@@ -585,12 +627,68 @@ async def _wait_for_file_lines(path: Path, count: int, timeout: float = PATIENCE
     raise AssertionError(f"{path} never got {count} lines")
 
 
-async def test_stop_kills_the_whole_process_group(tmp_path: Path, job: str):
+async def test_stop_is_dockers_a_shell_ignores_sigterm_until_the_kill(tmp_path: Path, job: str):
+    """``docker stop``: PID 1 gets SIGTERM only if it handles it; a shell does not, so the
+    op and everything it started die of SIGKILL after the grace (exit 137)."""
+    h = Harness(
+        job,
+        tmp_path,
+        definition(run_op("spawner", SPAWNER), run_op("next", "touch ran")),
+        stop_grace=0.5,
+    )
+    task = asyncio.create_task(h.run())
+    pids = await _wait_for_file_lines(tmp_path / "pids", 2)
+    started = time.monotonic()
+    await asyncio.wait_for(h.executor.stop("stopped"), PATIENCE)
+    assert time.monotonic() - started >= 0.5  # nothing ended it before the grace
+    assert await task == "stopped"
+    assert not any(_alive(pid) for pid in pids)
+    spawner = h.op("spawner")
+    assert spawner.status == "stopped" and spawner.exit_code == 128 + 9
+    assert spawner.diagnostics is not None
+    assert spawner.diagnostics["reason"] == {
+        "hostShutDown": False, "jobStopped": True, "jobExpired": False,
+        "reason": "Operation stopped due to flow stopped"}
+    state = spawner.diagnostics["state"]
+    assert (state["Status"], state["ExitCode"], state["RestartCount"]) == ("exited", 137, 0)
+    assert state["StartedAt"] <= state["FinishedAt"]
+    # The op reached after the stop: stop status, exit code 0, never run, and (as on the
+    # node, where only running ops hear the stop) no stop flags.
+    after = h.op("next")
+    assert (after.status, after.exit_code) == ("stopped", 0)
+    assert after.diagnostics is not None and after.diagnostics["reason"]["jobStopped"] is False
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_stop_sends_sigterm_to_a_main_process_that_handles_it(tmp_path: Path, job: str):
+    handler = (
+        "import signal, sys, time\n"
+        "def bye(*_): print('bye', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    h = Harness(job, tmp_path, definition(run_op("polite", [PY, "-c", handler])),
+                stop_grace=3 * PATIENCE)
+    task = asyncio.create_task(h.run())
+    await _until(lambda: bool(h.flow.op_states) and bool(h.op("polite").logs))
+    # Within a bound well below the grace: the stop returns once the process exited.
+    await asyncio.wait_for(h.executor.stop("expired"), PATIENCE)
+    assert await task == "success"
+    polite = h.op("polite")
+    assert (polite.status, polite.exit_code) == ("success", 0)
+    # From the stop on the op's output is no longer read (the node stops following it).
+    assert [log.log for log in polite.logs] == ["ready\n"]
+    assert not any(entry.log == "bye\n" for entry in h.entries)
+
+
+async def test_older_stop_kills_the_whole_process_group(tmp_path: Path, job: str):
     h = Harness(
         job,
         tmp_path,
         definition(run_op("spawner", SPAWNER), run_op("next", "touch ran")),
         stop_grace=3 * PATIENCE,
+        term_process_group=True,
     )
     task = asyncio.create_task(h.run())
     pids = await _wait_for_file_lines(tmp_path / "pids", 2)
@@ -638,7 +736,7 @@ async def test_expiry_ends_ops_as_success(tmp_path: Path, job: str):
     serve = h.op("serve")
     assert serve.status == "success"
     assert serve.diagnostics["reason"]["jobExpired"] is True
-    assert serve.results == {"up": "up"}
+    assert serve.results == {"up": ["up"]}
     assert (h.op("after").status, h.op("after").exit_code) == ("success", 0)
     assert not (tmp_path / "ran").exists()
 

@@ -22,7 +22,7 @@ def test_pickup_never_then_enabled_at_run_time(project: Project) -> None:
     project.node.config.pickup_delay = None
     job = project.post_placeholder()
     time.sleep(0.4)
-    assert project.job(job)["state"] == "QUEUED"
+    assert project.job(job)["state"] == 0  # QUEUED
     project.node.config.pickup_delay = 0.05
     assert project.wait_running(job)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import httpx
 import pytest
@@ -92,13 +93,16 @@ def test_markets_in_the_nosana_api_shape(project: Project) -> None:
     assert [m["slug"] for m in markets] == ["local-cpu", "local-gpu"]
     for market in markets:
         assert {"address", "slug", "name", "nos_job_price_per_second", "job_timeout",
-                "network_fee_percentage", "idle_hosts", "queue"} <= set(market)
+                "network_fee_percentage", "idle_hosts", "queue", "usd_reward_per_hour"
+                } <= set(market)
         assert market["idle_hosts"] == 1 and len(market["queue"]) == 1
+        assert market["nos_reward_per_second"] == market["nos_job_price_per_second"]
         by_slug = project.http.get(f"/api/markets/{market['slug']}/").json()
         by_address = project.http.get(f"/api/markets/{market['address']}").json()
         assert by_slug == by_address == market
     gpu = markets[1]
     assert gpu["nos_job_price_per_second"] == pytest.approx(115 / 1e6)
+    assert gpu["usd_reward_per_hour"] == 0.4 and gpu["gpu_types"] == ["local"]
     unknown = project.http.get("/api/markets/nope/")
     assert unknown.status_code == 404 and "error" in unknown.json()
 
@@ -115,14 +119,18 @@ def test_list_returns_base58_addresses_and_the_job_shape(project: Project) -> No
     assert set(listing) == {"tx", "job", "run"}
     job = project.job(listing["job"])
     market = project.http.get("/api/markets/local-gpu/").json()
-    assert job["address"] == listing["job"]
-    assert job["state"] == "QUEUED"
-    assert job["node"] is None and job["timeStart"] is None and job["ipfsResult"] is None
-    assert job["project"] == project.wallet.address
+    # Nosana's shape: no address, a numeric state, the system address until a host takes it.
+    assert "address" not in job
+    assert job["state"] == 0  # QUEUED
+    assert job["node"] == "11111111111111111111111111111111"
+    assert job["timeStart"] == 0 and job["timeEnd"] == 0 and job["ipfsResult"] is None
+    assert job["project"] == job["payer"] == project.wallet.address
     assert job["market"] == market["address"]
     assert job["timeout"] == 120
     assert job["ipfsJob"] == cid
-    assert job["price"] == 115
+    assert job["jobDefinition"] == PLACEHOLDER and job["jobResult"] is None
+    assert job["price"] == 115 and job["usdRewardPerHour"] == 0.4
+    assert abs(job["listedAt"] - time.time()) < 3600
     assert project.http.get("/api/markets/local-gpu/").json()["queued_jobs"] == 1
 
 
@@ -202,13 +210,14 @@ def test_stop_a_queued_job_delists_it(project: Project) -> None:
     assert response.status_code == 200
     assert response.json()["delisted"] is True
     info = project.job(job)
-    assert info["state"] == "STOPPED" and info["node"] is None and info["timeEnd"] is not None
+    assert info["state"] == 3  # STOPPED
+    assert info["node"] == "11111111111111111111111111111111" and info["timeEnd"] > 0
     again = project.http.post(f"/api/jobs/{job}/stop", headers=project.api_headers())
     assert again.status_code == 400
     # A delisted job is never picked up.
     project.node.config.pickup_delay = 0.0
     project.node.ledger.match_once()
-    assert project.job(job)["state"] == "STOPPED"
+    assert project.job(job)["state"] == 3
 
 
 def test_only_the_project_may_stop_or_extend(project: Project) -> None:
@@ -220,7 +229,7 @@ def test_only_the_project_may_stop_or_extend(project: Project) -> None:
     assert stop.status_code == 403 and extend.status_code == 403
     anonymous = project.http.post(f"/api/jobs/{job}/stop")
     assert anonymous.status_code == 401
-    assert project.job(job)["state"] == "QUEUED"
+    assert project.job(job)["state"] == 0
 
 
 def test_extend_adds_seconds(project: Project) -> None:

@@ -14,6 +14,9 @@ from nosana_magic.devnode.host import NOT_COLLECTED
 from .conftest import FAST, PLACEHOLDER, Project, definition, op
 from .waiting import PATIENCE, wait_until
 
+#: The Nosana API's numeric job states.
+QUEUED, COMPLETED, STOPPED = 0, 2, 3
+
 
 def public_result(project: Project, job: str, timeout: float = PATIENCE) -> dict[str, Any]:
     info = project.node.wait_job(job, timeout=timeout)
@@ -36,22 +39,28 @@ def test_confidential_job_end_to_end(project: Project) -> None:
     (train,) = result["opStates"]
     assert train["operationId"] == "train" and train["status"] == "success"
     assert train["exitCode"] == 0
-    assert train["results"] == {"loss": "0.25"}
+    # As the node keeps them: the whole match, then the group.
+    assert train["results"] == {"loss": ["loss=0.25", "0.25"]}
     logs = [(entry["type"], entry["log"]) for entry in train["logs"]]
     assert ("stdout", "loss=0.25\n") in logs and ("stderr", "done\n") in logs
     assert result["secrets"] == {}
+    # JSON leaves out what the host never set: no errors, no results for an op without rules.
+    assert "errors" not in result
+    state = train["diagnostics"]["state"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 0)
 
     blank = public_result(project, job)
     assert blank == {"status": "success", "startTime": result["startTime"],
                      "endTime": result["endTime"], "opStates": [], "errors": []}
     info = project.job(job)
-    assert info["state"] == "COMPLETED" and info["timeEnd"] is not None
+    assert info["state"] == COMPLETED and info["timeEnd"] > 0
     # Nothing private reached IPFS: neither the definition nor its secret nor the logs.
     for blob in project.node.ipfs.all().values():
         assert secret.encode() not in blob and b"loss=0.25" not in blob
     # The flow stays: a late GET still answers 200 (nothing resets the status).
     again = project.get(job, "/results")
-    assert again.status_code == 200 and again.json()["opStates"][0]["results"] == {"loss": "0.25"}
+    assert again.status_code == 200
+    assert again.json()["opStates"][0]["results"] == {"loss": ["loss=0.25", "0.25"]}
     assert project.node.hosts[0].busy is False
 
 
@@ -89,19 +98,50 @@ def test_results_window_expires_without_collection(project: Project) -> None:
     assert blank["opStates"] == []
     record = project.record(job)
     assert record.flow is not None and NOT_COLLECTED in record.flow.errors
+    # Nothing resets the status: a late GET still gets the flow, the error added.
+    late = project.get(job, "/results")
+    assert late.status_code == 200
+    assert late.json()["status"] == "waiting-for-result"
+    assert late.json()["errors"] == [NOT_COLLECTED]
+    assert late.json()["opStates"][0]["logs"][0]["log"] == "hi\n"
+
+
+def test_an_older_devnode_closes_the_window_for_late_gets(project: Project) -> None:
+    project.node.config.results_window = 1.0
+    project.node.config.close_results_window = True
+    job = project.submit(definition(op("quick", "echo hi")))
+    assert public_result(project, job)["errors"] == [NOT_COLLECTED]
     late = project.get(job, "/results")
     assert (late.status_code, late.text) == (400, "cannot get job result at this time")
 
 
+def test_an_uncollected_error_lands_twice_beside_earlier_errors(project: Project) -> None:
+    """The host adds it to the flow and to the public copy, which share the flow's list of
+    errors when it has one: after a validation error it is there twice."""
+    project.node.config.results_window = 1.0
+    job = project.submit({"version": "0.1", "type": "container",
+                          "ops": [{"type": "container/run", "id": "x", "args": {}}]})
+    blank = public_result(project, job)
+    assert blank["status"] == "validation-error"
+    assert blank["errors"][1:] == [NOT_COLLECTED, NOT_COLLECTED]
+
+
 def test_node_stop_route_expires_the_job_now(project: Project) -> None:
-    job = project.submit(definition(op("long", "sleep 30")))
+    job = project.submit(definition(op("long", "sleep 30"), op("plain", "true")))
     project.wait_flow(job, "running")
+    stopped_at = int(time.time() * 1000)
     assert project.post(job, "/stop").text == "job stopped successfully"
     result = project.collect(job)
-    (long,) = result["opStates"]
+    long, plain = result["opStates"]
     assert long["diagnostics"]["reason"]["jobExpired"] is True
+    assert long["diagnostics"]["reason"]["reason"] == "Operation stopped due to flow expired"
+    # As docker stop: the shell ignored the SIGTERM, the kill came after the grace (FAST: 0.5 s),
+    # and the flow's endTime after that.
+    assert long["exitCode"] == 137 and long["diagnostics"]["state"]["ExitCode"] == 137
+    assert result["endTime"] >= stopped_at + 500
+    assert "results" not in long and "results" not in plain
     assert public_result(project, job)["status"] == "success"
-    assert project.job(job)["state"] == "COMPLETED"
+    assert project.job(job)["state"] == COMPLETED
 
 
 def test_project_ends_a_running_job(project: Project) -> None:
@@ -114,7 +154,7 @@ def test_project_ends_a_running_job(project: Project) -> None:
     blank = public_result(project, job)
     assert blank["status"] == "stopped"
     info = project.job(job)
-    assert info["state"] == "STOPPED" and info["ipfsResult"] is not None
+    assert info["state"] == STOPPED and info["ipfsResult"] is not None
 
 
 def test_project_ends_a_job_waiting_for_its_definition(project: Project) -> None:
@@ -124,7 +164,7 @@ def test_project_ends_a_job_waiting_for_its_definition(project: Project) -> None
     project.collect(job)
     blank = public_result(project, job)
     assert blank["status"] == "waiting-for-job-definition"
-    assert project.job(job)["state"] == "STOPPED"
+    assert project.job(job)["state"] == STOPPED
 
 
 def test_expiry_ends_the_wait_for_a_definition(project: Project) -> None:
@@ -178,7 +218,7 @@ def test_public_job_runs_its_pinned_definition_and_publishes_everything(
     result = public_result(project, job)
     assert result["status"] == "success"
     assert result["opStates"][0]["logs"][0]["log"] == "public hello\n"
-    assert project.job(job)["state"] == "COMPLETED"
+    assert project.job(job)["state"] == COMPLETED
 
 
 def test_missing_placeholder_fails_the_job(project: Project) -> None:
@@ -193,7 +233,7 @@ def test_a_busy_host_takes_no_other_job(project: Project) -> None:
     first = project.submit(definition(op("long", "sleep 30")))
     second = project.post_placeholder()
     time.sleep(0.3)
-    assert project.job(second)["state"] == "QUEUED"
+    assert project.job(second)["state"] == QUEUED
     market = project.http.get("/api/markets/local-cpu/").json()
     assert market["idle_hosts"] == 0 and market["queued_jobs"] == 1
     project.post(first, "/stop")

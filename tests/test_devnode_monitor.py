@@ -35,8 +35,9 @@ def test_status_says_what_the_devnode_knows_of_itself(devnode: DevNode) -> None:
         assert set(body["loop_lag"]) == {"window_s", "samples", "p50_ms", "p99_ms", "max_ms",
                                          "max_since_start_ms"}
         assert client.get("/_devnode/status", params={"window": "x"}).status_code == 400
-        # Without a token there is no one to stop it for: no stop route.
+        # Without a token there is no one to stop it for, or serve keys for: no such routes.
         assert client.post("/_devnode/stop").status_code == 404
+        assert client.post("/_devnode/credits", json={}).status_code == 404
     assert not devnode.stop_requested.is_set()
 
 
@@ -58,6 +59,18 @@ def test_a_token_guards_all_but_the_node_api_and_the_services(guarded: DevNode) 
         node = guarded.hosts[0].address
         assert client.get(f"/node/{node}/node/info").status_code == 200
         assert client.get("/service/unknown/").status_code != 401
+        # A key is served only when the token comes with it, and only a nos_… key.
+        key = "nos_" + "k" * 40
+        assert client.post("/_devnode/credits", json={"api_key": key}).status_code == 401
+        for bad in ({"api_key": "sk_" + "k" * 40}, {"api_key": "nos_"}, {"key": key}, []):
+            assert client.post("/_devnode/credits", json=bad,
+                               headers={TOKEN_HEADER: TOKEN}).status_code == 400, bad
+        with pytest.raises(KeyError):
+            guarded.ledger.credits.account(key)
+        served = client.post("/_devnode/credits", json={"api_key": key},
+                             headers={TOKEN_HEADER: TOKEN})
+        assert served.status_code == 200 and key not in served.text
+        assert guarded.ledger.credits.account(key).assigned == 10_000_000  # $10 in micro-$
         assert not guarded.stop_requested.is_set()
         assert client.post("/_devnode/stop", headers={TOKEN_HEADER: TOKEN}).status_code == 202
     assert guarded.stop_requested.is_set()

@@ -90,7 +90,11 @@ def test_auth_of_unknown_jobs(project: Project) -> None:
     response = project.http.get(f"/node/{host}/job/{unknown}/results", headers=project.header())
     assert response.status_code == 401
     assert response.text == f"Unauthorized Request: Account does not exist or has no data {unknown}"
+    # web3.js's PublicKey: text that is not base58, then base58 that is not 32 bytes.
     response = project.http.get(f"/node/{host}/job/not_base58!/results", headers=project.header())
+    assert (response.status_code, response.text) == (
+        401, "Unauthorized Request: Non-base58 character")
+    response = project.http.get(f"/node/{host}/job/abc/results", headers=project.header())
     assert (response.status_code, response.text) == (
         401, "Unauthorized Request: Invalid public key input")
 
@@ -253,6 +257,7 @@ def test_a_result_that_cannot_be_pinned_still_completes_the_job(
         raise RuntimeError("pinning is broken")
 
     monkeypatch.setattr(project.node.ipfs, "put_json", broken)
+    project.node.config.keep_log_history = True  # (to read the host's lines afterwards)
     job = project.submit(definition(op("a", "echo hi")))
     project.collect(job)
     info = project.node.wait_job(job, "COMPLETED", "STOPPED", timeout=PATIENCE)

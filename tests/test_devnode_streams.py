@@ -67,7 +67,7 @@ async def test_info_stream_sends_changes_and_closes_at_end_time(project: Project
     events: list[dict[str, Any]] = []
     async with info_stream(project, job) as (client, response):
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["content-type"] == "text/event-stream"  # (no charset)
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
         async for line in sse_events(response):
@@ -79,9 +79,11 @@ async def test_info_stream_sends_changes_and_closes_at_end_time(project: Project
                     project.node_path(job, "/job-definition"), headers=project.header(),
                     json=definition(op("hello", "sleep 0.3; echo hello")))
                 assert posted.status_code == 200
-    # The stream ended by itself: the last event carries endTime and the final status.
+    # The stream ended by itself: the last event carries endTime, and (as the real host's
+    # race usually goes) the status the host wrote when it opened the results window.
     assert events[-1]["endTime"] is not None
-    assert events[-1]["status"] == "success"
+    assert events[-1]["status"] == "waiting-for-result"
+    assert events[-1]["operations"] is None
     assert all(e["endTime"] is None for e in events[:-1])
     running = [e for e in events if e["status"] == "running"]
     assert running and running[-1]["operations"]["all"] == {"hello": "running"}
@@ -90,6 +92,17 @@ async def test_info_stream_sends_changes_and_closes_at_end_time(project: Project
         assert "secrets" in event
         for state in event["opStates"]:
             assert "logs" not in state and "providerId" not in state
+
+
+async def test_info_last_event_in_the_other_order(project: Project) -> None:
+    project.node.config.info_last_event = "final-status"
+    job = project.submit(definition(op("hello", "sleep 0.3; echo hello")))
+    events: list[dict[str, Any]] = []
+    async with info_stream(project, job) as (_client, response):
+        async for line in sse_events(response):
+            events.append(json.loads(line[6:]))
+    assert events[-1]["endTime"] is not None and events[-1]["status"] == "success"
+    assert all(e["endTime"] is None for e in events[:-1])
     final_ops = events[-1]["operations"]
     assert final_ops is None or final_ops["all"] == {"hello": "finished"}
 
@@ -117,7 +130,8 @@ async def test_info_stream_of_a_finished_job_is_one_event(project: Project) -> N
     events = [line for line in response.text.split("\n\n") if line]
     assert len(events) == 1
     final = json.loads(events[0][6:])
-    assert final["status"] == "success" and final["endTime"] is not None
+    assert final["status"] == "waiting-for-result" and final["endTime"] is not None
+    assert final["errors"] == [] and final["opStates"][0]["status"] == "success"
 
 
 async def test_info_stream_ends_when_the_devnode_stops(project: Project) -> None:
@@ -178,23 +192,47 @@ async def test_log_accepts_the_cli_header_without_time_on_the_root_path(
     assert frame["path"] == "log"
 
 
+NOBODY = "11111111111111111111111111111111"
+UNAUTHORIZED = "Unauthorized Request"
+
+
 @pytest.mark.parametrize(
-    ("message", "code"),
+    ("message", "code", "reason"),
     [
-        ("this is not json", 1011),
-        ("[" * 20_000, 1011),
-        ('{"path": "/log", "header": NaN, "body": {"jobAddress": "JOB"}}', 1011),
-        (json.dumps({"path": "/nope", "body": {"jobAddress": "JOB"}}), 3003),
-        (json.dumps({"path": "/log", "header": "HEADER", "body": {}}), 1007),
-        (json.dumps({"path": "/log", "header": "HEADER",
-                     "body": {"jobAddress": "11111111111111111111111111111111"}}), 1007),
-        (json.dumps({"path": "/log", "header": "garbage", "body": {"jobAddress": "JOB"}}), 3000),
-        (json.dumps({"path": "/log", "body": {"jobAddress": "JOB"}}), 3000),
-        (json.dumps({"path": "/log", "header": "EXPIRED", "body": {"jobAddress": "JOB"}}), 3000),
-        (json.dumps({"path": "/flog", "body": {"jobAddress": "JOB"}}), 1008),
+        ("this is not json", 1011, "Internal Server Error"),
+        ("[" * 20_000, 1011, "Internal Server Error"),
+        ("null", 1011, "Internal Server Error"),
+        ('{"path": "/log", "header": NaN, "body": {"jobAddress": "JOB"}}', 1011,
+         "Internal Server Error"),
+        (json.dumps({"path": "/log", "header": "HEADER"}), 1011, "Internal Server Error"),
+        (json.dumps({"path": "/nope", "body": {"jobAddress": "JOB"}}), 3003, "Invalid Path"),
+        ("[1, 2]", 3003, "Invalid Path"),
+        (json.dumps({"path": "/log", "header": "HEADER", "body": {}}), 1007,
+         "Expected body to contain jobAddress."),
+        (json.dumps({"path": "/log", "header": "HEADER", "body": "text"}), 1007,
+         "Expected body to contain jobAddress."),
+        (json.dumps({"path": "/log", "header": "HEADER", "body": {"jobAddress": NOBODY}}), 3000,
+         f"{UNAUTHORIZED}: Account does not exist or has no data {NOBODY}"),
+        (json.dumps({"path": "/log", "header": "HEADER", "body": {"jobAddress": "0OIl"}}), 3000,
+         f"{UNAUTHORIZED}: Non-base58 character"),
+        (json.dumps({"path": "/status", "header": "HEADER", "body": {"jobAddress": "abc"}}),
+         3000, f"{UNAUTHORIZED}: Invalid public key input"),
+        (json.dumps({"path": "/flog", "body": {"jobAddress": NOBODY}}), 3000,
+         f"{UNAUTHORIZED}: Account does not exist or has no data {NOBODY}"),
+        # A header the validator throws on: the reason says no more than this.
+        (json.dumps({"path": "/log", "header": "garbage", "body": {"jobAddress": "JOB"}}), 3000,
+         UNAUTHORIZED),
+        (json.dumps({"path": "/log", "body": {"jobAddress": "JOB"}}), 3000, UNAUTHORIZED),
+        (json.dumps({"path": "/log", "header": "EXPIRED", "body": {"jobAddress": "JOB"}}), 3000,
+         UNAUTHORIZED),
+        (json.dumps({"path": "/status", "header": "EXPIRED", "body": {"jobAddress": "JOB"}}),
+         3000, UNAUTHORIZED),
+        (json.dumps({"path": "/flog", "body": {"jobAddress": "JOB"}}), 1008,
+         "Invalid job address"),
     ],
 )
-async def test_websocket_close_codes(project: Project, message: str, code: int) -> None:
+async def test_websocket_close_codes(project: Project, message: str, code: int,
+                                     reason: str) -> None:
     job = project.post_placeholder()
     project.wait_flow(job, "waiting-for-job-definition")
     expired = auth_header(project.wallet.keypair, "m", timestamp_ms=now_ms() - 301_000)
@@ -202,7 +240,10 @@ async def test_websocket_close_codes(project: Project, message: str, code: int) 
                .replace("EXPIRED", expired))
     async with connect(ws_url(project, job), proxy=None) as ws:
         await ws.send(message)
-        assert await close_code(ws) == code
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), PATIENCE)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (code, reason)
 
 
 async def test_wrong_signature_is_silently_ignored(project: Project) -> None:
@@ -304,7 +345,8 @@ def test_a_host_caps_each_jobs_log_history_in_bytes() -> None:
     from .conftest import FAST
 
     assert DevNodeConfig().log_history_bytes == 64 * 1024 * 1024
-    config = DevNodeConfig(**{**FAST, "log_history_bytes": 20_000})  # type: ignore[arg-type]
+    config = DevNodeConfig(**{**FAST, "log_history_bytes": 20_000,  # type: ignore[arg-type]
+                              "keep_log_history": True})
     with DevNode(config) as node, Project(node) as project:
         job = project.submit(definition(op("a", "for i in $(seq 1 1000); do echo line-$i; done")))
         project.collect(job)
@@ -316,3 +358,129 @@ def test_a_host_caps_each_jobs_log_history_in_bytes() -> None:
         assert not any('"line-1\\n"' in entry for entry in history)
         tasks = host.task_logs.history(job)
         assert sum(len(entry["message"].encode()) + 100 for entry in tasks) <= 20_000
+
+
+# ---------------------------------------------------------------------- as a Nosana host sends it
+
+
+async def replay(project: Project, job: str, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` entries a new ``/log`` subscription gets."""
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(log_message(project, job))
+        return [json.loads(frame["data"]) for frame in await frames(ws, count)]
+
+
+def host_of(project: Project, job: str) -> Any:
+    return project.node.host(project.node.job(job).node or "")
+
+
+async def test_log_entries_have_the_hosts_shape(project: Project) -> None:
+    job = project.submit(definition(op("hello", "echo out; echo err >&2")))
+    project.wait_flow(job, "waiting-for-result")
+    entries = await replay(project, job, len(host_of(project, job).node_logs.history(job)))
+    container = [e for e in entries if e["type"] == "log"]
+    assert sorted(e["log"] for e in container) == ["err\n", "out\n"]
+    # Container lines say neither the op nor the stream: no payload, as on a Nosana host.
+    assert all(set(e) == {"method", "job", "log", "timestamp", "type"} for e in container)
+    assert not any("payload" in e for e in entries)
+    # Progress lines say what they wait for in an object; other lines have no "pending".
+    process = [e for e in entries if e["type"] == "process"]
+    assert {e["log"] for e in process} >= {"Resolving job definition", "Validating job definition",
+                                          "Waiting for job definition"}
+    for entry in process:
+        assert entry["pending"]["isPending"] is True and "." in entry["pending"]["expecting"]
+    assert not any("pending" in e for e in entries if e["type"] != "process")
+    assert not any("\x1b[" in e["log"] for e in entries)
+
+
+async def test_an_older_devnode_says_which_op_and_stream(project: Project) -> None:
+    project.node.config.log_payload = True
+    job = project.submit(definition(op("hello", "echo out; echo err >&2")))
+    project.wait_flow(job, "waiting-for-result")
+    entries = await replay(project, job, len(host_of(project, job).node_logs.history(job)))
+    container = {e["log"]: e["payload"] for e in entries if e["type"] == "log"}
+    assert container == {"out\n": {"opId": "hello", "stream": "stdout"},
+                         "err\n": {"opId": "hello", "stream": "stderr"}}
+
+
+async def test_node_lines_in_colour_when_asked(project: Project) -> None:
+    project.node.config.node_log_colors = True
+    job = project.submit(definition(op("hello", "echo plain")))
+    project.wait_flow(job, "waiting-for-result")
+    entries = await replay(project, job, len(host_of(project, job).node_logs.history(job)))
+    assert [e["log"] for e in entries if e["type"] == "log"] == ["plain\n"]  # as printed
+    own = [e["log"] for e in entries if e["type"] != "log" and e["log"]]
+    assert own and all(text.startswith("\x1b[") and text.endswith("\x1b[39m") for text in own)
+    assert any(f"\x1b[1m{job}\x1b[22m" in text for text in own)  # the job in bold
+
+
+async def test_log_history_is_gone_once_the_job_is_done(project: Project) -> None:
+    job = project.submit(definition(op("hello", "echo hello")))
+    async with connect(ws_url(project, job), proxy=None) as early:
+        await early.send(log_message(project, job))
+        project.collect(job)
+        project.node.wait_job(job, timeout=PATIENCE)
+        # A subscriber from before the end got every line, and stays open.
+        seen: list[dict[str, Any]] = []
+        while not any("Job result published" in e["log"] for e in seen):
+            seen.extend(json.loads(f["data"]) for f in await frames(early, 1))
+        assert "hello\n" in [e["log"] for e in seen]
+        async with connect(ws_url(project, job), proxy=None) as late:
+            await late.send(log_message(project, job))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(late.recv(), 0.4)
+    assert host_of(project, job).node_logs.history(job) == []
+
+
+async def test_an_older_devnode_replays_a_finished_jobs_log(project: Project) -> None:
+    project.node.config.keep_log_history = True
+    job = project.submit(definition(op("hello", "echo hello")))
+    project.collect(job)
+    project.node.wait_job(job, timeout=PATIENCE)
+    history = host_of(project, job).node_logs.history(job)
+    entries = await replay(project, job, len(history))
+    assert "hello\n" in [e["log"] for e in entries]
+
+
+async def test_a_new_subscription_replays_from_the_oldest_entry_kept() -> None:
+    """Past the cap the oldest entries are dropped, so a new connection's replay starts
+    further on than the job's first line: where depends on how many were dropped."""
+    from nosana_magic.devnode import DevNodeConfig
+
+    from .conftest import FAST
+
+    config = DevNodeConfig(**{**FAST, "log_history": 50})  # type: ignore[arg-type]
+    async with DevNode(config) as node:
+        with Project(node) as project:
+            job = project.submit(definition(op("many", "for i in $(seq 1 200); do echo $i; done")))
+            project.wait_flow(job, "waiting-for-result")
+            kept = host_of(project, job).node_logs.history(job)
+            assert len(kept) == 50
+            first = await replay(project, job, 50)
+            again = await replay(project, job, 50)
+    assert [compact(e) for e in first] == kept
+    assert first == again
+    numbers = [int(e["log"]) for e in first if e["type"] == "log"]
+    assert numbers and numbers[0] > 1 and numbers == list(range(numbers[0], numbers[-1] + 1))
+
+
+def compact(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+
+async def test_drop_after_frames_closes_each_subscription_within_its_replay(
+    project: Project,
+) -> None:
+    project.node.config.faults.drop_ws_after_frames = 5
+    job = project.submit(definition(op("many", "for i in $(seq 1 20); do echo $i; done")))
+    project.wait_flow(job, "waiting-for-result")
+    got = []
+    for _ in range(2):
+        async with connect(ws_url(project, job), proxy=None) as ws:
+            await ws.send(log_message(project, job))
+            got.append(await frames(ws, 5))
+            code = await close_code(ws)
+        assert code == 1001
+    # Each connection replays from the start again, so none gets past the fifth entry.
+    assert got[0] == got[1]
+    assert [f["data"] for f in got[0]] == host_of(project, job).node_logs.history(job)[:5]

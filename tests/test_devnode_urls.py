@@ -66,6 +66,25 @@ def wait_endpoints(project: Project, job: str, count: int, timeout: float = PATI
         time.sleep(0.05)
 
 
+def test_endpoints_are_offline_until_a_startup_health_check_passes(project: Project) -> None:
+    """The top-level status is ONLINE only once a startup health check passed: a service
+    without health checks reads OFFLINE there (and UNKNOWN for itself), as on a Nosana host."""
+    port = free_port()
+    job = project.submit(definition(server_op("web", port)))
+    body = wait_endpoints(project, job, 1)
+    (url,) = body["urls"].values()
+    assert (body["status"], url["status"]) == ("OFFLINE", "UNKNOWN")
+    with httpx.Client(trust_env=False, timeout=PATIENCE) as client:
+        wait_until(lambda: client.get(url["url"] + "/").status_code == 200,
+                   what="the service listening")
+    again = project.get(job, "/endpoints").json()
+    assert again["status"] == "OFFLINE"
+    states = [s["status"] for s in project.node.host(project.node.job(job).node or "")
+              .node_states.history(job)]
+    assert "service-url-ready" not in states  # (only a passed health check says so)
+    project.post(job, "/stop")
+
+
 def test_public_and_private_services_are_reachable(project: Project) -> None:
     public_port, private_port = free_port(), free_port()
     job = project.submit(definition(server_op("web", public_port, checked=True),

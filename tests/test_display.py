@@ -66,6 +66,7 @@ class FakeJob:
         self.ok = False
         self.elapsed: float | None = 1.0
         self.cost: float | None = None
+        self.cost_usd: float | None = None
         self.ops: dict[str, Op] = {}
         self.results: dict[str, Any] = {}
         self.urls: list[ServiceUrl] = []
@@ -183,6 +184,9 @@ def test_stderr_is_distinguishable_and_node_lines_are_marked() -> None:
     assert format_line(Line("train", "stdout", "ok")) == ("stdout", "[train] ok")
     # The host's own lines are shown as it wrote them, marked as the host's.
     assert format_line(Line(None, "node", "pulling image")) == ("stdout", "· host: pulling image")
+    # A live line whose op could not be told (several ran; a host does not say) is marked.
+    assert format_line(Line(None, "output", "epoch 1")) == ("stdout", "[?] epoch 1")
+    assert format_line(Line("train", "output", "epoch 1")) == ("stdout", "[train] epoch 1")
 
 
 def test_widget_streams_keep_stderr_apart(counting_comm: list[tuple[str, int]]) -> None:

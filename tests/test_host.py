@@ -131,27 +131,35 @@ async def test_full_protocol_definition_info_logs_results(
         definition(op("train", f"{lines}; echo 'acc=0.93'; echo oops >&2",
                       results={"acc": "acc=([0-9.]+)"}))
     )
+    # A Nosana host clears a job's /log history once the job is done: follow it from the start.
+    following = asyncio.create_task(_all_logs(host, "Job result published"))
     await host.send_definition(body, timeout=PATIENCE)
 
     events = [event async for event in host.info(timeout=PATIENCE)]
     assert events[-1].end_time is not None
     assert all(e.end_time is None for e in events[:-1])
-    assert events[-1].status == "success"
+    # The host's results window opened before its stream said more (docs/protocol.md §6).
+    assert events[-1].status == "waiting-for-result"
 
+    node = devnode.job(job).node
+    assert node is not None
+    history = _history(devnode, node, job)
     flow = await host.results(timeout=PATIENCE)
     # The quirk of docs/protocol.md §10: the status served with the results is not the final one.
     assert flow.status == "waiting-for-result"
     [train] = flow.op_states
-    assert train.exit_code == 0 and train.results == {"acc": "0.93"}
+    # Each match as the host keeps it: the whole match, then the groups (docs/protocol.md §14).
+    assert train.exit_code == 0 and train.results == {"acc": ["acc=0.93", "0.93"]}
     assert [e.log for e in train.logs if e.type == "stdout"][:2] == ["line0\n", "line1\n"]
 
-    node = devnode.job(job).node
-    assert node is not None
-    got = await _all_logs(host, "Job result published")
-    assert [(e.timestamp, e.log) for e in got] == [
-        (e.timestamp, e.log) for e in _history(devnode, node, job)
+    got = await following
+    assert [(e.timestamp, e.log) for e in got][: len(history)] == [
+        (e.timestamp, e.log) for e in history
     ][: len(got)]
-    assert [e.log for e in got if e.type == "log"][:3] == ["line0\n", "line1\n", "line2\n"]
+    container = [e for e in got if e.type == "log"]
+    assert [e.log for e in container][:3] == ["line0\n", "line1\n", "line2\n"]
+    assert all(e.payload is None for e in container)  # the host does not name op or stream
+    await until(lambda: _history(devnode, node, job) == [])  # cleared once the job is done
     assert host.log_connections == 1
     await host.aclose()
 
@@ -300,6 +308,8 @@ async def test_dropped_log_socket_reconnects_without_duplicate_or_lost_line(
     devnode: DevNode, network: ApiNetwork
 ) -> None:
     host, job = await _host_for(devnode, network)
+    # The history is compared with the host's after the job: the devnode keeps it.
+    devnode.config.keep_log_history = True
     faults = devnode.config.faults
     faults.drop_ws_after_frames = 7
     stop = asyncio.Event()
@@ -327,7 +337,7 @@ async def test_dropped_log_socket_reconnects_without_duplicate_or_lost_line(
     assert [(e.timestamp, e.log) for e in got] == [(e.timestamp, e.log) for e in history]
     assert [e.log for e in got if e.type == "log"] == [f"line{i}\n" for i in range(1, 41)]
     assert host.log_connections >= 4
-    assert host.replay_mismatches == 0
+    assert host.log_gaps == 0
     assert host.log_cursor == len(history)
     await host.aclose()
 
@@ -442,8 +452,30 @@ async def test_error_messages_are_redacted_and_never_hold_the_body() -> None:
         await host.aclose()
 
 
-def _ws_app(histories: list[list[str]], close_code: int | None = None) -> Starlette:
-    """A /log server: connection *n* replays ``histories[n]`` then closes (1001 / a code)."""
+async def test_a_long_error_message_is_redacted_before_it_is_shortened() -> None:
+    # The message is cut to one short line: cut first, a secret at the cut would show half.
+    from nosana_magic.secrets import Redactor
+
+    secret = "hf_" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8"
+
+    async def post(request: Request) -> Response:
+        return PlainTextResponse("e" * 190 + " " + secret + " more", status_code=422)
+
+    app = Starlette(routes=[Route("/job/{job}/job-definition", post, methods=["POST"])])
+    async with serve_app(app) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY,
+                          redact=Redactor({"HF": secret}).redact)
+        with pytest.raises(HostError) as info:
+            await host.send_definition(b"{}", timeout=PATIENCE)
+        message = str(info.value)
+        assert not any(secret[:k] in message for k in range(3, len(secret))), message
+        await host.aclose()
+
+
+def _ws_app(histories: list[list[str]], close_code: int | None = None,
+            starts: list[int] | None = None) -> Starlette:
+    """A /log server: connection *n* replays ``histories[n]`` (timestamps from
+    ``starts[n]``, 1000 by default, one ms apart) then closes (1001 / a code)."""
     connections = {"n": 0}
 
     async def ws(websocket: WebSocket) -> None:
@@ -455,30 +487,81 @@ def _ws_app(histories: list[list[str]], close_code: int | None = None) -> Starle
             return
         n = min(connections["n"], len(histories) - 1)
         connections["n"] += 1
+        start = starts[n] if starts is not None else 1000
         for i, text in enumerate(histories[n]):
-            entry = {"log": text, "type": "log", "timestamp": 1000 + i, "job": "J"}
+            entry = {"log": text, "type": "log", "timestamp": start + i, "job": "J"}
             await websocket.send_text(_json.dumps({"path": "log", "data": _json.dumps(entry)}))
         await websocket.close(code=1001)
 
     return Starlette(routes=[WebSocketRoute("/", ws)])
 
 
-async def test_log_replay_mismatch_is_counted_and_lines_are_not_lost() -> None:
-    # The second connection replays a different history (the host restarted).
+async def _follow_until(host: HostClient, last: str) -> list[str]:
+    got: list[str] = []
+
+    async def follow() -> None:
+        async for entry in host.logs():
+            got.append(entry.log)
+            if entry.log == last:
+                return
+
+    await asyncio.wait_for(follow(), PATIENCE)
+    return got
+
+
+async def test_log_replay_after_the_cap_is_aligned_by_time_not_count() -> None:
+    # The host keeps the last N entries: the reconnect's replay starts at l3, not at l0.
+    # Skipping 10 entries by count (as if the replay started at line one) loses l10..l12.
+    lines = [f"l{i}" for i in range(15)]
+    histories = [lines[:10], lines[3:], lines[3:]]
+    async with serve_app(_ws_app(histories, starts=[1000, 1003, 1003])) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        assert await _follow_until(host, "l14") == lines
+        assert host.log_gaps == 0 and host.log_connections == 2
+        await host.aclose()
+
+
+async def test_log_replay_starting_after_the_last_line_seen_is_a_gap() -> None:
+    # The reconnect's replay starts after the last entry seen (l2..l3 are gone): counted.
+    histories = [["l0", "l1"], ["l4", "l5"], ["l4", "l5"]]
+    async with serve_app(_ws_app(histories, starts=[1000, 1004, 1004])) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        assert await _follow_until(host, "l5") == ["l0", "l1", "l4", "l5"]
+        assert host.log_gaps == 1
+        await host.aclose()
+
+
+async def test_log_replay_of_a_different_history_loses_no_new_line() -> None:
+    # The second connection replays a different history (the host restarted): what is older
+    # than the last entry seen is taken for the replay, the rest is kept.
     histories = [["a", "b"], ["x", "y", "z"], ["x", "y", "z"]]
     async with serve_app(_ws_app(histories)) as url:
         host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
-        got: list[str] = []
+        assert await _follow_until(host, "z") == ["a", "b", "y", "z"]
+        await host.aclose()
 
-        async def follow() -> None:
-            async for entry in host.logs():
-                got.append(entry.log)
-                if entry.log == "z":
-                    return
 
-        await asyncio.wait_for(follow(), PATIENCE)
-        assert got == ["a", "b", "y", "z"]  # "x" sits at the cursor: seen as the replay
-        assert host.replay_mismatches == 1
+async def test_an_unreadable_log_entry_is_kept_as_raw_text() -> None:
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()
+        frames = [{"path": "log", "data": _json.dumps({"log": "ok", "type": "log",
+                                                       "timestamp": 1000})},
+                  {"path": "log", "data": '{"log": 5, "timestamp": 1001}'},
+                  {"path": "log", "data": _json.dumps({
+                      "log": "pulling", "type": "process", "timestamp": 1002,
+                      "pending": {"isPending": True, "expecting": "pulled"}})},
+                  {"path": "log", "data": _json.dumps({"log": "end", "type": "log",
+                                                       "timestamp": 1003})}]
+        for frame in frames:
+            await websocket.send_text(_json.dumps(frame))
+        await websocket.close(code=1001)
+
+    async with serve_app(Starlette(routes=[WebSocketRoute("/", ws)])) as url:
+        host = HostClient(url, "J", Wallet.generate(), retry=FAST_RETRY)
+        got = await _follow_until(host, "end")
+        assert got == ["ok", '{"log": 5, "timestamp": 1001}', "pulling", "end"]
+        assert host.unreadable_entries == 1
         await host.aclose()
 
 

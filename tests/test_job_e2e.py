@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from nosana_magic import runner
-from nosana_magic.devnode import DevNode
+from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.job import (
     ConfidentialJob,
     JobEvent,
@@ -27,6 +28,7 @@ from nosana_magic.job import (
     JobFailed,
     JobInterrupted,
     JobStopped,
+    MissingResult,
     find_job,
     jobs,
     run_confidential,
@@ -39,7 +41,7 @@ from nosana_magic.secrets import ResolvedDefinition, SecretError
 from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
-from .conftest import PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
+from .conftest import FAST, PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
 from .waiting import PATIENCE
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,27 @@ def _until(check: Any, timeout: float = PATIENCE) -> None:
         time.sleep(0.01)
 
 
-def _host_history(devnode: DevNode, job: ConfidentialJob) -> list[NodeLogEntry]:
+@pytest.fixture
+def sent(devnode: DevNode, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Every ``/log`` entry each devnode host published, by job (a host clears a job's
+    history once the job is done, so the test keeps its own copy)."""
+    published: dict[str, list[str]] = {}
+    for node_host in devnode.hosts:
+        hub = node_host.node_logs
+        original = hub.publish
+
+        def publish(job: str, item: str, original: Any = original) -> None:
+            published.setdefault(job, []).append(item)
+            original(job, item)
+
+        monkeypatch.setattr(hub, "publish", publish)
+    return published
+
+
+def _host_history(sent: dict[str, list[str]], job: ConfidentialJob) -> list[NodeLogEntry]:
+    """What the job's host sent over ``/log``."""
     assert job.address and job.node
-    return [
-        NodeLogEntry.model_validate_json(item)
-        for item in devnode.host(job.node).node_logs.history(job.address)
-    ]
+    return [NodeLogEntry.model_validate_json(item) for item in sent.get(job.address, [])]
 
 
 def _everything_shown(job: ConfidentialJob) -> str:
@@ -155,22 +172,109 @@ def test_success_with_results_logs_and_redaction(devnode: DevNode, net: ApiNetwo
     assert job in jobs() and find_job(job.address[:10]) is job
 
 
-def test_logs_equal_the_hosts_line_for_line(devnode: DevNode, net: ApiNetwork) -> None:
+def test_logs_equal_the_hosts_line_for_line(devnode: DevNode, net: ApiNetwork,
+                                           sent: dict[str, list[str]]) -> None:
     script = "for i in $(seq 1 30); do echo line$i; done"
     job = _run(net, definition(op("a", script)))
     assert job.ok
-    history = _host_history(devnode, job)
-    assert [(line.text, line.timestamp) for line in job.logs] == [
-        (entry.log.rstrip("\n"), entry.timestamp / 1000) for entry in history  # type: ignore[operator]
+    history = _host_history(sent, job)
+    assert [line.text for line in job.logs] == [entry.log.rstrip("\n") for entry in history]
+    # The host's own lines keep their time; op lines take the results' (with their stream).
+    assert [line.timestamp for line in job.node_logs] == [
+        entry.timestamp / 1000 for entry in history if entry.type != "log"  # type: ignore[operator]
     ]
     assert job.stdout == "\n".join(f"line{i}" for i in range(1, 31))
 
 
-def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwork) -> None:
+def test_numbered_stdout_and_stderr_lines_exactly_on_a_nosana_like_host(
+    devnode: DevNode, net: ApiNetwork, sent: dict[str, list[str]]
+) -> None:
+    """The devnode in its default (Nosana host) mode: no op or stream on /log lines, node
+    lines coloured, history cleared at the end, results as match arrays. The handle still
+    has every stdout and stderr line, in order, and every line the host sent."""
+    devnode.config.node_log_colors = True
+    script = ("for i in $(seq 1 40); do echo out$i; if [ $((i % 5)) = 0 ]; then "
+              "echo err$((i / 5)) >&2; fi; done; echo 'loss=0.5'; echo 'loss=0.25'")
+    job = _run(net, definition(op("a", script, results={
+        "loss": "loss=([0-9.]+)", "acc": "acc=([0-9.]+)", "line": "out[0-9]+"})))
+    assert job.ok, job._error_line()
+    assert job.stdout.splitlines() == [f"out{i}" for i in range(1, 41)] + [
+        "loss=0.5", "loss=0.25"]
+    assert job.stderr.splitlines() == [f"err{i}" for i in range(1, 9)]
+    history = _host_history(sent, job)
+    strip = re.compile(r"\x1b\[[0-9;]*m")
+    node_lines = [strip.sub("", e.log) for e in history if e.type != "log"]
+    assert any("\x1b[" in e.log for e in history)  # the host did colour them
+    assert [line.text for line in job.node_logs] == node_lines
+    assert [line.text for line in job.logs] == [strip.sub("", e.log).rstrip("\n")
+                                                for e in history]
+    assert {line.op_id for line in job.logs if line.container} == {"a"}
+    assert job.log_warnings == []
+    # Results: the last match's group, every match, nothing for no match.
+    assert job.results == {"loss": 0.25, "line": "out40"}
+    assert job.results.all("loss") == [0.5, 0.25] and job.results.all("acc") == []
+    assert job.matches["loss"] == [["loss=0.5", "0.5"], ["loss=0.25", "0.25"]]
+    assert len(job.matches["line"]) == 40 and job.matches["acc"] == []
+    with pytest.raises(MissingResult, match="acc"):
+        job.results["acc"]
+
+
+@pytest.mark.parametrize("last_event", ["waiting-for-result", "final-status"])
+def test_either_order_of_the_last_info_event_gives_the_same_handle(
+    devnode: DevNode, net: ApiNetwork, last_event: str
+) -> None:
+    """A Nosana host's last /info event is a race: the final status, or already
+    ``waiting-for-result`` with ``operations: null``. The handle reads the same."""
+    devnode.config.info_last_event = last_event  # type: ignore[assignment]
+    job = _run(net, definition(
+        op("a", "echo 'acc=0.5'"),
+        op("b", "echo 'acc=0.75'; echo bad >&2; exit 3", results={"acc": "acc=([0-9.]+)"},
+           execution={"depends_on": ["a"]})))
+    # The host's own word: "success" once every op ran, whatever their exit codes.
+    assert job.done and job.status == "failed" and job.host_status == "success"
+    assert job.ops["a"].status == "succeeded" and job.ops["b"].exit_code == 3
+    assert job.results == {"acc": 0.75} and job.stderr == "bad"
+    assert [line.op_id for line in job.logs if line.container] == ["a", "b", "b"]
+
+
+def test_results_agree_between_the_devnode_and_a_nosana_hosts_shape(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    """Single, repeated and non-matching regexes, and one without groups: the values the
+    handle gives on the devnode are those of the flat match arrays a Nosana host makes
+    (docs/protocol.md §14), with the regexes known or not."""
+    from nosana_magic.outcome import ops_and_results, result_groups
+    from nosana_magic.results import FlowState
+
+    rules = {"acc": "acc=([0-9.]+)", "loss": "loss=([0-9.]+)", "f1": "f1=(.*)",
+             "seen": "loss=[0-9.]+"}
+    document = definition(op("a", "echo 'loss=0.5'; echo 'loss=0.25'; echo 'acc=0.9'",
+                             results=rules))
+    job = _run(net, document)
+    assert job.ok, job._error_line()
+    # What a Nosana host stores for these lines (whole match, then the groups, per line).
+    nosana = {"acc": ["acc=0.9", "0.9"], "loss": ["loss=0.5", "0.5", "loss=0.25", "0.25"],
+              "f1": [], "seen": ["loss=0.5", "loss=0.25"]}
+    assert job.flow is not None and job.flow.op_states[0].results == nosana
+    flow = FlowState.model_validate({"status": "waiting-for-result", "opStates": [{
+        "operationId": "a", "status": "success", "exitCode": 0, "results": nosana}]})
+    for groups in (result_groups(document), None):
+        outcome = ops_and_results(flow, stopped_by_you=False, groups=groups)
+        assert outcome.results == dict(job.results) == {"acc": 0.9, "loss": 0.25,
+                                                        "seen": "loss=0.25"}
+        assert outcome.every == {"acc": [0.9], "loss": [0.5, 0.25], "f1": [],
+                                 "seen": ["loss=0.5", "loss=0.25"]}
+        assert outcome.matches == dict(job.matches)
+    assert job.results.all("loss") == [0.5, 0.25] and job.results.all("f1") == []
+    assert job.matches["loss"] == [["loss=0.5", "0.5"], ["loss=0.25", "0.25"]]
+
+
+def test_reaction_times_are_well_under_a_second(devnode: DevNode, net: ApiNetwork,
+                                                sent: dict[str, list[str]]) -> None:
     """Correctness bound (catches a return to multi-second polling), not a benchmark."""
     job = _run(net, definition(op("a", "echo hi")))
     assert job.ok
-    history = _host_history(devnode, job)
+    history = _host_history(sent, job)
     waiting = next(e.timestamp for e in history if e.log == "Waiting for job definition")
     received = next(e.timestamp for e in history if e.log == "Job definition received")
     assert waiting is not None and received is not None
@@ -235,6 +339,33 @@ def test_failing_op(devnode: DevNode, net: ApiNetwork) -> None:
     assert info.value._render_traceback_() == [f"JobFailed: {info.value}"]
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    ({"cmd": ["/nonexistent/trainer", "--epochs", "3"]},
+     "cannot start '/nonexistent/trainer': No such file or directory"),
+    ({"cmd": "true", "work_dir": "../../elsewhere"},
+     "work_dir '../../elsewhere' would leave the job's directory"),
+    ({"cmd": [], "entrypoint": []},
+     "no cmd or entrypoint: the local executor cannot run an image's default command"),
+])
+def test_an_op_the_host_could_not_run_says_why(devnode: DevNode, net: ApiNetwork,
+                                               args: dict[str, Any], said: str) -> None:
+    # "op a exited with 2" alone does not say that the host never started it, nor why.
+    job = _run(net, definition({"type": "container/run", "id": "a",
+                                "args": {"image": "ubuntu", **args}}))
+    assert job.done and job.status == "failed" and job.ops["a"].exit_code == 2
+    with pytest.raises(JobFailed) as info:
+        job.raise_for_status()
+    assert str(info.value) == f"job {job.address} failed: op a exited with 2: {said}"
+    assert job.reason == f"op a exited with 2: {said}"
+
+
+def test_why_an_op_failed_is_redacted(devnode: DevNode, net: ApiNetwork) -> None:
+    job = _run(net, definition({"type": "container/run", "id": "a",
+                                "args": {"image": "ubuntu", "cmd": ["/opt/${env:HF_TOKEN}"]}}))
+    assert job.reason == ("op a exited with 2: cannot start '/opt/[secret:HF_TOKEN]': No such "
+                          "file or directory")
+
+
 def test_definition_failing_the_hosts_validation(
     devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,7 +407,8 @@ def test_invalid_definition_posts_nothing(devnode: DevNode, net: ApiNetwork) -> 
     assert devnode.ledger.jobs == {} and len(devnode.ipfs) == 0
 
 
-def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwork) -> None:
+def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwork,
+                                                 sent: dict[str, list[str]]) -> None:
     faults = devnode.config.faults
     faults.fail_requests = 4  # spread over whichever node routes come first
     faults.drop_ws_after_frames = 6
@@ -305,9 +437,79 @@ def test_host_faults_500s_and_dropped_log_socket(devnode: DevNode, net: ApiNetwo
     assert faults.fail_requests == 0
     host = job._machine._host
     assert host is not None and host.log_connections >= 3
-    history = _host_history(devnode, job)
-    assert [line.text for line in job.logs] == [e.log.rstrip("\n") for e in history]
+    history = _host_history(sent, job)
+    # Every op line, from the live log or put back from the results, in order.
     assert job.stdout == "\n".join(f"line{i}" for i in range(1, 41))
+    assert [line.text for line in job.logs if line.container] == [
+        e.log.rstrip("\n") for e in history if e.type == "log"]
+    # The host's own lines: all of them, or a warning that the last ones may be missing (a
+    # host does not replay a finished job's log to a socket that reconnects too late).
+    sent_node = [e.log for e in history if e.type != "log"]
+    got_node = [line.text for line in job.node_logs]
+    assert got_node == sent_node[: len(got_node)]
+    assert got_node == sent_node or any("last lines may be missing" in warning
+                                        for warning in job.log_warnings)
+
+
+@pytest.mark.parametrize("devnode_config",
+                         [DevNodeConfig(**{**FAST, "log_history": 40})])  # type: ignore[arg-type]
+def test_reconnect_after_the_replay_cap_loses_no_line(devnode: DevNode, net: ApiNetwork,
+                                                       sent: dict[str, list[str]]) -> None:
+    """The host keeps the last 40 entries: a reconnect's replay starts there, not at line
+    one. Skipping the replay by count would lose what came since; aligned by time, every
+    line is there once, in order."""
+    faults = devnode.config.faults
+    stop = threading.Event()
+
+    def drop_mid_stream() -> None:
+        # Each new connection: the (capped) replay, then 20 new entries, then cut.
+        seen = 0
+        while not stop.is_set():
+            job = next(iter(jobs()[-1:]), None)
+            host = job._machine._host if job is not None else None
+            if host is not None and host.log_connections != seen:
+                seen = host.log_connections
+                faults.drop_ws_after_frames = 60 if seen < 4 else None
+            time.sleep(0.002)
+
+    dropper = threading.Thread(target=drop_mid_stream, daemon=True)
+    dropper.start()
+    try:
+        script = "for i in $(seq 1 300); do echo line$i; sleep 0.01; done"
+        job = _run(net, definition(op("a", script)))
+    finally:
+        stop.set()
+        dropper.join(2)
+    assert job.ok, job._error_line()
+    host = job._machine._host
+    assert host is not None and host.log_connections >= 3
+    lines = [f"line{i}" for i in range(1, 301)]
+    assert job.stdout.splitlines() == lines
+    assert [line.text for line in job.logs if line.stream != "node"] == lines
+    sent_node = [NodeLogEntry.model_validate_json(item).log for item in sent[job.address or ""]]
+    got_node = [line.text for line in job.node_logs]
+    assert got_node == [text for text in sent_node if not text.startswith("line")][
+        : len(got_node)]
+
+
+def test_a_log_socket_cut_every_500_frames_still_gives_every_line(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    """Every /log connection is cut 500 frames into its replay: the live log never gets past
+    its 500th entry. Once the results are in, the handle has all 2,000 lines, in order, each
+    with its op and stream, and says what it could not get back."""
+    devnode.config.faults.drop_ws_after_frames = 500
+    job = _run(net, definition(op("a", "seq 1 1000; seq 1001 2000 >&2")))
+    assert job.ok, job._error_line()
+    assert job.stdout.splitlines() == [str(i) for i in range(1, 1001)]
+    assert job.stderr.splitlines() == [str(i) for i in range(1001, 2001)]
+    container = [line for line in job.logs if line.container]
+    assert len(container) == 2000 and {line.op_id for line in container} == {"a"}
+    assert {line.stream for line in container} == {"stdout", "stderr"}
+    # The host's closing lines came after the 500th entry: gone, and said so.
+    assert not any(line.text.startswith("Job result published") for line in job.node_logs)
+    assert any("last lines may be missing" in warning for warning in job.log_warnings)
+    assert any("last lines may be missing" in warning for warning in job.warnings)
 
 
 def test_host_quits_mid_run(devnode: DevNode, net: ApiNetwork) -> None:
@@ -743,6 +945,49 @@ def test_a_dead_info_stream_is_resumed_and_the_results_still_collected(
     assert job.ok, job._error_line()
     assert any(w.startswith("/info interrupted (resuming)") for w in job.warnings)
     assert job.ops["a"].logs[-1].text == "done"
+
+
+def _run_with_info_dead(devnode: DevNode, net: ApiNetwork) -> ConfidentialJob:
+    """A job whose host answers 500 on /info for good."""
+    faults = devnode.config.faults
+    faults.fail_routes, faults.fail_requests = "/info$", 10**6
+    job = _run(net, definition(op("a", "echo 'loss=0.25'; echo oops >&2",
+                                  results={"loss": "loss=([0-9.]+)"})))
+    assert job.ok, job._error_line()
+    assert job.results == {"loss": 0.25} and job.stdout == "loss=0.25" and job.stderr == "oops"
+    assert not any("not collected" in error for error in (job.flow.errors if job.flow else []))
+    return job
+
+
+def test_results_are_collected_when_info_fails_for_good(devnode: DevNode,
+                                                        net: ApiNetwork) -> None:
+    """/log's line that the host resolves the results, /status, the results poll: any of
+    them starts the collection inside the window."""
+    _run_with_info_dead(devnode, net)
+
+
+def test_results_are_collected_by_status_alone_when_info_and_log_fail(
+    devnode: DevNode, net: ApiNetwork
+) -> None:
+    # /log is cut 3 frames into every replay: its end-of-run lines never arrive.
+    devnode.config.faults.drop_ws_after_frames = 3
+    job = _run_with_info_dead(devnode, net)
+    assert not any(line.text.startswith("Waiting for the results") for line in job.node_logs)
+
+
+def test_results_are_collected_by_polling_them_when_every_stream_fails(
+    devnode: DevNode, net: ApiNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nosana_magic.host import HostClient, HostError
+
+    async def no_status(self: HostClient) -> Any:
+        raise HostError(self.base_url, "WS /status", "gave up", gave_up=True)
+        yield  # (an async generator)
+
+    monkeypatch.setattr(HostClient, "states", no_status, raising=False)
+    devnode.config.faults.drop_ws_after_frames = 3
+    job = _run_with_info_dead(devnode, net)
+    assert any(w.startswith("/info failing (500") for w in job.warnings), job.warnings
 
 
 def test_a_failure_while_running_stops_the_job_on_the_host_first(

@@ -133,18 +133,21 @@ def test_each_value_says_where_it_came_from(tmp_path: Path) -> None:
 def test_explain_has_one_row_per_setting_and_no_credential(tmp_path: Path) -> None:
     env = {"NOSANA_WALLET": SECRET_B58, "NOSANA_PINATA_JWT": "eyJ-secret",
            "NOSANA_RPC_URL": "https://rpc.example/?api-key=abc",
+           "NOSANA_API_KEY": "nos_api-key-secret",
            "NOSANA_CREDENTIALS_FILE": str(tmp_path / "absent.json")}
     rows = {name: (value, source) for name, value, source in Settings.from_env(env).explain()}
-    assert list(rows) == [name if name != "pinata_jwt_set" else "pinata_jwt"
-                          for name in SETTINGS]
+    assert list(rows) == [name.removesuffix("_set") for name in SETTINGS]
     assert rows["wallet"] == ("set", "env NOSANA_WALLET")
     assert rows["pinata_jwt"] == ("set", "env NOSANA_PINATA_JWT")
+    assert rows["api_key"] == ("set", "env NOSANA_API_KEY")
+    assert rows["pay"] == ("credits when an API key is set, else the wallet", "default")
     assert rows["rpc_url"] == ("https://rpc.example/?***", "env NOSANA_RPC_URL")
     assert rows["market"] == ("the first local market (required on devnet/mainnet)", "default")
     assert rows["credentials_file"] == (str(tmp_path / "absent.json"),
                                         "env NOSANA_CREDENTIALS_FILE")
     shown = str(rows)
     assert SECRET_B58 not in shown and "eyJ-secret" not in shown and "abc" not in shown
+    assert "nos_api-key-secret" not in shown
 
 
 def test_the_solana_knobs_come_from_the_environment_too() -> None:

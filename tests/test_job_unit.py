@@ -109,18 +109,23 @@ def test_results_per_op_and_merged_with_clashes_qualified() -> None:
     _reported(job, "success")  # a host's "success" does not hide a failed op
     flow = _flow(opStates=[
         {"operationId": "a", "status": "success", "exitCode": 0,
-         "results": {"loss": "0.5", "tag": ["x", "2"]},
+         "results": {"loss": ["loss=0.5", "0.5"], "tag": ["tag=x", "x", "tag=2", "2"]},
          "logs": [{"log": "hi tok-value-123\n", "type": "stdout",
                    "timestamp": "2024-01-02T03:04:05.000000001Z"},
                   {"log": "oops\n", "type": "nodeerr", "timestamp": None}]},
-        {"operationId": "b", "status": "failed", "exitCode": 1, "results": {"loss": "0.7"}},
+        {"operationId": "b", "status": "failed", "exitCode": 1,
+         "results": {"loss": ["loss=0.7", "0.7"], "acc": []}},
     ])
-    job._machine._take_flow(flow)
+    job._machine._take_flow(flow, {"a": {"loss": 1, "tag": 1}, "b": {"loss": 1, "acc": 1}})
     _done(job)
     assert job.status == "failed"
-    assert job.results == {"a.loss": 0.5, "b.loss": 0.7, "tag": ["x", 2]}
+    # The last match's first group, JSON-decoded; every match by .all and .matches; a
+    # pattern that matched nothing has no value.
+    assert job.results == {"a.loss": 0.5, "b.loss": 0.7, "tag": 2}
+    assert job.results.all("tag") == ["x", 2] and job.results.all("acc") == []
+    assert job.matches["tag"] == [["tag=x", "x"], ["tag=2", "2"]] and job.matches["acc"] == []
     a = job.ops["a"]
-    assert a.results == {"loss": 0.5, "tag": ["x", 2]}
+    assert a.results == {"loss": 0.5, "tag": 2}
     assert [(line.stream, line.text) for line in a.logs] == [
         ("stdout", "hi [secret:TOKEN]"), ("stderr", "oops")
     ]
@@ -153,7 +158,7 @@ def test_log_lines_from_node_entries() -> None:
                                                            2.0)
     bare = NodeLogEntry(log="plain\r\n", type="log", timestamp=None)
     line = LogLine.from_log_entry(bare, redact)
-    assert line.stream == "stdout" and line.text == "plain" and line.op_id is None
+    assert line.stream == "output" and line.text == "plain" and line.op_id is None
 
 
 def test_repr_html_and_messages() -> None:
@@ -292,7 +297,8 @@ def test_results_copy_and_pickle_as_plain_dicts() -> None:
     from nosana_magic.job import MissingResult
 
     job = _job(address="JOB")
-    job._machine._take_flow(_flow(opStates=[_op("success", 0) | {"results": {"loss": "0.5"}}]))
+    job._machine._take_flow(_flow(opStates=[
+        _op("success", 0) | {"results": {"loss": ["loss=0.5", "0.5"]}}]))
     _done(job)
     for copied in (copy.deepcopy(job.results), pickle.loads(pickle.dumps(job.results)),
                    copy.copy(job.results)):

@@ -388,9 +388,10 @@ REFERENCE_CASES = [
     ("missing_var", edit(BASE, '"3"]', '"${var:STEPS}"]'), "check",
      13, 51, "ops[0].args.cmd[3]", "notebook variable STEPS is not defined"),
     ("var_breaks_op_id", edit(BASE, '"id": "train"', '"id": "${var:RUN}"'), "resolve",
-     9, 13, "ops[0].id", "op id must not contain spaces"),
+     9, 13, "ops[0].id", "op id must not contain spaces (once ${var:RUN} is resolved)"),
     ("resolved_body_oversize", edit(BASE, '"offline"', '"${var:BIG}"'), "resolve",
-     1, 1, "", "job definition is 200,426 bytes; Nosana hosts accept at most 102,400"),
+     1, 1, "", "job definition is 200,426 bytes once its references are resolved "
+     "(${var:BIG} adds 200,000); Nosana hosts accept at most 102,400"),
 ]
 
 

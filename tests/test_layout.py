@@ -15,7 +15,8 @@ PACKAGE = Path(nosana_magic.__file__).parent
 #: ops' child processes inherit). Keyed by module, then function (``""``: module level).
 ENVIRONMENT_READERS = {
     "nosana_magic.settings": {"reference_env", "Settings.from_env", "Settings.read_wallet_secret",
-                              "Settings.read_pinata_jwt", "credentials_file", "find_pinata_jwt",
+                              "Settings.read_pinata_jwt", "Settings.read_api_key",
+                              "credentials_file", "find_pinata_jwt", "find_api_key",
                               "looks_like_path", "service_environment"},
     "nosana_magic.devnode.executor": {"_Sandbox.env"},
 }
@@ -87,9 +88,9 @@ PACED_SLEEPS = {
                                  "DevNode._watch_idle"},  # the idle check's pace
     "nosana_magic.devnode.monitor": {"LoopLag.run"},  # the lag probe is a paced sleep
     "nosana_magic.devnode.runtime": {"start_lock"},  # a non-blocking lock, tried in a bound
-    "nosana_magic.devnode.service": {"_sweep"},  # the guardian's kill-and-reap, in a bound
     "nosana_magic.network.local": {"stop_local_service"},  # until the service's pid is gone
     "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
+    "nosana_magic.devnode.ledger": {"_after_listing"},  # a fault: a listing's answer comes late
     "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
     "nosana_magic.devnode.services": {"ServiceRegistry._health_loop"},  # health checks
 }

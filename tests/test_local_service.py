@@ -9,6 +9,7 @@ kernels" are subprocesses of this test run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -35,7 +36,15 @@ from nosana_magic.devnode.runtime import (
 from nosana_magic.network import local
 from nosana_magic.settings import Settings
 
-from .conftest import definition, free_port, ipython_shell, op, processes_of_jobs, text
+from .conftest import (
+    definition,
+    free_port,
+    ipython_shell,
+    list_placeholder,
+    op,
+    processes_of_jobs,
+    text,
+)
 from .waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.slow
@@ -264,12 +273,70 @@ def test_a_killed_service_leaves_no_process_of_its_jobs(data_dir: Path) -> None:
     info = read_runtime(data_dir)
     assert info is not None
     os.kill(info.pid, signal.SIGKILL)
+    # The devnode's reaper (a process of its own) kills them, the detached one included.
     wait_until(lambda: not processes_of_jobs({address}), what="its job's processes gone")
-    wait_until(lambda: not (data_dir / RUNTIME_FILE).exists(), what="its runtime file gone")
-    assert "killed" in (data_dir / LOG_FILE).read_text()
-    # The next use starts a new one.
+    wait_until(lambda: not pid_alive(info.pid), what="the killed service gone")
+    # Its runtime file is left behind, stale: the next use sees so and starts a new one.
+    assert read_runtime(data_dir) == info and local.service_info(settings_for(data_dir)) is None
     found, started = local.ensure_service(settings_for(data_dir))
-    assert started and found.pid != info.pid
+    assert started and found.pid != info.pid and read_runtime(data_dir) == found
+
+
+def test_credits_on_the_service_are_its_own_key_or_yours(data_dir: Path, tmp_path: Path) -> None:
+    absent = str(tmp_path / "absent.json")
+    own = local.local_network(Settings.from_env(
+        {"NOSANA_CREDENTIALS_FILE": absent, "NOSANA_PAY": "credits"}, data_dir=str(data_dir),
+        local_idle=120))
+    info = read_runtime(data_dir)
+    # The service's own key is in its private runtime file, and nowhere shown.
+    assert info is not None and info.api_key.startswith("nos_") and own.pays_with == "credits"
+    assert info.api_key not in repr(info) and info.api_key not in repr(own)
+    mine = "nos_" + "m" * 40
+    yours = local.local_network(Settings.from_env(
+        {"NOSANA_CREDENTIALS_FILE": absent, "NOSANA_API_KEY": mine}, data_dir=str(data_dir),
+        local_idle=120))
+
+    async def use() -> tuple[float, float, float, float]:
+        try:
+            await list_placeholder(yours, timeout=60)
+            a, b = await own.balance(), await yours.balance()
+            return a.assigned, b.assigned, a.reserved, b.reserved
+        finally:
+            await own.aclose()
+            await yours.aclose()
+
+    # The key it did not know got its starting credits, in an account of its own.
+    own_assigned, your_assigned, own_reserved, your_reserved = asyncio.run(use())
+    assert (own_assigned, your_assigned, own_reserved) == (10.0, 10.0, 0.0)
+    assert your_reserved > 0
+    for path in (data_dir / RUNTIME_FILE, data_dir / LOG_FILE):
+        assert mine not in path.read_text()
+    # Only a client with the token may have a key served.
+    refused = httpx.post(f"{info.url}/_devnode/credits", json={"api_key": "nos_" + "x" * 40},
+                         trust_env=False, timeout=PATIENCE)
+    assert refused.status_code == 401
+
+
+def test_credits_commands_on_the_service_need_no_setting(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in [k for k in os.environ if k.startswith("NOSANA_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NOSANA_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("NOSANA_LOCAL_IDLE", "2m")
+    monkeypatch.setenv("NOSANA_CREDENTIALS_FILE", str(tmp_path / "absent.json"))
+    body = text(definition(op("a", "echo answer=7", results={"answer": "answer=([0-9]+)"})))
+    with ipython_shell() as shell, capture_output() as captured:
+        before = shell.run_line_magic("nosana", "credits --network local")
+        shell.run_cell_magic("nosana_confidential", "--pay credits -t 2m -o run", body)
+        after = shell.run_line_magic("nosana", "credits --network local")
+        run = shell.user_ns["run"]
+    rows_before, rows_after = dict(before.rows), dict(after.rows)
+    assert before.title == "nosana credits on local" and rows_before["assigned"] == "$10.00"
+    assert rows_before["settled"] == "$0.00" and rows_after["reserved"] == "$0.00"
+    assert run.ok and run.results["answer"] == 7, run.reason
+    assert "credits:" in captured.stdout  # the balance after the job, as on any network
+    info = read_runtime(data_dir)
+    assert info is not None and info.api_key not in captured.stdout + captured.stderr
 
 
 def test_attach_from_a_new_kernel_and_the_local_commands(

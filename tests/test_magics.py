@@ -68,11 +68,14 @@ def isolated(shell_devnode: DevNode, shell: InteractiveShell, magics: NosanaMagi
              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """A clean environment and settings per test; the shell_devnode back to its defaults."""
     for var in ("NOSANA_NETWORK", "NOSANA_MARKET", "NOSANA_TIMEOUT", "NOSANA_WALLET",
-                "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT"):
+                "NOSANA_RPC_URL", "NOSANA_NODE_URL_TEMPLATE", "PINATA_JWT", "NOSANA_API_KEY",
+                "NOSANA_PAY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NOSANA_DEVNODE_URL", shell_devnode.url)
     monkeypatch.setenv("NOSANA_DATA_DIR", str(tmp_path))
-    for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url"):
+    monkeypatch.setenv("NOSANA_CREDENTIALS_FILE", str(tmp_path / "no-credentials.json"))
+    for name in ("network", "market", "timeout", "devnode_url", "node_url_template", "rpc_url",
+                 "pay"):
         setattr(magics, name, None)
     magics.log_tail = 1000
     magics.confirm_spend = True
@@ -108,7 +111,9 @@ def test_cell_runs_the_job_and_puts_the_handle_in_its_variable(shell: Interactiv
     assert job.results == {"loss": 0.25}
     assert job.timeout == 120
     assert "[hello] hello" in captured.stdout
-    assert "[hello] oops" in captured.stderr  # stderr stays on stderr
+    # A host does not say which stream a live line is on: shown with the output; the
+    # handle has it on stderr, from the results.
+    assert "[hello] oops" in captured.stdout and job.stderr == "oops"
     assert f"nosana job {job.address} on local: succeeded" in captured.stdout
     assert "  op hello: succeeded (exit 0)" in captured.stdout
 
@@ -215,6 +220,24 @@ def test_bad_arguments_raise_the_exact_usage_error(
     assert type(info.value) is UsageError  # a subclass would print a full traceback
     assert len(str(info.value).splitlines()) == 1
     assert len(shell_devnode.ledger.jobs) == before
+
+
+@pytest.mark.parametrize("name", ["get_ipython", "In", "Out", "exit", "quit", "_", "__", "___",
+                                  "_i", "_ii", "_i3", "_7", "_oh", "_ih", "_dh", "__name__",
+                                  "__builtins__", "open"])
+def test_out_may_not_replace_a_name_the_shell_uses(
+        shell: InteractiveShell, shell_devnode: DevNode, name: str) -> None:
+    # `-o get_ipython` put the handle where IPython calls get_ipython(): the shell broke.
+    before = len(shell_devnode.ledger.jobs)
+    kept = shell.user_ns.get(name)
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic(MAGIC, f"-o {name}", HELLO)
+    assert type(info.value) is UsageError and len(str(info.value).splitlines()) == 1
+    assert f"--out: {name!r} is a name IPython uses itself" in str(info.value)
+    assert shell.user_ns.get(name) is kept and len(shell_devnode.ledger.jobs) == before
+    with capture_output() as captured:
+        assert shell.run_cell("print(get_ipython() is not None, len(In) > 0)").success
+    assert captured.stdout.strip() == "True True"
 
 
 def test_the_line_is_not_expanded(shell: InteractiveShell) -> None:
@@ -605,8 +628,8 @@ def test_every_command_is_routed_through_the_table_and_documented(
         shell: InteractiveShell) -> None:
     from nosana_magic.magics import _COMMANDS
 
-    assert list(_COMMANDS) == ["jobs", "status", "logs", "stop", "attach", "markets",
-                               "config", "local", "help"]
+    assert list(_COMMANDS) == ["jobs", "status", "show", "logs", "forget", "stop", "attach",
+                               "markets", "credits", "config", "local", "help"]
     with capture_output() as whole:
         shell.run_line_magic("nosana", "help")
     for name, command in _COMMANDS.items():

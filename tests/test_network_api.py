@@ -15,13 +15,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nosana_magic.devnode import DevNode
-from nosana_magic.host import Retry
+from nosana_magic.host import HostClient, Retry
 from nosana_magic.network import JobState, NetworkError, open_network
 from nosana_magic.network.api import API_AUTH_MESSAGE, ApiNetwork
 from nosana_magic.network.local import (
     LOCAL_WALLET_FILE,
+    LocalNetwork,
+    check_local_market,
     local_network,
 )
+from nosana_magic.network.markets import UnknownMarketError
 from nosana_magic.protocol import verify_auth_header
 from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
@@ -58,6 +61,53 @@ async def test_unknown_market_names_the_known_ones(network: ApiNetwork) -> None:
     assert str(info.value) == (
         "local network: unknown market 'nvidia-9090' (known: local-cpu, local-gpu)"
     )
+
+
+@pytest.mark.parametrize("ref", ["local-cpu/../local-gpu", "local-cpu/..%2Flocal-gpu",
+                                 "../markets/local-gpu", "local gpu", "local-cpu?x=1",
+                                 "local-cpu#frag", "./local-gpu", "local-cpu\\..\\local-gpu"])
+async def test_a_market_name_that_is_not_a_name_is_refused(network: ApiNetwork, ref: str,
+                                                           ) -> None:
+    # Put into the URL path as it was, "local-cpu/../local-gpu" asked for local-gpu.
+    with pytest.raises(UnknownMarketError) as info:
+        await network.market(ref)
+    assert "is not a market name" in str(info.value) and len(str(info.value).splitlines()) == 1
+    with pytest.raises(UnknownMarketError):
+        check_local_market(ref)
+    local = LocalNetwork(network.base_url, Wallet.generate(),
+                         node_url_template=network.node_url_template)
+    try:
+        with pytest.raises(UnknownMarketError):
+            await local.market(ref)
+    finally:
+        await local.aclose()
+
+
+async def test_every_value_goes_into_a_url_path_as_one_segment() -> None:
+    seen: list[str] = []
+
+    async def record(request: Request) -> Response:
+        seen.append(request.scope["raw_path"].decode())
+        return JSONResponse({"address": "J", "state": "QUEUED"}, status_code=200)
+
+    app = Starlette(routes=[Route("/{rest:path}", record, methods=["GET", "POST"])])
+    async with serve_app(app) as url:
+        net = ApiNetwork(url, Wallet.generate(), node_url_template=url + "/node/{node}",
+                         retry=FAST_RETRY)
+        try:
+            await net.job("a/../b")
+            await net.stop("x/../../api/markets")
+            await net.fetch("Qm../../api")
+        finally:
+            await net.aclose()
+        assert net.node_url("n/../x") == url + "/node/n%2F..%2Fx"
+        host = HostClient(url, "j/../k", Wallet.generate(), retry=FAST_RETRY)
+        try:
+            await host.stop(timeout=5)
+        finally:
+            await host.aclose()
+    assert seen == ["/api/jobs/a%2F..%2Fb", "/api/jobs/x%2F..%2F..%2Fapi%2Fmarkets/stop",
+                    "/ipfs/Qm..%2F..%2Fapi", "/job/j%2F..%2Fk/stop"]
 
 
 async def test_pin_and_fetch_round_trip(devnode: DevNode, network: ApiNetwork) -> None:

@@ -162,6 +162,32 @@ def test_results_and_ops(executed: tuple[Any, str]) -> None:
     assert checks.strip() == "ok: True | train exit code: 0 | token received: True"
 
 
+def test_the_sweep_section_runs_six_jobs_in_one_live_table(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    cell = _cell(nb, "sweep")
+    views = [o for o in cell.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1  # the table and its folds: one live view
+    assert "execute_result" not in [o["output_type"] for o in cell.outputs]  # it is in runs
+    # A DataFrame (pandas comes with the test extra): its rows, read from its HTML.
+    [html] = [o["data"]["text/html"] for o in _cell(nb, "sweep-table").outputs
+              if "text/html" in o.get("data", {})]
+    header = re.findall(r"<th>(\w+)</th>", html.split("</thead>")[0])
+    assert header == ["lr", "steps", "status", "elapsed", "cost", "loss", "address", "index"]
+    rows = [[index, *re.findall(r"<td>(.*?)</td>", row)] for index, row in
+            re.findall(r"<tr>\s*<th>(\d+)</th>(.*?)</tr>", html, re.S)]
+    assert [row[:4] for row in rows] == [
+        [str(i), lr, steps, "succeeded"] for i, (lr, steps) in enumerate(
+            [("0.05", "1"), ("0.05", "5"), ("0.05", "20"), ("0.20", "1"), ("0.20", "5"),
+             ("0.20", "20")])], html
+    assert [row[6] for row in rows] == ["7.290000", "3.138106", "0.133028", "3.240000",
+                                        "0.054420", "0.000000"], html
+    best = _text(_cell(nb, "sweep-best"), stream="stdout")
+    assert best.strip() == "best: {'lr': 0.2, 'steps': 20} loss: 0.0"
+    listed = _text(_cell(nb, "sweep-jobs"))
+    assert listed.count(" succeeded ") == 6 and "runs #5" in listed, listed
+
+
 def test_no_secret_anywhere_in_the_executed_notebook(executed: tuple[Any, str]) -> None:
     nb, token = executed
     saved = nbformat.writes(nb)  # outputs, cell metadata, notebook metadata, widget state

@@ -182,6 +182,16 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (45, 1800, 7500, 3600, 95)] == [
-        "45s", "30m", "2h 5m", "1h", "1m 35s"
+    assert [format_duration(s) for s in (45, 1800, 7500, 3600, 95, 0, 0.4)] == [
+        "45s", "30m", "2h 5m", "1h", "1m 35s", "0s", "0s"
     ]
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (86_401, "24h 1s"), (86_460, "24h 1m"), (3_661, "1h 1m 1s"), (7_201, "2h 1s"),
+    (90_000, "25h"),
+])
+def test_format_duration_drops_no_second(seconds: int, shown: str) -> None:
+    # A limit and what it refuses must never print alike ("24h exceeds … (24h)").
+    assert format_duration(seconds) == shown
+    assert format_duration(seconds) != format_duration(seconds - 1)

@@ -4,7 +4,15 @@ from typing import Any
 
 import pytest
 
-from nosana_magic.results import FlowState, NodeLogEntry, ServiceEndpoint, final_status
+from nosana_magic.results import (
+    FlowState,
+    NodeLogEntry,
+    NodeLogPending,
+    ServiceEndpoint,
+    final_status,
+    regex_groups,
+    result_matches,
+)
 
 
 def _op(op_id: str, status: str, exit_code: int | None = 0, **extra: Any) -> dict[str, Any]:
@@ -67,6 +75,88 @@ def test_endpoints_and_node_log_entries() -> None:
     assert (entry.log, entry.type, entry.timestamp) == ("x", "log", 5)
 
 
+# ---------------------------------------------------------------------- what Nosana hosts send
+
+
+def test_node_log_entries_of_every_shape_a_host_sends() -> None:
+    # A progress line: pending is an object; a container line: no payload, no pending.
+    process = NodeLogEntry.model_validate_json(
+        '{"method":"JobExternalUtil.validate","job":"J","log":"Validating job definition",'
+        '"timestamp":1,"type":"process","pending":{"isPending":true,'
+        '"expecting":"JobExternalUtil.validate"}}')
+    assert isinstance(process.pending, NodeLogPending)
+    assert (process.pending.is_pending, process.pending.expecting) == (
+        True, "JobExternalUtil.validate")
+    line = NodeLogEntry.model_validate_json(
+        '{"method":"NodeRepository.displayLog","job":"J","log":"hi\\n","timestamp":2,"type":"log"}')
+    assert (line.log, line.payload, line.pending) == ("hi\n", None, None)
+    # Lines outside a job have no job; progress bars carry their own payload.
+    bar = NodeLogEntry.model_validate({"method": "ProgressBarReporter.update", "log": "",
+                                       "timestamp": 3, "type": "process-bar-update",
+                                       "payload": {"current": 5, "payload": {}}})
+    assert bar.job is None and bar.payload == {"current": 5, "payload": {}}
+    # What older devnodes sent still reads.
+    old = NodeLogEntry.model_validate({"log": "x", "type": "info", "pending": False,
+                                       "payload": {"opId": "a", "stream": "stdout"}})
+    assert old.pending is False and old.payload == {"opId": "a", "stream": "stdout"}
+    assert process.to_wire()["pending"] == {"isPending": True,
+                                            "expecting": "JobExternalUtil.validate"}
+
+
+def test_results_values_of_the_real_shape_read() -> None:
+    flow = FlowState.model_validate({"status": "waiting-for-result", "opStates": [
+        _op("a", "success", results={"loss": ["loss=0.5", "0.5", "loss=0.25", "0.25"],
+                                     "none": [], "opt": ["x", None],
+                                     "bad": "SyntaxError: Invalid regular expression"})]})
+    assert flow.op_states[0].results == {
+        "loss": ["loss=0.5", "0.5", "loss=0.25", "0.25"], "none": [], "opt": ["x", None],
+        "bad": "SyntaxError: Invalid regular expression"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "groups"),
+    [
+        (r"loss=([0-9.]+)", 1),
+        (r"acc=[\d.]+", 0),
+        (r"(a)(b(c))", 3),
+        (r"(?:a)(?=b)(?!c)(?<=d)(?<!e)", 0),
+        (r"(?<name>\d+)-(\w+)", 2),
+        (r"\(not a group\)", 0),
+        (r"[(]x[)]", 0),
+        (r"[\]()](y)", 1),
+    ],
+)
+def test_regex_groups_counts_as_javascript_does(pattern: str, groups: int) -> None:
+    assert regex_groups(pattern) == groups
+
+
+def test_results_regexes_read_javascripts_end_anchor_and_named_groups() -> None:
+    from nosana_magic.jsregex import to_python
+
+    # JavaScript's $ never matches before a final newline, and log entries end in one.
+    assert to_python(r"loss=([0-9.]+)$").search("loss=0.25\n") is None
+    assert to_python(r"loss=([0-9.]+)$").search("loss=0.25") is not None
+    assert to_python(r"[$]\$").search("$$") is not None
+    match = to_python(r"(?<step>\d+)/(?<total>\d+)").search("step 3/10")
+    assert match is not None and match.groups() == ("3", "10")  # in order, as JavaScript
+
+
+@pytest.mark.parametrize(
+    ("value", "groups", "matches"),
+    [
+        (["loss=0.5", "0.5", "loss=0.25", "0.25"], 1, [["loss=0.5", "0.5"], ["loss=0.25", "0.25"]]),
+        (["acc=0.9", "acc=0.8"], 0, [["acc=0.9"], ["acc=0.8"]]),
+        (["a-1", "a", "1"], 2, [["a-1", "a", "1"]]),
+        (["x", None], 1, [["x", None]]),
+        ([], 1, []),
+        ("SyntaxError: Invalid regular expression", 1, []),
+        (None, 1, []),
+        (["odd", "one", "out"], 1, [["odd", "one", "out"]]),  # not a multiple: one match
+    ],
+)
+def test_result_matches_cuts_the_list_per_line(value: Any, groups: int,
+                                               matches: list[list[str | None]]) -> None:
+    assert result_matches(value, groups) == matches
 def test_service_urls_are_made_in_one_place_with_the_private_rule() -> None:
     from nosana_magic.results import ServiceUrl
 

@@ -65,6 +65,7 @@ def mainnet(tmp_path: Path) -> Iterator[tuple[FakeSolana, DevNode, ChainBridge]]
     config = DevNodeConfig(
         hosts=2, pickup_delay=None, results_window=10, sse_interval=0.05, stop_timeout=30,
         markets=[MarketConfig("nvidia-4090", "NVIDIA 4090", price=PRICE, job_timeout=86_400)],
+        stop_grace=0.5,
     )
     with DevNode(config) as devnode, FakeSolana(pinata_store=devnode.ipfs) as env:
         env.fund(sol=0.1, nos=10)

@@ -6,7 +6,9 @@ closes every socket and joins that thread.
 
 Beside the Nosana routes it serves its own under ``/_devnode/``: ``GET status`` (pid, jobs,
 requests in flight, idleness, the event loop's lag) and, with a token, ``POST stop`` (sets
-:attr:`DevNode.stop_requested`, which whoever runs the devnode acts on). With
+:attr:`DevNode.stop_requested`, which whoever runs the devnode acts on) and ``POST credits``
+(``{"api_key": …}``: serve a user's own key with :attr:`DevNodeConfig.credits_usd`, as the
+local network service does for a key its clients configured). With
 ``DevNodeConfig.token`` set, every route but the node API and the services asks for it.
 """
 
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,14 +36,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..protocol import JobState
 from .config import DevNodeConfig
+from .credits import API_KEY_PREFIX
 from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
-from .ledger import Ledger, LedgerJob, ledger_routes
+from .ledger import CLIENT_MANAGER_PREFIX, Ledger, LedgerJob, ledger_routes
 from .monitor import Activity, LoopLag
 from .node_api import NodeApi
+from .reaper import Reaper
 from .runtime import TOKEN_HEADER
 from .services import ServiceRegistry
 
@@ -62,13 +68,24 @@ class DevNode:
         if not self.config.markets:
             raise ValueError("a devnode needs at least one market")
         self.ipfs = IpfsStore()
-        self.ledger = Ledger(self.config.markets, pickup_delay=lambda: self.config.pickup_delay)
+        self.ledger = Ledger(
+            self.config.markets,
+            pickup_delay=lambda: self.config.pickup_delay,
+            ipfs=self.ipfs,
+            signing_answer=lambda: self.config.signing_answer,
+        )
+        # Kept out of every repr: an API key is a credential (of the local network only).
+        self._api_key = self.ledger.credits.issue(
+            usd=self.config.credits_usd, key=self.config.api_key
+        )
         self.url = ""
         self.node_url_template = ""
         self.services = ServiceRegistry(lambda: self.url)
         self._workdir: Path | None = None
         self._own_workdir = False
         self.hosts: list[EmulatedHost] = []
+        #: Kills what the jobs run should this process be killed (started with the first job).
+        self.reaper = Reaper()
         markets = list(self.ledger.markets.values())
         per_market = self.config.hosts_per_market
         count = per_market * len(markets) if per_market is not None else self.config.hosts
@@ -81,6 +98,7 @@ class DevNode:
                 services=self.services,
                 config=self.config,
                 workdir=self._job_root,
+                reaper=self.reaper,
             )
             self.hosts.append(host)
             self.ledger.hosts[host.address] = host
@@ -104,8 +122,23 @@ class DevNode:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
+    @property
+    def api_key(self) -> str:
+        """The API key the devnode made at start (``nos_…``): ``Bearer`` on the credit
+        routes, with :attr:`DevNodeConfig.credits_usd` of credits."""
+        return self._api_key
+
+    @property
+    def client_manager_url(self) -> str:
+        """The base URL of the signing service (``…/auth/sign-message/external``)."""
+        return f"{self.url}{CLIENT_MANAGER_PREFIX}" if self.url else ""
+
+    def issue_api_key(self, usd: float = 10.0, *, expires_in: float | None = None) -> str:
+        """Another API key with ``usd`` of credits (and its own project key)."""
+        return self.ledger.credits.issue(usd=usd, expires_in=expires_in)
+
     def node_url(self, node: str) -> str:
-        return self.node_url_template.format(node=node)
+        return self.node_url_template.format(node=quote(node, safe=""))  # one path segment
 
     def host(self, address: str) -> EmulatedHost:
         for host in self.hosts:
@@ -175,6 +208,8 @@ class DevNode:
             thread.join(timeout)
             if thread.is_alive():
                 raise RuntimeError("the devnode thread did not stop")
+        # Last: it kills whatever a job that did not stop in time left running.
+        self.reaper.close()
         self._cleanup_workdir()
 
     def job(self, address: str) -> LedgerJob:
@@ -263,7 +298,7 @@ class DevNode:
         routes: list[BaseRoute] = [
             Route("/", index, methods=["GET"]),
             *self._control_routes(),
-            *ledger_routes(self.ledger),
+            *ledger_routes(self.ledger, lambda: self.config.faults),
             *ipfs_routes(self.ipfs),
             Mount("/service", app=self.services.asgi_app()),
         ]
@@ -317,9 +352,22 @@ class DevNode:
             self.stop_requested.set()
             return JSONResponse({"stopping": True}, 202)
 
+        async def admit(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            key = body.get("api_key") if isinstance(body, dict) else None
+            if not isinstance(key, str) or not key.startswith(API_KEY_PREFIX) or (
+                    len(key) <= len(API_KEY_PREFIX)) or not key.isprintable():
+                return JSONResponse({"error": "api_key: expected a nos_… key"}, 400)
+            self.ledger.credits.admit(key, usd=self.config.credits_usd)
+            return JSONResponse({"admitted": True})
+
         routes: list[BaseRoute] = [Route("/_devnode/status", status, methods=["GET"])]
-        if self.config.token is not None:  # only a devnode someone owns can be told to stop
-            routes.append(Route("/_devnode/stop", stop, methods=["POST"]))
+        if self.config.token is not None:  # only a devnode someone owns is told these
+            routes += [Route("/_devnode/stop", stop, methods=["POST"]),
+                       Route("/_devnode/credits", admit, methods=["POST"])]
         return routes
 
     def idle_for(self) -> float:
@@ -361,6 +409,7 @@ class DevNode:
             access_log=False,
             timeout_graceful_shutdown=3,
             ws_ping_interval=30.0,
+            ws=_QuietWebSockets,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -415,6 +464,16 @@ async def _refuse(scope: Scope, send: Send) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class _QuietWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol without its frame log: uvicorn hands websockets its
+    ``uvicorn.error`` logger, which then logs every frame at DEBUG, and the devnode's frames
+    carry what jobs print (their secrets) and the clients' auth headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.debug = False  # websockets checks this before it logs a frame
 
 
 async def _in_thread(fn: Callable[[], _T]) -> _T:

@@ -10,7 +10,10 @@ It plays the part of the Nosana node's TaskManager and container provider (docs/
 * the image is recorded in a node log line and never pulled; ``gpu`` gets a note that no GPU is
   attached;
 * stdout/stderr lines land in the op's ``logs`` (capped, oldest dropped) and in the node log
-  stream (``emit``); ``results`` regexes are applied to those logs when the op ends.
+  stream (``emit``, each entry tagged with ``payload: {opId, stream}`` for the host, which
+  decides what of it goes on the wire); ``results`` regexes are applied to those logs when
+  the op ends, as the node does (docs/protocol.md §14): per results name, the ``match`` array
+  of every matching line, concatenated, ``[]`` when none matched.
 
 Execution order (a documented choice, close to the node's TaskManager):
 
@@ -35,7 +38,11 @@ Execution order (a documented choice, close to the node's TaskManager):
 Stops (``stop(reason)``) map as the node does (docs/protocol.md §9): ``expired`` → ops
 ``success`` with ``diagnostics.reason.jobExpired``, flow ``success``; ``stopped`` → ``stopped``;
 ``quit`` → ``failed``. Ops that had not started by then get that status with exit code 0, as on
-the node.
+the node. A running op is stopped the way ``docker stop`` stops a container: SIGTERM to its
+main process only, and only if that process handles SIGTERM (a container's PID 1 ignores the
+signals it has no handler for), then SIGKILL for all of it after the grace (exit 137); from
+the stop on, its output is no longer read, as the node stops following a container's log at
+the stop.
 
 Not emulated: ``%%…%%`` literals (left as written), ``resources``, ``restart_policy``,
 ``aliases`` and image defaults (an op needs a ``cmd`` or ``entrypoint`` to run locally).
@@ -56,8 +63,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from ..jsregex import RegexError, to_python
 from ..protocol import now_ms
-from ..results import FlowState, NodeLogEntry, OpLog, OpState
+from ..results import FlowState, NodeLogEntry, OpLog, OpState, ResultValue
+from .reaper import kill_job_processes
 from .services import ExposedPort, ServiceRegistry
 
 __all__ = ["DEFAULT_LOG_CAP", "MAX_LINE_CHARS", "Executor", "StopReason", "kill_job_processes"]
@@ -110,6 +119,9 @@ class _OpRun:
     #: Why we signalled the process: the job's stop reason, or "dependency".
     killed_by: str | None = None
     kill_note: str | None = None
+    #: The op is being stopped: its output is no longer recorded (``docker stop`` semantics).
+    output_closed: bool = False
+    started_iso: str = ""
     services: list[ExposedPort] = field(default_factory=list)
 
     @property
@@ -127,14 +139,49 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _reason_flags(reason: str | None) -> dict[str, Any]:
-    return {
-        "reason": {
-            "hostShutDown": reason == "quit",
-            "jobStopped": reason == "stopped",
-            "jobExpired": reason == "expired",
-        }
+def _reason_flags(reason: str | None, *, text: bool = False) -> dict[str, Any]:
+    flags: dict[str, Any] = {
+        "hostShutDown": reason == "quit",
+        "jobStopped": reason == "stopped",
+        "jobExpired": reason == "expired",
     }
+    if text and reason is not None:
+        flags["reason"] = f"Operation stopped due to flow {reason}"
+    return {"reason": flags}
+
+
+def _container_state(exit_code: int, started: str, finished: str) -> dict[str, Any]:
+    """What the node copies from ``docker inspect`` into ``diagnostics.state`` at an op's end."""
+    return {
+        "Status": "exited",
+        "Running": False,
+        "Paused": False,
+        "Restarting": False,
+        "OOMKilled": False,
+        "Dead": False,
+        "Pid": 0,
+        "ExitCode": exit_code,
+        "Error": "",
+        "StartedAt": started,
+        "FinishedAt": finished,
+        "RestartCount": 0,
+    }
+
+
+def _handles(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux ``/proc``; True elsewhere).
+
+    A container's PID 1 gets only the signals it handles: the kernel drops the others, so a
+    shell or a program without a SIGTERM handler ignores ``docker stop`` until the SIGKILL.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 async def _wait_any(*events: asyncio.Event) -> None:
@@ -146,88 +193,6 @@ async def _wait_any(*events: asyncio.Event) -> None:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-
-
-def kill_job_processes(job: str) -> list[int]:
-    """SIGKILL every live process whose environment holds ``NOSANA_ID=<job>``; the pids killed.
-
-    The process-group kill misses what an op detached into a session of its own (``setsid``,
-    daemons); they all inherited the ``NOSANA_ID`` the executor set, so they are found here.
-    Only that exact entry counts (not a prefix, not another job's id, never an empty id: job
-    ids are unique per devnode), only processes of this user are looked at, and a process is
-    signalled through a pidfd, its environment checked again once the pidfd is open, so a pid
-    that was reused meanwhile is never hit. Linux only (``/proc``); elsewhere, or for
-    processes we may not read, it quietly does nothing. A few passes catch what a dying
-    process forked meanwhile.
-    """
-    if not job:
-        raise ValueError("kill_job_processes needs a job id")
-    marker = f"NOSANA_ID={job}".encode()
-    me, uid = os.getpid(), os.getuid()
-    killed: list[int] = []
-    for _ in range(5):
-        try:
-            entries = os.listdir("/proc")
-        except OSError:
-            return killed
-        found = [
-            pid
-            for pid in (int(entry) for entry in entries if entry.isdigit())
-            if pid != me and pid not in killed and _kill_if_marked(pid, uid, marker)
-        ]
-        if not found:
-            break
-        killed.extend(found)
-    return killed
-
-
-def _kill_if_marked(pid: int, uid: int, marker: bytes) -> bool:
-    """SIGKILL ``pid`` if it is this user's and its environment holds ``marker``."""
-    if not _marked(pid, uid, marker):
-        return False
-    try:
-        pidfd = _pidfd(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        # Checked again now that the pidfd is open: if the environment is still the marked
-        # one, the pidfd is that process (a pid is reused only once its process is gone, and
-        # a pidfd of a gone process signals nothing).
-        if pidfd is not None and not _marked(pid, uid, marker):
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _marked(pid: int, uid: int, marker: bytes) -> bool:
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != uid:
-            return False
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            return marker in handle.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None where the system has none (then ``os.kill`` is used);
-    ProcessLookupError when it is gone."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None or not hasattr(signal, "pidfd_send_signal"):
-        return None
-    try:
-        return int(opener(pid))
-    except ProcessLookupError:
-        raise
-    except OSError:  # no pidfds in this kernel, or no descriptor left
-        return None
 
 
 def _port_kind(port: object) -> str:
@@ -261,40 +226,108 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _extract_results(run: _OpRun) -> dict[str, str | list[str]] | None:
-        """Apply the op's ``results`` regexes to its logs (one line at a time).
+async def _stop_op(run: _OpRun, grace: float, *, term_group: bool) -> None:
+    """Stop an op as ``docker stop`` stops a container: SIGTERM to its main process if it
+    handles it, SIGKILL to the whole group after the grace; then reap the leader.
 
-        A capture group picks its first group, else the whole match; one match gives a string,
-        several a list; no match leaves the name out. ``logType`` defaults to stdout + stderr.
-        """
-        spec = run.op.get("results")
-        if not spec:
-            return None
-        results: dict[str, str | list[str]] = {}
-        for name, rule in spec.items():
-            if isinstance(rule, str):
-                pattern, types = rule, _DEFAULT_LOG_TYPES
-            else:
-                pattern = str(rule.get("regex", ""))
-                types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
-            try:
-                regex = re.compile(pattern)
-            except re.error as exc:
-                run.state.errors.append(
-                    {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
-                )
+    From the stop on, the op's output is no longer recorded. (``term_group``: the devnode's
+    older stop, SIGTERM to the whole group, output kept.)
+    """
+    proc = run.proc
+    if proc is None:
+        return
+    if term_group:
+        _killpg(proc.pid, signal.SIGTERM)
+    else:
+        run.output_closed = True
+        if proc.returncode is None and _handles(proc.pid, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                proc.send_signal(signal.SIGTERM)  # (it checks the process is not reaped)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+    _killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+
+
+def _extract_results(run: _OpRun, *, legacy: bool = False) -> dict[str, ResultValue] | None:
+    """Apply the op's ``results`` regexes to its logs, as the node does.
+
+    Every results name starts as ``[]``; for each log entry (in order) whose type the rule
+    takes (every type when it names none), the regex's first match in that entry (no ``g``
+    flag) adds its whole match and then its groups (``None`` for a group that took no part).
+    A regex that does not compile gives the error's text instead, once an entry is examined.
+    ``"*"`` is read as ``"/*"``, as the node reads it, and the regex is read as JavaScript
+    reads it (``$`` only at the very end of an entry, which usually ends in a newline).
+    ``legacy``: the devnode's older values (``DevNodeConfig.results_values``).
+    """
+    spec = run.op.get("results")
+    if not spec:
+        return None
+    if legacy:
+        return _legacy_results(run, spec)
+    results: dict[str, ResultValue] = {str(name): [] for name in spec}
+    rules: list[tuple[str, re.Pattern[str] | None, tuple[str, ...] | None, str]] = []
+    for name, rule in spec.items():
+        if isinstance(rule, str):
+            pattern, types = rule, None
+        else:
+            pattern = str(rule.get("regex", ""))
+            types = tuple(rule["logType"]) if rule.get("logType") is not None else None
+        try:
+            regex: re.Pattern[str] | None = to_python(pattern)  # as JavaScript matches it
+            error = ""
+        except RegexError as exc:
+            regex, error = None, (f"SyntaxError: Invalid regular expression: /{pattern}/: "
+                                  f"{exc.reason}")
+        rules.append((str(name), regex, types, error))
+    for log in run.state.logs:
+        if not log.log:
+            continue
+        for name, regex, types, error in rules:
+            if types is not None and log.type not in types:
                 continue
-            found = list(_matches(regex, (log for log in run.state.logs if log.type in types)))
-            if len(found) == 1:
-                results[str(name)] = found[0]
-            elif found:
-                results[str(name)] = found
-        return results
+            if regex is None:
+                results[name] = error
+                continue
+            match = regex.search(log.log)
+            value = results[name]
+            if match is not None and isinstance(value, list):
+                value.extend([match.group(0), *match.groups()])
+    return results
+
+
+def _legacy_results(run: _OpRun, spec: Mapping[str, Any]) -> dict[str, ResultValue]:
+    """The devnode's older results values: a capture group picks its first group, else the
+    whole match; one match gives a string, several a list; no match leaves the name out;
+    ``logType`` defaults to stdout + stderr; an invalid regex is an op error."""
+    results: dict[str, ResultValue] = {}
+    for name, rule in spec.items():
+        if isinstance(rule, str):
+            pattern, types = rule, _DEFAULT_LOG_TYPES
+        else:
+            pattern = str(rule.get("regex", ""))
+            types = tuple(rule.get("logType") or _DEFAULT_LOG_TYPES)
+        try:
+            regex = to_python(pattern)
+        except RegexError as exc:
+            run.state.errors.append(
+                {"event": "results", "message": f"results.{name}: invalid regex: {exc}"}
+            )
+            continue
+        found: list[str | None] = list(
+            _matches(regex, (log for log in run.state.logs if log.type in types)))
+        if len(found) == 1:
+            results[str(name)] = str(found[0])
+        elif found:
+            results[str(name)] = found
+    return results
+
 
 def _matches(regex: re.Pattern[str], logs: Iterable[OpLog]) -> Iterable[str]:
-        for log in logs:
-            for match in regex.finditer(log.log):
-                yield match.group(1) if regex.groups else match.group(0)
+    for log in logs:
+        for match in regex.finditer(log.log):
+            yield match.group(1) if regex.groups else match.group(0)
 
 
 def _plan(runs: Mapping[str, _OpRun]) -> list[list[_OpRun]]:
@@ -461,6 +494,8 @@ class Executor:
         services: ServiceRegistry,
         log_cap: int = DEFAULT_LOG_CAP,
         stop_grace: float = 2.0,
+        term_process_group: bool = False,
+        results_values: bool = False,
     ) -> None:
         if log_cap < 1:
             raise ValueError("log_cap must be at least 1")
@@ -472,6 +507,10 @@ class Executor:
         self.flow = flow
         self.log_cap = log_cap
         self.stop_grace = stop_grace
+        #: The devnode's older stop: SIGTERM to the op's whole process group, output kept.
+        self.term_process_group = term_process_group
+        #: The devnode's older results values (see ``_legacy_results``).
+        self.results_values = results_values
         self._emit_cb = emit
         self._changed_cb = changed
         self._services = services
@@ -638,7 +677,9 @@ class Executor:
         state.exit_code = 0
         state.start_time = state.start_time or now
         state.end_time = now
-        state.diagnostics = _reason_flags(reason)
+        if self.term_process_group:
+            state.diagnostics = _reason_flags(reason)
+        # (On the node only a running op hears the stop: the others keep their flags unset.)
         self._changed()
 
     def _create_volume(self, run: _OpRun) -> None:
@@ -741,6 +782,7 @@ class Executor:
             state.provider_id = f"local-{proc.pid}"
             state.status = "running"
             state.start_time = now_ms()
+            run.started_iso = _iso_now()
             self._changed()
             if self._stop_reason is not None:  # stopped while the process was starting
                 self._spawn(self._terminate(run, self._stop_reason))
@@ -791,10 +833,13 @@ class Executor:
             state.diagnostics["reason"]["reason"] = run.kill_note or "dependency ended"
         elif run.killed_by is not None:
             state.status = _STATUS_ON_STOP[run.killed_by]
-            state.diagnostics = _reason_flags(run.killed_by)
+            state.diagnostics = _reason_flags(run.killed_by, text=not self.term_process_group)
         else:
             state.status = "success" if exit_code == 0 else "failed"
-        results = _extract_results(run)
+        if not self.term_process_group and state.diagnostics is not None:
+            state.diagnostics["state"] = _container_state(
+                exit_code, run.started_iso, _iso_now())
+        results = _extract_results(run, legacy=self.results_values)
         if results is not None:
             state.results = results
         if state.status == "success":
@@ -824,7 +869,7 @@ class Executor:
                 payload={"opId": run.id, "stream": "nodeerr"},
             )
         )
-        results = _extract_results(run)
+        results = _extract_results(run, legacy=self.results_values)
         if results is not None:
             state.results = results
         self._changed()
@@ -856,6 +901,8 @@ class Executor:
             self._line(run, text[start : start + MAX_LINE_CHARS], stream)
 
     def _line(self, run: _OpRun, line: str, stream: str) -> None:
+        if run.output_closed:
+            return
         self._append_log(run.state, OpLog(log=line, type=stream, timestamp=_iso_now()))
         self._emit(
             NodeLogEntry(
@@ -964,16 +1011,7 @@ class Executor:
         await self._signal_group(run)
 
     async def _signal_group(self, run: _OpRun) -> None:
-        """SIGTERM the op's process group, SIGKILL it after the grace, and reap the leader."""
-        proc = run.proc
-        if proc is None:
-            return
-        _killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=self.stop_grace)
-        _killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+        await _stop_op(run, self.stop_grace, term_group=self.term_process_group)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -36,6 +36,12 @@ class Faults:
     host_quits_after: float | None = None
     #: ``GET /job/{id}/results`` never succeeds (as if the window were always closed).
     results_never_served: bool = False
+    #: The next N ``POST /api/jobs/list`` list the job, then answer 500: the job exists, the
+    #: client cannot tell (a backend that failed after its transaction went through).
+    list_fails_after_listing: int = 0
+    #: ``POST /api/jobs/list`` lists the job, then waits this long before answering (a client
+    #: whose request times out first cannot tell either).
+    list_answer_delay: float = 0.0
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -47,6 +53,14 @@ class Faults:
             if self.fail_routes is not None and not re.search(self.fail_routes, route):
                 return False
             self.fail_requests -= 1
+            return True
+
+    def take_list_failure(self) -> bool:
+        """True (and one used up) when this listing must answer 500 after listing."""
+        with self._lock:
+            if self.list_fails_after_listing <= 0:
+                return False
+            self.list_fails_after_listing -= 1
             return True
 
     def stall_for(self, route: str) -> float:

@@ -23,15 +23,16 @@ from typing import Any, Generic, Literal, TypeVar
 
 from ..jobdef import JobDefinitionError, validate_job_definition
 from ..protocol import now_ms
-from ..results import FlowState, NodeLogEntry
+from ..results import FlowState, NodeLogEntry, NodeLogPending
 from ..wallet import Wallet
 from .config import DevNodeConfig
 from .executor import Executor
 from .ipfs import IpfsStore
 from .ledger import Ledger, LedgerJob, Market
+from .reaper import Reaper
 from .services import ServiceRegistry
 
-__all__ = ["EmulatedHost", "JobRecord", "LogHub", "Subscription"]
+__all__ = ["EmulatedHost", "JobRecord", "LogHub", "Subscription", "flow_wire"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +50,31 @@ _PROGRESS = {
     "failed": "failed",
     "stopped": "stopped",
 }
+
+
+#: chalk's colours by node log type (a host run in a terminal writes them; docs/protocol.md §4).
+_COLOURS = {"success": 32, "error": 31, "stop": 32}
+_CYAN = 36
+
+
+def coloured(kind: str, text: str, bold: str | None = None) -> str:
+    """``text`` as chalk colours it for a node log line of type ``kind`` (``bold`` inside)."""
+    if bold:
+        text = text.replace(bold, f"\x1b[1m{bold}\x1b[22m")
+    return f"\x1b[{_COLOURS.get(kind, _CYAN)}m{text}\x1b[39m"
+
+
+def flow_wire(flow: FlowState) -> dict[str, Any]:
+    """The flow as a host stores and serves it: JSON leaves out what was never set, so there
+    is no ``errors`` key until an error was added, and no ``results`` on an op without
+    results rules (docs/protocol.md §14)."""
+    wire = flow.model_dump(by_alias=True)
+    if not wire.get("errors"):
+        wire.pop("errors", None)
+    for op in wire.get("opStates") or []:
+        if op.get("results") is None:
+            op.pop("results", None)
+    return wire
 
 
 def compact_json(value: Any) -> str:
@@ -164,7 +190,8 @@ class LogHub(Generic[T]):
 class JobRecord:
     """A host's record of one job: the flow and the phase gates of the node API."""
 
-    def __init__(self, job: LedgerJob, expiry_at: float) -> None:
+    def __init__(self, job: LedgerJob, expiry_at: float, *,
+                 info_last_event: str = "waiting-for-result") -> None:
         self.job = job
         self.placeholder: dict[str, Any] | None = None
         #: The real definition as received (``POST /job/{id}/job-definition``).
@@ -182,9 +209,16 @@ class JobRecord:
         #: ``POST /job/{id}/stop`` moved the expiry to now (the job then ends as expired).
         self.stopped_through_api = False
         self.executor: Executor | None = None
-        #: The ``/info`` payload when ``endTime`` was first set (the stream's last event).
+        #: ``"final-status"``: the ``/info`` payload when ``endTime`` was first set, which is
+        #: then the last event of every stream (``DevNodeConfig.info_last_event``).
         self.final_info: str | None = None
-        self.service_url_announced = False
+        self._info_at_end_time = info_last_event == "final-status"
+        #: The host has worked out what to do with the results (the results window is open,
+        #: or there is none): the ``/info`` stream sends its last event.
+        self.results_resolved = False
+        #: A startup health check of one of the job's ports passed: ``/endpoints`` says
+        #: ``ONLINE`` (docs/protocol.md §5).
+        self.service_url_ready = False
         self._changed = asyncio.Event()
 
     @property
@@ -205,11 +239,36 @@ class JobRecord:
     # -- change notification (SSE) --------------------------------------------------------
 
     def notify(self) -> None:
-        """Wake every ``/info`` stream; take the final event at once when the flow ended."""
-        if self.flow is not None and self.flow.end_time is not None and self.final_info is None:
+        """Wake every ``/info`` stream (in ``final-status`` order, take the final event at
+        once when the flow ended)."""
+        if (self._info_at_end_time and self.final_info is None and self.flow is not None
+                and self.flow.end_time is not None):
             self.final_info = compact_json(self.info_payload())
         self._changed.set()
         self._changed = asyncio.Event()
+
+    @property
+    def info_ended(self) -> bool:
+        """The ``/info`` stream's next event is its last (docs/protocol.md §6).
+
+        A host's stream ends at the first poll that sees ``endTime``; by then the host has
+        most often overwritten the final status with ``waiting-for-result`` (the results
+        window opened), so the devnode waits for that overwrite, unless ``final-status``
+        order was asked for.
+        """
+        if self.flow is None or self.flow.end_time is None:
+            return False
+        return self.final_info is not None or self.results_resolved
+
+    def info_event(self) -> str | None:
+        """The ``/info`` event to send now, or None while the host is between setting
+        ``endTime`` and resolving the results (no poll of the real host lands there as
+        the devnode runs it)."""
+        if self.final_info is not None:
+            return self.final_info
+        if self.flow is not None and self.flow.end_time is not None and not self.info_ended:
+            return None
+        return compact_json(self.info_payload())
 
     def change_event(self) -> asyncio.Event:
         return self._changed
@@ -274,8 +333,11 @@ class EmulatedHost:
         config: DevNodeConfig,
         workdir: Callable[[], Path],
         wallet: Wallet | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.wallet = wallet or Wallet.generate()
+        #: Kills a job's processes should this process die while they run.
+        self._reaper = reaper
         self._market = market
         self._ledger = ledger
         self._ipfs = ipfs
@@ -326,7 +388,8 @@ class EmulatedHost:
     def start_job(self, job: LedgerJob) -> None:
         """The market matched this host with ``job`` (the run exists): start the lifecycle."""
         started = job.started_at if job.started_at is not None else time.time()
-        record = JobRecord(job, expiry_at=started + job.timeout)
+        record = JobRecord(job, expiry_at=started + job.timeout,
+                           info_last_event=self._config.info_last_event)
         self.records[job.address] = record
         self.records.move_to_end(job.address)
         while len(self.records) > max(1, self._config.keep_flows):
@@ -387,13 +450,27 @@ class EmulatedHost:
     # -- node log, task log and state streams ----------------------------------------------
 
     def emit(self, record: JobRecord, entry: NodeLogEntry) -> None:
-        """A node log entry for ``record`` (from the executor or the host itself)."""
+        """A node log entry for ``record`` (from the executor or the host itself).
+
+        What goes on the wire is what a Nosana host sends (docs/protocol.md §7): a progress
+        ("process") line says what it waits for in a ``pending`` object, other lines have no
+        ``pending``, and no line has the ``payload`` by which the executor says which op and
+        stream it came from (unless ``log_payload``); the host's own lines are coloured when
+        ``node_log_colors`` is set.
+        """
         if entry.job is None:
             entry.job = record.address
         if entry.timestamp is None:
             entry.timestamp = now_ms()
-        data = compact_json(entry.model_dump(by_alias=True, exclude_none=True))
-        self.node_logs.publish(record.address, data)
+        data = entry.model_dump(by_alias=True, exclude_none=True)
+        if entry.type == "process" and entry.pending is None:
+            data["pending"] = NodeLogPending(
+                is_pending=True, expecting=entry.method or "").to_wire()
+        if not self._config.log_payload:
+            data.pop("payload", None)
+        if self._config.node_log_colors and entry.type != "log" and entry.log:
+            data["log"] = coloured(entry.type, entry.log, bold=record.address)
+        self.node_logs.publish(record.address, compact_json(data))
         if record.running:
             self._task_log(record, entry)
 
@@ -424,7 +501,7 @@ class EmulatedHost:
         self, record: JobRecord, text: str, *, kind: str = "info", method: str = "JobHandler"
     ) -> None:
         self.emit(record, NodeLogEntry(log=text, type=kind, method=method, job=record.address,
-                                       timestamp=now_ms(), pending=False))
+                                       timestamp=now_ms()))
 
     def _state(self, record: JobRecord, status: str, **extra: Any) -> None:
         self._state_index += 1
@@ -500,14 +577,16 @@ class EmulatedHost:
 
     def _fetch_placeholder(self, record: JobRecord) -> dict[str, Any]:
         # The same process holds the IPFS store; still go by the CID the ledger holds.
-        self._node_log(record, "Resolving job definition", kind="process")
+        self._node_log(record, "Resolving job definition", kind="process",
+                       method="JobExternalUtil.resolveJobDefinition")
         try:
             document = self._ipfs.get_json(record.job.ipfs_job)
         except KeyError:
             raise LookupError(f"job definition {record.job.ipfs_job} not found on IPFS") from None
         if not isinstance(document, dict):
             raise LookupError(f"job definition {record.job.ipfs_job} is not a JSON object")
-        self._node_log(record, "Job definition retrieved successfully", kind="success")
+        self._node_log(record, "Job definition retrieved successfully", kind="success",
+                       method="JobExternalUtil.resolveJobDefinition")
         return document
 
     async def _resolve_and_run(self, record: JobRecord) -> None:
@@ -525,7 +604,8 @@ class EmulatedHost:
             record.phase = "waiting"
             record.notify()
             self._state(record, "awaiting-job-definition")
-            self._node_log(record, "Waiting for job definition", kind="process")
+            self._node_log(record, "Waiting for job definition", kind="process",
+                           method="ApiListenJobDefinitionStrategy.load")
             await _first(record.definition_event, record.end_event)
             if not record.definition_event.is_set():
                 # Only expiry (or a stop) ends this wait; the status stays as it was.
@@ -550,7 +630,8 @@ class EmulatedHost:
 
         record.phase = "validating"
         self._state(record, "job-validating")
-        self._node_log(record, "Validating job definition", kind="process")
+        self._node_log(record, "Validating job definition", kind="process",
+                       method="JobExternalUtil.validate")
         try:
             validate_job_definition(definition)
         except JobDefinitionError as exc:
@@ -561,11 +642,13 @@ class EmulatedHost:
             record.flow.status = "validation-error"
             record.flow.end_time = now_ms()
             self._state(record, "job-validating-failed")
-            self._node_log(record, "Job definition validation failed", kind="error")
+            self._node_log(record, "Job definition validation failed", kind="error",
+                           method="JobExternalUtil.validate")
             record.notify()
             return
         self._state(record, "job-validating-success")
-        self._node_log(record, "Job definition validated", kind="success")
+        self._node_log(record, "Job definition validated", kind="success",
+                       method="JobExternalUtil.validate")
         await self._run(record, definition)
 
     async def _run(self, record: JobRecord, definition: dict[str, Any]) -> None:
@@ -583,6 +666,9 @@ class EmulatedHost:
             changed=lambda: self._flow_changed(record),
             services=self._services,
             log_cap=self._config.op_log_cap,
+            stop_grace=self._config.stop_grace,
+            term_process_group=self._config.term_process_group,
+            results_values=self._config.results_values,
         )
         record.executor = executor
         record.phase = "running"
@@ -593,6 +679,8 @@ class EmulatedHost:
             quitter = asyncio.get_running_loop().create_task(
                 self._quit_after(record, self._config.faults.host_quits_after)
             )
+        if self._reaper is not None:
+            self._reaper.watch(record.address)
         run = asyncio.get_running_loop().create_task(executor.run(), name=f"ops {record.address}")
         try:
             ended = asyncio.get_running_loop().create_task(record.end_event.wait())
@@ -602,10 +690,12 @@ class EmulatedHost:
                 ended.cancel()
             if not run.done():
                 reason = record.end_reason or "quit"
+                if self._closing:
+                    executor.stop_grace = 0.0  # the devnode itself stops: no grace
+                bound = self._config.stop_grace + self._config.stop_timeout
                 await asyncio.wait_for(
-                    executor.stop(reason, announce=not record.stopped_through_api),
-                    self._config.stop_timeout)
-                await asyncio.wait({run}, timeout=self._config.stop_timeout)
+                    executor.stop(reason, announce=not record.stopped_through_api), bound)
+                await asyncio.wait({run}, timeout=bound)
             if not run.done():
                 run.cancel()
                 await asyncio.wait({run}, timeout=2.0)
@@ -616,12 +706,15 @@ class EmulatedHost:
             # Cancelled (the devnode is going down): never leave processes behind.
             if not run.done():
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(executor.stop("quit"), self._config.stop_timeout)
+                    await asyncio.wait_for(executor.stop("quit"),
+                                           self._config.stop_grace + self._config.stop_timeout)
                 run.cancel()
             raise
         finally:
             if quitter is not None:
                 quitter.cancel()
+        if self._reaper is not None and run.done():
+            self._reaper.forget(record.address)  # its processes are gone (else: the reaper's)
         if flow.end_time is None:
             flow.end_time = now_ms()
         flow.secrets = {}
@@ -642,11 +735,11 @@ class EmulatedHost:
         if flow is not None and flow.end_time is None:
             secrets = self._services.secrets(record.address)
             flow.secrets = secrets
-            urls = secrets.get(record.address) if secrets else None
-            if urls and not record.service_url_announced:
-                record.service_url_announced = True
-                first = next(iter(urls.values()))
-                self._state(record, "service-url-ready", url=first.get("url"))
+            ready = self._services.ready(record.address)
+            if ready is not None and not record.service_url_ready:
+                # A host says its service is ready once a startup health check passed.
+                record.service_url_ready = True
+                self._state(record, "service-url-ready", url=ready.url)
         record.notify()
 
     async def _finish(self, record: JobRecord) -> None:
@@ -669,18 +762,22 @@ class EmulatedHost:
         elif receive == "api-listen":
             flow.status = "waiting-for-result"
             record.phase = "window"
+            record.results_resolved = True
             record.notify()
             self._state(record, "awaiting-result-send")
-            self._node_log(record, "Waiting for the results to be collected", kind="process")
+            self._node_log(record, "Waiting for the results to be collected", kind="process",
+                           method="JobExternalUtil.resolveResult")
             # The devnode stopping ends the window too (it then publishes nothing).
             await _first(record.results_collected, self._closing_event,
                          timeout=max(0.0, self._config.results_window))
             if self._closing:
                 return
             if not record.results_collected.is_set():
-                flow.errors.append(NOT_COLLECTED)
-                # Deviation (documented): the window closes for late GETs too.
-                flow.status = original
+                # The host adds the error to the flow and to its public copy; when the flow
+                # already had errors, the two share one list, so it lands there twice.
+                flow.errors.extend([NOT_COLLECTED] * (2 if flow.errors else 1))
+                if self._config.close_results_window:
+                    flow.status = original  # the window closes for late GETs too
                 self._state(record, "awaiting-result-send-failed")
                 self._node_log(record, NOT_COLLECTED, kind="error")
             else:
@@ -689,10 +786,12 @@ class EmulatedHost:
             document = _blank(flow, original)
         elif receive is None:
             # A public job: the whole result goes to IPFS.
-            document = flow.model_dump(by_alias=True)
+            document = flow_wire(flow)
         else:
             flow.errors.append(f"logistics.receive.type {receive!r} is not supported")
             document = _blank(flow, original)
+        record.results_resolved = True
+        record.notify()
         cid: str | None
         try:
             cid = self._ipfs.put_json(document)
@@ -705,6 +804,12 @@ class EmulatedHost:
         self._ledger.complete(record.address, cid)
         if cid is not None:
             self._node_log(record, f"Job result published: {cid}", kind="success")
+        if not self._config.keep_log_history:
+            # A host clears its log and state streams when it goes back to its loop after a
+            # job (docs/protocol.md §7): a later subscriber gets nothing.
+            self.node_logs.forget(record.address)
+            self.node_states.forget(record.address)
+            self.task_logs.forget(record.address)
 
 
 def _text_size(text: str) -> int:

@@ -3,6 +3,9 @@
 It plays the part of the jobs program and the market matching: a job listed in a market with
 an idle host is handed to that host after the pickup delay (that creates the "run": the job
 is RUNNING with ``node`` set), and the host completes it with the CID of its result.
+Jobs are listed with a wallet (signed ``x-user-id``) or with an API key (``Bearer nos_…``),
+whose credits pay for them (``credits.py``); the answers have the shapes of Nosana's API
+(docs/protocol.md §22, §24), plus a few fields of the devnode's own, named in docs/devnode.md.
 Everything here runs on the devnode's event loop; tests may read it from other threads.
 """
 
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,13 +25,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..protocol import AuthError, CidError, JobState, cid_to_digest, verify_auth_header
+from ..protocol import AuthError, CidError, JobState, cid_to_digest, now_ms, verify_auth_header
 from .config import MarketConfig
+from .credits import MICRO, ApiKey, CreditError, Credits
+from .faults import Faults
+from .ipfs import IpfsStore
 
 __all__ = ["Ledger", "LedgerError", "LedgerJob", "Market", "ledger_routes"]
 
 #: Expiry of a timestamped ledger ``Authorization`` header (the Nosana API's).
 API_AUTH_EXPIRY_S = 300.0
+#: The node of a job no host has taken (the system program's address; docs/protocol.md §22).
+SYSTEM_ADDRESS = "11111111111111111111111111111111"
+#: The API's numeric job states (docs/protocol.md §22).
+STATE_CODES = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.COMPLETED: 2,
+               JobState.STOPPED: 3}
+#: Where the signing service's routes live below the devnode's URL (Nosana serves them from
+#: a host of their own, the client manager).
+CLIENT_MANAGER_PREFIX = "/client-manager"
 
 
 def fresh_address() -> str:
@@ -41,10 +55,6 @@ def _fake_signature() -> str:
     return str(Keypair().sign_message(b"devnode"))
 
 
-def _now_s() -> int:
-    return int(time.time())
-
-
 @dataclass(frozen=True)
 class Market:
     address: str
@@ -55,6 +65,16 @@ class Market:
     job_timeout: int
     network_fee_percentage: float
     gpu_types: tuple[str, ...] = ()
+    #: What a host earns per hour, in USD.
+    usd_per_hour: float = 0.0
+    #: The market's access-key collection (an address, as on Nosana).
+    sft: str = SYSTEM_ADDRESS
+
+    @property
+    def credit_rate(self) -> float:
+        """What a credit job costs per second, in micro-dollars: the hosts' hourly USD plus
+        the network fee (docs/protocol.md §24)."""
+        return self.usd_per_hour * (1 + self.network_fee_percentage / 100) * MICRO / 3600
 
 
 @dataclass
@@ -68,6 +88,9 @@ class LedgerJob:
     timeout: int
     price: int
     listed_at: float
+    #: Who paid on chain: the project for a wallet job, the credit system for a credit job.
+    payer: str = ""
+    usd_per_hour: float | None = None
     requested_node: str | None = None
     state: JobState = JobState.QUEUED
     node: str | None = None
@@ -77,6 +100,8 @@ class LedgerJob:
     time_end: int | None = None
     #: Precise start (unix seconds): the host's expiry is ``started_at + timeout``.
     started_at: float | None = None
+    #: Precise end (unix seconds): credits pay for ``ended_at - started_at``.
+    ended_at: float | None = None
     ipfs_result: str | None = None
     #: The project ended the job while it ran: it completes as STOPPED.
     stop_requested: bool = False
@@ -84,19 +109,29 @@ class LedgerJob:
     host_quit: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """``GET /api/jobs/{job}`` (docs/protocol.md §22): numeric ``state``, the system
+        address as ``node`` and 0 as times until they happen, no ``address``. The indexed
+        documents (``jobDefinition``, ``jobResult``) are filled in by :meth:`Ledger.job_json`.
+        """
         return {
-            "address": self.address,
-            "state": self.state.value,
-            "node": self.node,
-            "market": self.market,
-            "project": self.project,
-            "timeout": self.timeout,
-            "timeStart": self.time_start,
-            "timeEnd": self.time_end,
             "ipfsJob": self.ipfs_job,
             "ipfsResult": self.ipfs_result,
+            "market": self.market,
+            "node": self.node or SYSTEM_ADDRESS,
+            "payer": self.payer or self.project,
             "price": self.price,
-            "run": self.run,
+            "project": self.project,
+            "state": STATE_CODES[self.state],
+            "type": None,
+            "jobDefinition": None,
+            "jobResult": None,
+            "jobStatus": None,
+            "timeEnd": self.time_end or 0,
+            "timeStart": self.time_start or 0,
+            "benchmarkProcessedAt": None,
+            "timeout": self.timeout,
+            "usdRewardPerHour": self.usd_per_hour,
+            "listedAt": int(self.listed_at),
         }
 
 
@@ -139,6 +174,8 @@ class Ledger:
         markets: list[MarketConfig],
         *,
         pickup_delay: Callable[[], float | None],
+        ipfs: IpfsStore | None = None,
+        signing_answer: Callable[[], str] = lambda: "signature",
     ) -> None:
         self.markets: dict[str, Market] = {}
         for config in markets:
@@ -150,11 +187,18 @@ class Ledger:
                 job_timeout=config.job_timeout,
                 network_fee_percentage=config.network_fee_percentage,
                 gpu_types=config.gpu_types,
+                usd_per_hour=config.usd_per_hour,
+                sft=fresh_address(),
             )
             self.markets[market.address] = market
         self.jobs: dict[str, LedgerJob] = {}
         self.hosts: dict[str, HostSlot] = {}
+        self.credits = Credits()
+        #: The account that pays the chain's side of credit jobs (Nosana's, on the network).
+        self.credits_payer = fresh_address()
+        self._ipfs = ipfs
         self._pickup_delay = pickup_delay
+        self.signing_answer = signing_answer
         self._wake: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lookups
@@ -181,26 +225,60 @@ class Ledger:
             if j.market == market.address and j.state is JobState.QUEUED
         )
         return {
+            # The fields of Nosana's markets API (docs/protocol.md §22)...
             "address": market.address,
             "slug": market.slug,
             "name": market.name,
+            "sft": market.sft,
+            "type": "OTHER",
+            "usd_reward_per_hour": market.usd_per_hour,
+            "nos_reward_per_second": market.price / 1e6,
             "nos_job_price_per_second": market.price / 1e6,
+            "network_fee_percentage": market.network_fee_percentage,
+            "premium_community_relation": None,
+            "gpu_types": list(market.gpu_types),
+            "required_images": [],
+            "required_remote_resources": [],
+            "client": True,
+            # ...and the devnode's own: what Nosana keeps on chain, and the market's queue
+            # (idle hosts or waiting jobs, as on chain).
             "job_price": market.price,
             "job_timeout": market.job_timeout,
-            "network_fee_percentage": market.network_fee_percentage,
-            "gpu_types": list(market.gpu_types),
-            "type": "OTHER",
-            # The market's queue holds either idle hosts or waiting jobs, as on chain.
             "idle_hosts": len(idle),
             "queue": idle,
             "queued_jobs": queued,
         }
 
+    def job_json(self, job: LedgerJob) -> dict[str, Any]:
+        """A job as ``GET /api/jobs/{job}`` answers it, with the documents Nosana's indexer
+        reads from IPFS (for a confidential job: the placeholder and the blank result)."""
+        answer = job.to_json()
+        answer["jobDefinition"] = self._document(job.ipfs_job)
+        answer["jobResult"] = self._document(job.ipfs_result)
+        return answer
+
+    def _document(self, cid: str | None) -> Any:
+        if cid is None or self._ipfs is None:
+            return None
+        try:
+            return self._ipfs.get_json(cid)
+        except (KeyError, ValueError):
+            return None
+
     # ------------------------------------------------------------------ job calls
 
     def list_job(
-        self, *, project: str, ipfs_hash: str, market: str, timeout: int, node: str | None = None
-    ) -> LedgerJob:
+        self,
+        *,
+        project: str,
+        ipfs_hash: str,
+        market: str,
+        timeout: int,
+        node: str | None = None,
+        account: ApiKey | None = None,
+    ) -> tuple[LedgerJob, dict[str, Any] | None]:
+        """List a job; with ``account``, its credits pay (reserved now, 402 before anything
+        is listed when they cannot). Returns the job and the ``credits`` of the answer."""
         the_market = self.market(market)
         if node is not None:
             host = self.hosts.get(node)
@@ -217,23 +295,33 @@ class Ledger:
         job = LedgerJob(
             address=fresh_address(),
             market=the_market.address,
-            project=project,
+            project=account.address if account is not None else project,
             ipfs_job=ipfs_hash,
             timeout=timeout,
             price=the_market.price,
             listed_at=time.time(),
+            payer=self.credits_payer if account is not None else project,
+            usd_per_hour=the_market.usd_per_hour,
             requested_node=node,
             run=fresh_address(),
         )
+        charge: dict[str, Any] | None = None
+        if account is not None:
+            reservation = self.credits.reserve(
+                account, job.address, timeout, the_market.credit_rate
+            )
+            charge = {**_charge(reservation.amount, reservation.id), "project": account.address}
         self.jobs[job.address] = job
         self.wake()
-        return job
+        return job, charge
 
-    def stop(self, address: str, project: str) -> dict[str, Any]:
-        job = self._own(address, project)
+    def stop(self, address: str, project: str, account: ApiKey | None = None) -> dict[str, Any]:
+        job = self._own(address, project, account)
         if job.state is JobState.QUEUED:
             job.state = JobState.STOPPED
-            job.time_end = _now_s()
+            job.ended_at = time.time()
+            job.time_end = int(job.ended_at)
+            self.credits.settle(job.address, 0.0)  # never ran: every credit comes back
             self.wake()
             return {"tx": _fake_signature(), "job": job.address, "delisted": True}
         if job.state is JobState.RUNNING:
@@ -245,15 +333,22 @@ class Ledger:
             return {"tx": _fake_signature(), "job": job.address, "delisted": False}
         raise LedgerError(400, f"job {address} has already ended ({job.state.value})")
 
-    def extend(self, address: str, project: str, seconds: int) -> dict[str, Any]:
-        job = self._own(address, project)
+    def extend(
+        self, address: str, project: str, seconds: int, account: ApiKey | None = None
+    ) -> dict[str, Any]:
+        job = self._own(address, project, account)
         if job.state.done:
             raise LedgerError(400, f"job {address} has already ended ({job.state.value})")
+        answer: dict[str, Any] = {"tx": _fake_signature(), "job": job.address}
+        if account is not None:
+            rate = self.market(job.market).credit_rate
+            reservation = self.credits.reserve(account, job.address, seconds, rate)
+            answer["credits"] = _charge(reservation.amount, reservation.id)
         job.timeout += seconds
         host = self.hosts.get(job.node or "")
         if host is not None:
             host.job_extended(job.address)
-        return {"tx": _fake_signature(), "job": job.address}
+        return answer
 
     def complete(self, address: str, ipfs_result: str | None) -> None:
         """The host's last step: the result CID goes on the ledger and the job ends."""
@@ -261,12 +356,29 @@ class Ledger:
         if job.state.done:
             return
         job.ipfs_result = ipfs_result
-        job.time_end = _now_s()
+        job.ended_at = time.time()
+        job.time_end = int(job.ended_at)
         stopped = job.stop_requested or job.host_quit
         job.state = JobState.STOPPED if stopped else JobState.COMPLETED
+        self.credits.settle(job.address, self.run_seconds(job))
         self.wake()
 
-    def _own(self, address: str, project: str) -> LedgerJob:
+    @staticmethod
+    def run_seconds(job: LedgerJob) -> float:
+        """How long the job ran (so far, if it has not ended), capped at its timeout: what
+        its credits pay for."""
+        if job.started_at is None:
+            return 0.0
+        end = job.ended_at if job.ended_at is not None else time.time()
+        return min(float(job.timeout), max(0.0, end - job.started_at))
+
+    def _own(self, address: str, project: str, account: ApiKey | None) -> LedgerJob:
+        if account is not None:
+            # The credit routes do not tell another user's job from a missing one.
+            job = self.jobs.get(address)
+            if job is None or self.credits.owner_of(address) is not account:
+                raise LedgerError(404, "Job not found or you do not have permission")
+            return job
         job = self.job(address)
         if job.project != project:
             raise LedgerError(403, "only the job's project may do this")
@@ -319,11 +431,20 @@ class Ledger:
                 await asyncio.wait_for(self._wake.wait(), poll)
 
 
+def _charge(micro: int, reservation: str) -> dict[str, Any]:
+    """The ``credits`` of a list or extend answer."""
+    return {"costUSD": micro / MICRO, "creditsUsed": micro / MICRO, "reservationId": reservation}
+
+
 # ---------------------------------------------------------------------- HTTP routes
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _is_bearer(request: Request) -> bool:
+    return request.headers.get("authorization", "").strip()[:7].lower() == "bearer "
 
 
 def _authenticate(request: Request) -> str:
@@ -366,20 +487,55 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
-    """The Nosana-API-shaped routes under ``/api``."""
+def _guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """A route whose refusals become ``{"error": …}`` with their status."""
 
-    def guarded(
-        handler: Callable[[Request], Any],
-    ) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                result = await handler(request)
-            except LedgerError as exc:
-                return _error(exc.status, exc.message)
-            return result if isinstance(result, Response) else JSONResponse(result)
+    async def endpoint(request: Request) -> Response:
+        try:
+            result = await handler(request)
+        except (LedgerError, CreditError) as exc:
+            return _error(exc.status, exc.message)
+        return result if isinstance(result, Response) else JSONResponse(result)
 
-        return endpoint
+    return endpoint
+
+
+def _caller(ledger: Ledger, request: Request) -> tuple[str, ApiKey | None]:
+    """Who calls: an API key's account (``Bearer``), else a wallet's signed headers."""
+    if _is_bearer(request):
+        account = ledger.credits.authenticate(request.headers["authorization"])
+        return account.address, account
+    return _authenticate(request), None
+
+
+async def _after_listing(faults: Faults) -> None:
+    """The listing faults: the job is listed, and then its answer comes late, or is a 500."""
+    if faults.list_answer_delay > 0:
+        await asyncio.sleep(faults.list_answer_delay)
+    if faults.take_list_failure():
+        raise LedgerError(500, "internal error after listing (devnode fault)")
+
+
+def _unfinished_jobs(ledger: Ledger, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``GET /api/jobs?project=…&ipfsJob=…&market=…``. Not a route of the Nosana API: the
+    devnode's own, for a client that lost the answer to a listing and looks for the job it
+    may have made (docs/devnode.md)."""
+    project, cid, market = query.get("project"), query.get("ipfsJob"), query.get("market")
+    if not project or not cid:
+        raise LedgerError(400, "project and ipfsJob are required")
+    address = ledger.market(market).address if market else None
+    # With the address: the official job answer has none, and a search must say which.
+    return [{**job.to_json(), "address": job.address} for job in ledger.jobs.values()
+            if job.project == project and job.ipfs_job == cid and not job.state.done
+            and address in (None, job.market)]
+
+
+def ledger_routes(ledger: Ledger, faults: Callable[[], Faults] = Faults) -> list[BaseRoute]:
+    """The Nosana-API-shaped routes under ``/api``, and the signing service's; ``faults``
+    gives the devnode's faults."""
+
+    def caller(request: Request) -> tuple[str, ApiKey | None]:
+        return _caller(ledger, request)
 
     async def markets(request: Request) -> Any:
         return [ledger.market_json(m) for m in ledger.markets.values()]
@@ -388,7 +544,7 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         return ledger.market_json(ledger.market(request.path_params["market"]))
 
     async def list_job(request: Request) -> Any:
-        project = _authenticate(request)
+        project, account = caller(request)
         body = await _json_body(request)
         ipfs_hash = body.get("ipfsHash")
         if not isinstance(ipfs_hash, str):
@@ -406,42 +562,81 @@ def ledger_routes(ledger: Ledger) -> list[BaseRoute]:
         node = body.get("node")
         if node is not None and not isinstance(node, str):
             raise LedgerError(400, "node must be a host address")
-        job = ledger.list_job(
-            project=project, ipfs_hash=ipfs_hash, market=market_id, timeout=timeout, node=node
+        job, charge = ledger.list_job(
+            project=project, ipfs_hash=ipfs_hash, market=market_id, timeout=timeout, node=node,
+            account=account,
         )
-        return {"tx": _fake_signature(), "job": job.address, "run": job.run}
+        await _after_listing(faults())
+        answer = {"tx": _fake_signature(), "job": job.address, "run": job.run}
+        return answer if charge is None else {**answer, "credits": charge}
+
+    async def search_jobs(request: Request) -> Any:
+        return _unfinished_jobs(ledger, request.query_params)
 
     async def get_job(request: Request) -> Any:
-        return ledger.job(request.path_params["job"]).to_json()
+        return ledger.job_json(ledger.job(request.path_params["job"]))
 
     async def stop_job(request: Request) -> Any:
-        project = _authenticate(request)
-        return ledger.stop(request.path_params["job"], project)
+        project, account = caller(request)
+        return ledger.stop(request.path_params["job"], project, account)
 
     async def extend_job(request: Request) -> Any:
-        project = _authenticate(request)
+        project, account = caller(request)
         body = await _json_body(request)
         if "seconds" not in body:
             raise LedgerError(400, "seconds is required")
         seconds = _positive_int(body.get("seconds"), "seconds")
-        return ledger.extend(request.path_params["job"], project, seconds)
+        return ledger.extend(request.path_params["job"], project, seconds, account)
 
     async def not_found(request: Request) -> Any:
         raise LedgerError(404, f"no such API route: {request.method} {request.url.path[:120]}")
 
     return [
-        Route("/api/markets", guarded(markets), methods=["GET"]),
-        Route("/api/markets/", guarded(markets), methods=["GET"]),
-        Route("/api/markets/{market}", guarded(market), methods=["GET"]),
-        Route("/api/markets/{market}/", guarded(market), methods=["GET"]),
-        Route("/api/jobs/list", guarded(list_job), methods=["POST"]),
-        Route("/api/jobs/{job}", guarded(get_job), methods=["GET"]),
-        Route("/api/jobs/{job}/", guarded(get_job), methods=["GET"]),
-        Route("/api/jobs/{job}/stop", guarded(stop_job), methods=["POST"]),
-        Route("/api/jobs/{job}/extend", guarded(extend_job), methods=["POST"]),
+        Route("/api/markets", _guarded(markets), methods=["GET"]),
+        Route("/api/markets/", _guarded(markets), methods=["GET"]),
+        Route("/api/markets/{market}", _guarded(market), methods=["GET"]),
+        Route("/api/markets/{market}/", _guarded(market), methods=["GET"]),
+        Route("/api/jobs/list", _guarded(list_job), methods=["POST"]),
+        Route("/api/jobs", _guarded(search_jobs), methods=["GET"]),
+        Route("/api/jobs/{job}", _guarded(get_job), methods=["GET"]),
+        Route("/api/jobs/{job}/", _guarded(get_job), methods=["GET"]),
+        Route("/api/jobs/{job}/stop", _guarded(stop_job), methods=["POST"]),
+        Route("/api/jobs/{job}/extend", _guarded(extend_job), methods=["POST"]),
+        *_credit_routes(ledger),
         Route(
             "/api/{rest:path}",
-            guarded(not_found),
+            _guarded(not_found),
             methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         ),
+    ]
+
+
+def _credit_routes(ledger: Ledger) -> list[BaseRoute]:
+    """The credit balance, and the signing service (docs/protocol.md §24)."""
+
+    async def balance(request: Request) -> Any:
+        account = ledger.credits.authenticate(request.headers.get("authorization", ""))
+        return ledger.credits.balance(account)
+
+    async def sign_message(request: Request) -> Any:
+        """Sign ``message`` with the key's project key."""
+        account = ledger.credits.authenticate(request.headers.get("authorization", ""))
+        body = await _json_body(request)
+        message = body.get("message")
+        if not isinstance(message, str) or not message or len(message) > 1000:
+            raise LedgerError(400, "message (a non-empty string) is required")
+        if ":" in message:
+            # A node splits its header on ":"; no header could be made of this message.
+            raise LedgerError(400, "message may not contain ':'")
+        signature = ledger.credits.sign(account, message)
+        if ledger.signing_answer() == "header":
+            signature = f"{message}:{signature}"
+            if body.get("includeTime") is True:
+                signature += f":{now_ms()}"
+        return {"message": message, "userAddress": account.address, "signature": signature}
+
+    return [
+        Route("/api/credits/balance", _guarded(balance), methods=["GET"]),
+        Route(f"{CLIENT_MANAGER_PREFIX}/auth/sign-message/external", _guarded(sign_message),
+              methods=["POST"]),
     ]

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from solders.pubkey import Pubkey
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..protocol import AuthError, verify_auth_header
+from ..protocol import AuthError, b58decode, verify_auth_header
 from .config import DevNodeConfig
-from .host import EmulatedHost, JobRecord, Subscription, compact_json
+from .host import EmulatedHost, JobRecord, Subscription, compact_json, flow_wire
 from .ledger import Ledger, LedgerJob
 
 __all__ = ["BODY_LIMIT", "NodeApi"]
@@ -83,11 +82,17 @@ def _express_error(status: int, message: str) -> Response:
     return Response(page, status_code=status, media_type=_HTML, headers=_CORS)
 
 
-def _account_error(job_id: str) -> str:
-    """What the node's chain lookup throws for a job that is not on the ledger."""
+def _account_error(job_id: object) -> str:
+    """What the node's chain lookup throws for a job that is not on the ledger: web3.js's
+    ``PublicKey`` refuses text that is not base58, or not 32 bytes of it, and an address
+    with no account is "not found" (docs/protocol.md §3)."""
+    if not isinstance(job_id, str):
+        return "Invalid public key input"
     try:
-        Pubkey.from_string(job_id)
-    except ValueError:
+        key = b58decode(job_id)
+    except ValueError as exc:
+        return str(exc)  # "Non-base58 character"
+    if len(key) != 32:
         return "Invalid public key input"
     return f"Account does not exist or has no data {job_id}"
 
@@ -335,7 +340,7 @@ class NodeApi:
         if record.flow.status != "waiting-for-result" or self.config.faults.results_never_served:
             return _text(400, "cannot get job result at this time")
         call.host.results_served(record)
-        return _json_text(record.flow.model_dump(by_alias=True))
+        return _json_text(flow_wire(record.flow))
 
     async def _endpoints(self, call: _Call) -> Response:
         record = call.record
@@ -343,11 +348,13 @@ class NodeApi:
         job = call.job.address if call.job is not None else ""
         if not secrets or not secrets.get(job):
             return _text(400, "No exposed url for job id")
+        # ONLINE only once a startup health check passed (a service without health checks
+        # stays OFFLINE at the top level, whatever its own status says).
         ready = (
             record is not None
             and call.host.current is record
             and record.running
-            and record.service_url_announced
+            and record.service_url_ready
         )
         return _json({"urls": secrets[job], "status": "ONLINE" if ready else "OFFLINE"})
 
@@ -403,9 +410,10 @@ class NodeApi:
             return _text(404, "Failed to find job for provided job id.")
         return StreamingResponse(
             self._info_events(record),
-            media_type="text/event-stream",
             headers={
                 **_CORS,
+                # As the node writes it: no charset (starlette would add one to media_type).
+                "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "Connection": "keep-alive",
                 "X-Accel-Buffering": "no",
@@ -419,13 +427,14 @@ class NodeApi:
         keepalive_at = time.monotonic() + self.config.sse_keepalive
         while True:
             changed = record.change_event()
-            payload = record.final_info or compact_json(record.info_payload())
-            if payload != last:
+            ended = record.info_ended
+            payload = record.info_event()
+            if payload is not None and payload != last:
                 last = payload
                 yield f"data: {payload}\n\n"
                 keepalive_at = time.monotonic() + self.config.sse_keepalive
             closing = self._closing()
-            if record.final_info is not None or (closing is not None and closing.is_set()):
+            if (ended and payload is not None) or (closing is not None and closing.is_set()):
                 return
             wait = max(0.0, keepalive_at - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -503,23 +512,36 @@ class _WsConnection:
             await self._dispatch(message)
 
     async def _dispatch(self, message: str) -> None:
+        """Route one message as the node's WebSocket server does (docs/protocol.md §7).
+
+        Its order of checks decides the close codes: a message that is not JSON, or a
+        missing ``body``, is an internal error (1011); an unknown path 3003; no
+        ``jobAddress`` 1007; a job the chain lookup cannot find 3000 with the lookup's
+        error; a header the validator throws on (missing, malformed, expired) 3000 with no
+        detail; a well-formed header with the wrong signature is ignored, without a close.
+        """
         try:
             data = json.loads(message, parse_constant=_reject_constant)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
         except (ValueError, RecursionError):
-            await self.close(1011, "Internal server error")
+            data = None
+        if data is None:
+            await self.close(1011, "Internal Server Error")
             return
-        path = data.get("path")
-        body = data.get("body")
-        header = data.get("header")
+        fields = data if isinstance(data, dict) else {}
+        path, body, header = fields.get("path"), fields.get("body"), fields.get("header")
         if path not in ("/log", "/flog", "/status"):
             await self.close(3003, "Invalid Path")
             return
+        if body is None:
+            await self.close(1011, "Internal Server Error")  # (reading body.jobAddress throws)
+            return
         job_address = body.get("jobAddress") if isinstance(body, dict) else None
+        if not job_address:
+            await self.close(1007, "Expected body to contain jobAddress.")
+            return
         job = self.ledger.jobs.get(job_address) if isinstance(job_address, str) else None
         if job is None:
-            await self.close(1007, "Invalid job address")
+            await self.close(3000, f"{_UNAUTHORIZED}: {_account_error(job_address)}"[:123])
             return
         assert isinstance(body, dict)
         if path == "/flog":
@@ -534,7 +556,7 @@ class _WsConnection:
         if verdict == "invalid":
             return  # a well-formed wrong signature: no close, no subscription
         if verdict != "ok":
-            await self.close(3000, f"Unauthorized Request: {verdict}"[:120])
+            await self.close(3000, _UNAUTHORIZED)
             return
         if path == "/log":
             self._spawn(self._stream(self.host.node_logs, job.address, "log",
@@ -543,16 +565,16 @@ class _WsConnection:
             self._spawn(self._stream(self.host.node_states, job.address, "state"))
 
     def _verify(self, header: Any, keys: list[str]) -> str:
-        """``"ok"``, ``"invalid"`` (well formed, wrong signature) or the error message."""
+        """``"ok"``, ``"invalid"`` (well formed, wrong signature) or why the validator threw."""
         if not isinstance(header, str):
-            return "Cannot read properties of undefined (reading 'split')"
+            return "no header"
         error = "invalid"
         for key in keys:
             try:
                 verify_auth_header(header, key, expiry_s=self.config.ws_auth_expiry)
             except AuthError as exc:
                 if str(exc) != _NOT_VERIFIED:
-                    error = str(exc)
+                    return str(exc)  # it threw: the next key is never tried
                 continue
             return "ok"
         return error

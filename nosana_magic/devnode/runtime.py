@@ -2,9 +2,10 @@
 
 The local network runs as one service per user (:mod:`.service`). Like a Jupyter server, it
 says where it is in a runtime file in the user's data dir, ``local-network.json``: its URL,
-its pid, and the token a client presents on the ledger, IPFS and control routes (header
-:data:`TOKEN_HEADER`). The file is written whole (a private temporary file, renamed) by the
-service once it listens, with mode 0600, and removed by it when it stops; a file that someone
+its pid, the token a client presents on the ledger, IPFS and control routes (header
+:data:`TOKEN_HEADER`) and the API key it issued (the credits path). The file is written
+whole (a private temporary file, renamed) by the service once it listens, with mode 0600,
+and removed by it when it stops; a file that someone
 else owns or may read is not trusted. ``local-network.lock`` serialises starts, so that two
 kernels starting at once start one service; it is an advisory lock held on an open file, so
 a process that dies drops it.
@@ -64,6 +65,9 @@ class ServiceInfo(BaseModel):
     pid: int
     #: What a client presents in :data:`TOKEN_HEADER` (never shown: not in the repr).
     token: str = Field(repr=False)
+    #: The API key the service issued (``nos_…``, with its starting credits): what a client
+    #: pays with on the local network when the user set none (never shown either).
+    api_key: str = Field(default="", repr=False)
     #: When it started (Unix seconds).
     started: float
     #: Seconds without a job or a request after which it stops itself (0: never).

@@ -13,18 +13,16 @@ own child) waits until the service listens and has written its runtime file, pri
 service, in a session of its own, is nobody's child to wait for and no terminal's to hang up
 with. What the service writes goes to ``local-network.log`` beside the runtime file.
 
-On Linux the service's session starts with a *guardian*: a small process (no server loaded)
-that is a child subreaper and the service's parent. Whatever the service's job processes
-leave as orphans comes to it and is reaped; when the service dies, however it dies (SIGKILL
-included, when it cannot kill its jobs itself), every process of its jobs, now the
-guardian's, is killed and the runtime file removed. A signal to stop it is passed on to the
-service.
+Its jobs' processes never outlive it: it kills them when it stops, and, should it be killed
+in a way that runs none of its code (SIGKILL, the out-of-memory killer), the devnode's reaper
+(:mod:`.reaper`, a process of its own that every devnode starts with its first job) kills
+them. The runtime file it leaves then names a dead pid: the next client sees it is stale and
+starts a new service.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import select
 import signal
@@ -51,21 +49,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the runtime file, its lock and the log go")
     parser.add_argument("--idle-timeout", type=float, default=3600.0, metavar="S",
                         help="stop after S seconds with no job and no request (0: never)")
+    parser.add_argument("--hosts-per-market", type=int, default=None, metavar="N",
+                        help="emulated hosts in each market (default: the devnode's)")
     return parser
 
 
-def serve(data_dir: Path, idle_timeout: float, ready: Callable[[str], None]) -> int:
+def serve(data_dir: Path, idle_timeout: float, ready: Callable[[str], None], *,
+          hosts_per_market: int | None = None) -> int:
     """Run the service until it is told to stop, or is idle for ``idle_timeout`` s (0: never).
 
     ``ready`` gets ``ready PID URL`` once the runtime file is written.
     """
+    import dataclasses
     import secrets
 
     from .app import DevNode
     from .config import DevNodeConfig
 
     token = secrets.token_urlsafe(32)
-    node = DevNode(DevNodeConfig(token=token, idle_timeout=idle_timeout or None))
+    config = DevNodeConfig(token=token, idle_timeout=idle_timeout or None)
+    if hosts_per_market is not None:
+        config = dataclasses.replace(config, hosts_per_market=hosts_per_market)
+    node = DevNode(config)
     stop = node.stop_requested
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -78,7 +83,8 @@ def serve(data_dir: Path, idle_timeout: float, ready: Callable[[str], None]) -> 
     try:
         write_runtime(data_dir, ServiceInfo(
             url=node.url, node_url_template=node.node_url_template, pid=pid, token=token,
-            started=node.started, idle_timeout=idle_timeout, version=package_version()))
+            api_key=node.api_key, started=node.started, idle_timeout=idle_timeout,
+            version=package_version()))
         _say(f"serving on {node.url} (pid {pid}, idle timeout "
              f"{f'{idle_timeout:g} s' if idle_timeout else 'none'})")
         ready(f"ready {pid} {node.url}")
@@ -134,86 +140,6 @@ def _detach(log_path: Path) -> None:
     os.close(log_fd)
 
 
-def _become_subreaper() -> bool:
-    """Make this process the one orphans below it are given to (Linux ``prctl``); whether
-    it is."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-#: ``prctl`` option (linux/prctl.h).
-_PR_SET_CHILD_SUBREAPER = 36
-#: How long the guardian goes on killing what the service left.
-_SWEEP_S = 10.0
-
-
-def _guard(service: int, data_dir: Path) -> int:
-    """The guardian: reap orphans until ``service`` exits, then kill and reap every process
-    left below this one, remove the service's runtime file and exit with its status."""
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(service, signal.SIGTERM)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    code = 1
-    while True:
-        pid, status = os.waitpid(-1, 0)  # the service or an orphan given to us
-        if pid == service:
-            code = os.waitstatus_to_exitcode(status)
-            break
-    left = _sweep()
-    if left or code:
-        _say(f"the service ended (status {code}); killed {left} process(es) of its jobs")
-    remove_runtime(data_dir, service)
-    return 0 if code == 0 else 1
-
-
-def _sweep() -> int:
-    """SIGKILL every process below this one (each op leads a process group of its own), and
-    reap them; how many were killed. Bounded by :data:`_SWEEP_S`."""
-    killed: set[int] = set()
-    deadline = time.monotonic() + _SWEEP_S
-    while time.monotonic() < deadline:
-        children = _children(os.getpid())
-        for child in children:
-            for kill in (os.killpg, os.kill):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    kill(child, signal.SIGKILL)
-            killed.add(child)
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            if not children:
-                break  # nothing below us any more
-        time.sleep(0.02)
-    return len(killed)
-
-
-def _children(pid: int) -> list[int]:
-    """The live children of ``pid`` (``/proc``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir: Path = args.data_dir.expanduser().resolve()
@@ -230,11 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.close(read_fd)
     os.setsid()
     _detach(log_path)
-    if _become_subreaper():
-        service = os.fork()
-        if service:
-            os.close(write_fd)  # the launcher sees the end of the pipe if the service dies
-            return _guard(service, data_dir)
     told = False
 
     def ready(line: str) -> None:
@@ -244,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         told = True
 
     try:
-        return serve(data_dir, max(0.0, args.idle_timeout), ready)
+        return serve(data_dir, max(0.0, args.idle_timeout), ready,
+                     hosts_per_market=args.hosts_per_market)
     except BaseException as exc:
         if not told:  # the launcher says why, in one line
             os.write(write_fd, f"error: {type(exc).__name__}: {exc}\n".encode())

@@ -168,6 +168,11 @@ class ServiceRegistry:
     def get(self, service_id: str) -> ExposedPort | None:
         return self._services.get(service_id)
 
+    def ready(self, job: str) -> ExposedPort | None:
+        """The first of the job's services whose startup health checks all passed, if any."""
+        return next((service for service in self._services.values()
+                     if service.job == job and service.started.is_set()), None)
+
     def endpoints(self, job: str) -> dict[str, ServiceEndpoint]:
         """``expose_id -> ServiceEndpoint`` for ``GET /job/{id}/endpoints``."""
         return {
@@ -236,8 +241,8 @@ class ServiceRegistry:
         checks = service.health_checks
         while not await self._all_pass(service, checks):
             await asyncio.sleep(self.startup_interval)
+        service.started.set()  # (first: the status change tells the host it is ready)
         self._set_status(service, "ONLINE")
-        service.started.set()
         continuous = [check for check in checks if check.get("continuous")]
         if not continuous:
             return

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import NetworkError
+from ..errors import InsufficientCreditsError, NetworkError
 from ..protocol import JobState
-from ..wallet import Wallet
+from ..signer import Signer
 
 __all__ = [
+    "InsufficientCreditsError",
     "JobInfo",
     "JobState",
     "Listing",
@@ -23,6 +24,10 @@ __all__ = [
     "Network",
     "NetworkError",
 ]
+
+
+#: The network fee (percent) added to a credit job's price when a market reports none.
+CREDIT_FEE_PCT = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Market:
     #: Hosts waiting for work (a job listed now starts at once when > 0).
     idle_hosts: int = 0
     network_fee_pct: float = 0.0
+    #: What a host earns per hour in USD (Nosana's markets API), when known.
+    usd_per_hour: float | None = None
 
     @property
     def nos_per_hour(self) -> float:
@@ -48,6 +55,19 @@ class Market:
         """The most a job of ``seconds`` can cost, in NOS, fee included."""
         return self.price_per_second * seconds / 1e6 * (1 + self.network_fee_pct / 100)
 
+    @property
+    def usd_per_hour_with_fee(self) -> float | None:
+        """What an hour costs in credits (USD): the hosts' rate plus the network fee, or the
+        10 % Nosana's dashboard adds when the market reports none (docs/protocol.md §24)."""
+        if self.usd_per_hour is None:
+            return None
+        return self.usd_per_hour * (1 + (self.network_fee_pct or CREDIT_FEE_PCT) / 100)
+
+    def cost_usd(self, seconds: float) -> float | None:
+        """The most a job of ``seconds`` can cost in credits (USD, fee included), if known."""
+        per_hour = self.usd_per_hour_with_fee
+        return None if per_hour is None else per_hour * seconds / 3600
+
 
 @dataclass(frozen=True)
 class Listing:
@@ -56,6 +76,8 @@ class Listing:
     job: str
     run: str | None = None
     tx: str | None = None
+    #: What the credits paid for the listing (USD, held until the job ends), when they paid.
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +112,20 @@ class Network(Protocol):
 
     #: ``local``, ``devnet``, ``mainnet`` (shown to the user).
     name: str
-    #: The wallet that lists jobs and signs requests to their hosts.
-    wallet: Wallet
+
+    @property
+    def pays_with(self) -> str:
+        """``wallet`` (the wallet lists and pays) or ``credits`` (an API key's credits)."""
+        ...
+
+    async def signer(self, job: str, project: str | None = None) -> Signer:
+        """Who signs the requests to ``job``'s host: the job's project (docs/protocol.md §3).
+
+        A wallet, or for a credit job a header from the signing service (asked once).
+        ``project`` (the job's, from the ledger) is checked: a job this network's wallet or
+        key did not list is refused here in one line, as its host would not answer.
+        """
+        ...
 
     def node_url(self, node: str) -> str:
         """The base URL of a host's node API (``https://{node}.node.k8s.prd.nos.ci``)."""

@@ -27,6 +27,7 @@ changed. A market that is neither is refused before the local network is started
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -42,9 +43,9 @@ import httpx
 
 from ..protocol import format_duration
 from ..wallet import Wallet, create_wallet_file
-from .api import ApiNetwork
+from .api import ApiNetwork, require_api_key
 from .base import Market, NetworkError
-from .markets import MAINNET_MARKETS, UnknownMarketError, close_slugs
+from .markets import MAINNET_MARKETS, UnknownMarketError, check_market_ref, close_slugs
 
 if TYPE_CHECKING:
     from ..devnode.runtime import ServiceInfo
@@ -74,9 +75,14 @@ LOCAL_WALLET_FILE = "local-wallet.json"
 #: The local network's markets for each kind of Nosana market.
 LOCAL_GPU_MARKET = "local-gpu"
 LOCAL_CPU_MARKET = "local-cpu"
+#: Emulated hosts in each market of the local network: enough that a sweep's jobs run side
+#: by side (``sweeps.DEFAULT_PARALLEL`` at once), as they would on a market with idle hosts.
+LOCAL_HOSTS_PER_MARKET = 4
 
 #: The header that carries the service's token (``devnode/runtime.py``'s, without loading it).
 TOKEN_HEADER = "x-nosana-local-token"
+#: Where a devnode serves its signing service (the client manager of docs/protocol.md §24).
+CLIENT_MANAGER_PATH = "/client-manager"
 
 #: How long starting the service may take (the launcher's own bound is 30 s).
 START_TIMEOUT_S = 40.0
@@ -88,6 +94,8 @@ _TRUSTED_FOR_S = 5.0
 
 #: (pid, url) of services that answered, with when; the pids already announced.
 _verified: dict[tuple[int, str], float] = {}
+#: (pid, digest of the key) of API keys a service has been told to serve.
+_admitted: set[tuple[int, str]] = set()
 _announced_pids: set[int] = set()
 _state_lock = threading.Lock()
 #: Nosana market names already said to run on a local market (said once per process).
@@ -118,21 +126,46 @@ def _unknown_local_market(ref: str, slugs: Collection[str]) -> UnknownMarketErro
         f"{LOCAL_GPU_MARKET})")
 
 
-def check_local_market(ref: str | None) -> None:
+def check_local_market(ref: str | None, addresses: Collection[str] = ()) -> None:
     """Refuse, in one line, a market the local network cannot run, without starting it.
 
-    Checked against the markets the local network service starts with. ``None`` (the first
-    market) always passes.
+    Checked against the markets the local network service starts with (their slugs) and
+    ``addresses`` (those of a running service's markets: made at random when it starts).
+    ``None`` (the first market) always passes.
     """
     if ref is None:
         return
     from ..devnode.config import DevNodeConfig
 
     slugs = [m.slug for m in DevNodeConfig().markets]
-    text = ref.strip()
-    if text in slugs or local_market_for(text) in slugs:
+    text = check_market_ref(ref)
+    if text in slugs or text in addresses or local_market_for(text) in slugs:
         return
     raise _unknown_local_market(ref, slugs)
+
+
+def _check_service_market(ref: str | None, settings: Settings) -> None:
+    """:func:`check_local_market`; a market given by address is looked for among the markets
+    of the service that runs (none runs: it cannot be one of its markets)."""
+    try:
+        check_local_market(ref)
+    except UnknownMarketError:
+        info = service_info(settings)
+        if info is None or ref is None:
+            raise
+        check_local_market(ref, _market_addresses(info))
+
+
+def _market_addresses(info: ServiceInfo) -> set[str]:
+    """The addresses of the service's markets (empty when it does not answer)."""
+    try:
+        reply = httpx.get(f"{info.url}/api/markets/", headers={TOKEN_HEADER: info.token},
+                          timeout=10.0, trust_env=False)
+        body = reply.json() if reply.status_code == 200 else []
+    except (httpx.HTTPError, ValueError):
+        return set()
+    return {m["address"] for m in body if isinstance(m, dict) and isinstance(m.get("address"),
+                                                                               str)}
 
 
 class LocalNetwork(ApiNetwork):
@@ -153,8 +186,8 @@ class LocalNetwork(ApiNetwork):
 
     async def market(self, slug_or_address: str) -> Market:
         """A local market by slug or address, or the one a Nosana market name runs on."""
+        text = check_market_ref(slug_or_address)
         markets = await self.markets()
-        text = slug_or_address.strip()
         for market in markets:
             if text in (market.slug, market.address):
                 return market
@@ -280,7 +313,8 @@ def _spawn(directory: Path, settings: Settings) -> ServiceInfo:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     log_path = directory / LOG_FILE
     command = [sys.executable, "-m", "nosana_magic.devnode.service", "--data-dir",
-               str(directory), "--idle-timeout", str(settings.local_idle)]
+               str(directory), "--idle-timeout", str(settings.local_idle),
+               "--hosts-per-market", str(LOCAL_HOSTS_PER_MARKET)]
     try:
         launcher = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -378,17 +412,27 @@ def local_network(
     one it can run (:class:`UnknownMarketError` otherwise, and nothing is started).
     ``on_notice`` gets one line when this call starts the service or first uses it in this
     process (it may be called from any thread: the caller decides where to print it).
+
+    Paid with credits (``settings.pays_with``), it lists with the API key and its hosts'
+    headers come from the devnode's signing service. A devnode started by hand knows only the
+    key it printed; the service pays with its own key (from its runtime file) when none is
+    set, and gives a key it does not know yet its starting credits (local credits: nothing
+    leaves this machine).
     """
     wallet = local_wallet(settings)
+    credits = settings.pays_with == "credits"
     if settings.devnode_url:
         base = settings.devnode_url.rstrip("/")
         template = settings.node_url_template or f"{base}/node/{{node}}"
         return LocalNetwork(base, wallet, node_url_template=template, name="local",
-                            on_notice=on_notice)
-    check_local_market(settings.market)
+                            on_notice=on_notice,
+                            api_key=require_api_key(settings) if credits else None,
+                            signing_url=settings.signing_url or f"{base}{CLIENT_MANAGER_PATH}")
+    _check_service_market(settings.market, settings)
     info, started = ensure_service(settings)
     if on_notice is not None:
         announce_service(info, started, on_notice)
+    api_key = _service_api_key(info, settings) if credits else None
     return LocalNetwork(
         info.url,
         wallet,
@@ -396,7 +440,39 @@ def local_network(
         name="local",
         on_notice=on_notice,
         token=info.token,
+        api_key=api_key,
+        signing_url=settings.signing_url or f"{info.url}{CLIENT_MANAGER_PATH}",
     )
+
+
+def _service_api_key(info: ServiceInfo, settings: Settings) -> str:
+    """The API key to pay with on the service: the user's own (the service is told to serve
+    it, with its starting credits, once per service and process), else the service's."""
+    key = settings.read_api_key()
+    if not key:
+        if not info.api_key:
+            raise NetworkError(
+                f"the local Nosana network at {info.url} (pid {info.pid}) issues no API key "
+                "(it was started by an older nosana_magic): %nosana local stop, and the next "
+                "job starts a new one")
+        return info.api_key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    with _state_lock:
+        if (info.pid, digest) in _admitted:
+            return key
+    try:
+        reply = httpx.post(f"{info.url}/_devnode/credits", json={"api_key": key},
+                           headers={TOKEN_HEADER: info.token}, timeout=10.0, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"the local Nosana network at {info.url} did not take the API key: "
+                           f"{type(exc).__name__}") from None
+    if reply.status_code != 200:
+        said = reply.text.replace(key, "[API key]")[:200]
+        raise NetworkError(f"the local Nosana network at {info.url} refused the API key "
+                           f"(HTTP {reply.status_code}: {said})")
+    with _state_lock:
+        _admitted.add((info.pid, digest))
+    return key
 
 
 def describe_service(settings: Settings) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,14 +37,17 @@ __all__ = [
     "LAMPORTS_PER_SIGNATURE",
     "LAMPORTS_PER_SOL",
     "MAINNET_MARKETS",
+    "CreditEstimate",
     "Estimate",
     "MarketDirectory",
     "MarketRef",
     "UnknownMarketError",
+    "check_market_ref",
     "close_slugs",
     "estimate",
     "format_nos",
     "format_sol",
+    "format_usd",
     "is_address",
     "nos_deposit_units",
     "nos_fee_units",
@@ -98,6 +102,24 @@ DEFAULT_COMPUTE_UNITS_PER_INSTRUCTION = 200_000
 _ACCOUNT_STORAGE_OVERHEAD = 128
 _LAMPORTS_PER_BYTE_YEAR = 3_480
 _EXEMPTION_THRESHOLD_YEARS = 2
+
+
+#: What can name a market: a slug (``nvidia-3090``) or a base58 address, both of these
+#: characters. Anything else (``local-cpu/../local-gpu``) would become another URL path.
+_MARKET_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_market_ref(slug_or_address: str) -> str:
+    """``slug_or_address`` without surrounding spaces, if it can name a market; else
+    :class:`UnknownMarketError` in one line."""
+    text = slug_or_address.strip()
+    if not text:
+        raise UnknownMarketError("no market given: pass a market slug or address")
+    if not _MARKET_REF.fullmatch(text):
+        raise UnknownMarketError(
+            f"{text[:80]!r} is not a market name: give a market's slug (letters, digits, '-' "
+            "and '_', such as nvidia-3090) or its address")
+    return text
 
 
 def is_address(text: str) -> bool:
@@ -162,6 +184,69 @@ def format_sol(lamports: int | float) -> str:
         return "0 SOL"
     decimals = min(9, max(4, 2 - math.floor(math.log10(abs(sol)))))
     return f"{sol:.{decimals}f}".rstrip("0").rstrip(".") + " SOL"
+
+
+def format_usd(usd: float) -> str:
+    """US dollars with two significant digits past the cent when under a dollar: ``$9.78``,
+    ``$0.22``, ``$0.0092``, ``$0.000015`` (credits pay for GPU seconds)."""
+    if usd == 0:
+        return "$0.00"
+    decimals = min(6, max(2, 1 - math.floor(math.log10(abs(usd)))))
+    return f"{'-' if usd < 0 else ''}${abs(usd):,.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class CreditEstimate:
+    """What a credit job can cost, against the credits available, shown before listing."""
+
+    network: str
+    market: str
+    #: USD per hour, the network fee included; ``None`` when the market does not say.
+    usd_per_hour: float | None
+    timeout_s: int
+    #: The API key's credits that new jobs can use (USD).
+    available: float
+    #: How many such jobs (a sweep's): one statement and one question for them all.
+    jobs: int = 1
+
+    @property
+    def each(self) -> float | None:
+        """The most one job can cost (reserved at listing; what it does not use comes back)."""
+        return None if self.usd_per_hour is None else self.usd_per_hour * self.timeout_s / 3600
+
+    @property
+    def cost(self) -> float | None:
+        """The most all the jobs can cost together."""
+        each = self.each
+        return None if each is None else each * self.jobs
+
+    @property
+    def covered(self) -> bool:
+        cost = self.cost
+        return cost is None or cost <= self.available
+
+    def describe(self) -> str:
+        """One line: ``mainnet: market nvidia-4090 at $0.44/h in credits, timeout 30m → at
+        most $0.22; credits: $9.78 available``."""
+        cost, per_hour = self.cost, self.usd_per_hour
+        price = ("at an unknown credit price (the market does not say)" if per_hour is None
+                 else f"at {format_usd(per_hour)}/h in credits")
+        each, most = self.each, ""
+        if cost is not None and each is not None:
+            most = (f" → at most {format_usd(cost)}" if self.jobs == 1 else
+                    f" → {self.jobs} jobs × at most {format_usd(each)} = at most "
+                    f"{format_usd(cost)}")
+        return (f"{self.network}: market {self.market} {price}, timeout "
+                f"{format_duration(self.timeout_s)}{most}; credits: "
+                f"{format_usd(self.available)} available")
+
+    def shortfall(self) -> str:
+        """Why the job is not listed when the credits do not cover it."""
+        what = "this job" if self.jobs == 1 else f"these {self.jobs} jobs"
+        return (f"not listed: {what} can cost {format_usd(self.cost or 0)} "
+                f"({format_duration(self.timeout_s)} in {self.market}), and the API key has "
+                f"{format_usd(self.available)} of credits available; add credits on the "
+                "Nosana dashboard or shorten --timeout")
 
 
 @dataclass(frozen=True)
@@ -388,9 +473,7 @@ class MarketDirectory:
 
     def lookup(self, slug_or_address: str) -> MarketRef:
         """Resolve without I/O: a known slug, or any address (known or not)."""
-        text = slug_or_address.strip()
-        if not text:
-            raise UnknownMarketError("no market given: pass a market slug or address")
+        text = check_market_ref(slug_or_address)
         ref = self._refs.get(text.lower())
         if ref is not None:
             return ref

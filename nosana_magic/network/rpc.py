@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -142,6 +143,8 @@ class SolanaRpc:
         #: The policy of every call and transaction send (attempts, pauses, time bound).
         self.retry = retry
         self.confirm_timeout_s = confirm_timeout_s
+        #: ``time.monotonic()`` of the endpoint's last answer (``None`` before the first).
+        self.last_answer: float | None = None
         _mask_in_library_logs(self.url, self.ws_url)
         self._client: AsyncClient | None = None
         self._rent: dict[int, int] = {}
@@ -167,8 +170,11 @@ class SolanaRpc:
         reason = "no answer"
         while True:
             try:
-                return await asyncio.wait_for(call(self._rpc()), self.request_timeout_s + 1)
+                answer = await asyncio.wait_for(call(self._rpc()), self.request_timeout_s + 1)
+                self.last_answer = time.monotonic()
+                return answer
             except RPCException as exc:
+                self.last_answer = time.monotonic()  # a refusal is an answer too
                 message = _rpc_error_text(exc)
                 if not _retryable_rpc_error(message):
                     raise NetworkError(

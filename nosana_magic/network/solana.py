@@ -54,8 +54,9 @@ from ..chain import (
     QueueType,
     RunAccount,
 )
-from ..errors import InsufficientFundsError, TransactionFailedError
+from ..errors import InsufficientFundsError, OutcomeUnknown, TransactionFailedError
 from ..protocol import b58encode, format_duration, short_address
+from ..signer import Signer
 from ..transport import Retry, url_host
 from ..wallet import Wallet, WalletError, configured_wallet
 from .base import JobInfo, JobState, Listing, Market, NetworkError
@@ -130,6 +131,28 @@ class _Read:
 
 class _JobClosedError(NetworkError):
     """The job account does not exist (never did, or was closed by delist/recover/clean)."""
+
+
+def _arguments(settings: Settings, *, pinata: bool) -> dict[str, Any]:
+    """:class:`SolanaNetwork`'s keyword arguments as ``settings`` give them (with a Pinata
+    client holding the JWT read now, when ``pinata``)."""
+    kwargs: dict[str, Any] = {
+        "cluster": settings.network,
+        "rpc_url": settings.rpc_url,
+        "ws_url": settings.ws_url,
+        "commitment": settings.commitment,
+        "priority_fee_micro_lamports": settings.priority_fee,
+        "node_domain": settings.node_domain,
+        "node_url_template": settings.node_url_template,
+        "markets_api": settings.markets_api,
+    }
+    if pinata:
+        kwargs["pinata"] = PinataClient(
+            settings.read_pinata_jwt(),
+            api_url=settings.pinata_api_url or DEFAULT_PINATA_API,
+            gateway=settings.ipfs_gateway or DEFAULT_GATEWAY,
+        )
+    return kwargs
 
 
 class SolanaNetwork:
@@ -211,33 +234,28 @@ class SolanaNetwork:
         file); with none, :class:`~nosana_magic.wallet.WalletError` says where to put one.
         The Pinata JWT is read from the settings' source now and kept by the Pinata client only.
         """
-        network = settings.network
-        if network not in DEFAULT_RPC_URLS:
-            raise NetworkError(f"network {network!r} is not a Solana cluster (mainnet, devnet)")
+        if settings.network not in DEFAULT_RPC_URLS:
+            raise NetworkError(f"network {settings.network!r} is not a Solana cluster "
+                               "(mainnet, devnet)")
         if wallet is None:
             wallet = configured_wallet(settings)
-        kwargs: dict[str, Any] = {
-            "cluster": network,
-            "rpc_url": settings.rpc_url,
-            "ws_url": settings.ws_url,
-            "commitment": settings.commitment,
-            "priority_fee_micro_lamports": settings.priority_fee,
-            "node_domain": settings.node_domain,
-            "node_url_template": settings.node_url_template,
-            "markets_api": settings.markets_api,
-        }
-        if "pinata" not in overrides:
-            kwargs["pinata"] = PinataClient(
-                settings.read_pinata_jwt(),
-                api_url=settings.pinata_api_url or DEFAULT_PINATA_API,
-                gateway=settings.ipfs_gateway or DEFAULT_GATEWAY,
-            )
-        kwargs.update(overrides)
-        return cls(wallet, **kwargs)
+        return cls(wallet, **{**_arguments(settings, pinata="pinata" not in overrides),
+                              **overrides})
 
     def __repr__(self) -> str:
         return (f"SolanaNetwork({self.name}, wallet={self.wallet.address}, "
                 f"rpc={self.rpc.host})")
+
+    #: The wallet lists the job on chain and pays for it.
+    pays_with = "wallet"
+
+    async def signer(self, job: str, project: str | None = None) -> Signer:
+        """The wallet: it is the project of every job it lists (docs/protocol.md §3)."""
+        if project and project != self.wallet.address:
+            raise NetworkError(
+                f"job {job} was posted by {project}, not by this wallet "
+                f"({self.wallet.address}): its host will not answer us")
+        return self.wallet
 
     @property
     def rpc_url(self) -> str:
@@ -479,10 +497,17 @@ class SolanaNetwork:
         else:
             ix = chain.list_instruction(**common)
         job = str(job_kp.pubkey())
-        signature = await self.rpc.send(
-            [ix], [self.wallet.keypair, job_kp, run_kp], f"listing the job in {market.slug}",
-            payer=self.wallet.public_key, fee=fee, job=job,
-        )
+        try:
+            signature = await self.rpc.send(
+                [ix], [self.wallet.keypair, job_kp, run_kp], f"listing the job in {market.slug}",
+                payer=self.wallet.public_key, fee=fee, job=job,
+            )
+        except TransactionFailedError:
+            raise  # the cluster rejected it: nothing was listed
+        except NetworkError as exc:
+            # Sent but not confirmed (or not answered): the job account may exist. Its address
+            # is ours, so whoever handles this can look it up.
+            raise OutcomeUnknown(str(exc), job=job) from None
         self._runs[job] = run_kp.pubkey()
         return Listing(job=job, run=str(run_kp.pubkey()), tx=signature)
 
@@ -578,6 +603,11 @@ class SolanaNetwork:
         return self._info(address, await self._read(address))
 
     # ------------------------------------------------------------------ watching
+
+    @property
+    def last_answer(self) -> float | None:
+        """``time.monotonic()`` of the RPC endpoint's last answer (``None`` before the first)."""
+        return self.rpc.last_answer
 
     async def watch(self, address: str) -> AsyncIterator[JobInfo]:
         """Yield the job at once, then on every change until it is COMPLETED or STOPPED.
