@@ -181,7 +181,7 @@ async def test_a_credit_job_runs_on_its_host_with_the_services_headers(
 
         await asyncio.wait_for(follow(), PATIENCE)
         flow = await host.results(timeout=PATIENCE)
-        assert flow.op_states[0].results == {"loss": "0.5"}
+        assert flow.op_states[0].results == {"loss": ["loss=0.5", "0.5"]}  # a match array
     finally:
         await host.aclose()
     done = await asyncio.to_thread(devnode.wait_job, job, timeout=PATIENCE)
