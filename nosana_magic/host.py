@@ -687,7 +687,8 @@ class HostClient:
         while True:
             try:
                 async with ws_connect(url, open_timeout=self.request_timeout, close_timeout=2,
-                                      proxy=None if is_loopback(url) else True) as ws:
+                                      proxy=None if is_loopback(url) else True,
+                                      logger=_WS_LOGGER) as ws:  # frames carry the auth header
                     await ws.send(json.dumps({"path": "/status", "header": self._auth(),
                                               "body": {"jobAddress": self.job}}))
                     async for raw in ws:
