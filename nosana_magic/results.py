@@ -276,16 +276,24 @@ class LogLine:
         else:
             op_id = named if isinstance(named, str) else None
         stamp = entry.timestamp if entry.timestamp else None
-        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
-                   _timestamp_s(stamp))
+        return cls(op_id, stream, _clean(entry.log, redact), _timestamp_s(stamp))
 
     @classmethod
     def from_op_log(cls, op_id: str, entry: OpLog,
                     redact: Callable[[str], str] = _same) -> LogLine:
         """A line of an op's log in the results (any stream but stdout is shown as stderr)."""
         stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
-        return cls(op_id, stream, redact(strip_ansi(_strip_newline(entry.log))),
-                   _timestamp_s(entry.timestamp))
+        return cls(op_id, stream, _clean(entry.log, redact), _timestamp_s(entry.timestamp))
+
+
+def _clean(text: str, redact: Callable[[str], str]) -> str:
+    """A host's line as shown: no final newline, no ANSI escapes, redacted. A line with
+    escapes is redacted before they are stripped (a secret may hold an escape, which
+    stripping would break apart) and after (an escape may sit inside a secret's text)."""
+    text = _strip_newline(text)
+    if "\x1b" not in text:
+        return redact(text)
+    return redact(strip_ansi(redact(text)))
 
 
 #: Flow statuses a host reports while the job has not finished.
