@@ -114,6 +114,8 @@ class JobRecord:
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
         self._logs: list[LogLine] = []
+        #: How many times the log was made whole from the results (:meth:`_set_logs`).
+        self._logs_remade = 0
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._listeners_lock = threading.Lock()
         #: The machine's facts the verdict needs: a stop was asked for (and not refused), the
@@ -371,6 +373,7 @@ class JobRecord:
     def _set_logs(self, log: Reconciled) -> None:
         """The log made whole from the results (:func:`~nosana_magic.joblog.reconcile`)."""
         self._logs = list(log.lines)
+        self._logs_remade += 1
         for warning in log.missing:
             self.log_warnings.append(warning)
             self._warn(warning)

@@ -111,6 +111,10 @@ class _Recording:
 
     def finish(self) -> None:
         job = self.job
+        if job._logs_remade:
+            # The log made whole from the results (each op's lines with their op and stream,
+            # what the live stream missed put back) replaces the live one in the store too.
+            self.recorder.replace_logs(job.logs)
         values = self.fields()
         ended = job.ended_at or time.time()
         values.update(

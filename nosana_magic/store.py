@@ -563,6 +563,10 @@ class JobRecorder:
         self._fields: dict[str, Any] = {}
         self._lines: list[LineLike] = []
         self._dropped = 0
+        #: The pending lines replace every line stored of the job (:meth:`replace_logs`)...
+        self._replace = False
+        #: ...and so does the batch the writer took last (writer thread only).
+        self._replace_taken = False
         self.finished = False
         #: Taken over by another recorder of this process: what comes here is not written.
         self.disowned = False
@@ -619,6 +623,18 @@ class JobRecorder:
         if pending > before:
             self.store._writer.touch(self, pending)
 
+    def replace_logs(self, lines: Iterable[LineLike]) -> None:
+        """The job's whole log, instead of every line stored or pending (the log made whole
+        from a job's results, once it is known)."""
+        with self._lock:
+            if self.disowned:
+                return
+            self._lines = list(lines)  # (the handle holds them already: no copy of the text)
+            self._dropped = 0
+            self._replace = True
+            pending = len(self._lines)
+        self.store._writer.touch(self, pending)
+
     def finish(self, **fields: Any) -> None:
         """The last fields of a job that ended; the writer commits them at once."""
         self.update(**fields)
@@ -631,14 +647,17 @@ class JobRecorder:
             fields, self._fields = self._fields, {}
             lines, self._lines = self._lines, []
             dropped, self._dropped = self._dropped, 0
+            self._replace_taken, self._replace = self._replace, False
             return fields, lines, dropped, self.finished
 
     def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int) -> None:
         """A batch that could not be committed goes back in front of what came since."""
         with self._lock:
             self._fields = {**fields, **self._fields}
-            self._lines = lines + self._lines
-            self._dropped += dropped
+            if not self._replace:  # (a replacement that came since supersedes these lines)
+                self._lines = lines + self._lines
+                self._dropped += dropped
+                self._replace = self._replace_taken
 
     def __repr__(self) -> str:
         return f"<JobRecorder {self.key[:8]} {self.store.path}>"
@@ -953,6 +972,10 @@ class _Writer:
         if finished:
             values["finished"] = 1
         _update(conn, "jobs", "key", key, values)
+        if rec._replace_taken:
+            conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
+            conn.execute("UPDATE jobs SET log_lines = 0, log_dropped = 0 WHERE key = ?", (key,))
+            self._logs.pop(key, None)
         if lines or dropped:
             self._append(conn, key, lines, dropped, rec._redact())
 

@@ -148,6 +148,25 @@ def test_logs_come_back_in_order_as_a_stream_or_a_range(store: Store) -> None:
     assert store.job(rec.key).log_lines == 5001 and not store.job(rec.key).log_truncated
 
 
+def test_the_log_made_whole_replaces_the_live_one(store: Store) -> None:
+    # Live: what the host's /log stream said (no op, no stream), some of it written already.
+    rec = store.record(network="local")
+    now = time.time()
+    rec.append_logs([Line(None, "output", f"line {i}", now) for i in range(3000)])
+    assert store.flush() and store.job(rec.key).log_lines == 3000
+    rec.append_logs([Line(None, "output", "line 3000", now)])  # pending, not written yet
+    # Then the results say each line's op and stream, and bring back one the stream missed.
+    whole = [*lines(0, 3001), Line("train", "stderr", "warning: late", now)]
+    rec.replace_logs(whole)
+    rec.finish(status="succeeded")
+    assert store.flush()
+    got = list(store.iter_logs(rec.key))
+    assert [(g.op_id, g.stream, g.text) for g in got] == [
+        (w.op_id, w.stream, w.text) for w in whole]
+    assert [g.index for g in got] == list(range(3002))
+    assert store.job(rec.key).log_lines == 3002 and not store.job(rec.key).log_truncated
+
+
 def test_a_long_log_keeps_its_first_and_last_part_and_says_so(tmp_path: Path) -> None:
     limit = 400_000
     store = Store(tmp_path / "runs.sqlite3", max_log_bytes=limit)
