@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 from . import runner
 from .errors import NosanaError, OutcomeUnknown
@@ -407,7 +407,7 @@ class JobMachine:
         try:
             listing = await self.network.post(cid, market, job.timeout, node=self._node_ref)
         except OutcomeUnknown as exc:
-            await self._lost_listing(exc, cid, market, before)
+            await lost_listing(self.job, self.network, self._retry, exc, cid, market, before)
             raise
         job._listed(listing.job)
         job._set_phase("queued")
@@ -415,43 +415,6 @@ class JobMachine:
         if self.job._stop_requested:
             await self.stop()
         await self._follow_job(definition)
-
-    async def _lost_listing(self, exc: OutcomeUnknown, cid: str, market: Market,
-                            before: set[str] | None) -> None:
-        """The listing was sent and its answer lost (docs/protocol.md §22): the job may exist,
-        running and paid for until its timeout. Find it, for a short while (the ledger may
-        show it late), and stop it; or say plainly that it may exist and how to stop it.
-        Raises :class:`Failure` in every case."""
-        job = self.job
-        stop_it = "stop it with %nosana stop ADDRESS"
-        if exc.job is None and before is None:
-            wallet = getattr(self.network, "wallet", None)
-            whose = (f"a job of wallet {wallet.address}" if wallet is not None else
-                     "a job of your API key's project on the Nosana dashboard")
-            raise Failure(f"{exc}. This network cannot be searched for it: if it was listed, it "
-                          f"runs until its timeout ({format_duration(job.timeout)}); look for "
-                          f"{whose} and {stop_it}")
-        found = await appeared(self.network, self._retry, exc.job, cid, market,
-                               before or set())
-        if not found:
-            if exc.job is not None:
-                raise Failure(f"{exc}. Job {exc.job} was not on the ledger after "
-                              f"{LOST_LISTING_WAIT_S:g} s: most likely not listed; if it appears "
-                              f"later, stop it with %nosana stop {exc.job}")
-            raise Failure(f"{exc}. No new job of this wallet appeared on the ledger within "
-                          f"{LOST_LISTING_WAIT_S:g} s: most likely nothing was listed")
-        if len(found) > 1:
-            raise Failure(f"{exc}. Jobs {', '.join(sorted(found))} appeared meanwhile: one may "
-                          f"be this one (the others another listing's); {stop_it}")
-        address = found[0]
-        job._listed(address)  # the handle shows it; _abandon() stops it if this stop fails
-        try:
-            await asyncio.wait_for(self.network.stop(address), LOST_LISTING_WAIT_S)
-            job._set_ledger(await self.network.job(address))
-            outcome = "it was stopped"
-        except (NosanaError, asyncio.TimeoutError) as err:
-            outcome = f"stopping it failed ({first_line(err)}); {stop_it}"
-        raise Failure(f"{exc}. The job was listed all the same ({address}): {outcome}")
 
     async def _resolve_market(self) -> Market:
         ref = self._market_ref
@@ -490,13 +453,13 @@ class JobMachine:
         if not await self._wait_for_host():
             return  # ended before it ran (delisted): nothing to collect
         job._mark("running")
-        self._precompute_urls(definition)
+        precompute_urls(self.job, self.network, definition)
         host = await self._host_client()
         op_ids = self.definition.op_ids if self.definition else None
         if op_ids is None:
             # A job attached to: its ops and results rules from the host's copy of the
             # definition (its values are dropped at once).
-            self._host_shape = await self._shape_from_host(host)
+            self._host_shape = await shape_from_host(host)
             op_ids = self._host_shape[0] if self._host_shape else None
         streams = HostStreams(job, self._retry, on_info_lost=lambda: self._probe_results(host),
                               op_ids=op_ids)
@@ -694,20 +657,8 @@ class JobMachine:
         if self.definition is not None:
             return result_groups(self.definition.to_dict())
         if self._host_shape is None and any(op.results for op in flow.op_states):
-            self._host_shape = await self._shape_from_host(host)
+            self._host_shape = await shape_from_host(host)
         return self._host_shape[1] if self._host_shape else None
-
-    @staticmethod
-    async def _shape_from_host(host: HostClient,
-                               ) -> tuple[list[str], dict[str, dict[str, int]]] | None:
-        """The op ids and results regexes' group counts of the host's copy of the
-        definition, or None when the host does not give it (yet)."""
-        document = await host.definition()
-        ops = document.get("ops") if document else None
-        if not document or not isinstance(ops, list):
-            return None
-        ids = [str(op.get("id")) for op in ops if isinstance(op, dict)]
-        return ids, result_groups(document)
 
     def _take_flow(self, flow: FlowState,
                    groups: dict[str, dict[str, int]] | None = None) -> None:
@@ -741,24 +692,72 @@ class JobMachine:
                     self.changes.notify()
                     return
 
-    # -- URLs ----------------------------------------------------------------------------
-
-    def _precompute_urls(self, definition: JobDefinition | None) -> None:
-        """Public service URLs are known before the job runs, where the network has a domain."""
-        domain = self.network.service_domain()
-        address = self.job.address
-        if definition is None or domain is None or address is None:
-            return
-        urls = [
-            ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
-                          port=service.port, op_id=service.op_id)
-            for service in exposed_services(definition.to_dict(), address)
-        ]
-        if urls:
-            self.job._set_urls(urls)
-
     def __repr__(self) -> str:
         return f"<JobMachine of job {short_address(self.job.address or '(not listed)')}>"
+
+
+async def lost_listing(job: JobRecord, network: Network, retry: Retry, exc: OutcomeUnknown,
+                       cid: str, market: Market, before: set[str] | None) -> NoReturn:
+    """The listing was sent and its answer lost (docs/protocol.md §22): the job may exist,
+    running and paid for until its timeout. Find it, for a short while (the ledger may
+    show it late), and stop it; or say plainly that it may exist and how to stop it.
+    Raises :class:`Failure` in every case."""
+    stop_it = "stop it with %nosana stop ADDRESS"
+    if exc.job is None and before is None:
+        wallet = getattr(network, "wallet", None)
+        whose = (f"a job of wallet {wallet.address}" if wallet is not None else
+                 "a job of your API key's project on the Nosana dashboard")
+        raise Failure(f"{exc}. This network cannot be searched for it: if it was listed, it "
+                      f"runs until its timeout ({format_duration(job.timeout)}); look for "
+                      f"{whose} and {stop_it}")
+    found = await appeared(network, retry, exc.job, cid, market,
+                           before or set())
+    if not found:
+        if exc.job is not None:
+            raise Failure(f"{exc}. Job {exc.job} was not on the ledger after "
+                          f"{LOST_LISTING_WAIT_S:g} s: most likely not listed; if it appears "
+                          f"later, stop it with %nosana stop {exc.job}")
+        raise Failure(f"{exc}. No new job of this wallet appeared on the ledger within "
+                      f"{LOST_LISTING_WAIT_S:g} s: most likely nothing was listed")
+    if len(found) > 1:
+        raise Failure(f"{exc}. Jobs {', '.join(sorted(found))} appeared meanwhile: one may "
+                      f"be this one (the others another listing's); {stop_it}")
+    address = found[0]
+    job._listed(address)  # the handle shows it; _abandon() stops it if this stop fails
+    try:
+        await asyncio.wait_for(network.stop(address), LOST_LISTING_WAIT_S)
+        job._set_ledger(await network.job(address))
+        outcome = "it was stopped"
+    except (NosanaError, asyncio.TimeoutError) as err:
+        outcome = f"stopping it failed ({first_line(err)}); {stop_it}"
+    raise Failure(f"{exc}. The job was listed all the same ({address}): {outcome}")
+
+
+async def shape_from_host(host: HostClient) -> tuple[list[str], dict[str, dict[str, int]]] | None:
+    """The op ids and results regexes' group counts of the host's copy of the
+    definition, or None when the host does not give it (yet)."""
+    document = await host.definition()
+    ops = document.get("ops") if document else None
+    if not document or not isinstance(ops, list):
+        return None
+    ids = [str(op.get("id")) for op in ops if isinstance(op, dict)]
+    return ids, result_groups(document)
+
+
+def precompute_urls(job: JobRecord, network: Network,
+                    definition: JobDefinition | None) -> None:
+    """Public service URLs are known before the job runs, where the network has a domain."""
+    domain = network.service_domain()
+    address = job.address
+    if definition is None or domain is None or address is None:
+        return
+    urls = [
+        ServiceUrl.of(service.expose_id, url=service_url(service.expose_id, domain),
+                      port=service.port, op_id=service.op_id)
+        for service in exposed_services(definition.to_dict(), address)
+    ]
+    if urls:
+        job._set_urls(urls)
 
 
 async def listed_before(network: Network, cid: str, market: Market) -> set[str] | None:
