@@ -129,8 +129,16 @@ class LoadedJob(ConfidentialJob):
         return super().__repr__()[:-1] + " (from the local store)>"
 
 
+#: How long a read waits for this process's own records to be committed first.
+_FLUSH_S = 2.0
+
+
 def _open(settings: Settings | None, store: Store | None) -> Store:
-    return store if store is not None else open_store(settings)
+    """The store, with what this process handed its writer committed (bounded): a job that
+    just ended is listed and loaded as it ended, not as the writer last wrote it."""
+    opened = store if store is not None else open_store(settings)
+    opened.flush(_FLUSH_S)
+    return opened
 
 
 def load(address: str, *, settings: Settings | None = None,
