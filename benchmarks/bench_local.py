@@ -1,6 +1,6 @@
 """How fast the client reacts to the host, and how fast logs flow through it, on the local network.
 
-Run: python benchmarks/bench_local.py [--jobs 10] [--lines 15000]   (about 30 s)
+Run: python benchmarks/bench_local.py [--jobs 10] [--lines 15000]   (about a minute)
 
 Three figures, against a devnode (ledger, IPFS and hosts on 127.0.0.1) started in a process of
 its own, so that the server does not compete with the client for this process's GIL:
@@ -10,10 +10,11 @@ its own, so that the server does not compete with the client for this process's 
    host's own log timestamps (ms), as the client received them in ``job.node_logs``.
 2. **endTime -> results in hand**: from the end the host records in the flow to the moment
    the client holds the private results (both wall clock on this machine).
-3. **log lines per second**: the same ``/log`` history (a job that printed ``--lines``
-   lines, replayed by the host to each new subscriber) read by a bare WebSocket reader that
-   only parses each frame, by the client (``ConfidentialJob.attach``: auth, reconnect cursor,
-   redaction, ``LogLine``, listeners), and by the client with a widget ``JobView`` attached.
+3. **log lines per second**: one ``/log`` history (a job that printed ``--lines`` lines and
+   keeps running, so that the host replays its history to each new subscriber) read by a bare
+   WebSocket reader that only parses each frame, then by the client
+   (``ConfidentialJob.attach``: auth, reconnect cursor, redaction, ``LogLine``, listeners),
+   alone or with a widget ``JobView`` attached; the attached client then stops the job.
 
 Machine speed blurs absolute times, so each latency is also given in bare HTTP round trips to
 the same devnode (the client needs at least one request after the event), and each rate as a
@@ -27,69 +28,27 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import definition as _definition
+from common import devnode_process
 from websockets.asyncio.client import connect as ws_connect
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from nosana_magic import runner
 from nosana_magic.job import ConfidentialJob, JobEvent, run_confidential
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.wallet import Wallet
 
-REPO = Path(__file__).resolve().parents[1]
-
 #: Runs of each log reader (the median is reported).
 REPEATS = 5
 
 #: The Nosana CLI's polling interval for the job's state and results (docs/protocol.md §23).
 CLI_POLL_S = 5.0
-
-
-def _definition(cmd: str) -> str:
-    return json.dumps({"version": "0.1", "type": "container", "meta": {"trigger": "cli"},
-                       "ops": [{"type": "container/run", "id": "a",
-                                "args": {"image": "ubuntu:22.04", "cmd": cmd}}]})
-
-
-@contextlib.contextmanager
-def devnode_process(workdir: Path) -> Iterator[tuple[str, str]]:
-    """A devnode in a process of its own, so that it does not share this one's GIL: the
-    client's figures are then the client's. Yields its URL and node URL template."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nosana_magic.devnode", "--port", "0", "--workdir", str(workdir)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        url = template = ""
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("devnode listening on "):
-                url = line.split()[-1]
-            elif line.startswith("node API URL template: "):
-                template = line.split()[-1]
-            elif line.startswith("Ctrl-C to stop"):
-                break
-        if not url or not template:
-            raise SystemExit("the devnode did not start")
-        yield url, template
-    finally:
-        proc.terminate()  # the devnode kills its job processes on SIGTERM
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def http_round_trip(url: str, samples: int = 50) -> float:
@@ -171,38 +130,52 @@ def client_rate(address: str, net: ApiNetwork, expected: int, *, view: bool) -> 
         # Outside a kernel the view's display() calls print their bundles: keep them quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             shown = JobView(job, mode="widget").show() if view else None
-            job.wait(120)
+            job.wait(120, until=lambda: len(arrivals) >= expected)
+            job.stop()  # the replay is read: end the job (an attached handle cannot detach)
+            job.wait(60)
             if shown is not None:
                 shown.finish()
     finally:
         comm.create_comm = original
-    if len(arrivals) != expected:
+    if len(arrivals) < expected:  # more: what the host said about the stop
         raise RuntimeError(f"the client got {len(arrivals)} of {expected} entries")
-    return (expected - 1) / (arrivals[-1] - arrivals[0]), sent[0]
+    return (expected - 1) / (arrivals[expected - 1] - arrivals[0]), sent[0]
+
+
+def replayed_job(net: ApiNetwork, lines: int) -> tuple[ConfidentialJob, int]:
+    """A job that printed ``lines`` lines and keeps running (a host replays the history of
+    a running job to each new subscriber, and forgets it once the job has ended), and the
+    number of entries in that history."""
+    job = run_confidential(_definition(f"seq 1 {lines}; sleep 600"), network=net,
+                           timeout=900, wait=False)
+    job.wait(120, until=lambda: sum(1 for line in job.logs if line.stream == "stdout") >= lines)
+    assert job.address and job.node
+    return job, len(job.logs)  # equal to the host's history, line for line
 
 
 def log_rates(net: ApiNetwork, lines: int) -> dict[str, Any]:
-    job = run_confidential(_definition(f"seq 1 {lines}"), network=net, timeout=120)
-    if not job.ok:
-        raise SystemExit(f"log job failed: {job.status} {job.error}")
-    assert job.address and job.node
-    expected = len(job.logs)  # equal to the host's history, line for line
-    node_url = net.node_url(job.node)
     bare, client, with_view, messages = [], [], [], []
+    expected = 0
     for _ in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
-        bare.append(runner.run_sync(
-            bare_reader(node_url, job.address, net.wallet, expected), timeout=120))
-        client.append(client_rate(job.address, net, expected, view=False)[0])
-        rate, sent = client_rate(job.address, net, expected, view=True)
-        with_view.append(rate)
-        messages.append(sent)
+        for view in (False, True):
+            job, expected = replayed_job(net, lines)
+            assert job.address and job.node
+            bare.append(runner.run_sync(
+                bare_reader(net.node_url(job.node), job.address, net.wallet, expected),
+                timeout=120))
+            rate, sent = client_rate(job.address, net, expected, view=view)
+            (with_view if view else client).append(rate)
+            if view:
+                messages.append(sent)
+            job.wait(60)  # the attached handle stopped it
+    pairs = list(zip(bare[0::2], bare[1::2], strict=True))
     return {
         "entries": expected,
         "bare": statistics.median(bare),
         "client": statistics.median(client),
         "view": statistics.median(with_view),
-        "client_ratios": sorted(c / b for c, b in zip(client, bare, strict=True)),
-        "view_ratios": sorted(v / b for v, b in zip(with_view, bare, strict=True)),
+        "client_ratios": sorted(c / b for c, (b, _) in zip(client, pairs, strict=True)),
+        "view_ratios": sorted(v / b for v, (_, b) in zip(with_view, pairs, strict=True)),
         "messages": max(messages),
     }
 

@@ -1,4 +1,5 @@
-"""``python -m nosana_magic demo``: the quickstart job on the embedded local Nosana network.
+"""``python -m nosana_magic demo``: the quickstart job on the local Nosana network; and
+``python -m nosana_magic local status|start|stop``: that network's service, as ``%nosana local``.
 
 It runs the same job definition as ``notebooks/quickstart.ipynb`` (the constants below; a test
 checks that the notebook's cells hold exactly these texts) with the plain-text view: a tiny
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .job import ConfidentialJob
     from .results import ServiceUrl
 
-__all__ = ["QUICKSTART_DEFINITION", "SERVE_PY", "TRAIN_PY", "free_port", "main"]
+__all__ = ["QUICKSTART_DEFINITION", "SERVE_PY", "TRAIN_PY", "free_port", "local_command", "main"]
 
 #: The training op's script (the notebook variable ``TRAIN_PY``).
 TRAIN_PY = r'''
@@ -178,7 +179,25 @@ def _wait_for_service(job: ConfidentialJob, view: JobView, op_id: str) -> Servic
 
 
 def demo(*, timeout: str = "5m", quiet: bool = False) -> int:
-    """Run the quickstart job with the text view; 0 when it succeeded and every check passed."""
+    """Run the quickstart job with the text view; 0 when it succeeded and every check passed.
+
+    A local network service that the demo started is stopped at its end: a command run once
+    leaves nothing running behind it.
+    """
+    from .network import local
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    own = (settings.network == "local" and not settings.devnode_url
+           and local.service_info(settings) is None)
+    try:
+        return _demo(timeout=timeout, quiet=quiet)
+    finally:
+        if own and local.stop_local_service(settings) is not None:
+            print("· stopped the local Nosana network the demo started")
+
+
+def _demo(*, timeout: str, quiet: bool) -> int:
     from .display import JobView, follow
     from .job import run_confidential
     from .jobdef import parse_job_definition
@@ -234,23 +253,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run confidential Nosana jobs. In a notebook: %load_ext nosana_magic.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_demo = commands.add_parser(
-        "demo", help="run the quickstart job on the embedded local Nosana network",
-        description="Run the quickstart job (notebooks/quickstart.ipynb) on the embedded "
+        "demo", help="run the quickstart job on the local Nosana network",
+        description="Run the quickstart job (notebooks/quickstart.ipynb) on the "
                     "local network: train, extract metrics, fetch them from a private "
                     "service, prove a secret arrived. Exit status 0 on success.")
     run_demo.add_argument("-t", "--timeout", default="5m", help="job timeout (default 5m)")
     run_demo.add_argument("-q", "--quiet", action="store_true", help="status only, no logs")
+    service = commands.add_parser(
+        "local", help="the local Nosana network service: status, start or stop",
+        description="The local Nosana network your kernels and scripts share (one service "
+                    "per user): status says where it listens, its pid, jobs and idleness; "
+                    "start starts it now; stop stops it and every job on it.")
+    service.add_argument("action", nargs="?", default="status",
+                         choices=["status", "start", "stop"])
     args = parser.parse_args(argv)
-    if args.command != "demo":
+    if args.command not in ("demo", "local"):
         parser.print_help()
         return 2
     from .errors import NosanaError
 
     try:
+        if args.command == "local":
+            return local_command(args.action)
         return demo(timeout=args.timeout, quiet=args.quiet)
     except NosanaError as err:
         print("\n".join(err._render_traceback_()), file=sys.stderr)
         return 1
+
+
+def local_command(action: str) -> int:
+    """``python -m nosana_magic local ACTION``: 0 when done (``status``: when it runs)."""
+    from .network import local
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    if action == "start":
+        info, started = local.ensure_service(settings)
+        if started:
+            print(f"started the local Nosana network at {info.url} (pid {info.pid})")
+        else:
+            print(f"the local Nosana network already runs at {info.url} (pid {info.pid})")
+        return 0
+    if action == "stop":
+        stopped = local.stop_local_service(settings)
+        print("no local Nosana network runs for this user" if stopped is None
+              else f"stopped the local Nosana network (pid {stopped.pid})")
+        return 0
+    rows = local.describe_service(settings)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    return 0 if rows[0][1] == "running" else 1
 
 
 if __name__ == "__main__":

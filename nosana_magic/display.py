@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
-from .network.markets import format_usd
 from .protocol import format_duration, short_address
 from .runner import call_and_wait, call_soon, get_loop, in_runner_thread, run_sync
 
@@ -173,6 +172,8 @@ class Summary:
         cost_usd = job.cost_usd
         if cost_usd is not None and market is not None:
             # Paid with credits: the NOS on chain are Nosana's, the dollars are the user's.
+            from .network.markets import format_usd  # (loaded by then: not at %load_ext)
+
             price = f"{format_usd(market.usd_per_hour_with_fee or 0)}/h in credits"
         done = job.done
         return cls(
@@ -204,6 +205,8 @@ class Summary:
         if self.node:
             details.append(f"node {self.node}")
         if self.cost_usd is not None:
+            from .network.markets import format_usd
+
             details.append(f"{'cost' if self.done else 'at most'} {format_usd(self.cost_usd)} "
                            "in credits")
         elif self.cost is not None:

@@ -129,8 +129,16 @@ class LoadedJob(ConfidentialJob):
         return super().__repr__()[:-1] + " (from the local store)>"
 
 
+#: How long a read waits for this process's own records to be committed first.
+_FLUSH_S = 2.0
+
+
 def _open(settings: Settings | None, store: Store | None) -> Store:
-    return store if store is not None else open_store(settings)
+    """The store, with what this process handed its writer committed (bounded): a job that
+    just ended is listed and loaded as it ended, not as the writer last wrote it."""
+    opened = store if store is not None else open_store(settings)
+    opened.flush(_FLUSH_S)
+    return opened
 
 
 def load(address: str, *, settings: Settings | None = None,
@@ -162,8 +170,6 @@ def jobs_table(*, last: int | None = 20, sweep: str | None = None, status: str |
     """``%nosana jobs``: the recorded runs of every kernel, newest first (a sweep's in its
     order); ``status="running"`` means every job that has not finished."""
     opened = _open(settings, store)
-    # This process's own records first: a job that ended a moment ago reads as it ended.
-    opened.flush(timeout=2.0)
     finished = False if status == "running" else None
     records = opened.jobs(last=last, sweep=sweep, finished=finished,
                           status=None if status in (None, "running") else status)

@@ -569,7 +569,7 @@ def run_confidential(
 
     ``definition``: cell text (JSON with comments), parsed JSON, or a :class:`JobDefinition`.
     ``timeout``: ``"30m"``, ``"2h"``, or seconds as an int (default: the settings', 30 min).
-    ``network``: ``"local"`` (default: the embedded devnode), ``"devnet"``, ``"mainnet"``, or
+    ``network``: ``"local"`` (default: the local network service), ``"devnet"``, ``"mainnet"``, or
     a :class:`Network`. ``private``: what is kept private, ``"both"`` (the definition and
     the results, as the Nosana CLI's confidential jobs), ``"input"`` (the host pins the
     results publicly) or ``"results"`` (the definition is pinned publicly: it must hold no

@@ -351,6 +351,42 @@ def _config(magics: NosanaMagics, args: argparse.Namespace) -> Table:
     return magics._config_table()
 
 
+@_command("local", "%nosana local [status|start|stop]", "the local network service")
+def _local(magics: NosanaMagics, args: argparse.Namespace) -> Table | None:
+    """The local Nosana network your kernels and scripts share (one service per user, in a
+    process of its own, found through a runtime file in the data dir): `status` (the
+    default) says where it listens, its pid, its jobs, how long it has been idle and how
+    late its event loop wakes; `start` starts it now (otherwise the first local job does);
+    `stop` stops it, and every job still on it (their processes are killed). It also stops
+    by itself after `local_idle` with no job and no request (`%config
+    NosanaMagics.local_idle`, NOSANA_LOCAL_IDLE; 0: never)."""
+    from .network import local
+
+    action = args.job or "status"
+    settings = magics.settings()
+    if action == "status":
+        rows = [list(row) for row in local.describe_service(settings)]
+        return Table(["local network", ""], rows, title="the local Nosana network service")
+    if action == "start":
+        info, started = local.ensure_service(settings)
+        if not started:
+            print(f"the local Nosana network already runs at {info.url} (pid {info.pid})")
+        else:
+            local.announce_service(info, started, print)
+        return None
+    if action == "stop":
+        found = local.service_status(settings)
+        stopped = local.stop_local_service(settings)
+        if stopped is None:
+            print("no local Nosana network runs for this user")
+            return None
+        active = found[1].get("jobs", {}).get("active", 0) if found is not None else 0
+        ended = f"; {active} job(s) on it were ended" if active else ""
+        print(f"stopped the local Nosana network (pid {stopped.pid}){ended}")
+        return None
+    raise UsageError(f"%nosana local: unknown action {action!r} (status, start or stop)")
+
+
 @_command("help", "%nosana help [COMMAND]", "this help")
 def _help(magics: NosanaMagics, args: argparse.Namespace) -> None:
     """This help, or one command's."""
@@ -364,7 +400,7 @@ class NosanaMagics(Magics):
 
     network = Unicode(
         None, allow_none=True,
-        help="Default network: local (embedded devnode), devnet or mainnet. "
+        help="Default network: local (the local network service), devnet or mainnet. "
              "Unset: NOSANA_NETWORK, else local.").tag(config=True)
     market = Unicode(
         None, allow_none=True,
@@ -376,8 +412,8 @@ class NosanaMagics(Magics):
              "Unset: NOSANA_TIMEOUT, else 30m.").tag(config=True)
     devnode_url = Unicode(
         None, allow_none=True,
-        help="A running devnode to use for --network local instead of starting an embedded "
-             "one. Unset: NOSANA_DEVNODE_URL.").tag(config=True)
+        help="A running devnode to use for --network local instead of the local network "
+             "service. Unset: NOSANA_DEVNODE_URL.").tag(config=True)
     node_url_template = Unicode(
         None, allow_none=True,
         help="Node API base URL containing {node}. Unset: the network's own.").tag(config=True)
@@ -385,6 +421,10 @@ class NosanaMagics(Magics):
         None, allow_none=True,
         help="Solana RPC endpoint without credentials (a URL carrying an API key belongs in "
              "NOSANA_RPC_URL, which is never printed).").tag(config=True)
+    local_idle = Unicode(
+        None, allow_none=True,
+        help="How long the local network service may go without a job or a request before "
+             "it stops: 30m, 2h, 0 for never. Unset: NOSANA_LOCAL_IDLE, else 1h.").tag(config=True)
     log_tail = Int(
         1000, help="Log lines the live view keeps on screen (the job handle keeps all)."
     ).tag(config=True)
@@ -415,10 +455,12 @@ class NosanaMagics(Magics):
             raise TraitError(f"network must be one of {', '.join(NETWORKS)}, got {value!r}")
         return None if value is None else str(value).lower()
 
-    @validate("timeout")
+    @validate("timeout", "local_idle")
     def _check_timeout(self, proposal: dict[str, Any]) -> str | None:
         value = proposal["value"]
-        if value is not None:
+        never = proposal["trait"].name == "local_idle" and str(value).strip().lower() in (
+            "0", "off", "never")
+        if value is not None and not never:
             try:
                 parse_duration(value)
             except DurationError as err:
@@ -454,7 +496,7 @@ class NosanaMagics(Magics):
         """The traits that are set (``None`` means unset: the environment shows through)."""
         return {name: getattr(self, name)
                 for name in ("network", "market", "timeout", "devnode_url",
-                             "node_url_template", "rpc_url", "pay")
+                             "node_url_template", "rpc_url", "pay", "local_idle")
                 if getattr(self, name) is not None}
 
     def settings(self, **flags: Any) -> Settings:
@@ -473,7 +515,7 @@ class NosanaMagics(Magics):
     @argument("-t", "--timeout",
               help="Job timeout: 90s, 30m, 2h; a bare number is minutes (default 30m).")
     @argument("--network", choices=["local", "devnet", "mainnet"],
-              help="Where to run: local (the embedded devnode, default), devnet, mainnet.")
+              help="Where to run: local (the local network service, default), devnet, mainnet.")
     @argument("-o", "--out", metavar="NAME",
               help="Store the job handle in this notebook variable (as soon as it exists).")
     @argument("-b", "--background", action="store_true",
@@ -519,7 +561,7 @@ class NosanaMagics(Magics):
         Jobs that fail do not fail the cell: the table says which. Every job, swept or not,
         is recorded in the local store (``%nosana jobs``).
 
-        The default network is the embedded local one, which also takes Nosana's market
+        The default network is the local network service, which also takes Nosana's market
         names (``nvidia-3090`` runs on ``local-gpu``): the same cell runs on mainnet with
         ``--network mainnet``. Settings: a flag wins over ``%config NosanaMagics.<name>``,
         which wins over the ``NOSANA_*`` environment variables; ``%nosana config`` shows each
@@ -666,7 +708,7 @@ class NosanaMagics(Magics):
             self._confirm_spend(settings, node=node, assume_yes=assume_yes, jobs=jobs)
         elif settings.market is not None and settings.devnode_url:
             # A devnode started by hand: ask it now, so an unknown market is one line, before
-            # anything is pinned. (The embedded one is checked before it is started.)
+            # anything is pinned. (The service's markets are checked before it is started.)
             market = settings.market
             _with_network(settings, lambda network: network.market(market))
         return settings, None

@@ -13,14 +13,15 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import base58
-from solders.keypair import Keypair
-from solders.pubkey import Pubkey
-from solders.signature import Signature
 
 from .errors import NosanaError
+
+if TYPE_CHECKING:  # solders is loaded when a header is verified (30 ms off %load_ext)
+    from solders.keypair import Keypair
+    from solders.pubkey import Pubkey
 
 __all__ = [
     "EXPIRY_MARGIN_S",
@@ -124,6 +125,9 @@ def verify_auth_header(
 
     Raises :class:`AuthError`; returns ``None`` when the header is valid.
     """
+    from solders.pubkey import Pubkey
+    from solders.signature import Signature
+
     parts = header.split(":")
     message = parts[0]
     signature_text = parts[1] if len(parts) > 1 else ""

@@ -54,6 +54,7 @@ __all__ = [
     "looks_like_path",
     "mask_url",
     "reference_env",
+    "service_environment",
 ]
 
 NetworkName = Literal["local", "devnet", "mainnet"]
@@ -97,7 +98,7 @@ SETTINGS: Mapping[str, _Spec] = {
     "network": _Spec("NOSANA_NETWORK"),
     "market": _Spec("NOSANA_MARKET", "the first local market (required on devnet/mainnet)"),
     "timeout": _Spec("NOSANA_TIMEOUT"),
-    "devnode_url": _Spec("NOSANA_DEVNODE_URL", "an embedded devnode"),
+    "devnode_url": _Spec("NOSANA_DEVNODE_URL", "the local network service"),
     "node_url_template": _Spec("NOSANA_NODE_URL_TEMPLATE", "the network's own"),
     "wallet": _Spec("NOSANA_WALLET", "unset (the Nosana CLI key file if any)"),
     "pay": _Spec("NOSANA_PAY", "credits when an API key is set, else the wallet"),
@@ -115,13 +116,30 @@ SETTINGS: Mapping[str, _Spec] = {
     "pinata_jwt_set": _Spec(None),
     "credentials_file": _Spec("NOSANA_CREDENTIALS_FILE"),
     "data_dir": _Spec("NOSANA_DATA_DIR", "the platform's user data dir"),
+    "local_idle": _Spec("NOSANA_LOCAL_IDLE"),
 }
+
+#: How long the local network service may sit idle before it stops itself: one hour.
+DEFAULT_LOCAL_IDLE_S = 3600
+
+#: What the local network service keeps of the environment of the process that starts it:
+#: what finds programs, files and the locale. It is shared by every kernel of the user and
+#: outlives the one that started it, so none of that kernel's secrets go with it.
+SERVICE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ",
+               "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 
 
 def reference_env() -> Mapping[str, str]:
     """The environment ``${env:NAME}`` references resolve against: the process's, read live
     (a variable set in a notebook cell counts from then on)."""
     return os.environ
+
+
+def service_environment() -> dict[str, str]:
+    """The environment the local network service starts with: :data:`SERVICE_ENV` and the
+    locale (``LC_*``) of this process, nothing else."""
+    return {name: value for name, value in os.environ.items()
+            if name in SERVICE_ENV or name.startswith("LC_")}
 
 
 def mask_url(url: str | None) -> str | None:
@@ -156,13 +174,13 @@ def looks_like_path(value: str) -> bool:
 class Settings:
     """The client's settings. Immutable; make variants with :meth:`with_overrides`."""
 
-    #: ``local`` (the embedded devnode, the default), ``devnet`` or ``mainnet``.
+    #: ``local`` (the local network service, the default), ``devnet`` or ``mainnet``.
     network: NetworkName = "local"
     #: Market slug or address. ``None``: the first local market; required elsewhere.
     market: str | None = None
     #: Job timeout in seconds.
     timeout: int = DEFAULT_TIMEOUT_S
-    #: A running devnode to use instead of starting an embedded one (``http://127.0.0.1:P``).
+    #: A running devnode to use instead of the local network service (``http://127.0.0.1:P``).
     devnode_url: str | None = None
     #: Node API base URL with ``{node}`` (default: the network's own).
     node_url_template: str | None = None
@@ -198,8 +216,12 @@ class Settings:
     pinata_jwt_set: bool = False
     #: The credentials file (``None``: the platform's user config dir).
     credentials_file: str | None = None
-    #: Where local state lives (the local wallet); ``None``: the platform's user data dir.
+    #: Where local state lives (the local wallet, the local network service's runtime file);
+    #: ``None``: the platform's user data dir.
     data_dir: str | None = None
+    #: Seconds the local network service may go without a job or a request before it stops
+    #: itself (``0``: never). Read when the service starts.
+    local_idle: int = DEFAULT_LOCAL_IDLE_S
 
     # Where each value came from (a name missing here is the default), and the mapping the
     # environment was read from (``None``: the process's). Neither is a setting.
@@ -217,6 +239,9 @@ class Settings:
             raise SettingsError(f"timeout: expected whole seconds, got {self.timeout!r}")
         if self.timeout < 1:
             raise SettingsError(f"timeout: must be at least 1 second, got {self.timeout}")
+        idle = self.local_idle
+        if isinstance(idle, bool) or not isinstance(idle, int) or idle < 0:
+            raise SettingsError(f"local_idle: expected whole seconds >= 0, got {idle!r}")
         if self.market is not None and (not self.market.strip() or ":" in self.market):
             raise SettingsError(f"market: {self.market!r} is not a market slug or address")
         if self.pay is not None and self.pay not in PAYMENTS:
@@ -302,7 +327,7 @@ class Settings:
                 continue
             if isinstance(value, str):
                 value = _from_text(name, value, name, env=False)
-            elif name == "timeout" and isinstance(value, float):
+            elif name in ("timeout", "local_idle") and isinstance(value, float):
                 value = round(value)  # numbers are seconds here; strings are durations
             values[name] = value
             sources[name] = source.format(name=name)
@@ -379,6 +404,8 @@ def _from_text(name: str, raw: str, where: str, *, env: bool) -> Any:
     text = raw.strip()
     if name == "timeout":
         return _timeout(text, where)
+    if name == "local_idle":
+        return 0 if text.lower() in ("0", "off", "never") else _timeout(text, where)
     if name in ("network", "commitment", "pay"):
         return text.lower()
     if name == "priority_fee":

@@ -185,17 +185,32 @@ def session_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setattr(tempfile, "tempdir", str(tmp))
         mp.setenv("XDG_DATA_HOME", str(root / "xdg-data"))  # the local wallet's default home
         mp.setenv("IPYTHONDIR", str(root / "ipython"))  # history databases, profiles
+        # A local network service a test leaves behind stops by itself soon.
+        mp.setenv("NOSANA_LOCAL_IDLE", "2m")
         yield root
+
+
+def stop_local_services(root: Path) -> list[int]:
+    """Stop every local network service whose runtime file lies below ``root`` (the data
+    dirs of this session's tests); the pids stopped."""
+    from nosana_magic.devnode.runtime import RUNTIME_FILE
+    from nosana_magic.network.local import stop_local_service
+    from nosana_magic.settings import Settings
+
+    stopped = []
+    for runtime in root.rglob(RUNTIME_FILE):
+        info = stop_local_service(Settings.from_env({}, data_dir=str(runtime.parent)))
+        if info is not None:
+            stopped.append(info.pid)
+    return stopped
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_job_process_outlives_the_tests(session_sandbox: Path) -> Iterator[None]:
-    """Whatever started them (devnode fixtures, magics, notebooks), no job process of this
-    session is left; those found are reported, then killed."""
+    """Whatever started them (devnode fixtures, magics, notebooks, local network services),
+    no job process of this session is left; those found are reported, then killed."""
     yield
-    from nosana_magic.network.local import stop_embedded_devnode
-
-    stop_embedded_devnode()
+    stop_local_services(session_sandbox)
     _wait_while(processes_of_jobs, PATIENCE)
     left = processes_of_jobs()
     for pid in left:

@@ -1053,7 +1053,8 @@ def test_stop_while_the_machine_is_finishing_is_a_no_op(
 
 
 def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
-    """A script that exits while its job runs: the job is stopped, nothing hangs."""
+    """A script that exits while its job runs: the job is stopped, nothing hangs; the local
+    network service it started runs on."""
     import subprocess
     import sys
     from pathlib import Path
@@ -1086,7 +1087,12 @@ def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     assert lines[1].startswith("running ")
     # Not the op's end (60 s): the exit stopped it. A slow machine may take a while to start.
     assert elapsed < 45
-    # The job's processes did not outlive the script (the devnode killed them at exit).
-    from .conftest import processes_of_jobs
+    # The job's processes do not outlive the script: it stopped the job as it exited.
+    from nosana_magic.network.local import stop_local_service
 
-    assert not processes_of_jobs({lines[1].split()[1]})
+    from .conftest import processes_of_jobs
+    from .waiting import wait_until
+
+    address = lines[1].split()[1]
+    wait_until(lambda: not processes_of_jobs({address}), what="the job's processes gone")
+    assert stop_local_service(Settings.from_env({}, data_dir=str(tmp_path))) is not None

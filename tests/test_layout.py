@@ -17,7 +17,7 @@ ENVIRONMENT_READERS = {
     "nosana_magic.settings": {"reference_env", "Settings.from_env", "Settings.read_wallet_secret",
                               "Settings.read_pinata_jwt", "Settings.read_api_key",
                               "credentials_file", "find_pinata_jwt", "find_api_key",
-                              "looks_like_path"},
+                              "looks_like_path", "service_environment"},
     "nosana_magic.devnode.executor": {"_Sandbox.env"},
 }
 
@@ -84,7 +84,11 @@ PACED_SLEEPS = {
     "nosana_magic.transport": {"Backoff.wait"},  # the retry policy itself
     "nosana_magic.network.api": {"ApiNetwork.watch"},  # the ledger poll's pace
     "nosana_magic.machine": {"HostStreams.drain_logs"},  # the end-of-job log drain's idle check
-    "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode._serve"},
+    "nosana_magic.devnode.app": {"DevNode.wait_job", "DevNode._serve",
+                                 "DevNode._watch_idle"},  # the idle check's pace
+    "nosana_magic.devnode.monitor": {"LoopLag.run"},  # the lag probe is a paced sleep
+    "nosana_magic.devnode.runtime": {"start_lock"},  # a non-blocking lock, tried in a bound
+    "nosana_magic.network.local": {"stop_local_service"},  # until the service's pid is gone
     "nosana_magic.devnode.host": {"EmulatedHost._quit_after"},  # a fault: quit after N s
     "nosana_magic.devnode.ledger": {"_after_listing"},  # a fault: a listing's answer comes late
     "nosana_magic.devnode.node_api": {"NodeApi._sleep", "NodeApi._info_events"},
@@ -207,7 +211,7 @@ def test_the_import_graph_is_read_right() -> None:
     graph = import_graph()
     assert {"nosana_magic.transport", "nosana_magic.errors"} <= graph["nosana_magic.host"]
     assert "nosana_magic.runner" in graph["nosana_magic.job"]  # ``from . import runner``
-    assert "nosana_magic.devnode" in graph["nosana_magic.network.local"]  # in a function
+    assert "nosana_magic.devnode.config" in graph["nosana_magic.network.local"]  # in a function
     assert "nosana_magic.job" not in graph["nosana_magic.errors"]  # only for type checkers
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 

@@ -2,7 +2,7 @@
 
 The shell has an in-memory history and loads the extension the way ``%load_ext`` does. Jobs
 run on one in-process shell_devnode for the module, which the magic reaches through its
-``devnode_url`` setting (so no embedded network is started). Outside a kernel the view is the
+``devnode_url`` setting (so no local network service is started). Outside a kernel the view is the
 plain-text one, written by the main thread: ``capture_output`` sees everything it shows.
 """
 
@@ -633,7 +633,7 @@ def test_every_command_is_routed_through_the_table_and_documented(
     from nosana_magic.magics import _COMMANDS
 
     assert list(_COMMANDS) == ["jobs", "status", "show", "logs", "forget", "stop", "attach",
-                               "markets", "credits", "config", "help"]
+                               "markets", "credits", "config", "local", "help"]
     with capture_output() as whole:
         shell.run_line_magic("nosana", "help")
     for name, command in _COMMANDS.items():
@@ -715,12 +715,12 @@ def test_an_unknown_market_is_refused_before_the_local_network_starts(
 
     started: list[str] = []
 
-    def no_start() -> Any:
+    def no_start(*args: Any) -> Any:
         started.append("shell_devnode")
         raise AssertionError("the local network must not be started for this cell")
 
     monkeypatch.delenv("NOSANA_DEVNODE_URL")
-    monkeypatch.setattr(local, "_start_devnode", no_start)
+    monkeypatch.setattr(local, "ensure_service", no_start)
     with capture_output() as captured:
         result = shell.run_cell(f"%%{MAGIC} --market nvidia-3091\n{HELLO}")
     assert started == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -23,9 +22,7 @@ from nosana_magic.network.local import (
     LOCAL_WALLET_FILE,
     LocalNetwork,
     check_local_market,
-    embedded_devnode,
     local_network,
-    stop_embedded_devnode,
 )
 from nosana_magic.network.markets import UnknownMarketError
 from nosana_magic.protocol import verify_auth_header
@@ -287,34 +284,6 @@ def test_local_network_with_a_configured_devnode(devnode: DevNode, tmp_path: Pat
     assert "local network only" in net.wallet.source
     # The same wallet next time.
     assert local_network(settings).wallet.address == net.wallet.address
-
-
-def test_embedded_devnode_started_once_with_one_notice(tmp_path: Path) -> None:
-    stop_embedded_devnode()
-    settings = Settings.from_env({}, data_dir=str(tmp_path))
-    notices: list[str] = []
-    try:
-        first = local_network(settings, on_notice=notices.append)
-        node = embedded_devnode()
-        assert node is not None
-        assert notices == [
-            f"Started the local Nosana network at {node.url} "
-            "(jobs run as local processes on this machine)"
-        ]
-        assert node.url.startswith("http://127.0.0.1:")
-        second = local_network(settings, on_notice=notices.append)
-        assert second.base_url == first.base_url and len(notices) == 1
-
-        async def markets() -> list[str]:
-            try:
-                return [m.slug for m in await second.markets()]
-            finally:
-                await second.aclose()
-
-        assert asyncio.run(markets()) == ["local-cpu", "local-gpu"]
-    finally:
-        stop_embedded_devnode()
-    assert embedded_devnode() is None
 
 
 def test_open_network(devnode: DevNode, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +14,7 @@ from nosana_magic.host import HostClient, Retry
 from nosana_magic.network import JobState, NetworkError
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.base import InsufficientCreditsError
-from nosana_magic.network.local import embedded_devnode, local_network, stop_embedded_devnode
 from nosana_magic.protocol import verify_auth_header
-from nosana_magic.settings import Settings
 from nosana_magic.signer import PresignedSigner
 from nosana_magic.wallet import Wallet
 
@@ -191,34 +188,6 @@ async def test_a_credit_job_runs_on_its_host_with_the_services_headers(
     assert done.state is JobState.COMPLETED
     balance = await network.balance()
     assert balance.reserved == 0.0 and 0 < balance.settled < 0.055 / 6
-
-
-def test_the_embedded_devnode_pays_with_its_own_key_or_takes_yours(tmp_path: Path) -> None:
-    stop_embedded_devnode()
-    absent = str(tmp_path / "absent.json")
-    try:
-        own = local_network(Settings.from_env(
-            {"NOSANA_CREDENTIALS_FILE": absent, "NOSANA_PAY": "credits"},
-            data_dir=str(tmp_path)))
-        node = embedded_devnode()
-        assert node is not None and own.pays_with == "credits"
-        mine = "nos_" + "m" * 40
-        yours = local_network(Settings.from_env(
-            {"NOSANA_CREDENTIALS_FILE": absent, "NOSANA_API_KEY": mine},
-            data_dir=str(tmp_path)))
-
-        async def balances() -> tuple[float, float]:
-            try:
-                return (await own.balance()).assigned, (await yours.balance()).assigned
-            finally:
-                await own.aclose()
-                await yours.aclose()
-
-        assert asyncio.run(balances()) == (10.0, 10.0)
-        assert node.ledger.credits.account(mine).address != (
-            node.ledger.credits.account(node.api_key).address)
-    finally:
-        stop_embedded_devnode()
 
 
 async def test_control_refusals_are_one_line_and_change_nothing(

@@ -1,7 +1,7 @@
 """notebooks/quickstart.ipynb executed headless by nbclient, and ``python -m nosana_magic demo``.
 
 The notebook runs in a real ipykernel with ipywidgets, so this is the path a notebook user
-takes: the embedded local network started by the first job, the widget view, the display
+takes: the local network service started by the first job, the widget view, the display
 handle summary. Assertions are on the outputs of tagged cells. The secret is a known value
 injected through the kernel's environment (the notebook keeps a value already set), so the
 test can prove it appears nowhere in the executed notebook: outputs, metadata, widget state.
@@ -229,6 +229,9 @@ def test_demo_command(tmp_path: Path) -> None:
     assert "ok   the private service served the metrics" in done.stdout
     assert "results: loss=0.1342, accuracy=0.96" in done.stdout
     assert token not in done.stdout + done.stderr
+    # A command run once leaves nothing running: the service it started is stopped.
+    assert done.stdout.rstrip().endswith("· stopped the local Nosana network the demo started")
+    assert not (tmp_path / "data" / "local-network.json").exists()
 
 
 def test_a_second_ctrl_c_does_not_cancel_the_demos_stop(

@@ -3,7 +3,7 @@
 
 The python and magic code blocks are taken from README.md as they are and run one after the
 other in a fresh ``InteractiveShell``; no ``NOSANA_*`` setting, so the first job starts the
-embedded local network and the README's mainnet market name runs on its local GPU market.
+local network service and the README's mainnet market name runs on its local GPU market.
 """
 
 from __future__ import annotations

@@ -6,16 +6,23 @@
 
 The emulated hosts run each job's commands **as local processes on this machine** (the
 image is recorded, not pulled). See ``docs/devnode.md``.
+
+The names below are imported on first use: a client that only reads the local network
+service's runtime file (:mod:`.runtime`) does not load the server (uvicorn, starlette).
 """
 
 from __future__ import annotations
 
-from .app import DevNode
-from .config import DevNodeConfig, MarketConfig
-from .faults import Faults
-from .host import EmulatedHost
-from .ipfs import IpfsStore
-from .ledger import Ledger, LedgerJob, Market
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import DevNode
+    from .config import DevNodeConfig, MarketConfig
+    from .faults import Faults
+    from .host import EmulatedHost
+    from .ipfs import IpfsStore
+    from .ledger import Ledger, LedgerJob, Market
 
 __all__ = [
     "DevNode",
@@ -28,3 +35,25 @@ __all__ = [
     "Market",
     "MarketConfig",
 ]
+
+#: Where each public name lives.
+_HOMES = {
+    "DevNode": "app",
+    "DevNodeConfig": "config",
+    "MarketConfig": "config",
+    "Faults": "faults",
+    "EmulatedHost": "host",
+    "IpfsStore": "ipfs",
+    "Ledger": "ledger",
+    "LedgerJob": "ledger",
+    "Market": "ledger",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value

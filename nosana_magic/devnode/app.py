@@ -3,6 +3,13 @@
 ``DevNode.start()`` serves on 127.0.0.1 from a background thread with its own event loop (so a
 notebook's or a test's loop is never blocked or shared); ``stop()`` kills every job process,
 closes every socket and joins that thread.
+
+Beside the Nosana routes it serves its own under ``/_devnode/``: ``GET status`` (pid, jobs,
+requests in flight, idleness, the event loop's lag) and, with a token, ``POST stop`` (sets
+:attr:`DevNode.stop_requested`, which whoever runs the devnode acts on) and ``POST credits``
+(``{"api_key": …}``: serve a user's own key with :attr:`DevNodeConfig.credits_usd`, as the
+local network service does for a key its clients configured). With
+``DevNodeConfig.token`` set, every route but the node API and the services asks for it.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
+import os
 import shutil
 import socket
 import tempfile
@@ -31,11 +40,14 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from ..protocol import JobState
 from .config import DevNodeConfig
+from .credits import API_KEY_PREFIX
 from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
 from .ledger import CLIENT_MANAGER_PREFIX, Ledger, LedgerJob, ledger_routes
+from .monitor import Activity, LoopLag
 from .node_api import NodeApi
 from .reaper import Reaper
+from .runtime import TOKEN_HEADER
 from .services import ServiceRegistry
 
 __all__ = ["DevNode"]
@@ -97,6 +109,12 @@ class DevNode:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stopped = False
+        self.activity = Activity()
+        self.loop_lag = LoopLag()
+        #: Set by ``POST /_devnode/stop`` or after ``idle_timeout``; whoever runs the devnode
+        #: (the local network service) then stops it.
+        self.stop_requested = threading.Event()
+        self.started = time.time()
 
     # ------------------------------------------------------------------ public API
 
@@ -131,6 +149,12 @@ class DevNode:
     @property
     def workdir(self) -> Path | None:
         return self._workdir
+
+    @property
+    def serving(self) -> bool:
+        """Started, not stopped, and its server thread still runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopped
 
     def start(self, timeout: float = 15.0) -> DevNode:
         """Serve in a background thread; returns once the port is listening."""
@@ -273,20 +297,97 @@ class DevNode:
 
         routes: list[BaseRoute] = [
             Route("/", index, methods=["GET"]),
+            *self._control_routes(),
             *ledger_routes(self.ledger, lambda: self.config.faults),
             *ipfs_routes(self.ipfs),
             Mount("/service", app=self.services.asgi_app()),
         ]
         rest = Starlette(routes=routes)
+        token = self.config.token.encode() if self.config.token else None
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             path = scope.get("path", "")
-            if scope["type"] in ("http", "websocket") and path.startswith("/node/"):
-                await node_api(scope, receive, send)
-            else:
-                await rest(scope, receive, send)
+            if scope["type"] not in ("http", "websocket") or path.startswith("/_devnode/"):
+                # Looking at the devnode is not using it: no activity.
+                if token is not None and not _presents(scope, token):
+                    await _refuse(scope, send)
+                else:
+                    await rest(scope, receive, send)
+                return
+            self.activity.begin()
+            try:
+                if path.startswith("/node/"):  # open, as a host's: each job's key signs
+                    await node_api(scope, receive, send)
+                elif path.startswith("/service/") or token is None or _presents(scope, token):
+                    await rest(scope, receive, send)
+                else:
+                    await _refuse(scope, send)
+            finally:
+                self.activity.end()
 
         return app
+
+    def _control_routes(self) -> list[BaseRoute]:
+        async def status(request: Request) -> JSONResponse:
+            try:
+                window = float(request.query_params.get("window", "60"))
+            except ValueError:
+                return JSONResponse({"error": "window: not a number of seconds"}, 400)
+            jobs = list(self.ledger.jobs.values())
+            return JSONResponse({
+                "name": "nosana_magic devnode",
+                "pid": os.getpid(),
+                "url": self.url,
+                "started": self.started,
+                "uptime_s": round(time.time() - self.started, 1),
+                "jobs": {"listed": len(jobs),
+                         "active": sum(1 for job in jobs if not job.state.done)},
+                "requests_in_flight": self.activity.in_flight,
+                "idle_s": round(self.idle_for(), 1),
+                "idle_timeout_s": self.config.idle_timeout,
+                "loop_lag": self.loop_lag.summary(max(0.0, window)),
+            })
+
+        async def stop(request: Request) -> JSONResponse:
+            self.stop_requested.set()
+            return JSONResponse({"stopping": True}, 202)
+
+        async def admit(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            key = body.get("api_key") if isinstance(body, dict) else None
+            if not isinstance(key, str) or not key.startswith(API_KEY_PREFIX) or (
+                    len(key) <= len(API_KEY_PREFIX)) or not key.isprintable():
+                return JSONResponse({"error": "api_key: expected a nos_… key"}, 400)
+            self.ledger.credits.admit(key, usd=self.config.credits_usd)
+            return JSONResponse({"admitted": True})
+
+        routes: list[BaseRoute] = [Route("/_devnode/status", status, methods=["GET"])]
+        if self.config.token is not None:  # only a devnode someone owns is told these
+            routes += [Route("/_devnode/stop", stop, methods=["POST"]),
+                       Route("/_devnode/credits", admit, methods=["POST"])]
+        return routes
+
+    def idle_for(self) -> float:
+        """Seconds with no job and no request (0 while a job is queued or runs, or a request
+        is in flight). Loop thread only."""
+        if any(not job.state.done for job in self.ledger.jobs.values()):
+            self.activity.touch()
+            return 0.0
+        if any(host.busy for host in self.hosts):
+            self.activity.touch()
+            return 0.0
+        return self.activity.quiet_for()
+
+    async def _watch_idle(self, timeout: float) -> None:
+        """Set :attr:`stop_requested` once idle for ``timeout`` seconds."""
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, timeout / 4)))
+            if self.idle_for() >= timeout:
+                self.stop_requested.set()
+                return
 
     def _thread_main(self, sock: socket.socket) -> None:
         try:
@@ -312,8 +413,12 @@ class DevNode:
         )
         server = uvicorn.Server(config)
         self._server = server
-        matcher = asyncio.get_running_loop().create_task(self.ledger.run_matcher(self._closing))
-        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        loop = asyncio.get_running_loop()
+        matcher = loop.create_task(self.ledger.run_matcher(self._closing))
+        watchers = [loop.create_task(self.loop_lag.run())]
+        if self.config.idle_timeout is not None:
+            watchers.append(loop.create_task(self._watch_idle(self.config.idle_timeout)))
+        serving = loop.create_task(server.serve(sockets=[sock]))
         try:
             while not server.started and not serving.done():
                 await asyncio.sleep(0.01)
@@ -322,8 +427,9 @@ class DevNode:
             await serving
         finally:
             self._closing.set()
-            matcher.cancel()
-            await asyncio.gather(matcher, return_exceptions=True)
+            for task in (matcher, *watchers):
+                task.cancel()
+            await asyncio.gather(matcher, *watchers, return_exceptions=True)
             # Anything a host left (it should not) must not outlive the loop.
             for host in self.hosts:
                 await host.shutdown(timeout=self.config.stop_timeout)
@@ -339,6 +445,25 @@ class DevNode:
         await self.services.aclose()
         if self._server is not None:
             self._server.should_exit = True
+
+
+def _presents(scope: Scope, token: bytes) -> bool:
+    """Whether the request carries ``token`` in :data:`TOKEN_HEADER`."""
+    name = TOKEN_HEADER.encode()
+    given = next((value for key, value in scope.get("headers", ()) if key.lower() == name), b"")
+    return hmac.compare_digest(given, token)
+
+
+async def _refuse(scope: Scope, send: Send) -> None:
+    """401 (a WebSocket is closed with 1008, policy violation) without reading the request."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b'{"error":"Unauthorized: this local network asks for its token"}'
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _QuietWebSockets(WebSocketsSansIOProtocol):

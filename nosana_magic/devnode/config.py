@@ -104,6 +104,14 @@ class DevNodeConfig:
     #: services did). Clients must take both (docs/protocol.md §24).
     signing_answer: Literal["signature", "header"] = "signature"
 
+    #: The token a client must present (header ``x-nosana-local-token``) on the ledger, IPFS
+    #: and control routes; the node API and services are open as on a host (``None``: no
+    #: token asked). Kept out of the repr.
+    token: str | None = field(default=None, repr=False)
+    #: Seconds with no job and no request after which :attr:`DevNode.stop_requested` is set
+    #: (``None``: never).
+    idle_timeout: float | None = None
+
     # -- older devnode behaviours (each differs from a Nosana host) ---------------------------
     #: ``/log`` entries carry ``payload: {opId, stream}`` (which op and stream a container line
     #: came from, ``{opId}`` on an op's progress lines); Nosana hosts send no payload.

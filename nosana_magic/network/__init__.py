@@ -1,4 +1,4 @@
-"""Networks that list jobs: the embedded local ledger, and the Solana jobs program."""
+"""Networks that list jobs: the local network's ledger, and the Solana jobs program."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def open_network(
 ) -> Network:
     """The network ``settings`` name, ready to use (close it with ``await network.aclose()``).
 
-    ``local`` is the embedded devnode (started on first use; ``on_notice`` then gets one line
-    saying so) or the devnode at ``settings.devnode_url``. ``devnet``/``mainnet`` are the
-    Solana jobs program paid by the wallet, or Nosana's API paid with an API key's credits
-    (``settings.pays_with``; docs/protocol.md §24).
+    ``local`` is the user's local network service (started on first use; ``on_notice`` then
+    gets one line saying so) or the devnode at ``settings.devnode_url``. ``devnet``/``mainnet``
+    are the Solana jobs program paid by the wallet, or Nosana's API paid with an API key's
+    credits (``settings.pays_with``; docs/protocol.md §24).
     """
     if settings.network == "local":
         from .local import local_network
