@@ -17,20 +17,16 @@ before the first run, so its start-up is not in the figures: ``bench_startup.py`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from common import (
-    default_settings,
     definition,
-    devnode_process,
+    network_settings,
     quiet_stdout,
     spread,
-    stop_default_network,
 )
 
 from nosana_magic.display import JobView, follow
@@ -61,19 +57,6 @@ def one_run(settings: Any, lines: int) -> dict[str, float]:
         raise SystemExit(f"the handle holds {len(numbers):,} of {lines:,} lines")
     stream = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
     return {"elapsed": elapsed, "rate": lines / elapsed, "stream": lines / stream}
-
-
-@contextlib.contextmanager
-def network_settings(mode: str, data_dir: Path) -> Iterator[Any]:
-    if mode == "process":
-        with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, _):
-            yield default_settings(data_dir, devnode_url=url)
-        return
-    settings = default_settings(data_dir)
-    try:
-        yield settings
-    finally:
-        stop_default_network(settings)
 
 
 def main() -> None:

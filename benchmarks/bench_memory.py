@@ -19,35 +19,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from common import (
-    default_settings,
     definition,
-    devnode_process,
+    network_settings,
     rss_mb,
-    stop_default_network,
 )
 
 from nosana_magic.job import run_confidential
-
-
-@contextlib.contextmanager
-def network_settings(mode: str, data_dir: Path) -> Iterator[Any]:
-    if mode == "process":
-        with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, _):
-            yield default_settings(data_dir, devnode_url=url)
-        return
-    settings = default_settings(data_dir)
-    try:
-        yield settings
-    finally:
-        stop_default_network(settings)
 
 
 def run_all(settings: Any, jobs: int, lines: int) -> list[Any]:

@@ -18,35 +18,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from common import (
     LoopLag,
-    default_settings,
     definition,
-    devnode_process,
-    stop_default_network,
+    network_settings,
 )
 
 from nosana_magic.job import run_confidential
-
-
-@contextlib.contextmanager
-def network_settings(mode: str, data_dir: Path) -> Iterator[Any]:
-    if mode == "process":
-        with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, _):
-            yield default_settings(data_dir, devnode_url=url)
-        return
-    settings = default_settings(data_dir)
-    try:
-        yield settings
-    finally:
-        stop_default_network(settings)
 
 
 def sweep(settings: Any, jobs: int, lines: int) -> dict[str, Any]:

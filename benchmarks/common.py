@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,21 @@ def stop_default_network(settings: Any) -> None:
     stop = getattr(local, "stop_local_service", None)
     if stop is not None:
         stop(settings)
+
+
+@contextlib.contextmanager
+def network_settings(mode: str, data_dir: Path) -> Iterator[Any]:
+    """Settings for the local network: ``process``, a devnode of this script's own in a
+    process; otherwise the user's local network service, stopped afterwards."""
+    if mode == "process":
+        with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, _):
+            yield default_settings(data_dir, devnode_url=url)
+        return
+    settings = default_settings(data_dir)
+    try:
+        yield settings
+    finally:
+        stop_default_network(settings)
 
 
 class LoopLag:
