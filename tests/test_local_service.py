@@ -191,6 +191,15 @@ def test_a_stale_runtime_file_is_replaced(data_dir: Path) -> None:
     assert read_runtime(data_dir) is None
 
 
+def test_a_runtime_path_that_is_no_regular_file_is_ignored(tmp_path: Path) -> None:
+    # Neither raised on (a directory) nor waited on (a FIFO, which would block a read).
+    (tmp_path / RUNTIME_FILE).mkdir()
+    assert read_runtime(tmp_path) is None
+    (tmp_path / RUNTIME_FILE).rmdir()
+    os.mkfifo(tmp_path / RUNTIME_FILE, 0o600)
+    assert read_runtime(tmp_path) is None
+
+
 def test_processes_starting_at_once_start_one_service(data_dir: Path) -> None:
     code = textwrap.dedent("""
         from nosana_magic.network.local import ensure_service

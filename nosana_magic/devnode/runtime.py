@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,14 +119,20 @@ def read_runtime(directory: Path) -> ServiceInfo | None:
     still runs there is for the caller to check."""
     path = directory / RUNTIME_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # Non-blocking: a FIFO put there must not hang the read (it is refused below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
-    except OSError as exc:  # a symlink (ELOOP), a directory, no permission
+    except OSError as exc:  # a symlink (ELOOP), no permission
         log.warning("ignoring the runtime file %s: %s", path, exc.strerror)
         return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):  # a directory, a FIFO, a device
+        os.close(fd)
+        log.warning("ignoring the runtime file %s: not a regular file", path)
+        return None
     with os.fdopen(fd, "rb") as handle:
-        status = os.fstat(handle.fileno())
         if status.st_uid != os.getuid() or status.st_mode & 0o077:
             log.warning("ignoring the runtime file %s: not private to this user (mode %o)",
                         path, status.st_mode & 0o777)
