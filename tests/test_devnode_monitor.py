@@ -62,7 +62,8 @@ def test_a_token_guards_all_but_the_node_api_and_the_services(guarded: DevNode) 
         # A key is served only when the token comes with it, and only a nos_… key.
         key = "nos_" + "k" * 40
         assert client.post("/_devnode/credits", json={"api_key": key}).status_code == 401
-        for bad in ({"api_key": "sk_" + "k" * 40}, {"api_key": "nos_"}, {"key": key}, []):
+        for bad in ({"api_key": "sk_" + "k" * 40}, {"api_key": "nos_"}, {"key": key}, [],
+                    {"api_key": "nos_ab cd"}):
             assert client.post("/_devnode/credits", json=bad,
                                headers={TOKEN_HEADER: TOKEN}).status_code == 400, bad
         with pytest.raises(KeyError):

@@ -361,7 +361,10 @@ class DevNode:
             if not isinstance(key, str) or not key.startswith(API_KEY_PREFIX) or (
                     len(key) <= len(API_KEY_PREFIX)) or not key.isprintable():
                 return JSONResponse({"error": "api_key: expected a nos_… key"}, 400)
-            self.ledger.credits.admit(key, usd=self.config.credits_usd)
+            try:
+                self.ledger.credits.admit(key, usd=self.config.credits_usd)
+            except ValueError as exc:  # e.g. a space in it: the key itself is never echoed
+                return JSONResponse({"error": f"api_key: {exc}"}, 400)
             return JSONResponse({"admitted": True})
 
         routes: list[BaseRoute] = [Route("/_devnode/status", status, methods=["GET"])]
