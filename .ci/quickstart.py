@@ -1,7 +1,9 @@
 """The README's Quick start commands, read out of README.md, so CI runs what a user types.
 
-    python3 .ci/quickstart.py install   # the install half of command 1 (before its first &&)
-    python3 .ci/quickstart.py test      # command 2, verbatim
+    python3 .ci/quickstart.py check INSTALL TEST
+
+exits 0 when INSTALL is the install half of command 1 (before its first ``&&``) and TEST is
+command 2, verbatim; otherwise it says in one line what README.md has instead, and exits 1.
 
 The Quick start section's ``bash`` blocks hold the numbered commands: a comment line
 ``# 1. …`` followed by its command line, then ``# 2. …`` and its command. Other lines of those
@@ -77,15 +79,20 @@ def tests_command(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    wanted = {"install": install_command, "test": tests_command}
-    if len(argv) != 1 or argv[0] not in wanted:
-        print("usage: quickstart.py install|test", file=sys.stderr)
+    if len(argv) != 3 or argv[0] != "check":
+        print("usage: quickstart.py check INSTALL TEST", file=sys.stderr)
         return 2
     try:
-        print(wanted[argv[0]](README.read_text(encoding="utf-8")))
+        readme = README.read_text(encoding="utf-8")
+        said = {"install": install_command(readme), "test": tests_command(readme)}
     except (OSError, QuickstartError) as exc:
         print(f"quickstart.py: {exc}", file=sys.stderr)
         return 1
+    for (what, expected), given in zip(said.items(), argv[1:], strict=True):
+        if given != expected:
+            print(f"quickstart.py: CI's {what} command {given!r} is not the README's "
+                  f"{expected!r}", file=sys.stderr)
+            return 1
     return 0
 
 

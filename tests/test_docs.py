@@ -169,8 +169,14 @@ def test_ci_reads_the_readme_quick_start_commands() -> None:
         'python -m pip install -e ".[test]" && python -m pytest'
     )
     run = _text(REPO / ".ci" / "run")
-    assert "python3 .ci/quickstart.py install" in run
-    assert "python3 .ci/quickstart.py test" in run
+    assert """install_command='python -m pip install -e .'""" in run
+    assert """tests_command='python -m pip install -e ".[test]" && python -m pytest'""" in run
+    assert 'python3 .ci/quickstart.py check "$install_command" "$tests_command"' in run
+    assert 'bounded 15m bash -c "$tests_command"' in run
+    # And the check refuses a command the README does not have.
+    assert quickstart.main(["check", "python -m pip install -e .",
+                            'python -m pip install -e ".[test]" && python -m pytest']) == 0
+    assert quickstart.main(["check", "python -m pip install -e .", "python -m pytest"]) == 1
     assert "git clone --quiet --no-local" in run
 
 
