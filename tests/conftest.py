@@ -35,6 +35,7 @@ from traitlets.config import Config
 
 from nosana_magic.devnode import DevNode, DevNodeConfig
 from nosana_magic.devnode.host import JobRecord
+from nosana_magic.jobdef import PLACEHOLDER
 from nosana_magic.network.api import ApiNetwork
 from nosana_magic.network.base import JobState
 from nosana_magic.protocol import now_ms
@@ -261,17 +262,6 @@ def devnode(devnode_config: DevNodeConfig) -> Iterator[DevNode]:
 
 # ---------------------------------------------------------------------- job definitions
 
-#: The Nosana CLI's confidential placeholder.
-PLACEHOLDER: dict[str, Any] = {
-    "version": "0.1",
-    "type": "container",
-    "meta": {"trigger": "cli"},
-    "logistics": {
-        "send": {"type": "api-listen", "args": {}},
-        "receive": {"type": "api-listen", "args": {}},
-    },
-    "ops": [],
-}
 
 #: A secret value used in tests; it must never appear anywhere the user or the public sees.
 SECRET = "s3cr3t-HF-token-0123456789"
