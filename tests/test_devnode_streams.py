@@ -159,7 +159,8 @@ def log_message(project: Project, job: str, header: str | None = None) -> str:
 async def test_log_replays_history_then_streams(project: Project) -> None:
     job = project.post_placeholder()
     project.wait_flow(job, "waiting-for-job-definition")
-    history = project.node.host(project.node.job(job).node or "").node_logs.history(job)
+    history = [json.loads(frame)["data"] for frame in
+               project.node.host(project.node.job(job).node or "").node_logs.history(job)]
     async with connect(ws_url(project, job, "/log"), proxy=None) as ws:
         await ws.send(log_message(project, job))
         replay = await frames(ws, len(history))
@@ -352,10 +353,11 @@ def test_a_host_caps_each_jobs_log_history_in_bytes() -> None:
         project.collect(job)
         info = node.wait_job(job, timeout=PATIENCE)
         host = node.host(info.node or "")
-        history = host.node_logs.history(job)
-        assert sum(len(entry.encode()) for entry in history) <= 20_000
-        assert any("line-1000" in entry for entry in history)
-        assert not any('"line-1\\n"' in entry for entry in history)
+        history = host.node_logs.history(job)  # each entry as the frame it is sent in
+        assert sum(len(frame.encode()) for frame in history) <= 20_000
+        lines = [json.loads(json.loads(frame)["data"])["log"] for frame in history]
+        assert "line-1000\n" in lines
+        assert "line-1\n" not in lines
         tasks = host.task_logs.history(job)
         assert sum(len(entry["message"].encode()) + 100 for entry in tasks) <= 20_000
 
@@ -454,7 +456,8 @@ async def test_a_new_subscription_replays_from_the_oldest_entry_kept() -> None:
         with Project(node) as project:
             job = project.submit(definition(op("many", "for i in $(seq 1 200); do echo $i; done")))
             project.wait_flow(job, "waiting-for-result")
-            kept = host_of(project, job).node_logs.history(job)
+            kept = [json.loads(frame)["data"]
+                    for frame in host_of(project, job).node_logs.history(job)]
             assert len(kept) == 50
             first = await replay(project, job, 50)
             again = await replay(project, job, 50)
@@ -483,4 +486,30 @@ async def test_drop_after_frames_closes_each_subscription_within_its_replay(
         assert code == 1001
     # Each connection replays from the start again, so none gets past the fifth entry.
     assert got[0] == got[1]
-    assert [f["data"] for f in got[0]] == host_of(project, job).node_logs.history(job)[:5]
+    assert got[0] == [json.loads(frame)
+                      for frame in host_of(project, job).node_logs.history(job)[:5]]
+
+
+def test_a_chunk_of_output_is_sent_as_the_entries_one_line_at_a_time_would_be(
+        project: Project) -> None:
+    """The host builds a chunk's frames from one template: each must be exactly the frame
+    the entry of that line alone makes (escapes, quotes, non-ASCII, control characters)."""
+    from nosana_magic.devnode.executor import OUTPUT_METHOD
+    from nosana_magic.results import NodeLogEntry
+
+    job = project.post_placeholder()
+    project.wait_flow(job, "waiting-for-job-definition")
+    host = host_of(project, job)
+    record = host.record(job)
+    lines = ['plain\n', 'with "quotes" and \\ back\\slash\n', 'tab\tand \x01 \x1b[31mred\n',
+             'non-ASCII: é ü 😀 \u2028 sep\n', '<<line>> and {"json": [1, 2]}', '', '\n']
+    stamp = now_ms()
+    for line in lines:
+        host.emit(record, NodeLogEntry(type="log", method=OUTPUT_METHOD, log=line,
+                                       timestamp=stamp, job=job,
+                                       payload={"opId": "a", "stream": "stdout"}))
+    one_by_one = host.node_logs.history(job)[-len(lines):]
+    host.emit_output(record, "a", "stdout", lines, stamp)
+    batched = host.node_logs.history(job)[-len(lines):]
+    assert batched == one_by_one
+    assert [json.loads(json.loads(frame)["data"])["log"] for frame in batched] == lines

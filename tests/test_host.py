@@ -117,8 +117,8 @@ def _flow_status(devnode: DevNode, job: str) -> str | None:
 
 def _history(devnode: DevNode, node: str, job: str) -> list[NodeLogEntry]:
     return [
-        NodeLogEntry.model_validate_json(item)
-        for item in devnode.host(node).node_logs.history(job)
+        NodeLogEntry.model_validate_json(_json.loads(frame)["data"])
+        for frame in devnode.host(node).node_logs.history(job)
     ]
 
 

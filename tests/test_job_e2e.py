@@ -78,13 +78,13 @@ def sent(devnode: DevNode, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[st
     published: dict[str, list[str]] = {}
     for node_host in devnode.hosts:
         hub = node_host.node_logs
-        original = hub.publish
+        original = hub.publish_many
 
-        def publish(job: str, item: str, original: Any = original) -> None:
-            published.setdefault(job, []).append(item)
-            original(job, item)
+        def publish_many(job: str, frames: list[str], original: Any = original) -> None:
+            published.setdefault(job, []).extend(json.loads(frame)["data"] for frame in frames)
+            original(job, frames)
 
-        monkeypatch.setattr(hub, "publish", publish)
+        monkeypatch.setattr(hub, "publish_many", publish_many)
     return published
 
 

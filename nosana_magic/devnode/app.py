@@ -412,6 +412,8 @@ class DevNode:
             access_log=False,
             timeout_graceful_shutdown=3,
             ws_ping_interval=30.0,
+            # A Nosana host's WebSocket server does not compress (docs/protocol.md §7).
+            ws_per_message_deflate=False,
             ws=_QuietWebSockets,
         )
         server = uvicorn.Server(config)

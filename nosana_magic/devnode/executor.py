@@ -63,6 +63,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import TypeAdapter
+
 from ..jsregex import RegexError, to_python
 from ..protocol import now_ms
 from ..results import FlowState, NodeLogEntry, OpLog, OpState, ResultValue
@@ -81,6 +83,12 @@ DEFAULT_LOG_CAP = 24_999
 #: never hold unbounded memory.
 MAX_LINE_CHARS = 64 * 1024
 
+#: The ``method`` of a host's entry for a container line (docs/protocol.md §7).
+OUTPUT_METHOD = "NodeRepository.displayLog"
+
+#: What takes an op's output, a chunk at a time: op id, stream, lines, a timestamp (ms).
+OutputSink = Callable[[str, str, list[str], int], None]
+
 #: Array items the node drops from ``cmd`` (left behind by literals that resolved to nothing).
 REMOVE_IF_EMPTY = "__remove-if-empty__"
 
@@ -88,6 +96,9 @@ REMOVE_IF_EMPTY = "__remove-if-empty__"
 _STATUS_ON_STOP: dict[str, str] = {"expired": "success", "stopped": "stopped", "quit": "failed"}
 
 _DEFAULT_LOG_TYPES = ("stdout", "stderr")
+
+#: Builds a chunk's op log entries in one call (cheaper than one model at a time).
+_OP_LOGS: TypeAdapter[list[OpLog]] = TypeAdapter(list[OpLog])
 
 
 class _OpError(Exception):
@@ -132,6 +143,11 @@ class _OpRun:
 def _iso_now() -> str:
     # Docker's log timestamps are RFC 3339 in UTC; milliseconds are plenty here.
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _pieces(line: str) -> list[str]:
+    """A line cut in pieces of at most ``MAX_LINE_CHARS`` (as Docker cuts a runaway line)."""
+    return [line[start : start + MAX_LINE_CHARS] for start in range(0, len(line), MAX_LINE_CHARS)]
 
 
 def _exit_code(returncode: int) -> int:
@@ -478,8 +494,9 @@ class Executor:
     """Runs one job definition's ops as local processes and keeps ``flow`` up to date.
 
     ``definition`` is a validated job definition (JSON dict); ``workdir`` is a fresh directory
-    for this job, created by the host; ``emit`` receives node log entries (container lines and
-    progress); ``changed`` is called whenever the flow changed other than by a log line.
+    for this job, created by the host; ``emit`` receives node log entries (progress, and
+    container lines unless ``output`` takes those a chunk at a time); ``changed`` is called
+    whenever the flow changed other than by a log line.
     """
 
     def __init__(
@@ -492,6 +509,7 @@ class Executor:
         emit: Callable[[NodeLogEntry], None],
         changed: Callable[[], None],
         services: ServiceRegistry,
+        output: OutputSink | None = None,
         log_cap: int = DEFAULT_LOG_CAP,
         stop_grace: float = 2.0,
         term_process_group: bool = False,
@@ -512,6 +530,8 @@ class Executor:
         #: The devnode's older results values (see ``_legacy_results``).
         self.results_values = results_values
         self._emit_cb = emit
+        #: Where container lines go in batches; without it, one ``emit`` entry per line.
+        self._output_cb = output
         self._changed_cb = changed
         self._services = services
         self._global: Mapping[str, Any] = definition.get("global") or {}
@@ -879,41 +899,57 @@ class Executor:
     # ------------------------------------------------------------------ logs and results
 
     async def _pump(self, run: _OpRun, reader: asyncio.StreamReader, stream: str) -> None:
-        """Read one output stream, line by line as it arrives, splitting runaway lines."""
+        """Read one output stream as it arrives, a chunk at a time; the lines of a chunk are
+        handled together (a host stamps and sends each, but the work per chunk is done
+        once). Runaway lines are split at ``MAX_LINE_CHARS``."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
         while True:
             chunk = await reader.read(MAX_LINE_CHARS)
             final = not chunk
             pending += decoder.decode(chunk, final=final)
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                self._lines(run, line + "\n", stream)
+            *complete, pending = pending.split("\n")
+            lines = [line + "\n" for line in complete]
             if len(pending) >= MAX_LINE_CHARS or (final and pending):
                 keep = 0 if final else len(pending) % MAX_LINE_CHARS
-                self._lines(run, pending[: len(pending) - keep], stream)
+                lines.append(pending[: len(pending) - keep])
                 pending = pending[len(pending) - keep :]
+            if lines:
+                if max(map(len, lines)) > MAX_LINE_CHARS:
+                    lines = [piece for line in lines for piece in _pieces(line)]
+                self._output(run, lines, stream)
             if final:
                 return
 
-    def _lines(self, run: _OpRun, text: str, stream: str) -> None:
-        for start in range(0, len(text), MAX_LINE_CHARS):
-            self._line(run, text[start : start + MAX_LINE_CHARS], stream)
-
-    def _line(self, run: _OpRun, line: str, stream: str) -> None:
+    def _output(self, run: _OpRun, lines: list[str], stream: str) -> None:
+        """Lines one op printed on ``stream``, read in one chunk: kept in its log (the
+        results) and handed to the host, all with one timestamp."""
         if run.output_closed:
             return
-        self._append_log(run.state, OpLog(log=line, type=stream, timestamp=_iso_now()))
-        self._emit(
-            NodeLogEntry(
-                type="log",
-                method="NodeRepository.displayLog",
-                log=line,
-                timestamp=now_ms(),
-                job=self.job,
-                payload={"opId": run.id, "stream": stream},
+        stamp = _iso_now()
+        logs = run.state.logs
+        logs.extend(_OP_LOGS.validate_python(
+            [{"log": line, "type": stream, "timestamp": stamp} for line in lines]))
+        excess = len(logs) - self.log_cap
+        if excess > 0:
+            del logs[:excess]
+        if self._output_cb is not None:
+            try:
+                self._output_cb(run.id, stream, lines, now_ms())
+            except Exception:  # a listener's fault must not end the job
+                _log.exception("output callback failed")
+            return
+        for line in lines:
+            self._emit(
+                NodeLogEntry(
+                    type="log",
+                    method=OUTPUT_METHOD,
+                    log=line,
+                    timestamp=now_ms(),
+                    job=self.job,
+                    payload={"opId": run.id, "stream": stream},
+                )
             )
-        )
 
     def _append_log(self, state: OpState, entry: OpLog) -> None:
         state.logs.append(entry)

@@ -18,6 +18,7 @@ import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -26,7 +27,7 @@ from ..protocol import now_ms
 from ..results import FlowState, NodeLogEntry, NodeLogPending
 from ..wallet import Wallet
 from .config import DevNodeConfig
-from .executor import Executor
+from .executor import OUTPUT_METHOD, Executor
 from .ipfs import IpfsStore
 from .ledger import Ledger, LedgerJob, Market
 from .reaper import Reaper
@@ -92,6 +93,21 @@ def compact_json(value: Any) -> str:
     return text
 
 
+def log_frame(entry_text: str) -> str:
+    """The ``/log`` frame of one entry: ``{"path":"log","data":"<the entry's JSON>"}``."""
+    return f'{{"path":"log","data":{json.dumps(entry_text, ensure_ascii=False)}}}'
+
+
+#: Stands for the line in an output template (JSON escapes none of its characters).
+_LINE_MARK = "<<line>>"
+
+
+def _twice_escaped(line: str) -> str:
+    """``line`` as it stands in a frame: escaped in the entry's JSON, and again as the
+    frame's ``data`` string (JSON escaping works character by character, so pieces join)."""
+    return encode_basestring(encode_basestring(line))[3:-3]
+
+
 # ---------------------------------------------------------------------- log streams
 
 
@@ -105,11 +121,11 @@ class Subscription(Generic[T]):
         #: The subscriber fell more than ``cap`` entries behind: it must give up.
         self.overflowed = False
 
-    def push(self, item: T) -> None:
-        if len(self._items) >= self._cap:
+    def push_many(self, items: list[T]) -> None:
+        if len(self._items) + len(items) > self._cap:
             self.overflowed = True
         else:
-            self._items.append(item)
+            self._items.extend(items)
         self._event.set()
 
     async def next_batch(self, timeout: float) -> list[T]:
@@ -148,10 +164,14 @@ class LogHub(Generic[T]):
         self._size = size
 
     def publish(self, job: str, item: T) -> None:
+        self.publish_many(job, [item])
+
+    def publish_many(self, job: str, items: list[T]) -> None:
+        """Entries in order: kept in the history and pushed to every subscriber at once."""
         history = self._history.setdefault(job, deque())
-        history.append(item)
+        history.extend(items)
         size = self._size
-        total = self._bytes.get(job, 0) + (size(item) if size is not None else 0)
+        total = self._bytes.get(job, 0) + (sum(map(size, items)) if size is not None else 0)
         while len(history) > 1 and (
             len(history) > self._history_cap
             or (self._byte_cap is not None and total > self._byte_cap)
@@ -160,7 +180,7 @@ class LogHub(Generic[T]):
             total -= size(dropped) if size is not None else 0
         self._bytes[job] = total
         for sub in self._subscribers.get(job, ()):
-            sub.push(item)
+            sub.push_many(items)
 
     def subscribe(self, job: str) -> tuple[list[T], Subscription[T]]:
         """The job's history so far and a subscription to what comes next (no gap: both are
@@ -347,6 +367,7 @@ class EmulatedHost:
         self.records: OrderedDict[str, JobRecord] = OrderedDict()
         self.current: JobRecord | None = None
         self._idle_since = time.time()
+        #: Each entry as its ``/log`` frame, made once for every subscriber.
         self.node_logs: LogHub[str] = LogHub(
             config.log_history, byte_cap=config.log_history_bytes, size=_text_size)
         self.task_logs: LogHub[dict[str, Any]] = LogHub(
@@ -458,6 +479,31 @@ class EmulatedHost:
         stream it came from (unless ``log_payload``); the host's own lines are coloured when
         ``node_log_colors`` is set.
         """
+        self.node_logs.publish(record.address, log_frame(self._entry_text(record, entry)))
+        if record.running:
+            self._task_log(record, entry)
+
+    def emit_output(self, record: JobRecord, op_id: str, stream: str, lines: list[str],
+                    timestamp: int) -> None:
+        """Container lines of one op, read in one chunk. Each is sent as its own entry, the
+        text :meth:`emit` makes of it, but made from one template per chunk: the line is the
+        only part that differs."""
+        entry = NodeLogEntry(type="log", method=OUTPUT_METHOD, log=_LINE_MARK,
+                             timestamp=timestamp, job=record.address,
+                             payload={"opId": op_id, "stream": stream})
+        head, _, tail = log_frame(self._entry_text(record, entry)).partition(_LINE_MARK)
+        self.node_logs.publish_many(record.address,
+                                    [head + _twice_escaped(line) + tail for line in lines])
+        if record.running:
+            group = self._group_of(record, op_id)
+            first = max(now_ms(), self._last_task_ts + 1)  # strictly increasing, as a node's
+            self._last_task_ts = first + len(lines) - 1
+            self.task_logs.publish_many(record.address, [
+                {"opId": op_id, "group": group, "type": "container", "timestamp": first + i,
+                 "message": line} for i, line in enumerate(lines)])
+
+    def _entry_text(self, record: JobRecord, entry: NodeLogEntry) -> str:
+        """What a Nosana host sends of ``entry`` (docs/protocol.md §7)."""
         if entry.job is None:
             entry.job = record.address
         if entry.timestamp is None:
@@ -470,21 +516,21 @@ class EmulatedHost:
             data.pop("payload", None)
         if self._config.node_log_colors and entry.type != "log" and entry.log:
             data["log"] = coloured(entry.type, entry.log, bold=record.address)
-        self.node_logs.publish(record.address, compact_json(data))
-        if record.running:
-            self._task_log(record, entry)
+        return compact_json(data)
+
+    def _group_of(self, record: JobRecord, op_id: str) -> str:
+        if record.flow is not None:
+            for op in record.flow.op_states:
+                if op.operation_id == op_id:
+                    return op.group or op_id
+        return op_id
 
     def _task_log(self, record: JobRecord, entry: NodeLogEntry) -> None:
         payload = entry.payload if isinstance(entry.payload, dict) else {}
         op_id = payload.get("opId")
         if not isinstance(op_id, str):
             return
-        group = op_id
-        if record.flow is not None:
-            for op in record.flow.op_states:
-                if op.operation_id == op_id:
-                    group = op.group or op_id
-                    break
+        group = self._group_of(record, op_id)
         kind = "container" if entry.type == "log" else (
             "error" if entry.type in ("error", "nodeerr") else "info"
         )
@@ -663,6 +709,8 @@ class EmulatedHost:
             workdir=workdir,
             flow=flow,
             emit=lambda entry: self.emit(record, entry),
+            output=lambda op, stream, lines, stamp: self.emit_output(record, op, stream, lines,
+                                                                     stamp),
             changed=lambda: self._flow_changed(record),
             services=self._services,
             log_cap=self._config.op_log_cap,

@@ -559,10 +559,10 @@ class _WsConnection:
             await self.close(3000, _UNAUTHORIZED)
             return
         if path == "/log":
-            self._spawn(self._stream(self.host.node_logs, job.address, "log",
+            self._spawn(self._stream(self.host.node_logs, job.address, _same,
                                      drop_after=self.config.faults.drop_ws_after_frames))
         else:
-            self._spawn(self._stream(self.host.node_states, job.address, "state"))
+            self._spawn(self._stream(self.host.node_states, job.address, _state_frame))
 
     def _verify(self, header: Any, keys: list[str]) -> str:
         """``"ok"``, ``"invalid"`` (well formed, wrong signature) or why the validator threw."""
@@ -585,29 +585,36 @@ class _WsConnection:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, frame: dict[str, Any]) -> None:
+        await self._send_texts([compact_json(frame)])
+
+    async def _send_texts(self, texts: list[str]) -> None:
+        """Frames in order, one message each (a host sends one entry per message)."""
         async with self._send_lock:
-            if self._closed:
-                return
             try:
-                await self.ws.send_text(compact_json(frame))
+                for text in texts:
+                    if self._closed:
+                        return
+                    await self.ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._done.set()
 
     async def _stream(
-        self, hub: Any, job: str, frame_path: str, *, drop_after: int | None = None
+        self, hub: Any, job: str, frame: Callable[[Any], str], *,
+        drop_after: int | None = None,
     ) -> None:
+        """The job's history on ``hub``, then what comes next, each item as ``frame`` makes
+        it; ``drop_after`` frames at most (a fault)."""
         history, sub = hub.subscribe(job)
         sent = 0
         try:
             pending = list(history)
             while not self._closed:
-                for item in pending:
-                    if drop_after is not None and sent >= drop_after:
-                        await self.close(1001, "connection dropped (devnode fault)")
-                        return
-                    data = item if isinstance(item, str) else compact_json(item)
-                    await self._send({"path": frame_path, "data": data})
-                    sent += 1
+                if drop_after is not None and sent + len(pending) > drop_after:
+                    await self._send_texts([frame(item) for item in pending[: drop_after - sent]])
+                    await self.close(1001, "connection dropped (devnode fault)")
+                    return
+                await self._send_texts([frame(item) for item in pending])
+                sent += len(pending)
                 if sub.overflowed:
                     await self.close(1013, "too far behind")
                     return
@@ -621,15 +628,23 @@ class _WsConnection:
         try:
             pending = list(history)
             while not self._closed:
-                for item in pending:
-                    if all(item.get(k) == v for k, v in wanted.items()):
-                        await self._send({"path": "flog", "data": compact_json(item)})
+                await self._send_texts([
+                    compact_json({"path": "flog", "data": compact_json(item)})
+                    for item in pending if all(item.get(k) == v for k, v in wanted.items())])
                 if sub.overflowed:
                     await self.close(1013, "too far behind")
                     return
                 pending = await _next(sub)
         finally:
             self.host.task_logs.unsubscribe(job, sub)
+
+
+def _same(frame: str) -> str:
+    return frame
+
+
+def _state_frame(state: dict[str, Any]) -> str:
+    return compact_json({"path": "state", "data": compact_json(state)})
 
 
 async def _next(sub: Subscription[dict[str, Any]]) -> list[dict[str, Any]]:
