@@ -504,12 +504,54 @@ def test_a_chunk_of_output_is_sent_as_the_entries_one_line_at_a_time_would_be(
     lines = ['plain\n', 'with "quotes" and \\ back\\slash\n', 'tab\tand \x01 \x1b[31mred\n',
              'non-ASCII: é ü 😀 \u2028 sep\n', '<<line>> and {"json": [1, 2]}', '', '\n']
     stamp = now_ms()
-    for line in lines:
-        host.emit(record, NodeLogEntry(type="log", method=OUTPUT_METHOD, log=line,
-                                       timestamp=stamp, job=job,
-                                       payload={"opId": "a", "stream": "stdout"}))
-    one_by_one = host.node_logs.history(job)[-len(lines):]
-    host.emit_output(record, "a", "stdout", lines, stamp)
-    batched = host.node_logs.history(job)[-len(lines):]
+
+    async def both() -> tuple[list[str], list[str]]:
+        for line in lines:
+            host.emit(record, NodeLogEntry(type="log", method=OUTPUT_METHOD, log=line,
+                                           timestamp=stamp, job=job,
+                                           payload={"opId": "a", "stream": "stdout"}))
+        one_by_one = host.node_logs.history(job)[-len(lines):]
+        await host.emit_output(record, "a", "stdout", lines, stamp)
+        return one_by_one, host.node_logs.history(job)[-len(lines):]
+
+    assert project.node._loop is not None
+    one_by_one, batched = asyncio.run_coroutine_threadsafe(
+        both(), project.node._loop).result(PATIENCE)
     assert batched == one_by_one
     assert [json.loads(json.loads(frame)["data"])["log"] for frame in batched] == lines
+
+
+async def test_an_ops_output_waits_for_a_slow_subscriber_and_then_goes_on() -> None:
+    from nosana_magic.devnode.host import LogHub
+
+    hub: LogHub[str] = LogHub(100, subscriber_cap=10)
+    _, sub = hub.subscribe("J")
+    hub.publish_many("J", list("abcdef"))  # more than half the subscriber's cap waits
+    waiting = asyncio.get_running_loop().create_task(hub.room("J", PATIENCE))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert await sub.next_batch(timeout=1) == list("abcdef")
+    await asyncio.wait_for(waiting, PATIENCE)
+    # A subscriber that reads nothing holds the output back no longer than the bound.
+    hub.publish_many("J", list("ghijkl"))
+    await asyncio.wait_for(hub.room("J", 0.1), PATIENCE)
+    assert not sub.overflowed
+
+
+async def test_a_slow_log_reader_gets_every_line_of_a_fast_op(project: Project) -> None:
+    """The op is held back rather than the reader dropped (close 1013) and its lines lost."""
+    for host in project.node.hosts:
+        host.node_logs._subscriber_cap = 200
+    job = project.post_placeholder()
+    project.wait_running(job)
+    async with connect(ws_url(project, job), proxy=None) as ws:
+        await ws.send(log_message(project, job))
+        project.send_definition(job, definition(op("fast", "seq 1 3000")))
+        numbers: list[int] = []
+        while len(numbers) < 3000:
+            entry = json.loads((await frames(ws, 1))[0]["data"])
+            if entry["type"] == "log":
+                numbers.append(int(entry["log"]))
+                if len(numbers) % 100 == 0:
+                    await asyncio.sleep(0.02)  # a reader slower than the op
+    assert numbers == list(range(1, 3001))

@@ -36,7 +36,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from ..protocol import JobState
 from .config import DevNodeConfig
@@ -45,7 +47,7 @@ from .host import EmulatedHost
 from .ipfs import IpfsStore, ipfs_routes
 from .ledger import CLIENT_MANAGER_PREFIX, Ledger, LedgerJob, ledger_routes
 from .monitor import Activity, LoopLag
-from .node_api import NodeApi
+from .node_api import SEND_TEXTS, NodeApi
 from .reaper import Reaper
 from .runtime import TOKEN_HEADER
 from .services import ServiceRegistry
@@ -414,7 +416,7 @@ class DevNode:
             ws_ping_interval=30.0,
             # A Nosana host's WebSocket server does not compress (docs/protocol.md §7).
             ws_per_message_deflate=False,
-            ws=_QuietWebSockets,
+            ws=_WebSockets,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -471,14 +473,35 @@ async def _refuse(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _QuietWebSockets(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol without its frame log: uvicorn hands websockets its
-    ``uvicorn.error`` logger, which then logs every frame at DEBUG, and the devnode's frames
-    carry what jobs print (their secrets) and the clients' auth headers."""
+class _WebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with two changes.
+
+    No frame log: uvicorn hands websockets its ``uvicorn.error`` logger, which then logs
+    every frame at DEBUG, and the devnode's frames carry what jobs print (their secrets)
+    and the clients' auth headers.
+
+    Many frames in one write: the ASGI message :data:`SEND_TEXTS` sends each of its texts
+    as a frame of its own, as that many ``websocket.send`` would, but in one write to the
+    socket (a job's log goes out an entry per frame, thousands a second).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn.debug = False  # websockets checks this before it logs a frame
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != SEND_TEXTS:
+            await super().send(message)
+            return
+        await self.writable.wait()  # the transport's flow control, as for one frame
+        if self.disconnected or self.close_sent or not self.handshake_complete:
+            raise ClientDisconnected()
+        try:
+            for text in message["texts"]:
+                self.conn.send_text(text.encode())
+        except InvalidState:
+            raise ClientDisconnected() from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
 
 async def _in_thread(fn: Callable[[], _T]) -> _T:

@@ -57,7 +57,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,11 +83,15 @@ DEFAULT_LOG_CAP = 24_999
 #: never hold unbounded memory.
 MAX_LINE_CHARS = 64 * 1024
 
+#: Seconds without output after an op's process ended before its pipes are given up.
+OUTPUT_SILENCE_S = 2.0
+
 #: The ``method`` of a host's entry for a container line (docs/protocol.md §7).
 OUTPUT_METHOD = "NodeRepository.displayLog"
 
-#: What takes an op's output, a chunk at a time: op id, stream, lines, a timestamp (ms).
-OutputSink = Callable[[str, str, list[str], int], None]
+#: What takes an op's output, a chunk at a time: op id, stream, lines, a timestamp (ms);
+#: the next chunk is read once it returns.
+OutputSink = Callable[[str, str, list[str], int], Awaitable[None]]
 
 #: Array items the node drops from ``cmd`` (left behind by literals that resolved to nothing).
 REMOVE_IF_EMPTY = "__remove-if-empty__"
@@ -132,6 +136,9 @@ class _OpRun:
     kill_note: str | None = None
     #: The op is being stopped: its output is no longer recorded (``docker stop`` semantics).
     output_closed: bool = False
+    #: Chunks of output read so far, and whether one waits for the host to take it.
+    output_chunks: int = 0
+    output_waiting: bool = False
     started_iso: str = ""
     services: list[ExposedPort] = field(default_factory=list)
 
@@ -490,6 +497,90 @@ class _Sandbox:
                 raise _OpError("start", f"cannot mount volume {name!r}: {exc.strerror}") from None
 
 
+class _OpOutput:
+    """An op's output streams read into its log (the results) and handed to the host, a
+    chunk at a time."""
+
+    def __init__(self, run: _OpRun, *, log_cap: int, sink: OutputSink | None,
+                 emit: Callable[[NodeLogEntry], None], job: str) -> None:
+        self._run = run
+        self._log_cap = log_cap
+        self._sink = sink
+        self._emit = emit
+        self._job = job
+
+    async def read_all(self, readers: list[asyncio.Task[None]]) -> None:
+        """Until the op's output is all read (its process is gone). A pipe that gives
+        nothing for ``OUTPUT_SILENCE_S`` is held open by a process the op left behind, and is
+        given up; output waiting for a slow reader to take it is not silence."""
+        while readers:
+            chunks = self._run.output_chunks
+            _done, pending = await asyncio.wait(readers, timeout=OUTPUT_SILENCE_S)
+            if not pending:
+                return
+            if self._run.output_chunks == chunks and not self._run.output_waiting:
+                for task in pending:
+                    task.cancel()
+                return
+
+    async def pump(self, reader: asyncio.StreamReader, stream: str) -> None:
+        """Read one output stream as it arrives, a chunk at a time; the lines of a chunk are
+        handled together (a host stamps and sends each, but the work per chunk is done
+        once). Runaway lines are split at ``MAX_LINE_CHARS``."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        while True:
+            chunk = await reader.read(MAX_LINE_CHARS)
+            final = not chunk
+            pending += decoder.decode(chunk, final=final)
+            *complete, pending = pending.split("\n")
+            lines = [line + "\n" for line in complete]
+            if len(pending) >= MAX_LINE_CHARS or (final and pending):
+                keep = 0 if final else len(pending) % MAX_LINE_CHARS
+                lines.append(pending[: len(pending) - keep])
+                pending = pending[len(pending) - keep :]
+            if lines:
+                if max(map(len, lines)) > MAX_LINE_CHARS:
+                    lines = [piece for line in lines for piece in _pieces(line)]
+                await self._take(lines, stream)
+            if final:
+                return
+
+    async def _take(self, lines: list[str], stream: str) -> None:
+        """Lines one op printed on ``stream``, read in one chunk: kept in its log (the
+        results) and handed to the host, all with one timestamp."""
+        if self._run.output_closed:
+            return
+        self._run.output_chunks += 1
+        stamp = _iso_now()
+        logs = self._run.state.logs
+        logs.extend(_OP_LOGS.validate_python(
+            [{"log": line, "type": stream, "timestamp": stamp} for line in lines]))
+        excess = len(logs) - self._log_cap
+        if excess > 0:
+            del logs[:excess]
+        if self._sink is not None:
+            self._run.output_waiting = True
+            try:
+                await self._sink(self._run.id, stream, lines, now_ms())
+            except Exception:  # a listener's fault must not end the job
+                _log.exception("output callback failed")
+            finally:
+                self._run.output_waiting = False
+            return
+        for line in lines:
+            self._emit(
+                NodeLogEntry(
+                    type="log",
+                    method=OUTPUT_METHOD,
+                    log=line,
+                    timestamp=now_ms(),
+                    job=self._job,
+                    payload={"opId": self._run.id, "stream": stream},
+                )
+            )
+
+
 class Executor:
     """Runs one job definition's ops as local processes and keeps ``flow`` up to date.
 
@@ -741,7 +832,7 @@ class Executor:
             self._info("info", f"Op {run.id} asks for a GPU; none is attached locally", op=run.id)
         return launch
 
-    async def _read_output(self, run: _OpRun, read_fds: list[int],
+    async def _read_output(self, run: _OpRun, output: _OpOutput, read_fds: list[int],
                            transports: list[asyncio.BaseTransport],
                            readers: list[asyncio.Task[None]]) -> None:
         """Read the op's stdout and stderr pipes into its log (each read end taken from
@@ -757,7 +848,7 @@ class Executor:
                 pipe.close()
                 raise
             transports.append(read_transport)
-            readers.append(asyncio.create_task(self._pump(run, reader, stream)))
+            readers.append(asyncio.create_task(output.pump(reader, stream)))
 
     async def _run_container(self, run: _OpRun) -> None:
         launch = self._launch(run)
@@ -796,7 +887,9 @@ class Executor:
                     os.close(write_fds.pop())
             # At once: from here on a stop, a sibling's failure or a cancel can reach it.
             run.proc = proc
-            await self._read_output(run, read_fds, transports, readers)
+            output = _OpOutput(run, log_cap=self.log_cap, sink=self._output_cb,
+                               emit=self._emit, job=self.job)
+            await self._read_output(run, output, read_fds, transports, readers)
 
             state = run.state
             state.provider_id = f"local-{proc.pid}"
@@ -814,9 +907,7 @@ class Executor:
             _killpg(proc.pid, signal.SIGKILL)
             counted = False
             self._process_ended()
-            _done, pending = await asyncio.wait(readers, timeout=2.0) if readers else ((), ())
-            for task in pending:
-                task.cancel()
+            await output.read_all(readers)
             self._finish(run, _exit_code(returncode))
         finally:
             if run.proc is not None and run.proc.returncode is None:
@@ -897,59 +988,6 @@ class Executor:
     # ------------------------------------------------------------------ op arguments
 
     # ------------------------------------------------------------------ logs and results
-
-    async def _pump(self, run: _OpRun, reader: asyncio.StreamReader, stream: str) -> None:
-        """Read one output stream as it arrives, a chunk at a time; the lines of a chunk are
-        handled together (a host stamps and sends each, but the work per chunk is done
-        once). Runaway lines are split at ``MAX_LINE_CHARS``."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        while True:
-            chunk = await reader.read(MAX_LINE_CHARS)
-            final = not chunk
-            pending += decoder.decode(chunk, final=final)
-            *complete, pending = pending.split("\n")
-            lines = [line + "\n" for line in complete]
-            if len(pending) >= MAX_LINE_CHARS or (final and pending):
-                keep = 0 if final else len(pending) % MAX_LINE_CHARS
-                lines.append(pending[: len(pending) - keep])
-                pending = pending[len(pending) - keep :]
-            if lines:
-                if max(map(len, lines)) > MAX_LINE_CHARS:
-                    lines = [piece for line in lines for piece in _pieces(line)]
-                self._output(run, lines, stream)
-            if final:
-                return
-
-    def _output(self, run: _OpRun, lines: list[str], stream: str) -> None:
-        """Lines one op printed on ``stream``, read in one chunk: kept in its log (the
-        results) and handed to the host, all with one timestamp."""
-        if run.output_closed:
-            return
-        stamp = _iso_now()
-        logs = run.state.logs
-        logs.extend(_OP_LOGS.validate_python(
-            [{"log": line, "type": stream, "timestamp": stamp} for line in lines]))
-        excess = len(logs) - self.log_cap
-        if excess > 0:
-            del logs[:excess]
-        if self._output_cb is not None:
-            try:
-                self._output_cb(run.id, stream, lines, now_ms())
-            except Exception:  # a listener's fault must not end the job
-                _log.exception("output callback failed")
-            return
-        for line in lines:
-            self._emit(
-                NodeLogEntry(
-                    type="log",
-                    method=OUTPUT_METHOD,
-                    log=line,
-                    timestamp=now_ms(),
-                    job=self.job,
-                    payload={"opId": run.id, "stream": stream},
-                )
-            )
 
     def _append_log(self, state: OpState, entry: OpLog) -> None:
         state.logs.append(entry)

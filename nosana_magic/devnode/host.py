@@ -98,6 +98,10 @@ def log_frame(entry_text: str) -> str:
     return f'{{"path":"log","data":{json.dumps(entry_text, ensure_ascii=False)}}}'
 
 
+#: How long an op's output waits at most for a slow ``/log`` subscriber (one that reads
+#: nothing for that long is then dropped when its backlog overflows).
+SLOW_READER_WAIT_S = 30.0
+
 #: Stands for the line in an output template (JSON escapes none of its characters).
 _LINE_MARK = "<<line>>"
 
@@ -118,11 +122,18 @@ class Subscription(Generic[T]):
         self._items: deque[T] = deque()
         self._cap = cap
         self._event = asyncio.Event()
+        self._drained = asyncio.Event()
         #: The subscriber fell more than ``cap`` entries behind: it must give up.
         self.overflowed = False
 
+    def __len__(self) -> int:
+        """Entries waiting to be sent."""
+        return len(self._items)
+
     def push_many(self, items: list[T]) -> None:
-        if len(self._items) + len(items) > self._cap:
+        # Full already: the subscriber stopped reading. (One chunk of output may pass the
+        # cap on its own; the op then waits for room, see LogHub.room.)
+        if len(self._items) >= self._cap:
             self.overflowed = True
         else:
             self._items.extend(items)
@@ -136,7 +147,15 @@ class Subscription(Generic[T]):
         self._event.clear()
         batch = list(self._items)
         self._items.clear()
+        self._drained.set()
         return batch
+
+    async def drained(self, timeout: float) -> None:
+        """Until the entries waiting now were taken (or ``timeout`` seconds)."""
+        if self._items:
+            self._drained.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
 
 
 class LogHub(Generic[T]):
@@ -181,6 +200,20 @@ class LogHub(Generic[T]):
         self._bytes[job] = total
         for sub in self._subscribers.get(job, ()):
             sub.push_many(items)
+
+    async def room(self, job: str, timeout: float) -> None:
+        """Until no subscriber of ``job`` has more than half its cap waiting, or ``timeout``
+        seconds: a slow reader slows the job's output down (its pipe fills, and the op
+        waits to write) rather than falling so far behind that it must be dropped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            behind = [sub for sub in self._subscribers.get(job, ())
+                      if len(sub) > self._subscriber_cap // 2]
+            left = deadline - loop.time()
+            if not behind or left <= 0:
+                return
+            await behind[0].drained(left)
 
     def subscribe(self, job: str) -> tuple[list[T], Subscription[T]]:
         """The job's history so far and a subscription to what comes next (no gap: both are
@@ -483,11 +516,12 @@ class EmulatedHost:
         if record.running:
             self._task_log(record, entry)
 
-    def emit_output(self, record: JobRecord, op_id: str, stream: str, lines: list[str],
-                    timestamp: int) -> None:
+    async def emit_output(self, record: JobRecord, op_id: str, stream: str, lines: list[str],
+                          timestamp: int) -> None:
         """Container lines of one op, read in one chunk. Each is sent as its own entry, the
         text :meth:`emit` makes of it, but made from one template per chunk: the line is the
-        only part that differs."""
+        only part that differs. Returns once the ``/log`` subscribers have room for more
+        (at most ``SLOW_READER_WAIT_S``)."""
         entry = NodeLogEntry(type="log", method=OUTPUT_METHOD, log=_LINE_MARK,
                              timestamp=timestamp, job=record.address,
                              payload={"opId": op_id, "stream": stream})
@@ -501,6 +535,7 @@ class EmulatedHost:
             self.task_logs.publish_many(record.address, [
                 {"opId": op_id, "group": group, "type": "container", "timestamp": first + i,
                  "message": line} for i, line in enumerate(lines)])
+        await self.node_logs.room(record.address, SLOW_READER_WAIT_S)
 
     def _entry_text(self, record: JobRecord, entry: NodeLogEntry) -> str:
         """What a Nosana host sends of ``entry`` (docs/protocol.md §7)."""

@@ -115,6 +115,13 @@ class _Call:
 
 Handler = Callable[["NodeApi", _Call], Awaitable[Response]]
 
+#: The devnode server's own ASGI message: several WebSocket text frames, ``texts``, written
+#: at once (what ``websocket.send`` does for one; the server is ``app._WebSockets``).
+SEND_TEXTS = "nosana_magic.websocket.send_texts"
+
+#: Frames written to a socket in one go at most.
+WRITE_FRAMES = 1_000
+
 
 class NodeApi:
     """ASGI app for ``/node/{address}/...``: HTTP routes, SSE and the WebSocket server."""
@@ -166,7 +173,7 @@ class NodeApi:
             if host is None:
                 await WebSocket(scope, receive, send).close(code=1008)
                 return
-            await self._websocket(WebSocket(scope, receive, send), host)
+            await self._websocket(WebSocket(scope, receive, send), host, send)
             return
         if scope["type"] != "http":
             return
@@ -447,9 +454,9 @@ class NodeApi:
 
     # -------------------------------------------------- WebSocket (docs/protocol.md §7)
 
-    async def _websocket(self, ws: WebSocket, host: EmulatedHost) -> None:
+    async def _websocket(self, ws: WebSocket, host: EmulatedHost, send: Send) -> None:
         await ws.accept()
-        conn = _WsConnection(ws, host, self)
+        conn = _WsConnection(ws, host, self, send)
         try:
             await conn.serve()
         finally:
@@ -459,8 +466,9 @@ class NodeApi:
 class _WsConnection:
     """One WebSocket: its messages, its subscriptions, and the frames it was sent."""
 
-    def __init__(self, ws: WebSocket, host: EmulatedHost, api: NodeApi) -> None:
+    def __init__(self, ws: WebSocket, host: EmulatedHost, api: NodeApi, send: Send) -> None:
         self.ws = ws
+        self._asgi_send = send
         self.host = host
         self.api = api
         self.ledger = api.ledger
@@ -588,13 +596,16 @@ class _WsConnection:
         await self._send_texts([compact_json(frame)])
 
     async def _send_texts(self, texts: list[str]) -> None:
-        """Frames in order, one message each (a host sends one entry per message)."""
+        """Frames in order, one message each (a host sends one entry per message), written
+        to the socket up to ``WRITE_FRAMES`` at a time (the devnode's server takes them in
+        one ASGI message of its own, :data:`SEND_TEXTS`)."""
         async with self._send_lock:
             try:
-                for text in texts:
+                for start in range(0, len(texts), WRITE_FRAMES):
                     if self._closed:
                         return
-                    await self.ws.send_text(text)
+                    await self._asgi_send(
+                        {"type": SEND_TEXTS, "texts": texts[start : start + WRITE_FRAMES]})
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._done.set()
 
