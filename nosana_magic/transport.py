@@ -6,6 +6,9 @@
   in time, backing off between tries. It is the only place the package sleeps between tries.
 * :func:`http_client_for`: an ``httpx`` client that honours the environment's proxies except
   on loopback, with one verifying TLS context per process.
+* :func:`open_websocket`: a WebSocket opened by the same rules (aiohttp underneath, whose
+  frame reader is compiled: a host's log comes an entry per frame), with its two ways of
+  ending, :class:`WebSocketClosed` and :class:`WebSocketUnavailable`.
 * :func:`one_line`, :func:`server_message`, :func:`url_host`: what a server said (or where it
   is), made safe to show: one short line, no page of HTML, no URL path or query (they carry
   API keys).
@@ -16,22 +19,31 @@ It imports nothing else from the package: everything that talks to a server sits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
+if TYPE_CHECKING:
+    import aiohttp
+
 __all__ = [
     "Backoff",
     "Retry",
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketUnavailable",
     "http_client_for",
     "is_loopback",
     "one_line",
+    "open_websocket",
     "server_message",
     "url_host",
 ]
@@ -144,6 +156,99 @@ def http_client_for(url: str, *, timeout: float | None = None) -> httpx.AsyncCli
         verify=_tls_context(),
         timeout=httpx.Timeout(5.0) if timeout is None else httpx.Timeout(timeout),
     )
+
+
+# --------------------------------------------------------------------------- WebSockets
+
+#: Seconds between the pings that keep a WebSocket open and find a peer that is gone.
+WS_PING_S = 20.0
+
+
+class WebSocketClosed(Exception):
+    """A WebSocket ended: by the peer's close frame (``code``, ``reason``), or without one
+    (``code`` is None: the connection was lost)."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"closed ({code})" if code else "connection lost")
+        self.code = code
+        self.reason = reason
+
+
+class WebSocketUnavailable(Exception):
+    """A WebSocket could not be opened: refused, unreachable, timed out, or (``bad_url``) not
+    a WebSocket URL at all. The message says which, in a word or two."""
+
+    def __init__(self, why: str, *, bad_url: bool = False) -> None:
+        super().__init__(why)
+        self.bad_url = bad_url
+
+
+class WebSocket:
+    """One open WebSocket: send text, read messages until it ends."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        self._ws = ws
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send_str(text)
+        except (OSError, RuntimeError) as exc:  # aiohttp's reset errors are OSErrors
+            raise WebSocketClosed(None) from exc
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """Every message as it comes (text as ``str``, binary as ``bytes``); raises
+        :class:`WebSocketClosed` when the socket ends."""
+        from aiohttp import WSMsgType
+
+        receive = self._ws.receive
+        text, binary, close = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
+        while True:
+            message = await receive()
+            kind = message.type
+            if kind is text or kind is binary:
+                yield message.data
+            elif kind is close:
+                raise WebSocketClosed(message.data, message.extra or "")
+            elif kind is not WSMsgType.PING and kind is not WSMsgType.PONG:
+                raise WebSocketClosed(self._ws.close_code if kind is not WSMsgType.ERROR
+                                      else None)
+
+
+@contextlib.asynccontextmanager
+async def open_websocket(url: str, *, open_timeout: float,
+                         max_size: int = 2**24) -> AsyncIterator[WebSocket]:
+    """A WebSocket to ``url`` (``ws://`` or ``wss://``): environment proxies honoured except
+    on loopback, the process's TLS context, a ping every ``WS_PING_S``, no compression.
+    Opening it raises :class:`WebSocketUnavailable`; it is closed on the way out."""
+    # aiohttp takes ~0.3 s to import: paid when the first log is followed, not at %load_ext.
+    import aiohttp
+
+    session = aiohttp.ClientSession(trust_env=not is_loopback(url))
+    try:
+        try:
+            ws = await asyncio.wait_for(
+                session.ws_connect(url, max_msg_size=max_size, heartbeat=WS_PING_S,
+                                   ssl=_tls_context() if url.startswith("wss:") else False,
+                                   timeout=aiohttp.ClientWSTimeout(ws_close=2.0)),
+                open_timeout)
+        except aiohttp.InvalidURL:
+            raise WebSocketUnavailable("not a WebSocket URL", bad_url=True) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise WebSocketUnavailable(f"handshake refused (HTTP {exc.status})") from None
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise WebSocketUnavailable(_why(exc)) from None
+        try:
+            yield WebSocket(ws)
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+    finally:
+        await session.close()
+
+
+def _why(exc: BaseException) -> str:
+    cause: Any = getattr(exc, "os_error", None) or exc
+    return type(cause).__name__
 
 
 # --------------------------------------------------------------------------- safe text
