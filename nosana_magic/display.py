@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
@@ -122,6 +123,10 @@ def format_line(line: LogLine) -> tuple[Literal["stdout", "stderr"], str]:
     # whose op could not be told (several ran); the results say afterwards.
     prefix = f"[{line.op_id}] " if line.op_id else "[?] " if line.stream == "output" else ""
     return ("stderr" if line.stream == "stderr" else "stdout"), prefix + text
+
+
+def _on_stderr(shown: tuple[str, str]) -> bool:
+    return shown[0] == "stderr"
 
 
 # --------------------------------------------------------------------------- the summary
@@ -330,13 +335,13 @@ class JobView:
     def _following(self) -> None:
         """Main thread, once subscribed."""
 
-    def _record(self, line: LogLine) -> None:
-        """Loop thread: a log line arrived."""
+    def _record(self, lines: Sequence[LogLine]) -> None:
+        """Loop thread: log lines arrived (what came together, in order)."""
 
     def _on_event(self, event: JobEvent) -> None:
         """Loop thread, for every job event: record, never write output here."""
-        if event.kind == "log" and event.line is not None and not self.quiet:
-            self._record(event.line)
+        if event.kind == "log" and event.lines and not self.quiet:
+            self._record(event.lines)
         elif event.kind == "urls":
             self._urls_dirty = True
 
@@ -383,9 +388,8 @@ class JobView:
         """
         backlog = self.job.logs
         self._unsubscribe = self.job.subscribe(self._on_event)
-        if not self.quiet:
-            for line in backlog:
-                self._record(line)
+        if not self.quiet and backlog:
+            self._record(backlog)
         if self.job.urls:
             self._urls_dirty = True
 
@@ -501,14 +505,15 @@ class TextView(JobView):
             self._print("running in background: the summary follows when the job ends "
                         "(`.wait()` blocks until then)")
 
-    def _record(self, line: LogLine) -> None:
+    def _record(self, lines: Sequence[LogLine]) -> None:
         if self._background:
             return  # nobody drains a background text view; the handle keeps every line
         with self._lock:
-            if len(self._pending) >= _TEXT_QUEUE_MAX:
-                self._skipped += 1
-            else:
-                self._pending.append(format_line(line))
+            room = max(0, _TEXT_QUEUE_MAX - len(self._pending))
+            if len(lines) > room:
+                self._skipped += len(lines) - room
+                lines = lines[:room]
+            self._pending.extend(map(format_line, lines))
 
     def drain(self) -> None:
         """Print the queued lines, status changes and new service URLs (main thread)."""
@@ -522,8 +527,9 @@ class TextView(JobView):
             self._print(summary.phase_line())
         if skipped:
             self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
-        for stream, text in lines:
-            self._print(text, err=stream == "stderr")
+        # One write per run of lines on the same stream.
+        for err, run in itertools.groupby(lines, key=_on_stderr):
+            self._print("\n".join(text for _, text in run), err=err)
         if self._urls_dirty:
             self._urls_dirty = False
             for url in summary.urls:
@@ -613,11 +619,11 @@ class WidgetView(JobView):
         elif event.kind == "done":
             self._finalise()
 
-    def _record(self, line: LogLine) -> None:
+    def _record(self, lines: Sequence[LogLine]) -> None:
         with self._lock:
-            if len(self._lines) == self.tail:
-                self._dropped += 1
-            self._lines.append(format_line(line))
+            before = len(self._lines)
+            self._lines.extend(map(format_line, lines[-self.tail:]))  # only these stay
+            self._dropped += before + len(lines) - len(self._lines)
             self._logs_dirty = True
 
     def _start_ticking(self) -> None:

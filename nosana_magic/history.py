@@ -17,11 +17,13 @@ from .display import Table
 from .errors import JobFailed, NetworkError, StoreError
 from .job import ConfidentialJob
 from .jobdef import JobDefinition, JobDefinitionError, validate_job_definition
+from .joblog import JobLog, OpLines
 from .network.base import Market
 from .outcome import OpResult, Results
 from .params import label
 from .protocol import format_duration
-from .results import LogLine, ServiceUrl
+from .recording import stored_reader
+from .results import ServiceUrl
 from .store import Store, StoredJob, open_store
 from .table import format_value
 
@@ -74,8 +76,7 @@ class LoadedJob(ConfidentialJob):
         self.warnings = list(record.warnings)
         if record.market:
             self.market = Market(address="", slug=record.market)
-        self._logs = [LogLine(line.op_id, line.stream, line.text, line.timestamp)
-                      for line in store.iter_logs(record.key)]
+        self._log = JobLog.in_store(record.log_lines, stored_reader(store, record.key))
         self.results = Results(record.results, explain=self._explain_missing)
         self.ops = Results({op_id: self._op(op_id, op) for op_id, op in record.ops.items()},
                            kind="op", explain=self._explain_missing)
@@ -86,8 +87,7 @@ class LoadedJob(ConfidentialJob):
     def _op(self, op_id: str, op: dict[str, Any]) -> OpResult:
         return OpResult(op_id=op_id, host_status=str(op.get("host_status", "")),
                         exit_code=op.get("exit_code"),
-                        logs=[line for line in self._logs if line.op_id == op_id
-                              and line.stream in ("stdout", "stderr")],
+                        logs=OpLines(self._log, op_id),
                         results=dict(op.get("results") or {}), ended_by=op.get("ended_by"),
                         ran=bool(op.get("ran", True)))
 

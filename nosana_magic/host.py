@@ -29,23 +29,29 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import HostError
-from .results import FlowState, InfoEvent, NodeLogEntry
+from .hostlog import LogReader
+from .results import FlowState, InfoEvent, LiveEntry
 from .signer import Signer
-from .transport import Backoff, Retry, http_client_for, is_loopback, one_line, server_message
+from .transport import (
+    Backoff,
+    Retry,
+    WebSocketClosed,
+    WebSocketUnavailable,
+    http_client_for,
+    one_line,
+    open_websocket,
+    server_message,
+)
 
 __all__ = [
     "Backoff",
@@ -57,17 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-class _NoFrameLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The logger our WebSocket connections get. websockets logs every frame at DEBUG, and
-    ours carry the job's output (and the first one our auth header): never at DEBUG, so
-    frames are not even formatted; INFO and up pass to ``websockets.client`` as usual."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level > logging.DEBUG and self.logger.isEnabledFor(level)
-
-
-_WS_LOGGER = _NoFrameLog(logging.getLogger("websockets.client"), {})
 
 #: The node API's retry policy unless the caller gives one (from ~0.1 s to ~2 s, 60 s at most).
 _DEFAULT_RETRY = Retry()
@@ -203,13 +198,7 @@ class HostClient:
         #: ``None`` until a route answered; ``True`` once this host was found to speak only
         #: the legacy paths of docs/protocol.md §8.
         self.legacy: bool | None = None
-        #: Log entries received from ``/log`` so far (see :meth:`logs`).
-        self.log_cursor = 0
-        #: Reconnects after which lines may be missing: the new replay started after the
-        #: last entry seen (the host's history was cut, cleared or replaced meanwhile).
-        self.log_gaps = 0
-        #: Entries that could not be read as node log entries (kept as raw text).
-        self.unreadable_entries = 0
+        self._log_reader = LogReader(self.base_url)
         #: ``/log`` connections opened (1 + reconnects).
         self.log_connections = 0
         #: Whether a ``/log`` connection is open and subscribed right now.
@@ -217,11 +206,29 @@ class HostClient:
         #: ``time.monotonic()`` of the host's last answer: a response, an event or a keep-alive
         #: of ``/info``, a ``/log`` frame (``None`` before the first).
         self.last_answer: float | None = None
-        #: Entries the open ``/log`` connection sent so far (its replay included): none on a
-        #: reconnect means the host no longer holds the job's history (a finished job's is
-        #: cleared, docs/protocol.md §7), so what it sent meanwhile is gone.
-        self.log_connection_entries = 0
-        self._log_position = _LogPosition()
+
+    @property
+    def log_cursor(self) -> int:
+        """Log entries received from ``/log`` so far (see :meth:`follow_log`)."""
+        return self._log_reader.count
+
+    @property
+    def log_gaps(self) -> int:
+        """Reconnects after which lines may be missing: the new replay started after the
+        last entry seen (the host's history was cut, cleared or replaced meanwhile)."""
+        return self._log_reader.gaps
+
+    @property
+    def unreadable_entries(self) -> int:
+        """Entries that could not be read as node log entries (kept as raw text)."""
+        return self._log_reader.unreadable
+
+    @property
+    def log_connection_entries(self) -> int:
+        """Entries the open ``/log`` connection sent so far (its replay included): none on a
+        reconnect means the host no longer holds the job's history (a finished job's is
+        cleared, docs/protocol.md §7), so what it sent meanwhile is gone."""
+        return self._log_reader.connection_entries
 
     def __repr__(self) -> str:
         return f"HostClient({self.base_url!r}, job={self.job!r})"
@@ -598,13 +605,15 @@ class HostClient:
 
     # ------------------------------------------------------------------ WS /log
 
-    async def logs(self) -> AsyncIterator[NodeLogEntry]:
-        """Follow the job's node log over the ``/log`` WebSocket (owner-signed).
+    async def follow_log(self, on_entries: Callable[[list[LiveEntry]], None]) -> None:
+        """Follow the job's node log over the ``/log`` WebSocket (owner-signed), handing
+        the entries over in batches: ``on_entries(entries)`` gets every entry once, in
+        order (container output, ``type == "log"``, and the host's progress lines), a batch
+        being what arrived together (one read of the socket, at most :data:`LOG_BATCH`).
 
-        Yields every entry once, in order: container output (``type == "log"``) and the
-        host's progress lines. It runs until the caller stops iterating (the stream has no
-        end of its own); a dropped socket is reopened with bounded backoff, and giving up
-        raises :class:`HostError`. A later call goes on where the last one stopped.
+        It runs until cancelled (the stream has no end of its own); a dropped socket is
+        reopened with bounded backoff, and giving up raises :class:`HostError`. A later
+        call goes on where the last one stopped.
 
         A new connection replays the host's history, then streams new entries, with no
         marker between the two (docs/protocol.md §7); that history may start after the job's
@@ -619,52 +628,31 @@ class HostClient:
         """
         url = _to_ws_url(self.base_url)
         route = "WS /log"
-        position = self._log_position
+        reader = self._log_reader
+        reader.on_entries = on_entries
         backoff = self.retry.backoff()
         last = "no attempt"
         while True:
             try:
-                async with ws_connect(
-                    url,
-                    open_timeout=self.request_timeout,
-                    close_timeout=2,
-                    max_size=2**24,
-                    proxy=None if is_loopback(url) else True,
-                    logger=_WS_LOGGER,
-                ) as ws:
+                async with open_websocket(url, open_timeout=self.request_timeout) as ws:
                     self.log_connections += 1
                     self.log_connected = True
                     self.last_answer = time.monotonic()
-                    self.log_connection_entries = 0
                     await ws.send(self._log_subscription())
-                    replay = position.replay()
-                    async for raw in ws:
-                        self.last_answer = time.monotonic()
-                        found = self._log_entry(raw)
-                        if found is None:
-                            continue
-                        entry, key = found
-                        self.log_connection_entries += 1
-                        if replay.seen_before(key, entry.timestamp):
-                            continue
-                        if replay.gap(key, entry.timestamp):
-                            self.log_gaps += 1
-                            log.warning("host %s: the /log replay after a reconnect starts "
-                                        "after the last line seen: lines may be missing",
-                                        self.base_url)
-                        position.add(key, entry.timestamp)
-                        self.log_cursor = position.count
-                        backoff.reset()
-                        yield entry
-                    last = "the host closed the log stream"
-            except ConnectionClosed as exc:
+                    reader.connected()
+                    async for raw in ws.messages():
+                        if reader.frame(raw):
+                            self.last_answer = time.monotonic()
+                            backoff.reset()
+            except WebSocketClosed as exc:
                 last = self._closed(exc, route)
-            except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
-                if isinstance(exc, InvalidURI):
-                    raise HostError(self.base_url, route, "not a WebSocket URL") from None
-                last = type(exc).__name__
+            except WebSocketUnavailable as exc:
+                if exc.bad_url:
+                    raise HostError(self.base_url, route, str(exc)) from None
+                last = str(exc)
             finally:
                 self.log_connected = False
+                reader.hand_over()
             if not await backoff.wait():
                 raise HostError(
                     self.base_url,
@@ -672,6 +660,26 @@ class HostClient:
                     f"gave up after {backoff.attempt} attempts to reconnect: {last}",
                     gave_up=True,
                 )
+
+    async def logs(self) -> AsyncIterator[LiveEntry]:
+        """The entries of :meth:`follow_log`, one at a time."""
+        batches: asyncio.Queue[list[LiveEntry] | None] = asyncio.Queue()
+
+        async def follow() -> None:
+            try:
+                await self.follow_log(batches.put_nowait)
+            finally:
+                batches.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(follow())
+        try:
+            while (batch := await batches.get()) is not None:
+                for entry in batch:
+                    yield entry
+            await task  # it ended: raises why
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def states(self) -> AsyncIterator[str]:
         """Follow the host's state machine for the job over the ``/status`` WebSocket
@@ -686,23 +694,20 @@ class HostClient:
         last = "no attempt"
         while True:
             try:
-                async with ws_connect(url, open_timeout=self.request_timeout, close_timeout=2,
-                                      proxy=None if is_loopback(url) else True,
-                                      logger=_WS_LOGGER) as ws:
+                async with open_websocket(url, open_timeout=self.request_timeout) as ws:
                     await ws.send(json.dumps({"path": "/status", "header": self._auth(),
                                               "body": {"jobAddress": self.job}}))
-                    async for raw in ws:
+                    async for raw in ws.messages():
                         state = _state_frame(raw)
                         if state is None or state in seen:
                             continue  # (a replay repeats the states seen)
                         seen.add(state)
                         backoff.reset()
                         yield state
-                    last = "the host closed the status stream"
-            except ConnectionClosed as exc:
+            except WebSocketClosed as exc:
                 last = self._closed(exc, route)
-            except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
-                last = type(exc).__name__
+            except WebSocketUnavailable as exc:
+                last = str(exc)
             if not await backoff.wait():
                 raise HostError(self.base_url, route,
                                 f"gave up after {backoff.attempt} attempts: {last}",
@@ -713,11 +718,10 @@ class HostClient:
         return json.dumps({"path": "/log", "header": self._auth(),
                            "body": {"jobAddress": self.job, "address": self.signer.address}})
 
-    def _closed(self, exc: ConnectionClosed, route: str) -> str:
+    def _closed(self, exc: WebSocketClosed, route: str) -> str:
         """Why the host closed the log socket, in one line; raises :class:`HostError` when
         retrying cannot help (docs/protocol.md §7)."""
-        code = exc.rcvd.code if exc.rcvd is not None else None
-        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        code, reason = exc.code, exc.reason
         if code in _WS_FATAL_CODES:
             problem = f"{_WS_FATAL_CODES[code]} ({code} {one_line(reason)})"
             if code != _WS_AUTH_CODE or _auth_problem_is_final(reason):
@@ -725,34 +729,6 @@ class HostClient:
             return problem
         return f"connection closed ({code})" if code else "connection lost"
 
-    def _log_entry(self, raw: str | bytes) -> tuple[NodeLogEntry, str] | None:
-        """A ``/log`` frame's entry and its text (what tells two entries apart), or None for
-        a frame of another path. What cannot be read is kept as an ``unreadable`` entry
-        holding the raw text."""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            frame = None
-        if isinstance(frame, dict) and frame.get("path") not in ("log", None):
-            return None
-        data = frame.get("data") if isinstance(frame, dict) else None
-        key = data if isinstance(data, str) else text
-        try:
-            if isinstance(data, str):
-                return NodeLogEntry.model_validate_json(data), key
-            if isinstance(data, dict):
-                return NodeLogEntry.model_validate(data), key
-        except ValidationError:
-            pass
-        self.unreadable_entries += 1
-        stamp = _TIMESTAMP.search(key)
-        return NodeLogEntry(log=key, type="unreadable", method=None,
-                            timestamp=int(stamp.group(1)) if stamp else None), key
-
-
-#: A timestamp in an entry's text, for an entry that could not be read otherwise.
-_TIMESTAMP = re.compile(r'"timestamp"\s*:\s*(\d+)')
 
 
 def _state_frame(raw: str | bytes) -> str | None:
@@ -767,59 +743,6 @@ def _state_frame(raw: str | bytes) -> str | None:
     return status if isinstance(status, str) else None
 
 
-@dataclass
-class _LogPosition:
-    """How far a client got in a job's ``/log`` history: enough to align a new connection's
-    replay with it (entries are timestamped in order; several may share a millisecond)."""
-
-    count: int = 0
-    first: str | None = None
-    last_ts: int | None = None
-    #: The entries seen at ``last_ts``, by text, with how many times each.
-    at_last: Counter[str] = field(default_factory=Counter)
-
-    def add(self, key: str, timestamp: int | None) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = key
-        if timestamp is None:
-            return
-        if timestamp != self.last_ts:
-            self.last_ts, self.at_last = timestamp, Counter()
-        self.at_last[key] += 1
-
-    def replay(self) -> _Replay:
-        return _Replay(self)
 
 
-class _Replay:
-    """One connection's replay, against what was seen before it."""
 
-    def __init__(self, position: _LogPosition) -> None:
-        self._position = position
-        self._last_ts = position.last_ts
-        self._left = Counter(position.at_last)
-        self._replaying = position.count > 0
-        #: Nothing came on this connection yet.
-        self._fresh = True
-
-    def seen_before(self, key: str, timestamp: int | None) -> bool:
-        """Whether this entry was seen before (an old entry the replay repeats)."""
-        if not self._replaying or timestamp is None or self._last_ts is None:
-            return False
-        if timestamp < self._last_ts or (timestamp == self._last_ts and self._left[key] > 0):
-            self._left[key] -= timestamp == self._last_ts
-            self._fresh = False
-            return True
-        self._replaying = False
-        return False
-
-    def gap(self, key: str, timestamp: int | None) -> bool:
-        """For a new entry: whether lines may be missing before it. That is when it is the
-        connection's very first entry (the replay repeated nothing seen before), not the
-        job's first line, and newer than the last line seen."""
-        fresh, self._fresh = self._fresh, False
-        position = self._position
-        if not fresh or position.count == 0 or key == position.first:
-            return False
-        return timestamp is None or self._last_ts is None or timestamp > self._last_ts

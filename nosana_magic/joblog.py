@@ -1,4 +1,13 @@
-"""A job's log made whole: the live ``/log`` lines reconciled with the results' per-op logs.
+"""A job's log: its lines kept in bounded memory (:class:`JobLog`), and made whole once the
+results are in (:func:`reconcile`).
+
+Where the lines are: while a job runs, its newest :data:`LOG_WINDOW` lines stay in memory (the
+live view and the reconciliation below need them); the local store (docs/experiments.md) has
+every line, and older ones are read back from it when asked for. Once the job is done and the
+store has committed its log, no line stays in memory. Without a store (it could not be
+opened), every line stays in memory.
+
+Made whole: the live ``/log`` lines reconciled with the results' per-op logs.
 
 What the live stream lacks (docs/protocol.md §7): a Nosana host does not say which op or which
 stream (stdout/stderr) a container line came from, and the client can miss lines (a dropped
@@ -22,16 +31,203 @@ Pure: lines in, lines and counts out.
 from __future__ import annotations
 
 import bisect
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import overload
 
 from .results import LogLine
 
-__all__ = ["OP_LOG_CAP", "Reconciled", "reconcile"]
+__all__ = ["LOG_WINDOW", "OP_LOG_CAP", "JobLog", "OpLines", "Reconciled", "reconcile"]
 
 #: How many lines of each op a host keeps in the results, the oldest dropped first.
 OP_LOG_CAP = 24_999
+
+#: Lines of a running job kept in memory: enough for the results of a few ops to be matched
+#: against what arrived live (about 13 MB for short lines).
+LOG_WINDOW = 4 * OP_LOG_CAP
+
+#: Reads stored lines ``start <= index < stop`` (``stop`` None: to the end), in order.
+StoredReader = Callable[[int, "int | None"], Iterator[LogLine]]
+
+
+class JobLog(Sequence[LogLine]):
+    """A job's log lines in order, as a read-only sequence: ``len``, indexing, slicing (a
+    list), iterating. The newest lines are in memory, older ones in the local store (read
+    back a chunk at a time when asked for: see the module's docstring). Any thread may read;
+    the job's loop thread writes.
+
+    Equal to any sequence of the same lines (``job.logs == []`` for a job with no line).
+    """
+
+    def __init__(self, *, window: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._window = LOG_WINDOW if window is None else window
+        #: The lines from index ``_start`` on.
+        self._lines: list[LogLine] = []
+        self._start = 0
+        #: Reads lines back from the store; how many of them it has committed.
+        self._reader: StoredReader | None = None
+        self._committed = 0
+        #: The lines in memory were made again; the store has not committed them yet.
+        self._replacing = False
+        self._done = False
+
+    @classmethod
+    def in_store(cls, count: int, reader: StoredReader) -> JobLog:
+        """The log of a job read back from the store: ``count`` lines, none in memory."""
+        log = cls()
+        log._reader, log._start, log._committed, log._done = reader, count, count, True
+        return log
+
+    # -- written by the job ------------------------------------------------------------------
+
+    def keep_in(self, reader: StoredReader) -> None:
+        """The store records this log: lines it committed may leave memory."""
+        with self._lock:
+            self._reader = reader
+
+    def committed(self, count: int, replaced: bool = False) -> None:
+        """The store committed the first ``count`` lines, a replacement of the lines in
+        memory with them if ``replaced`` (the store's writer thread calls this)."""
+        with self._lock:
+            if self._replacing and not replaced:
+                return  # committed before the replacement: it says nothing of the new lines
+            self._replacing = False
+            self._committed = max(self._committed, count)
+            self._release()
+
+    def extend(self, lines: Sequence[LogLine]) -> None:
+        with self._lock:
+            self._lines.extend(lines)
+            self._release()
+
+    def tail(self, count: int) -> tuple[int, list[LogLine]]:
+        """The last ``count`` lines (read back from the store as needed), and the index of
+        the first of them."""
+        size = len(self)
+        start = max(0, size - count)
+        return start, self._range(start, size)
+
+    def replace_from(self, start: int, lines: Sequence[LogLine]) -> None:
+        """The lines from index ``start`` on, made again (:func:`reconcile`); they stay in
+        memory until the store has them."""
+        with self._lock:
+            kept = self._lines[: max(0, start - self._start)]
+            self._start = min(self._start, start)
+            self._lines = kept + list(lines)
+            self._committed = min(self._committed, start)
+            self._replacing = self._reader is not None
+
+    def done(self) -> None:
+        """The job is done: once the store committed its lines, none stays in memory."""
+        with self._lock:
+            self._done = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._reader is None:
+            return
+        keep = 0 if self._done else self._window
+        drop = min(len(self._lines) - keep, self._committed - self._start)
+        if drop > 0:
+            del self._lines[:drop]
+            self._start += drop
+
+    # -- read --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._start + len(self._lines)
+
+    def _snapshot(self) -> tuple[int, list[LogLine], StoredReader | None]:
+        with self._lock:
+            return self._start, list(self._lines), self._reader
+
+    def _range(self, start: int, stop: int) -> list[LogLine]:
+        first, lines, reader = self._snapshot()
+        out: list[LogLine] = []
+        if start < first and reader is not None:
+            out += islice(reader(start, min(stop, first)), min(stop, first) - start)
+        out += lines[max(0, start - first) : max(0, stop - first)]
+        return out
+
+    @overload
+    def __getitem__(self, index: int) -> LogLine: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[LogLine]: ...
+
+    def __getitem__(self, index: int | slice) -> LogLine | list[LogLine]:
+        size = len(self)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(size)
+            if step != 1:
+                return self._range(0, size)[index]
+            return self._range(start, stop) if start < stop else []
+        at = index + size if index < 0 else index
+        if not 0 <= at < size:
+            raise IndexError("log line index out of range")
+        return self._range(at, at + 1)[0]
+
+    def __iter__(self) -> Iterator[LogLine]:
+        first, lines, reader = self._snapshot()
+        if first and reader is not None:
+            yield from islice(reader(0, first), first)
+        yield from lines
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=False))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        with self._lock:
+            held = len(self._lines)
+            total = self._start + held
+        return f"<JobLog {total:,} lines, {held:,} in memory>"
+
+
+class OpLines(Sequence[LogLine]):
+    """One op's stdout and stderr lines of a job's log, read when asked for (the op's log
+    is not kept twice)."""
+
+    def __init__(self, log: Sequence[LogLine], op_id: str) -> None:
+        self._log = log
+        self._op_id = op_id
+
+    def _lines(self) -> list[LogLine]:
+        return [line for line in self._log if line.op_id == self._op_id
+                and line.stream in ("stdout", "stderr")]
+
+    def __len__(self) -> int:
+        return len(self._lines())
+
+    @overload
+    def __getitem__(self, index: int) -> LogLine: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[LogLine]: ...
+
+    def __getitem__(self, index: int | slice) -> LogLine | list[LogLine]:
+        return self._lines()[index]
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self._lines())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return self._lines() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._lines())
 
 
 @dataclass(frozen=True)
@@ -83,9 +279,14 @@ class _OpLines:
 
 
 def reconcile(live: Sequence[LogLine], ops: Mapping[str, Sequence[LogLine]], *,
-              cap: int = OP_LOG_CAP) -> Reconciled:
+              cap: int = OP_LOG_CAP, after_more: bool = False) -> Reconciled:
     """The job's log from its ``live`` lines and each op's lines in the results (``ops``,
-    by op id, in the results' order). See the module's docstring."""
+    by op id, in the results' order). See the module's docstring.
+
+    ``after_more``: ``live`` is the end of the log only (the lines before it are not in
+    memory). An op's lines in the results before its first one found there are then taken
+    to be among those earlier lines, not put back, and neither is an op none of whose lines
+    is found."""
     per_op = {op_id: _OpLines(lines) for op_id, lines in ops.items()}
     out: list[LogLine] = []
     restored = not_in_results = 0
@@ -100,11 +301,14 @@ def reconcile(live: Sequence[LogLine], ops: Mapping[str, Sequence[LogLine]], *,
             not_in_results += 1
         else:
             op_lines, at = match
+            if after_more and op_lines.next == 0:
+                op_lines.next = at  # the lines before it are in the earlier part
             taken = op_lines.take(at)
             restored += len(taken) - 1
             out.extend(taken)
         last_container = len(out) - 1
-    rest = sorted((line for op_lines in per_op.values() for line in op_lines.rest()),
+    rest = sorted((line for op_lines in per_op.values()
+                   if not (after_more and op_lines.next == 0) for line in op_lines.rest()),
                   key=lambda line: line.timestamp)
     restored += len(rest)
     # What never arrived comes after the output that did, and after the host's lines older
@@ -118,7 +322,7 @@ def reconcile(live: Sequence[LogLine], ops: Mapping[str, Sequence[LogLine]], *,
         f"lines of op {op_id} before {_clock(op_lines.lines[0])} may be missing: it printed "
         f"more than a host keeps ({cap:,} lines) and the live log did not get them all"
         for op_id, op_lines in per_op.items()
-        if len(op_lines.lines) >= cap and not op_lines.first_seen
+        if len(op_lines.lines) >= cap and not op_lines.first_seen and not after_more
     ]
     return Reconciled(out, restored, not_in_results, missing)
 

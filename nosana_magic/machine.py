@@ -27,6 +27,7 @@ on within about 100 ms.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -47,7 +48,7 @@ from .protocol import (
     short_address,
 )
 from .record import Changes, JobRecord
-from .results import FlowState, LogLine, NodeLogEntry, ServiceUrl
+from .results import FlowState, LiveEntry, LogLine, ServiceUrl
 from .settings import reference_env
 from .signer import Signer
 from .transport import Backoff, Retry
@@ -80,6 +81,8 @@ LOG_MISSING_IDLE_S = 1.0
 LOG_STALL_S = 5.0
 #: ... or after this long in all, however long the replay.
 LOG_DRAIN_MAX_S = 120.0
+#: Lines of the log's end reconciled with the results beyond twice the lines they hold.
+LOG_TAIL_SLACK = 1_000
 
 #: Neither the network (its ledger) nor the job's host answered for this long: contact with
 #: the job is lost, and the machine gives up on it rather than wait for its expiry.
@@ -492,8 +495,7 @@ class JobMachine:
         log_task.cancel()
         await asyncio.gather(log_task, return_exceptions=True)
         if flow is not None:
-            # The log made whole: each op's lines from the results, with op and stream.
-            job._set_logs(reconcile(job.logs, {op_id: op.logs for op_id, op in job.ops.items()}))
+            _make_log_whole(job)
 
     def _probe_results(self, host: HostClient) -> None:
         """``/info`` is down: ask for the results themselves, bounded by the job's life, so
@@ -917,26 +919,30 @@ class HostStreams:
     async def follow_logs(self, host: HostClient) -> None:
         """Follow ``/log`` until cancelled; resumed where it stopped after the client gave up.
 
-        A container line goes to its op when that can be known (docs/protocol.md §7: the
-        host does not say): when exactly one op runs, by the host's last ``/info``. The
-        host's line that it opens the results window is a signal of the end.
+        The entries come in batches (what arrived together), and each batch goes to the
+        handle at once. A container line goes to its op when that can be known
+        (docs/protocol.md §7: the host does not say): when exactly one op runs, by the
+        host's last ``/info``. The host's line that it opens the results window is a
+        signal of the end.
         """
         resume = self._stream_retry()
         while True:
             try:
-                async for entry in host.logs():
-                    line = LogLine.from_log_entry(entry, self.job._redactor.redact,
-                                                  op_id=self._running_op())
-                    if line.container:
-                        self._container_lines += 1
-                    elif _opens_results_window(entry):
-                        self.job._set_window_open()
-                    self._last_log_at = time.monotonic()
-                    self._note_gaps(host)
-                    self.job._add_log(line)
+                await host.follow_log(functools.partial(self._log_entries, host))
             except HostError as exc:
                 if not await self._keep_following("/log", exc, resume):
                     return
+
+    def _log_entries(self, host: HostClient, entries: list[LiveEntry]) -> None:
+        lines = LogLine.from_live_entries(entries, self.job._redactor,
+                                          op_id=self._running_op())
+        node_lines = [entry for entry in entries if entry.type != "log"]
+        self._container_lines += len(entries) - len(node_lines)
+        if any(_opens_results_window(entry) for entry in node_lines):
+            self.job._set_window_open()
+        self._last_log_at = time.monotonic()
+        self._note_gaps(host)
+        self.job._add_logs(lines)
 
     def _running_op(self) -> str | None:
         """The op a live container line comes from, when it can be known: the only op (by
@@ -995,7 +1001,16 @@ class HostStreams:
             await asyncio.sleep(max(0.02, min(0.1, LOG_IDLE_S - idle)))
 
 
-def _opens_results_window(entry: NodeLogEntry) -> bool:
+def _make_log_whole(job: JobRecord) -> None:
+    """Each op's lines from the results, with op and stream, into the end of the job's log,
+    which holds them (twice as many lines, for the host's own lines between), read back
+    from the store if need be."""
+    ops = {op_id: op.logs for op_id, op in job.ops.items()}
+    start, tail = job._log.tail(2 * sum(map(len, ops.values())) + LOG_TAIL_SLACK)
+    job._set_logs(start, reconcile(tail, ops, after_more=start > 0))
+
+
+def _opens_results_window(entry: LiveEntry) -> bool:
     """A host's line that it is opening the results window: it resolves the results
     (docs/protocol.md §10), as a Nosana host (``JobExternalUtil.resolveResult``) and the
     devnode write it."""

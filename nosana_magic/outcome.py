@@ -10,7 +10,7 @@ nothing here is stored and the view, the summary, the repr and ``%nosana`` say t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -88,7 +88,8 @@ class OpResult:
     op_id: str
     host_status: str
     exit_code: int | None
-    logs: list[LogLine]
+    #: Its stdout and stderr lines (read from the job's log once the job is done).
+    logs: Sequence[LogLine]
     #: Each results name's value: the last match's first group (the whole match for a
     #: regex without groups), JSON-decoded.
     results: dict[str, Any]

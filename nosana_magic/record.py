@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import HostError
-from .joblog import Reconciled
+from .joblog import JobLog, OpLines, Reconciled
 from .network.base import JobInfo, JobState, Market, Network
 from .outcome import Facts, OpResult, Phase, Results, ops_and_results, reason, verdict
 from .protocol import short_address
@@ -46,7 +47,8 @@ class JobEvent:
 
     kind: EventKind
     job: JobRecord
-    line: LogLine | None = None
+    #: For ``"log"``: the lines that arrived together, in order.
+    lines: Sequence[LogLine] = ()
 
 
 class Changes:
@@ -114,7 +116,7 @@ class JobRecord:
         self.ledger: JobInfo | None = None
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
-        self._logs: list[LogLine] = []
+        self._log = JobLog()
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._listeners_lock = threading.Lock()
         #: The machine's facts the verdict needs: a stop was asked for (and not refused), the
@@ -187,32 +189,36 @@ class JobRecord:
         return word
 
     @property
-    def logs(self) -> list[LogLine]:
-        """Every line of the job's log so far, in order (redacted, without ANSI escapes).
+    def logs(self) -> JobLog:
+        """Every line of the job's log so far, in order (redacted, without ANSI escapes): a
+        read-only sequence of :class:`LogLine` (``len``, ``[i]``, ``[-5:]``, iterate).
 
         While the job runs: what the host's ``/log`` stream sent, container lines with their
         op when it can be known and stream ``output`` (a Nosana host does not say
         stdout or stderr). Once the results are in: made whole from each op's log in the
         results (every op line with its op and stream, what the live stream missed put
         back), or with :attr:`log_warnings` saying what may be missing.
+
+        The newest lines of a running job are in memory, the rest in the local store, read
+        back when asked for; a finished job keeps none in memory (docs/experiments.md).
         """
-        return list(self._logs)
+        return self._log
 
     @property
     def stdout(self) -> str:
         """The ops' standard output, one line per entry (known once the results are in: the
         live stream does not say which stream a line is on)."""
-        return "\n".join(line.text for line in self._logs if line.stream == "stdout")
+        return "\n".join(line.text for line in self._log if line.stream == "stdout")
 
     @property
     def stderr(self) -> str:
         """The ops' standard error, one line per entry (known once the results are in)."""
-        return "\n".join(line.text for line in self._logs if line.stream == "stderr")
+        return "\n".join(line.text for line in self._log if line.stream == "stderr")
 
     @property
     def node_logs(self) -> list[LogLine]:
         """The host's own progress lines ("Job definition received", …)."""
-        return [line for line in self._logs if line.stream == "node"]
+        return [line for line in self._log if line.stream == "node"]
 
     @property
     def cost(self) -> float | None:
@@ -305,10 +311,10 @@ class JobRecord:
 
         return unsubscribe
 
-    def _emit(self, kind: EventKind, line: LogLine | None = None) -> None:
+    def _emit(self, kind: EventKind, lines: Sequence[LogLine] = ()) -> None:
         with self._listeners_lock:
             listeners = list(self._listeners)
-        event = JobEvent(kind, self, line)
+        event = JobEvent(kind, self, lines)
         for listener in listeners:
             try:
                 listener(event)
@@ -365,17 +371,26 @@ class JobRecord:
             self._mark("end-seen")
         self._emit("state")
 
-    def _add_log(self, line: LogLine) -> None:
-        self._logs.append(line)
-        self._emit("log", line)
+    def _add_logs(self, lines: list[LogLine]) -> None:
+        self._log.extend(lines)
+        self._emit("log", lines)
 
-    def _set_logs(self, log: Reconciled) -> None:
-        """The log made whole from the results (:func:`~nosana_magic.joblog.reconcile`)."""
-        self._logs = list(log.lines)
+    def _set_logs(self, start: int, log: Reconciled) -> None:
+        """The log from line ``start`` on made whole from the results
+        (:func:`~nosana_magic.joblog.reconcile`). The ops' lines are in the job's log from
+        then on, so the results keep them no more (each op's are read from the log)."""
+        self._log.replace_from(start, log.lines)
+        self.ops = Results({op_id: dataclasses.replace(op, logs=OpLines(self._log, op_id))
+                            for op_id, op in self.ops.items()},
+                           kind="op", explain=self._explain_missing)
+        if self.flow is not None:  # (the host's own lines stay: they say why an op failed)
+            for state in self.flow.op_states:
+                state.logs = [entry for entry in state.logs
+                              if entry.type not in ("stdout", "stderr")]
         for warning in log.missing:
             self.log_warnings.append(warning)
             self._warn(warning)
-        self._emit("logs")
+        self._emit("logs", log.lines)
         self._emit("state")
 
     def _log_gap(self, warning: str) -> None:
@@ -444,6 +459,7 @@ class JobRecord:
         self.phase = "done"  # the verdict is derived
         self.ended_at = self.ended_at or time.time()
         self.timings.setdefault("done", time.time())
+        self._log.done()
         self._emit("phase")
         self._emit("done")
         self._future.set_result(self)

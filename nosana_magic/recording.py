@@ -13,14 +13,17 @@ The job's own redactor runs over it all again in the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .joblog import StoredReader
 from .protocol import EXPIRY_MARGIN_S
 from .record import JobEvent, JobRecord
+from .results import LogLine
 from .secrets import Redactor, find_references
 from .settings import reference_env
 from .store import JobRecorder, Store, StoreError
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from .jobdef import JobDefinition
     from .results import ServiceUrl
 
-__all__ = ["record_job"]
+__all__ = ["record_job", "stored_reader"]
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +79,20 @@ class _Recording:
         self._skip_until = skip_until
 
     def __call__(self, event: JobEvent) -> None:
-        if event.kind == "log" and event.line is not None:
-            line = event.line
-            if self._skip and line.timestamp <= self._skip_until:
+        if event.kind == "log" and event.lines:
+            lines = event.lines
+            while self._skip and lines and lines[0].timestamp <= self._skip_until:
                 self._skip -= 1
-                return
-            self._skip = 0
-            self.recorder.append_logs((line,))
+                lines = lines[1:]
+            if lines:
+                self._skip = 0
+                self.recorder.append_logs(lines)
         elif event.kind == "logs":
-            # The live lines could not all say their op and stream; the results' can.
+            # The live lines could not all say their op and stream; the results' can. They
+            # replace the lines the job had in memory, the last of its log.
             self._skip = 0
-            self.recorder.replace_logs(self.job.logs)
+            self.recorder.replace_logs(event.lines,
+                                       start=len(self.job.logs) - len(event.lines))
         elif event.kind == "done":
             self.finish()
         else:
@@ -157,7 +163,23 @@ def record_job(job: JobRecord, store: Store, *,
         log.warning("job %s is not recorded in the local store: %s", job.address, exc)
         return None
     job.subscribe(_Recording(job, recorder, definition, skip=skip, skip_until=skip_until))
+    if not skip:
+        # The store's line numbers are the log's: the lines it committed may leave memory.
+        # (A job taken over keeps its log in memory: the host's replay may not match what
+        # the store holds line for line.)
+        job._log.keep_in(stored_reader(store, recorder.key))
+        recorder.on_commit = job._log.committed
     return recorder
+
+
+def stored_reader(store: Store, key: str) -> StoredReader:
+    """Reads a job's lines back from the store, as the log's lines."""
+    return functools.partial(_stored_lines, store, key)
+
+
+def _stored_lines(store: Store, key: str, start: int, stop: int | None) -> Iterator[LogLine]:
+    for line in store.iter_logs(key, start, stop):
+        yield LogLine(line.op_id, line.stream, line.text, line.timestamp)
 
 
 def _redact_as_recorded(job: JobRecord, definition: dict[str, Any] | None) -> None:

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from itertools import repeat
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -28,12 +29,14 @@ __all__ = [
     "EndpointStatus",
     "FlowState",
     "InfoEvent",
+    "LiveEntry",
     "LogLine",
     "LogStream",
     "NodeLogEntry",
     "NodeLogPending",
     "OpLog",
     "OpState",
+    "OutputEntry",
     "ResultValue",
     "ServiceEndpoint",
     "ServiceUrl",
@@ -246,11 +249,42 @@ def _shown(raw: str, redact: Callable[[str], str]) -> str:
     return text if plain is text else redact(plain)
 
 
-@dataclass(frozen=True)
-class LogLine:
+class _Redacts(Protocol):
+    def redact(self, text: str) -> str: ...
+    def redact_many(self, texts: list[str]) -> list[str]: ...
+
+
+def _shown_many(raws: list[str], redactor: _Redacts) -> list[str]:
+    """:func:`_shown` of each text, in order, the work done once for the batch where the
+    texts hold no escape sequence (nearly always)."""
+    texts = [_strip_newline(raw) for raw in raws]
+    if "\x1b" in "".join(texts):
+        return [_shown(raw, redactor.redact) for raw in raws]
+    return redactor.redact_many(texts)
+
+
+class OutputEntry(NamedTuple):
+    """A plain container line of the ``/log`` stream (``type: "log"`` with no ``pending`` and
+    no ``payload``: what nearly every entry is), read without a :class:`NodeLogEntry`: all
+    that such an entry says."""
+
+    log: str
+    type: Literal["log"]
+    timestamp: int | None = None
+    method: str | None = None
+    job: str | None = None
+
+
+#: One entry of the ``/log`` stream as the client reads it.
+LiveEntry = NodeLogEntry | OutputEntry
+
+
+class LogLine(NamedTuple):
     """One line of a job's log: an op's output (``stdout``, ``stderr``, or ``output`` when the
     host did not say which) or a host ``node`` line. ``op_id`` is ``None`` when the line's op
-    is not known. The text has no ANSI escapes and no final newline, and was redacted."""
+    is not known. The text has no ANSI escapes and no final newline, and was redacted.
+
+    Immutable; a named tuple, since a long job makes a million of them."""
 
     op_id: str | None
     stream: str
@@ -275,6 +309,24 @@ class LogLine:
         its stream is ``output`` and its op ``op_id`` (what the caller could tell, else
         ``None``). Older devnodes named both in a ``payload``, which is then used.
         """
+        return cls._of_entry(entry, _shown(entry.log, redact), op_id)
+
+    @classmethod
+    def from_live_entries(cls, entries: list[LiveEntry], redactor: _Redacts, *,
+                          op_id: str | None = None) -> list[LogLine]:
+        """The lines of entries that arrived together, as :meth:`from_log_entry` makes each
+        (texts redacted as a batch)."""
+        texts = _shown_many([entry.log for entry in entries], redactor)
+        now = time.time()
+        stamps = [entry.timestamp / 1000.0 if entry.timestamp else now for entry in entries]
+        lines = list(map(cls._make, zip(repeat(op_id), repeat("output"), texts, stamps)))
+        for index, entry in enumerate(entries):
+            if type(entry) is NodeLogEntry:  # a host's line, or one with a payload: rare
+                lines[index] = cls._of_entry(entry, texts[index], op_id)
+        return lines
+
+    @classmethod
+    def _of_entry(cls, entry: NodeLogEntry, text: str, op_id: str | None) -> LogLine:
         payload = entry.payload if isinstance(entry.payload, Mapping) else {}
         named = payload.get("opId") or payload.get("op_id") or payload.get("operationId")
         stream: str = "node"
@@ -285,8 +337,7 @@ class LogLine:
         else:
             op_id = named if isinstance(named, str) else None
         stamp = entry.timestamp if entry.timestamp else None
-        return cls(op_id, stream, _shown(entry.log, redact),
-                   _timestamp_s(stamp))
+        return cls(op_id, stream, text, _timestamp_s(stamp))
 
     @classmethod
     def from_op_log(cls, op_id: str, entry: OpLog,

@@ -563,8 +563,12 @@ class JobRecorder:
         self._fields: dict[str, Any] = {}
         self._lines: list[LineLike] = []
         self._dropped = 0
-        #: The pending lines replace the job's stored log (:meth:`replace_logs`).
-        self._replacing = False
+        #: The pending lines replace the job's stored log from this index on
+        #: (:meth:`replace_logs`), or None.
+        self._replacing: int | None = None
+        #: Called by the writer thread after each commit with the number of log lines
+        #: stored, and whether a replacement (:meth:`replace_logs`) went in with it.
+        self.on_commit: Callable[[int, bool], None] | None = None
         self.finished = False
         #: Taken over by another recorder of this process: what comes here is not written.
         self.disowned = False
@@ -621,14 +625,15 @@ class JobRecorder:
         if pending > before:
             self.store._writer.touch(self, pending)
 
-    def replace_logs(self, lines: Iterable[LineLike]) -> None:
-        """The job's whole log, made again (from a host's results): it replaces what was
-        stored from the live stream, which could not tell every line's op and stream."""
+    def replace_logs(self, lines: Iterable[LineLike], start: int = 0) -> None:
+        """The job's log from line ``start`` on, made again (from a host's results): it
+        replaces what was stored from the live stream, which could not tell every line's op
+        and stream. Lines before ``start`` stay as they are."""
         with self._lock:
             if self.disowned:
                 return
             self._lines = list(lines)[:MAX_PENDING_LINES]
-            self._dropped, self._replacing = 0, True
+            self._dropped, self._replacing = 0, start
             pending = len(self._lines)
         self.store._writer.touch(self, pending, urgent=True)
 
@@ -639,22 +644,24 @@ class JobRecorder:
             self.finished = True
         self.store._writer.touch(self, urgent=True)
 
-    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool, bool]:
+    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool, int | None]:
         with self._lock:
             fields, self._fields = self._fields, {}
             lines, self._lines = self._lines, []
             dropped, self._dropped = self._dropped, 0
-            replacing, self._replacing = self._replacing, False
+            replacing, self._replacing = self._replacing, None
             return fields, lines, dropped, self.finished, replacing
 
     def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int,
-                   replacing: bool) -> None:
+                   replacing: int | None) -> None:
         """A batch that could not be committed goes back in front of what came since."""
         with self._lock:
             self._fields = {**fields, **self._fields}
             self._lines = lines + self._lines
             self._dropped += dropped
-            self._replacing = self._replacing or replacing
+            if replacing is not None:
+                self._replacing = (replacing if self._replacing is None
+                                   else min(replacing, self._replacing))
 
     def __repr__(self) -> str:
         return f"<JobRecorder {self.key[:8]} {self.store.path}>"
@@ -688,7 +695,8 @@ class _Batch:
     inserts: list[dict[str, Any]]
     takeovers: list[str]
     sweeps: list[tuple[str, dict[str, Any]]]
-    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool, bool]]
+    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool,
+                             int | None]]
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
@@ -866,10 +874,12 @@ class _Writer:
         now = time.monotonic()
         heartbeat = now - self._last_heartbeat >= HEARTBEAT_S
         purge = now - self._last_purge >= HEARTBEAT_S
+        committed = False
         try:
             if inserts or takeovers or sweeps or batches or heartbeat or purge:
                 self._commit(conn, _Batch(inserts, takeovers, sweeps, batches), heartbeat,
                              purge)
+            committed = True
             self._failing_since = None
             if heartbeat:
                 self._last_heartbeat = now
@@ -893,7 +903,13 @@ class _Writer:
         finally:
             for waiter in waiters:
                 waiter.set()
-        for key, (_, _, _, _, finished, _) in batches.items():
+        for key, (rec, _, _, _, finished, replacing) in batches.items():
+            state = self._logs.get(key)
+            if committed and state is not None and rec.on_commit is not None:
+                try:
+                    rec.on_commit(state.next_index, replacing is not None)
+                except Exception:
+                    log.exception("a store commit listener failed (ignored)")
             if finished:
                 with self._lock:
                     self._live.pop(key, None)
@@ -939,8 +955,8 @@ class _Writer:
                              "WHERE key = ?", (writer, os.getpid(), _HOSTNAME, stamp, key))
                 self._logs.pop(key, None)
             for rec, fields, lines, dropped, finished, replacing in batch.jobs.values():
-                if replacing:
-                    self._clear_log(conn, rec.key)
+                if replacing is not None:
+                    self._clear_log(conn, rec.key, replacing)
                 self._write_job(conn, rec, fields, lines, dropped, finished, stamp)
             if heartbeat:
                 with self._lock:
@@ -976,9 +992,26 @@ class _Writer:
 
     # -- log chunks -------------------------------------------------------------------------
 
-    def _clear_log(self, conn: sqlite3.Connection, key: str) -> None:
-        conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
-        conn.execute("UPDATE jobs SET log_lines = 0, log_dropped = 0 WHERE key = ?", (key,))
+    def _clear_log(self, conn: sqlite3.Connection, key: str, start: int = 0) -> None:
+        """Remove the job's stored lines from index ``start`` on."""
+        if start <= 0:
+            conn.execute("DELETE FROM log_chunks WHERE job_key = ?", (key,))
+            conn.execute("UPDATE jobs SET log_lines = 0, log_dropped = 0 WHERE key = ?",
+                         (key,))
+        else:
+            conn.execute("DELETE FROM log_chunks WHERE job_key = ? AND first_index >= ?",
+                         (key, start))
+            for seq, first, data in conn.execute(
+                    "SELECT seq, first_index, data FROM log_chunks WHERE job_key = ? AND "
+                    "first_index + lines > ?", (key, start)).fetchall():
+                kept = _Columns.decode(data).cut(0, start - first)
+                payload = kept.encode()
+                conn.execute("UPDATE log_chunks SET lines = ?, raw_bytes = ?, data = ? "
+                             "WHERE job_key = ? AND seq = ?",
+                             (len(kept), len(payload), zlib.compress(payload, _LEVEL), key,
+                              seq))
+            conn.execute("UPDATE jobs SET log_lines = min(log_lines, ?) WHERE key = ?",
+                         (start, key))
         self._logs.pop(key, None)
 
     def _log_state(self, conn: sqlite3.Connection, key: str) -> _LogState:

@@ -25,7 +25,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 from .display import _stream_outputs, _widgets_available, format_line, in_kernel
@@ -117,11 +117,11 @@ class SweepView:
 
     def _on_event(self, index: int, event: JobEvent) -> None:
         """Loop thread, for every event of job ``index``: note it, never write here."""
-        if event.kind == "log" and event.line is not None:
-            self._record(index, event.line)
+        if event.kind == "log" and event.lines:
+            self._record(index, event.lines)
 
-    def _record(self, index: int, line: Any) -> None:
-        """Loop thread: a log line of job ``index`` arrived."""
+    def _record(self, index: int, lines: Sequence[Any]) -> None:
+        """Loop thread: log lines of job ``index`` arrived."""
 
     def drain(self) -> None:
         """Text view: print what changed since the last call (main thread)."""
@@ -268,10 +268,10 @@ class SweepWidgetView(SweepView):
 
     # -- loop thread ---------------------------------------------------------------------
 
-    def _record(self, index: int, line: Any) -> None:
+    def _record(self, index: int, lines: Sequence[Any]) -> None:
         if index < len(self._tails):
             with self._lock:
-                self._tails[index].append(format_line(line))
+                self._tails[index].extend(map(format_line, lines[-self.tail:]))
                 self._logs_dirty.add(index)
 
     def _tick(self) -> None:

@@ -38,7 +38,7 @@ class Line:
 class Event:
     kind: str
     job: Any
-    line: Line | None = None
+    lines: tuple[Line, ...] = ()
 
 
 @dataclass
@@ -99,7 +99,7 @@ class FakeJob:
     def log(self, text: str, stream: str = "stdout", op_id: str | None = "train") -> Event:
         line = Line(op_id, stream, text)
         self.logs.append(line)
-        return Event("log", self, line)
+        return Event("log", self, (line,))
 
     def finish(self, status: str = "succeeded") -> None:
         self.status = status

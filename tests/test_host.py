@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from nosana_magic.devnode import DevNode
 from nosana_magic.host import HostClient, HostError, Retry, SseParser
 from nosana_magic.network.api import ApiNetwork
-from nosana_magic.results import NodeLogEntry
+from nosana_magic.results import NodeLogEntry, OutputEntry
 from nosana_magic.wallet import Wallet
 
 from .conftest import (
@@ -158,7 +158,8 @@ async def test_full_protocol_definition_info_logs_results(
     ][: len(got)]
     container = [e for e in got if e.type == "log"]
     assert [e.log for e in container][:3] == ["line0\n", "line1\n", "line2\n"]
-    assert all(e.payload is None for e in container)  # the host does not name op or stream
+    # The host does not name op or stream: each is a plain container line.
+    assert all(type(e) is OutputEntry for e in container)
     await until(lambda: _history(devnode, node, job) == [])  # cleared once the job is done
     assert host.log_connections == 1
     await host.aclose()

@@ -42,7 +42,7 @@ from nosana_magic.settings import Settings
 from nosana_magic.wallet import Wallet
 
 from .conftest import FAST, PLACEHOLDER, SECRET, definition, free_port, network_for, op, text
-from .waiting import PATIENCE
+from .waiting import PATIENCE, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -825,7 +825,8 @@ def test_listeners_get_events_and_cannot_break_the_job(devnode: DevNode, net: Ap
     kinds = [event.kind for event in events]
     assert kinds[-1] == "done" and "log" in kinds and "state" in kinds
     assert threads == {"nosana-magic-loop"}
-    assert [e.line.text for e in events if e.kind == "log" and e.line][-1] == job.logs[-1].text
+    assert [e.lines[-1].text for e in events if e.kind == "log"][-1] == job.logs[-1].text
+    assert all(e.lines for e in events if e.kind == "log")
     unsubscribe()
 
 
@@ -1096,3 +1097,24 @@ def test_interpreter_exit_with_a_running_job_is_prompt(tmp_path: Any) -> None:
     address = lines[1].split()[1]
     wait_until(lambda: not processes_of_jobs({address}), what="the job's processes gone")
     assert stop_local_service(Settings.from_env({}, data_dir=str(tmp_path))) is not None
+
+
+def test_a_finished_jobs_log_is_read_back_from_the_store(
+    devnode: DevNode, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lines leave memory once the store has them; the handle reads them back, all."""
+    from nosana_magic import joblog
+
+    monkeypatch.setattr(joblog, "LOG_WINDOW", 500)  # a running job keeps its last 500
+    settings = Settings.from_env({}, devnode_url=devnode.url, data_dir=str(tmp_path))
+    job = run_confidential(definition(op("a", "seq 1 3000; echo oops >&2")),
+                           settings=settings, timeout=300)
+    assert job.ok, job.reason
+    wait_until(lambda: "0 in memory" in repr(job.logs), what="the log left memory")
+    assert [line.text for line in job.logs if line.container] == [
+        *map(str, range(1, 3001)), "oops"]
+    assert job.stdout.splitlines() == [str(i) for i in range(1, 3001)]
+    assert job.stderr == "oops" and job.ops["a"].logs[-1].text == "oops"
+    assert job.logs[-1].stream == "node" and len(job.logs[-5:]) == 5
+    assert not any(entry.type in ("stdout", "stderr")  # kept once: in the log
+                   for state in job.flow.op_states for entry in state.logs)

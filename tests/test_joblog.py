@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from nosana_magic.joblog import reconcile
+from collections.abc import Iterator
+
+import pytest
+
+from nosana_magic.joblog import JobLog, OpLines, reconcile
 from nosana_magic.results import LogLine
 
 
@@ -79,3 +83,108 @@ def test_what_the_results_no_longer_hold_is_kept_or_said_missing() -> None:
     assert [line.text for line in cut.lines] == ["l0", "l3", "l4", "l5"]
     [warning] = cut.missing
     assert warning.startswith("lines of op a before ") and "(3 lines)" in warning
+
+
+# ---------------------------------------------------------------------- the log in memory
+
+
+class FakeStore:
+    """What the store would read back: every line handed to it, by index."""
+
+    def __init__(self) -> None:
+        self.lines: list[LogLine] = []
+        self.reads = 0
+
+    def read(self, start: int, stop: int | None) -> Iterator[LogLine]:
+        self.reads += 1
+        yield from self.lines[start:stop]
+
+
+def numbered(start: int, count: int, op: str | None = "a") -> list[LogLine]:
+    return [LogLine(op, "stdout", str(i), float(i)) for i in range(start, start + count)]
+
+
+def test_a_running_log_keeps_its_window_and_reads_the_rest_back() -> None:
+    store, log = FakeStore(), JobLog(window=100)
+    log.keep_in(store.read)
+    for start in range(0, 1000, 250):
+        batch = numbered(start, 250)
+        store.lines += batch
+        log.extend(batch)
+    assert "1,000 lines, 1,000 in memory" in repr(log)  # nothing committed yet: all kept
+    log.committed(600)
+    assert "400 in memory" in repr(log)  # down to the window, never below what is stored
+    log.committed(1000)
+    assert "100 in memory" in repr(log)
+    assert len(log) == 1000 and log == numbered(0, 1000)
+    assert log[0].text == "0" and log[899].text == "899" and log[-1].text == "999"
+    assert [line.text for line in log[895:905]] == [str(i) for i in range(895, 905)]
+    assert [line.text for line in log[-3:]] == ["997", "998", "999"]
+    assert log[10:5] == [] and len(log[::100]) == 10
+    with pytest.raises(IndexError):
+        log[1000]
+    log.done()
+    assert "0 in memory" in repr(log) and list(log) == numbered(0, 1000)
+
+
+def test_without_a_store_every_line_stays_in_memory() -> None:
+    log = JobLog(window=10)
+    log.extend(numbered(0, 50))
+    log.committed(50)
+    log.done()
+    assert "50 lines, 50 in memory" in repr(log) and log == numbered(0, 50)
+
+
+def test_the_end_made_whole_waits_for_the_store_to_have_it() -> None:
+    store, log = FakeStore(), JobLog(window=10)
+    log.keep_in(store.read)
+    store.lines += numbered(0, 50, op=None)
+    log.extend(numbered(0, 50, op=None))
+    log.committed(50)
+    assert log.tail(10) == (40, numbered(40, 10, op=None))
+    log.replace_from(40, numbered(40, 12))  # two lines put back
+    log.done()
+    log.committed(52)  # a commit from before the replacement says nothing of the new lines
+    assert "12 in memory" in repr(log)
+    store.lines[40:] = numbered(40, 12)
+    log.committed(52, replaced=True)
+    assert "52 lines, 0 in memory" in repr(log)
+    assert log == numbered(0, 40, op=None) + numbered(40, 12)
+
+
+def test_an_ops_lines_are_read_from_the_log() -> None:
+    log = JobLog()
+    log.extend([LogLine("a", "stdout", "x", 1), LogLine(None, "node", "host", 2),
+                LogLine("b", "stderr", "y", 3), LogLine("a", "stderr", "z", 4)])
+    lines = OpLines(log, "a")
+    assert len(lines) == 2 and [line.text for line in lines] == ["x", "z"]
+    assert lines[-1].text == "z" and lines == [log[0], log[3]]
+
+
+def test_the_end_of_a_long_log_is_made_whole_without_repeating_what_came_before() -> None:
+    # Only the last lines are in memory; the results hold more than those.
+    results = {"a": [out("a", str(i), i) for i in range(100)], "b": [out("b", "early", 0)]}
+    window = [live(str(i), i + 0.5, "a") for i in range(60, 100)]
+    got = reconcile(window, results, after_more=True)
+    assert shape(got.lines) == [("a", "stdout", str(i)) for i in range(60, 100)]
+    assert (got.restored, got.missing) == (0, [])
+    # A line the live stream missed inside what is in memory still comes back.
+    got = reconcile([line for line in window if line.text != "70"], results, after_more=True)
+    assert [line.text for line in got.lines] == [str(i) for i in range(60, 100)]
+    assert got.restored == 1
+    # The whole log in memory: the same results put every line back.
+    assert len(reconcile(window, results).lines) == 101
+
+
+def test_the_end_made_whole_may_reach_back_into_the_store() -> None:
+    store, log = FakeStore(), JobLog(window=10)
+    log.keep_in(store.read)
+    store.lines += numbered(0, 100, op=None)
+    log.extend(numbered(0, 100, op=None))
+    log.committed(100)
+    assert "10 in memory" in repr(log)
+    start, tail = log.tail(30)  # 20 of them read back
+    assert (start, tail) == (70, numbered(70, 30, op=None)) and store.reads == 1
+    log.replace_from(start, numbered(70, 30))
+    assert "30 in memory" in repr(log) and log[70:] == numbered(70, 30)
+    assert log[:70] == numbered(0, 70, op=None)

@@ -166,6 +166,28 @@ def test_a_log_made_whole_replaces_the_live_lines_once(store: Store) -> None:
     assert store.job(rec.key).log_lines == 201
 
 
+def test_the_last_part_of_a_log_is_made_whole_and_the_rest_kept(store: Store) -> None:
+    # Many chunks of live lines; the last 1,500 (the handle's window) are made again from
+    # the results: one chunk is cut in two, those after it go, the lines before stay.
+    rec = store.record(network="local")
+    for start in range(0, 6000, 500):
+        rec.append_logs([Line(None, "output", f"live {i}", time.time())
+                         for i in range(start, start + 500)])
+        assert store.flush()
+    commits: list[tuple[int, bool]] = []
+    rec.on_commit = lambda count, replaced: commits.append((count, replaced))
+    rec.replace_logs([Line("train", "stdout", f"line {i}", time.time())
+                      for i in range(4500, 6100)], start=4500)
+    rec.finish(status="succeeded")
+    assert store.flush()
+    got = list(store.iter_logs(rec.key))
+    assert [g.text for g in got] == ([f"live {i}" for i in range(4500)]
+                                     + [f"line {i}" for i in range(4500, 6100)])
+    assert [g.index for g in got] == list(range(6100))
+    assert store.job(rec.key).log_lines == 6100
+    assert commits and commits[-1] == (6100, True)
+
+
 def test_a_long_log_keeps_its_first_and_last_part_and_says_so(tmp_path: Path) -> None:
     limit = 400_000
     store = Store(tmp_path / "runs.sqlite3", max_log_bytes=limit)

@@ -1,0 +1,122 @@
+"""The log path handles lines in batches: each batch must come out exactly as the same lines
+handled one at a time (the frames decoded, the lines made, redacted and shown)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nosana_magic.hostlog import LogReader
+from nosana_magic.results import LiveEntry, LogLine, NodeLogEntry, OutputEntry
+from nosana_magic.secrets import CUT_MIN_CHARS, Redactor
+
+SECRETS = {"TOKEN": "hf_abcdefghijklmnop",
+           "PEM": "-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END"}
+
+PIECES = [*"ab \t\"\\\n\x1b[31m é😀\u2028{}:,", "hf_abcdefghijklmnop", "hf_abc", "AAAABBBBCCCC",
+          "mnop"]
+text = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
+long_text = st.builds(lambda head, tail: head + "x" * (CUT_MIN_CHARS - len(head)) + tail,
+                      st.text(max_size=5), st.sampled_from(["", "hf_abcdefg", "hf_a"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(text, long_text), max_size=40))
+def test_a_batch_is_redacted_as_its_lines_one_after_the_other(lines: list[str]) -> None:
+    one, many = Redactor(SECRETS), Redactor(SECRETS)
+    assert many.redact_many(list(lines)) == [one.redact(line) for line in lines]
+    # and the state a cut leaves carries over to the next batch alike
+    assert many.redact_many(["AAAABBBBCCCC tail", "nothing"]) == [
+        one.redact("AAAABBBBCCCC tail"), one.redact("nothing")]
+
+
+field_values = st.one_of(st.none(), st.integers(-2, 2**53), st.booleans(), text,
+                         st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
+                         st.dictionaries(st.sampled_from(["isPending", "opId", "stream"]),
+                                         st.one_of(st.booleans(), text), max_size=2))
+entry_fields = st.dictionaries(
+    st.sampled_from(["log", "method", "type", "timestamp", "job", "pending", "payload",
+                     "other"]),
+    st.one_of(field_values, st.just("log")), max_size=7)
+
+
+def frame_of(fields: Any, *, as_dict: bool = False) -> str:
+    data = fields if as_dict else json.dumps(fields, ensure_ascii=False)
+    return json.dumps({"path": "log", "data": data}, separators=(",", ":"))
+
+
+def read(raw: str) -> tuple[Any, int]:
+    """What the reader makes of one frame (and how many it found unreadable)."""
+    reader = LogReader("test")
+    got: list[LiveEntry] = []
+    reader.on_entries = got.extend
+
+    async def one() -> None:
+        reader.connected()
+        reader.frame(raw)
+        reader.hand_over()
+
+    asyncio.run(one())
+    return got, reader.unreadable
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(entry_fields, st.lists(st.integers(), max_size=3), text),
+       st.booleans())
+def test_a_frame_read_fast_is_the_entry_the_model_reads(fields: Any, as_dict: bool) -> None:
+    raw = frame_of(fields, as_dict=as_dict)
+    got, unreadable = read(raw)
+    slow = LogReader("test")._entry(raw)
+    assert slow is not None
+    expected, _key = slow
+    assert len(got) == 1 and unreadable == slow_unreadable(raw)
+    entry = got[0]
+    if type(entry) is OutputEntry:
+        # Taken without a model: exactly what the model says of it.
+        assert expected.type == "log" and expected.payload is None
+        assert expected.pending is None
+        assert (entry.log, entry.timestamp, entry.method, entry.job) == (
+            expected.log, expected.timestamp, expected.method, expected.job)
+    else:
+        assert entry == expected
+    # And the line a batch makes of it is the line one entry makes.
+    redactor = Redactor(SECRETS)
+    assert LogLine.from_live_entries([entry], redactor, op_id="a")[0][:3] == \
+        LogLine.from_log_entry(expected, Redactor(SECRETS).redact, op_id="a")[:3]
+
+
+def slow_unreadable(raw: str) -> int:
+    reader = LogReader("test")
+    reader._entry(raw)
+    return reader.unreadable
+
+
+def test_a_plain_container_line_is_read_without_a_model() -> None:
+    raw = frame_of({"log": "12\n", "method": "NodeRepository.displayLog", "type": "log",
+                    "timestamp": 1796137499197, "job": "J"})
+    got, unreadable = read(raw)
+    assert got == [OutputEntry("12\n", "log", 1796137499197, "NodeRepository.displayLog", "J")]
+    assert unreadable == 0
+    # A host's own line, one with a payload, an array: the model reads them.
+    for fields in ({"log": "Job definition received", "type": "success", "timestamp": 1},
+                   {"log": "x", "type": "log", "payload": {"opId": "a"}}, ["x", "log"]):
+        got, _ = read(frame_of(fields))
+        assert type(got[0]) is NodeLogEntry
+
+
+def test_entries_that_arrived_together_make_the_lines_each_makes() -> None:
+    entries: list[LiveEntry] = [
+        OutputEntry("one\n", "log", 1000), NodeLogEntry(log="host line", type="info"),
+        OutputEntry("\x1b[31mred hf_abcdefghijklmnop\x1b[0m\n", "log", 3000),
+        NodeLogEntry(log="legacy", type="log", payload={"opId": "b", "stream": "stderr"},
+                     timestamp=4000)]
+    batch = LogLine.from_live_entries(entries, Redactor(SECRETS), op_id="a")
+    single = [LogLine.from_log_entry(NodeLogEntry.model_validate(e._asdict())
+                                     if type(e) is OutputEntry else e,
+                                     Redactor(SECRETS).redact, op_id="a") for e in entries]
+    assert [line[:3] for line in batch] == [line[:3] for line in single]
+    assert batch[2].text == "red [secret:TOKEN]" and batch[3][:2] == ("b", "stderr")
