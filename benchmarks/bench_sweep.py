@@ -50,7 +50,7 @@ def sweep(settings: Any, jobs: int, lines: int) -> dict[str, Any]:
     lost = 0
     for job in handles:
         numbers = [line for line in job.logs
-                   if line.stream == "stdout" and line.text.strip().isdigit()]
+                   if line.container and line.text.strip().isdigit()]
         lost += lines - len(numbers)
     return {"elapsed": elapsed, "failed": len(failed), "without_result": len(without),
             "lost": lost, "lag": loop_lag,
