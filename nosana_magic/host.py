@@ -640,10 +640,13 @@ class HostClient:
                     self.last_answer = time.monotonic()
                     await ws.send(self._log_subscription())
                     reader.connected()
-                    async for raw in ws.messages():
-                        if reader.frame(raw):
+
+                    def take(raw: str | bytes) -> None:
+                        if reader.frame(raw):  # a batch begins: the host is answering
                             self.last_answer = time.monotonic()
                             backoff.reset()
+
+                    await ws.consume(take)
             except WebSocketClosed as exc:
                 last = self._closed(exc, route)
             except WebSocketUnavailable as exc:

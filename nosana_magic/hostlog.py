@@ -12,15 +12,19 @@ batch by whoever takes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, Json, TypeAdapter, ValidationError, with_config
 from pydantic_core import from_json
+from typing_extensions import Required, TypedDict
 
 from .results import LiveEntry, NodeLogEntry, OutputEntry
 
@@ -34,19 +38,46 @@ _TIMESTAMP = re.compile(r'"timestamp"\s*:\s*(\d+)')
 #: How many ``/log`` entries are handed over at most at once (a burst is cut in batches).
 LOG_BATCH = 5_000
 
-#: Reads a plain container line's entry (no ``pending``, no ``payload``) into an
-#: :class:`OutputEntry`: its fields typed as :class:`NodeLogEntry` types them, no others.
-_OUTPUT_ENTRY: TypeAdapter[OutputEntry] = TypeAdapter(OutputEntry)
+@with_config(ConfigDict(extra="forbid"))
+class _PlainEntry(TypedDict, total=False):
+    """A plain container line's entry: its fields typed as :class:`NodeLogEntry` types
+    them (so read alike), no others (no ``pending``, no ``payload``)."""
+
+    log: Required[str]
+    type: Required[Literal["log"]]
+    timestamp: int | None
+    method: str | None
+    job: str | None
+
+
+class _PlainFrame(TypedDict):
+    """A ``/log`` frame of a plain container line (other fields of the frame ignored, as
+    :meth:`LogReader._entry` ignores them)."""
+
+    path: Literal["log"]
+    data: Json[_PlainEntry]
+
+
+_PLAIN_ENTRY: TypeAdapter[_PlainEntry] = TypeAdapter(_PlainEntry)
+#: Reads frames that arrived together in one call, each on its own (one that is not a
+#: plain container line fails the call).
+_PLAIN_FRAMES: TypeAdapter[list[_PlainFrame]] = TypeAdapter(list[Json[_PlainFrame]])
+
+#: What tells two entries apart: a plain container line itself, any other entry's text.
+Key = str | OutputEntry
+#: A new OutputEntry from a tuple of its fields (without the named tuple's Python-level
+#: constructor: this runs for nearly every line).
+_new_entry = functools.partial(tuple.__new__, OutputEntry)
 
 
 def _output_entry(data: str) -> OutputEntry | None:
     """A plain container line's entry, or None for any other entry."""
-    if not data.startswith("{"):  # (a named tuple would also take a JSON array)
-        return None
     try:
-        return _OUTPUT_ENTRY.validate_json(data)
+        fields = _PLAIN_ENTRY.validate_json(data)
     except ValidationError:
         return None
+    return _new_entry((fields["log"], "log", fields.get("timestamp"), fields.get("method"),
+                       fields.get("job")))
 
 
 class LogReader:
@@ -55,6 +86,9 @@ class LogReader:
     Call :meth:`connected` when a new connection is subscribed, :meth:`frame` with each of
     its frames, and :meth:`hand_over` when a connection ends (so the position is up to date
     before a new connection's replay is aligned with it). ``on_entries`` gets the batches.
+
+    What tells two entries apart (to align a replay) is the entry itself for a plain
+    container line, its text for any other.
     """
 
     def __init__(self, host: str) -> None:
@@ -62,7 +96,9 @@ class LogReader:
         self.on_entries: Callable[[list[LiveEntry]], None] = _ignore
         self._position = _LogPosition()
         self._replay: _Replay | None = None
-        self._pending: list[tuple[LiveEntry, str]] = []
+        #: Read one at a time (a replay being aligned), and frames not read yet.
+        self._pending: list[tuple[LiveEntry, Key]] = []
+        self._frames: list[str | bytes] = []
         #: Entries handed over so far.
         self.count = 0
         #: Reconnects after which lines may be missing: the new replay started after the
@@ -80,34 +116,46 @@ class LogReader:
 
     def frame(self, raw: str | bytes) -> bool:
         """Take one frame; True when it starts a new batch (the host is answering)."""
+        if self._replay is not None:  # until the replay passed what was seen before
+            return self._replayed(raw, self._replay)
+        frames = self._frames
+        frames.append(raw)
+        if len(frames) == 1 and not self._pending:
+            asyncio.get_running_loop().call_soon(self.hand_over)
+            return True
+        if len(frames) >= LOG_BATCH:
+            self.hand_over()
+        return False
+
+    def _replayed(self, raw: str | bytes, replay: _Replay) -> bool:
         found = self._read(raw)
         if found is None:
             return False
         self.connection_entries += 1
-        replay = self._replay
-        if replay is not None:  # until the replay passed what was seen before
-            entry, key = found
-            if replay.seen_before(key, entry.timestamp):
-                return False
-            if replay.gap(key, entry.timestamp):
-                self.gaps += 1
-                log.warning("host %s: the /log replay after a reconnect starts after the "
-                            "last line seen: lines may be missing", self._host)
-            self._replay = None
-        pending = self._pending
-        pending.append(found)
-        if len(pending) == 1:
+        entry, key = found
+        if replay.seen_before(key, entry.timestamp):
+            return False
+        if replay.gap(key, entry.timestamp):
+            self.gaps += 1
+            log.warning("host %s: the /log replay after a reconnect starts after the last "
+                        "line seen: lines may be missing", self._host)
+        self._replay = None
+        self._pending.append(found)
+        if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.hand_over)
             return True
-        if len(pending) >= LOG_BATCH:
-            self.hand_over()
         return False
 
     def hand_over(self) -> None:
         """Hand what was read over (a no-op when nothing was)."""
-        if not self._pending:
-            return
         batch, self._pending = self._pending, []
+        if self._frames:
+            frames, self._frames = self._frames, []
+            read = self._read_all(frames)
+            self.connection_entries += len(read)
+            batch += read
+        if not batch:
+            return
         self._position.add_many(batch)
         self.count = self._position.count
         try:
@@ -115,14 +163,20 @@ class LogReader:
         except Exception:
             log.exception("a /log listener failed (its entries are lost to it)")
 
-    def _read(self, raw: str | bytes) -> tuple[LiveEntry, str] | None:
-        """A ``/log`` frame's entry and its text (what tells two entries apart), or None for
-        a frame of another path.
+    def _read_all(self, frames: list[str | bytes]) -> list[tuple[LiveEntry, Key]]:
+        """The entries of frames that arrived together. When every one is a plain container
+        line (nearly always), they are read in one call, without a model each."""
+        try:
+            plain = _PLAIN_FRAMES.validate_python(frames)
+        except ValidationError:
+            return [found for raw in frames if (found := self._read(raw)) is not None]
+        entries = list(map(_new_entry, [
+            (fields["log"], "log", fields.get("timestamp"), fields.get("method"),
+             fields.get("job")) for fields in (frame["data"] for frame in plain)]))
+        return list(zip(entries, entries, strict=True))
 
-        A plain container line (nearly every entry) is read as an :class:`OutputEntry`
-        when its fields are exactly what :class:`NodeLogEntry` takes as they are, without
-        building a model; any other entry goes through :meth:`_entry`.
-        """
+    def _read(self, raw: str | bytes) -> tuple[LiveEntry, Key] | None:
+        """One frame's entry and its key, or None for a frame of another path."""
         if type(raw) is str:
             try:
                 frame = from_json(raw)
@@ -130,8 +184,8 @@ class LogReader:
                 frame = None
             if type(frame) is dict and frame.get("path") == "log":
                 data = frame.get("data")
-                if isinstance(data, str) and (entry := _output_entry(data)) is not None:
-                    return entry, data
+                if isinstance(data, str) and (plain := _output_entry(data)) is not None:
+                    return plain, plain
         return self._entry(raw)
 
     def _entry(self, raw: str | bytes) -> tuple[NodeLogEntry, str] | None:
@@ -170,20 +224,30 @@ class _LogPosition:
     replay with it (entries are timestamped in order; several may share a millisecond)."""
 
     count: int = 0
-    first: str | None = None
+    first: Key | None = None
     last_ts: int | None = None
     #: The entries seen at ``last_ts``, by text, with how many times each.
-    at_last: Counter[str] = field(default_factory=Counter)
+    at_last: Counter[Key] = field(default_factory=Counter)
 
-    def add_many(self, found: list[tuple[LiveEntry, str]]) -> None:
+    def add_many(self, found: list[tuple[LiveEntry, Key]]) -> None:
         """Entries (and their texts) seen after those before, in order."""
         if not found:
             return
         self.count += len(found)
         if self.first is None:
             self.first = found[0][1]
+        stamps = [entry.timestamp for entry, _key in found]
+        last = stamps[-1]
+        if last is not None and stamps.count(last) == len(stamps):
+            # The whole batch at one millisecond (a burst): counted at C speed.
+            at_last = Counter(map(itemgetter(1), found))
+            if last == self.last_ts:
+                self.at_last.update(at_last)
+            else:
+                self.last_ts, self.at_last = last, at_last
+            return
         # Only the entries at the newest timestamp are remembered: walk back to them.
-        last, at_last = None, Counter[str]()
+        last, at_last = None, Counter[Key]()
         for entry, key in reversed(found):
             if entry.timestamp is None:
                 continue
@@ -215,7 +279,7 @@ class _Replay:
         #: Nothing came on this connection yet.
         self._fresh = True
 
-    def seen_before(self, key: str, timestamp: int | None) -> bool:
+    def seen_before(self, key: Key, timestamp: int | None) -> bool:
         """Whether this entry was seen before (an old entry the replay repeats)."""
         if not self._replaying or timestamp is None or self._last_ts is None:
             return False
@@ -226,7 +290,7 @@ class _Replay:
         self._replaying = False
         return False
 
-    def gap(self, key: str, timestamp: int | None) -> bool:
+    def gap(self, key: Key, timestamp: int | None) -> bool:
         """For a new entry: whether lines may be missing before it. That is when it is the
         connection's very first entry (the replay repeated nothing seen before), not the
         job's first line, and newer than the last line seen."""

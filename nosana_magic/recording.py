@@ -149,6 +149,10 @@ def record_job(job: JobRecord, store: Store, *,
                 stored = store.job(job.address)
             except StoreError:
                 stored = None
+            if stored is not None and (stored.finished or store.recorded_here(stored.key)):
+                # Its record is whole (and another handle may read its log from it): this
+                # handle keeps what it follows in memory and writes nothing.
+                return None
             if stored is not None:
                 _redact_as_recorded(job, stored.definition)
                 recorder = store.take_over(stored.key, redactor=redactor)

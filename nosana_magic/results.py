@@ -11,6 +11,7 @@ before the job runs).
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -256,11 +257,22 @@ class _Redacts(Protocol):
 
 def _shown_many(raws: list[str], redactor: _Redacts) -> list[str]:
     """:func:`_shown` of each text, in order, the work done once for the batch where the
-    texts hold no escape sequence (nearly always)."""
-    texts = [_strip_newline(raw) for raw in raws]
-    if "\x1b" in "".join(texts):
+    texts hold no escape sequence and no carriage return (nearly always)."""
+    joined = "".join(raws)
+    if "\x1b" in joined or "\r" in joined:
         return [_shown(raw, redactor.redact) for raw in raws]
-    return redactor.redact_many(texts)
+    return redactor.redact_many([raw[:-1] if raw.endswith("\n") else raw for raw in raws])
+
+
+class _NoRedaction:
+    def redact(self, text: str) -> str:
+        return text
+
+    def redact_many(self, texts: list[str]) -> list[str]:
+        return texts
+
+
+_NO_REDACTION = _NoRedaction()
 
 
 class OutputEntry(NamedTuple):
@@ -319,7 +331,7 @@ class LogLine(NamedTuple):
         texts = _shown_many([entry.log for entry in entries], redactor)
         now = time.time()
         stamps = [entry.timestamp / 1000.0 if entry.timestamp else now for entry in entries]
-        lines = list(map(cls._make, zip(repeat(op_id), repeat("output"), texts, stamps)))
+        lines = list(map(_new_line, zip(repeat(op_id), repeat("output"), texts, stamps)))
         for index, entry in enumerate(entries):
             if type(entry) is NodeLogEntry:  # a host's line, or one with a payload: rare
                 lines[index] = cls._of_entry(entry, texts[index], op_id)
@@ -340,12 +352,26 @@ class LogLine(NamedTuple):
         return cls(op_id, stream, text, _timestamp_s(stamp))
 
     @classmethod
-    def from_op_log(cls, op_id: str, entry: OpLog,
-                    redact: Callable[[str], str] = _same) -> LogLine:
-        """A line of an op's log in the results (any stream but stdout is shown as stderr)."""
-        stream = entry.type if entry.type in ("stdout", "stderr") else "stderr"
-        return cls(op_id, stream, _shown(entry.log, redact),
-                   _timestamp_s(entry.timestamp))
+    def from_op_logs(cls, op_id: str, entries: list[OpLog]) -> list[LogLine]:
+        """Lines of an op's log in the results (already redacted; any stream but stdout is
+        shown as stderr), made as a batch: an op's
+        log in the results is up to 24,999 lines, a few timestamps shared by many."""
+        texts = _shown_many([entry.log for entry in entries], _NO_REDACTION)
+        seconds: dict[str | int | None, float] = {}
+        for entry in entries:
+            if entry.timestamp not in seconds:
+                seconds[entry.timestamp] = _timestamp_s(entry.timestamp)
+        return list(map(_new_line, zip(
+            repeat(op_id),
+            [entry.type if entry.type in ("stdout", "stderr") else "stderr"
+             for entry in entries],
+            texts, [seconds[entry.timestamp] for entry in entries])))
+
+
+
+#: A new LogLine from a tuple of its fields (without the named tuple's Python-level
+#: constructor: this runs for every line).
+_new_line = functools.partial(tuple.__new__, LogLine)
 
 
 #: Flow statuses a host reports while the job has not finished.

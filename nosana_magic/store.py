@@ -41,6 +41,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1142,9 +1143,18 @@ class Store:
         self.writer_id = uuid.uuid4().hex
         _open_database(self.path)
         self._writer = _Writer(self, flush_interval)
+        #: This process's recorders, by job key, while something holds them.
+        self._recorders: weakref.WeakValueDictionary[str, JobRecorder] = (
+            weakref.WeakValueDictionary())
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
+
+    def recorded_here(self, key: str) -> bool:
+        """Whether a handle of this process recorded the job to its end (its record is
+        whole, even if not yet committed)."""
+        recorder = self._recorders.get(key)
+        return recorder is not None and recorder.finished and not recorder.disowned
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -1152,6 +1162,7 @@ class Store:
         """Start the record of a new job (its other fields as :meth:`JobRecorder.update`;
         ``sweep_id`` and ``sweep_index`` place it in a sweep)."""
         recorder = JobRecorder(self, uuid.uuid4().hex, redactor)
+        self._recorders[recorder.key] = recorder
         row = {"key": recorder.key, "network": network, "created_at": time.time(),
                "writer": self.writer_id, "pid": os.getpid(), "hostname": _HOSTNAME,
                "seen_at": time.time(), **recorder._encode(fields)}
@@ -1164,6 +1175,7 @@ class Store:
         record = self.job(ref)
         recorder = JobRecorder(self, record.key, redactor)
         self._writer.take_over(recorder)
+        self._recorders[recorder.key] = recorder
         return recorder
 
     def record_sweep(self, *, name: str, **fields: Any) -> str:

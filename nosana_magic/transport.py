@@ -198,6 +198,16 @@ class WebSocket:
     async def messages(self) -> AsyncIterator[str | bytes]:
         """Every message as it comes (text as ``str``, binary as ``bytes``); raises
         :class:`WebSocketClosed` when the socket ends."""
+        queue: list[str | bytes] = []
+        while True:
+            await self.consume(queue.append, until_one=True)
+            yield queue.pop()
+
+    async def consume(self, take: Callable[[str | bytes], object], *,
+                      until_one: bool = False) -> None:
+        """Hand every message to ``take`` as it comes (text as ``str``, binary as
+        ``bytes``), until the socket ends: :class:`WebSocketClosed` (or, ``until_one``,
+        after one message). The loop for a stream of many small messages."""
         from aiohttp import WSMsgType
 
         receive = self._ws.receive
@@ -206,7 +216,9 @@ class WebSocket:
             message = await receive()
             kind = message.type
             if kind is text or kind is binary:
-                yield message.data
+                take(message.data)
+                if until_one:
+                    return
             elif kind is close:
                 raise WebSocketClosed(message.data, message.extra or "")
             elif kind is not WSMsgType.PING and kind is not WSMsgType.PONG:

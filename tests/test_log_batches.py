@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from nosana_magic.secrets import CUT_MIN_CHARS, Redactor
 SECRETS = {"TOKEN": "hf_abcdefghijklmnop",
            "PEM": "-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END"}
 
-PIECES = [*"ab \t\"\\\n\x1b[31m é😀\u2028{}:,", "hf_abcdefghijklmnop", "hf_abc", "AAAABBBBCCCC",
+PIECES = [*"ab \r\t\"\\\n\x1b[31m é😀\u2028{}:,", "hf_abcdefghijklmnop", "hf_abc", "AAAABBBBCCCC",
           "mnop"]
 text = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
 long_text = st.builds(lambda head, tail: head + "x" * (CUT_MIN_CHARS - len(head)) + tail,
@@ -49,19 +50,23 @@ def frame_of(fields: Any, *, as_dict: bool = False) -> str:
     return json.dumps({"path": "log", "data": data}, separators=(",", ":"))
 
 
-def read(raw: str) -> tuple[Any, int]:
-    """What the reader makes of one frame (and how many it found unreadable)."""
+def read(*raws: str) -> tuple[Any, int]:
+    """What the reader makes of frames that arrived together (and how many it found
+    unreadable)."""
     reader = LogReader("test")
     got: list[LiveEntry] = []
     reader.on_entries = got.extend
 
-    async def one() -> None:
+    async def together() -> None:
         reader.connected()
-        reader.frame(raw)
+        reader.frame('{"path":"log","data":"{\\"log\\":\\"first\\",\\"type\\":\\"log\\"}"}')
+        reader.hand_over()  # (the first frame of a connection is checked against a replay)
+        for raw in raws:
+            reader.frame(raw)
         reader.hand_over()
 
-    asyncio.run(one())
-    return got, reader.unreadable
+    asyncio.run(together())
+    return got[1:], reader.unreadable
 
 
 @settings(max_examples=400, deadline=None)
@@ -120,3 +125,45 @@ def test_entries_that_arrived_together_make_the_lines_each_makes() -> None:
                                      Redactor(SECRETS).redact, op_id="a") for e in entries]
     assert [line[:3] for line in batch] == [line[:3] for line in single]
     assert batch[2].text == "red [secret:TOKEN]" and batch[3][:2] == ("b", "stderr")
+
+
+def reference_position(entries: list[tuple[int | None, str]]) -> tuple[int, Any, Any, dict]:
+    """Where a reader is after these entries, counted one at a time."""
+    count, first, last_ts, at_last = 0, None, None, Counter[str]()
+    for stamp, key in entries:
+        count += 1
+        first = key if first is None else first
+        if stamp is None:
+            continue
+        if stamp != last_ts:
+            last_ts, at_last = stamp, Counter()
+        at_last[key] += 1
+    return count, first, last_ts, dict(at_last)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 3)), st.sampled_from("abc")),
+                max_size=30),
+       st.lists(st.integers(1, 6), max_size=10))
+def test_a_readers_position_is_the_same_in_batches(
+        entries: list[tuple[int | None, str]], cuts: list[int]) -> None:
+    from nosana_magic.hostlog import _LogPosition
+
+    position = _LogPosition()
+    rest = [(OutputEntry("x", "log", stamp), key) for stamp, key in entries]
+    for size in [*cuts, len(rest)]:
+        batch, rest = rest[:size], rest[size:]
+        position.add_many(batch)  # type: ignore[arg-type]
+    expected = reference_position(entries)
+    assert (position.count, position.first, position.last_ts,
+            dict(position.at_last)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(entry_fields, st.lists(st.integers(), max_size=3)), max_size=8))
+def test_frames_read_together_are_the_entries_each_makes(batch: list[Any]) -> None:
+    raws = [frame_of(fields) for fields in batch]
+    together, unreadable = read(*raws)
+    alone = [read(raw) for raw in raws]
+    assert together == [entry for got, _ in alone for entry in got]
+    assert unreadable == sum(count for _, count in alone)

@@ -169,9 +169,10 @@ def test_service_urls_are_made_in_one_place_with_the_private_rule() -> None:
 def test_log_lines_from_an_ops_results_log() -> None:
     from nosana_magic.results import LogLine, OpLog
 
-    stdout = OpLog(log="hi secret\n", type="stdout", timestamp=1500)
+    stdout = OpLog(log="hi there\n", type="stdout", timestamp=1500)
     other = OpLog(log="boom\r\n", type="nodeerr", timestamp="2024-01-02T03:04:05Z")
-    assert LogLine.from_op_log("a", stdout, lambda text: text.replace("secret", "[s]")) == (
-        LogLine("a", "stdout", "hi [s]", 1.5))
-    line = LogLine.from_op_log("a", other)
+    coloured = OpLog(log="\x1b[31mred\x1b[0m\n", type="stderr", timestamp="2024-01-02T03:04:05Z")
+    first, line, red = LogLine.from_op_logs("a", [stdout, other, coloured])
+    assert first == LogLine("a", "stdout", "hi there", 1.5)
     assert (line.stream, line.text, line.timestamp) == ("stderr", "boom", 1704164645.0)
+    assert (red.stream, red.text, red.timestamp) == ("stderr", "red", 1704164645.0)
