@@ -129,6 +129,10 @@ def _on_stderr(shown: tuple[str, str]) -> bool:
     return shown[0] == "stderr"
 
 
+def _run_on_stderr(run: tuple[bool, list[str]]) -> bool:
+    return run[0]
+
+
 # --------------------------------------------------------------------------- the summary
 
 
@@ -487,7 +491,9 @@ class TextView(JobView):
     def __init__(self, job: ConfidentialJob, **options: Any) -> None:
         super().__init__(job, **options)
         # What the main thread still has to print, queued by the loop thread.
-        self._pending: deque[tuple[str, str]] = deque()
+        #: Lines waiting for the main thread, as runs on one stream: (stderr?, texts).
+        self._pending: deque[tuple[bool, list[str]]] = deque()
+        self._pending_lines = 0
         self._skipped = 0
         self._last_status: str | None = None
         self._urls_shown: set[tuple[str, str]] = set()
@@ -509,17 +515,21 @@ class TextView(JobView):
         if self._background:
             return  # nobody drains a background text view; the handle keeps every line
         with self._lock:
-            room = max(0, _TEXT_QUEUE_MAX - len(self._pending))
+            room = max(0, _TEXT_QUEUE_MAX - self._pending_lines)
             if len(lines) > room:
                 self._skipped += len(lines) - room
                 lines = lines[:room]
-            self._pending.extend(map(format_line, lines))
+            for err, run in itertools.groupby(map(format_line, lines), key=_on_stderr):
+                texts = [text for _stream, text in run]
+                self._pending.append((err, texts))
+                self._pending_lines += len(texts)
 
     def drain(self) -> None:
         """Print the queued lines, status changes and new service URLs (main thread)."""
         with self._lock:
-            lines = list(self._pending)
+            runs = list(self._pending)
             self._pending.clear()
+            self._pending_lines = 0
             skipped, self._skipped = self._skipped, 0
         summary = Summary.of(self.job)
         if summary.status != self._last_status and not summary.done:
@@ -528,8 +538,8 @@ class TextView(JobView):
         if skipped:
             self._print(f"… {skipped:,} lines not shown (job.logs has them all)")
         # One write per run of lines on the same stream.
-        for err, run in itertools.groupby(lines, key=_on_stderr):
-            self._print("\n".join(text for _, text in run), err=err)
+        for err, group in itertools.groupby(runs, key=_run_on_stderr):
+            self._print("\n".join(text for _err, texts in group for text in texts), err=err)
         if self._urls_dirty:
             self._urls_dirty = False
             for url in summary.urls:

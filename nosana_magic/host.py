@@ -30,7 +30,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -605,7 +605,7 @@ class HostClient:
 
     # ------------------------------------------------------------------ WS /log
 
-    async def follow_log(self, on_entries: Callable[[list[LiveEntry]], None]) -> None:
+    async def follow_log(self, on_entries: Callable[[Sequence[LiveEntry]], None]) -> None:
         """Follow the job's node log over the ``/log`` WebSocket (owner-signed), handing
         the entries over in batches: ``on_entries(entries)`` gets every entry once, in
         order (container output, ``type == "log"``, and the host's progress lines), a batch
@@ -666,7 +666,7 @@ class HostClient:
 
     async def logs(self) -> AsyncIterator[LiveEntry]:
         """The entries of :meth:`follow_log`, one at a time."""
-        batches: asyncio.Queue[list[LiveEntry] | None] = asyncio.Queue()
+        batches: asyncio.Queue[Sequence[LiveEntry] | None] = asyncio.Queue()
 
         async def follow() -> None:
             try:

@@ -17,16 +17,16 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Literal
+from itertools import repeat
+from typing import Literal, overload
 
 from pydantic import ConfigDict, Json, TypeAdapter, ValidationError, with_config
 from pydantic_core import from_json
 from typing_extensions import Required, TypedDict
 
-from .results import LiveEntry, NodeLogEntry, OutputEntry
+from .results import LiveEntry, NodeLogEntry, OutputBatch, OutputEntry
 
 __all__ = ["LOG_BATCH", "LogReader"]
 
@@ -50,21 +50,27 @@ class _PlainEntry(TypedDict, total=False):
     job: str | None
 
 
-class _PlainFrame(TypedDict):
-    """A ``/log`` frame of a plain container line (other fields of the frame ignored, as
-    :meth:`LogReader._entry` ignores them)."""
-
-    path: Literal["log"]
-    data: Json[_PlainEntry]
-
-
 _PLAIN_ENTRY: TypeAdapter[_PlainEntry] = TypeAdapter(_PlainEntry)
-#: Reads frames that arrived together in one call, each on its own (one that is not a
-#: plain container line fails the call).
-_PLAIN_FRAMES: TypeAdapter[list[_PlainFrame]] = TypeAdapter(list[Json[_PlainFrame]])
+#: Reads the entries of frames that arrived together in one call, each on its own (one that
+#: is not a plain container line fails the call). The dicts it makes hold no container, so
+#: the garbage collector does not follow them (a log is many small objects).
+_PLAIN_ENTRIES: TypeAdapter[list[_PlainEntry]] = TypeAdapter(list[Json[_PlainEntry]])
 
-#: What tells two entries apart: a plain container line itself, any other entry's text.
-Key = str | OutputEntry
+
+def _log_data(raw: str | bytes) -> str:
+    """The entry text of a ``/log`` frame; ValueError for any other frame."""
+    if type(raw) is not str:
+        raise ValueError("not text")
+    frame = from_json(raw)
+    data = frame.get("data") if type(frame) is dict and frame.get("path") == "log" else None
+    if type(data) is not str:
+        raise ValueError("not a log entry")
+    return data
+
+
+#: What tells two entries apart: a plain container line itself (or the plain tuple of its
+#: fields, equal to it), any other entry's text.
+Key = str | OutputEntry | tuple[str, str, int | None, str | None, str | None]
 #: A new OutputEntry from a tuple of its fields (without the named tuple's Python-level
 #: constructor: this runs for nearly every line).
 _new_entry = functools.partial(tuple.__new__, OutputEntry)
@@ -93,7 +99,7 @@ class LogReader:
 
     def __init__(self, host: str) -> None:
         self._host = host
-        self.on_entries: Callable[[list[LiveEntry]], None] = _ignore
+        self.on_entries: Callable[[Sequence[LiveEntry]], None] = _ignore
         self._position = _LogPosition()
         self._replay: _Replay | None = None
         #: Read one at a time (a replay being aligned), and frames not read yet.
@@ -148,32 +154,45 @@ class LogReader:
 
     def hand_over(self) -> None:
         """Hand what was read over (a no-op when nothing was)."""
-        batch, self._pending = self._pending, []
+        batch: Sequence[LiveEntry]
+        read, self._pending = self._pending, []  # (counted as they were read)
+        plain = None
         if self._frames:
             frames, self._frames = self._frames, []
-            read = self._read_all(frames)
-            self.connection_entries += len(read)
-            batch += read
-        if not batch:
+            plain = self._read_plain(frames)
+            found: list[tuple[LiveEntry, Key]] = []
+            if plain is None:
+                found = [entry for raw in frames if (entry := self._read(raw)) is not None]
+            elif read:  # (after a replay's first entries: rare)
+                found, plain = [(entry, entry) for entry in plain], None
+            self.connection_entries += len(plain) if plain is not None else len(found)
+            read += found
+        if plain is not None:
+            batch = plain
+            self._position.add_many(plain.stamps, _Keys(plain))
+        elif read:
+            batch = [entry for entry, _key in read]
+            self._position.add_many([entry.timestamp for entry in batch],
+                                    [key for _entry, key in read])
+        else:
             return
-        self._position.add_many(batch)
         self.count = self._position.count
         try:
-            self.on_entries([entry for entry, _key in batch])
+            self.on_entries(batch)
         except Exception:
             log.exception("a /log listener failed (its entries are lost to it)")
 
-    def _read_all(self, frames: list[str | bytes]) -> list[tuple[LiveEntry, Key]]:
-        """The entries of frames that arrived together. When every one is a plain container
-        line (nearly always), they are read in one call, without a model each."""
+    def _read_plain(self, frames: list[str | bytes]) -> OutputBatch | None:
+        """The entries of frames that arrived together when every one is a plain container
+        line (nearly always): read in one call, without a model or an object each."""
         try:
-            plain = _PLAIN_FRAMES.validate_python(frames)
-        except ValidationError:
-            return [found for raw in frames if (found := self._read(raw)) is not None]
-        entries = list(map(_new_entry, [
-            (fields["log"], "log", fields.get("timestamp"), fields.get("method"),
-             fields.get("job")) for fields in (frame["data"] for frame in plain)]))
-        return list(zip(entries, entries, strict=True))
+            plain = _PLAIN_ENTRIES.validate_python(list(map(_log_data, frames)))
+        except ValueError:  # (a ValidationError too): not all plain lines
+            return None
+        return OutputBatch([fields["log"] for fields in plain],
+                           [fields.get("timestamp") for fields in plain],
+                           [fields.get("method") for fields in plain],
+                           [fields.get("job") for fields in plain])
 
     def _read(self, raw: str | bytes) -> tuple[LiveEntry, Key] | None:
         """One frame's entry and its key, or None for a frame of another path."""
@@ -214,8 +233,38 @@ class LogReader:
                             timestamp=int(stamp.group(1)) if stamp else None), key
 
 
-def _ignore(_entries: list[LiveEntry]) -> None:
+def _ignore(_entries: Sequence[LiveEntry]) -> None:
     pass
+
+
+class _Keys(Sequence[Key]):
+    """The keys of an :class:`OutputBatch`'s entries (each entry is its own: here as the
+    plain tuple of its fields, equal to it), made when asked for: a burst's position
+    needs only the last millisecond's."""
+
+    def __init__(self, batch: OutputBatch) -> None:
+        self._batch = batch
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    @overload
+    def __getitem__(self, index: int) -> Key: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Key]: ...
+
+    def __getitem__(self, index: int | slice) -> Key | list[Key]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        batch = self._batch
+        return (batch.logs[index], "log", batch.stamps[index], batch.methods[index],
+                batch.jobs[index])
+
+    def __iter__(self) -> Iterator[Key]:
+        batch = self._batch
+        return zip(batch.logs, repeat("log"), batch.stamps, batch.methods, batch.jobs,
+                   strict=False)
 
 
 @dataclass
@@ -229,18 +278,18 @@ class _LogPosition:
     #: The entries seen at ``last_ts``, by text, with how many times each.
     at_last: Counter[Key] = field(default_factory=Counter)
 
-    def add_many(self, found: list[tuple[LiveEntry, Key]]) -> None:
-        """Entries (and their texts) seen after those before, in order."""
-        if not found:
+    def add_many(self, stamps: Sequence[int | None], keys: Sequence[Key]) -> None:
+        """Entries (their timestamps and keys) seen after those before, in order."""
+        count = len(stamps)
+        if not count:
             return
-        self.count += len(found)
+        self.count += count
         if self.first is None:
-            self.first = found[0][1]
-        stamps = [entry.timestamp for entry, _key in found]
+            self.first = keys[0]
         last = stamps[-1]
-        if last is not None and stamps.count(last) == len(stamps):
+        if last is not None and list(stamps).count(last) == count:
             # The whole batch at one millisecond (a burst): counted at C speed.
-            at_last = Counter(map(itemgetter(1), found))
+            at_last = Counter(keys)
             if last == self.last_ts:
                 self.at_last.update(at_last)
             else:
@@ -248,14 +297,15 @@ class _LogPosition:
             return
         # Only the entries at the newest timestamp are remembered: walk back to them.
         last, at_last = None, Counter[Key]()
-        for entry, key in reversed(found):
-            if entry.timestamp is None:
+        for index in range(count - 1, -1, -1):
+            stamp = stamps[index]
+            if stamp is None:
                 continue
             if last is None:
-                last = entry.timestamp
-            elif entry.timestamp != last:
+                last = stamp
+            elif stamp != last:
                 break
-            at_last[key] += 1
+            at_last[keys[index]] += 1
         else:  # every stamped entry of the batch is at ``last``: it may go on the last ms
             if last is None:
                 return

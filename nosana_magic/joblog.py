@@ -31,6 +31,7 @@ Pure: lines in, lines and counts out.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,8 +66,10 @@ class JobLog(Sequence[LogLine]):
     def __init__(self, *, window: int | None = None) -> None:
         self._lock = threading.Lock()
         self._window = LOG_WINDOW if window is None else window
-        #: The lines from index ``_start`` on.
-        self._lines: list[LogLine] = []
+        #: The lines from index ``_start`` on, as four columns (op ids, streams, texts,
+        #: timestamps): a running job holds many, and no object per line is then kept for
+        #: the garbage collector to follow.
+        self._lines = _Columns()
         self._start = 0
         #: Reads lines back from the store; how many of them it has committed.
         self._reader: StoredReader | None = None
@@ -115,9 +118,9 @@ class JobLog(Sequence[LogLine]):
         """The lines from index ``start`` on, made again (:func:`reconcile`); they stay in
         memory until the store has them."""
         with self._lock:
-            kept = self._lines[: max(0, start - self._start)]
+            self._lines.cut(max(0, start - self._start))
             self._start = min(self._start, start)
-            self._lines = kept + list(lines)
+            self._lines.extend(lines)
             self._committed = min(self._committed, start)
             self._replacing = self._reader is not None
 
@@ -133,7 +136,7 @@ class JobLog(Sequence[LogLine]):
         keep = 0 if self._done else self._window
         drop = min(len(self._lines) - keep, self._committed - self._start)
         if drop > 0:
-            del self._lines[:drop]
+            self._lines.drop(drop)
             self._start += drop
 
     # -- read --------------------------------------------------------------------------------
@@ -142,17 +145,14 @@ class JobLog(Sequence[LogLine]):
         with self._lock:
             return self._start + len(self._lines)
 
-    def _snapshot(self) -> tuple[int, list[LogLine], StoredReader | None]:
-        with self._lock:
-            return self._start, list(self._lines), self._reader
-
     def _range(self, start: int, stop: int) -> list[LogLine]:
-        first, lines, reader = self._snapshot()
+        with self._lock:
+            first, reader = self._start, self._reader
+            lines = self._lines.lines(max(0, start - first), max(0, stop - first))
         out: list[LogLine] = []
         if start < first and reader is not None:
             out += islice(reader(start, min(stop, first)), min(stop, first) - start)
-        out += lines[max(0, start - first) : max(0, stop - first)]
-        return out
+        return out + lines
 
     @overload
     def __getitem__(self, index: int) -> LogLine: ...
@@ -173,7 +173,9 @@ class JobLog(Sequence[LogLine]):
         return self._range(at, at + 1)[0]
 
     def __iter__(self) -> Iterator[LogLine]:
-        first, lines, reader = self._snapshot()
+        with self._lock:
+            first, reader = self._start, self._reader
+            lines = self._lines.lines(0, len(self._lines))
         if first and reader is not None:
             yield from islice(reader(0, first), first)
         yield from lines
@@ -190,6 +192,48 @@ class JobLog(Sequence[LogLine]):
             held = len(self._lines)
             total = self._start + held
         return f"<JobLog {total:,} lines, {held:,} in memory>"
+
+
+#: A LogLine from its fields' tuple.
+_as_line = functools.partial(tuple.__new__, LogLine)
+
+
+class _Columns:
+    """Log lines as four lists (op ids, streams, texts, timestamps)."""
+
+    __slots__ = ("ops", "stamps", "streams", "texts")
+
+    def __init__(self) -> None:
+        self.ops: list[str | None] = []
+        self.streams: list[str] = []
+        self.texts: list[str] = []
+        self.stamps: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def extend(self, lines: Sequence[LogLine]) -> None:
+        if lines:
+            ops, streams, texts, stamps = zip(*lines, strict=True)
+            self.ops += ops
+            self.streams += streams
+            self.texts += texts
+            self.stamps += stamps
+
+    def drop(self, count: int) -> None:
+        """Without the first ``count``."""
+        for column in (self.ops, self.streams, self.texts, self.stamps):
+            del column[:count]
+
+    def cut(self, count: int) -> None:
+        """The first ``count`` only."""
+        for column in (self.ops, self.streams, self.texts, self.stamps):
+            del column[count:]
+
+    def lines(self, start: int, stop: int) -> list[LogLine]:
+        return list(map(_as_line, zip(self.ops[start:stop], self.streams[start:stop],
+                                      self.texts[start:stop], self.stamps[start:stop],
+                                      strict=True)))
 
 
 class OpLines(Sequence[LogLine]):

@@ -30,7 +30,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from . import runner
@@ -48,7 +48,7 @@ from .protocol import (
     short_address,
 )
 from .record import Changes, JobRecord
-from .results import FlowState, LiveEntry, LogLine, ServiceUrl
+from .results import FlowState, LiveEntry, LogLine, ServiceUrl, host_lines
 from .settings import reference_env
 from .signer import Signer
 from .transport import Backoff, Retry
@@ -933,10 +933,10 @@ class HostStreams:
                 if not await self._keep_following("/log", exc, resume):
                     return
 
-    def _log_entries(self, host: HostClient, entries: list[LiveEntry]) -> None:
+    def _log_entries(self, host: HostClient, entries: Sequence[LiveEntry]) -> None:
         lines = LogLine.from_live_entries(entries, self.job._redactor,
                                           op_id=self._running_op())
-        node_lines = [entry for entry in entries if entry.type != "log"]
+        node_lines = host_lines(entries)
         self._container_lines += len(entries) - len(node_lines)
         if any(_opens_results_window(entry) for entry in node_lines):
             self.job._set_window_open()

@@ -14,11 +14,11 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -37,11 +37,13 @@ __all__ = [
     "NodeLogPending",
     "OpLog",
     "OpState",
+    "OutputBatch",
     "OutputEntry",
     "ResultValue",
     "ServiceEndpoint",
     "ServiceUrl",
     "final_status",
+    "host_lines",
     "regex_groups",
     "result_matches",
     "strip_ansi",
@@ -291,6 +293,48 @@ class OutputEntry(NamedTuple):
 LiveEntry = NodeLogEntry | OutputEntry
 
 
+class OutputBatch(Sequence[OutputEntry]):
+    """Plain container lines that arrived together, kept as columns: each item is the
+    :class:`OutputEntry` of one line, made when asked for (a long log makes no object per
+    line on its way, which the garbage collector would have to follow)."""
+
+    __slots__ = ("jobs", "logs", "methods", "stamps")
+
+    def __init__(self, logs: list[str], stamps: list[int | None], methods: list[str | None],
+                 jobs: list[str | None]) -> None:
+        self.logs, self.stamps, self.methods, self.jobs = logs, stamps, methods, jobs
+
+    def __len__(self) -> int:
+        return len(self.logs)
+
+    @overload
+    def __getitem__(self, index: int) -> OutputEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[OutputEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> OutputEntry | list[OutputEntry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return OutputEntry(self.logs[index], "log", self.stamps[index], self.methods[index],
+                           self.jobs[index])
+
+    def __iter__(self) -> Iterator[OutputEntry]:
+        return map(_new_output, zip(self.logs, repeat("log"), self.stamps, self.methods,
+                                    self.jobs))
+
+
+#: A new OutputEntry from a tuple of its fields.
+_new_output = functools.partial(tuple.__new__, OutputEntry)
+
+
+def host_lines(entries: Sequence[LiveEntry]) -> list[LiveEntry]:
+    """The entries of a batch that are not container output (the host's own lines)."""
+    if type(entries) is OutputBatch:
+        return []
+    return [entry for entry in entries if entry.type != "log"]
+
+
 class LogLine(NamedTuple):
     """One line of a job's log: an op's output (``stdout``, ``stderr``, or ``output`` when the
     host did not say which) or a host ``node`` line. ``op_id`` is ``None`` when the line's op
@@ -324,14 +368,18 @@ class LogLine(NamedTuple):
         return cls._of_entry(entry, _shown(entry.log, redact), op_id)
 
     @classmethod
-    def from_live_entries(cls, entries: list[LiveEntry], redactor: _Redacts, *,
+    def from_live_entries(cls, entries: Sequence[LiveEntry], redactor: _Redacts, *,
                           op_id: str | None = None) -> list[LogLine]:
         """The lines of entries that arrived together, as :meth:`from_log_entry` makes each
         (texts redacted as a batch)."""
-        texts = _shown_many([entry.log for entry in entries], redactor)
         now = time.time()
-        stamps = [entry.timestamp / 1000.0 if entry.timestamp else now for entry in entries]
-        lines = list(map(_new_line, zip(repeat(op_id), repeat("output"), texts, stamps)))
+        if type(entries) is OutputBatch:  # nearly always: no object per entry
+            texts = _shown_many(entries.logs, redactor)
+            seconds = [stamp / 1000.0 if stamp else now for stamp in entries.stamps]
+            return list(map(_new_line, zip(repeat(op_id), repeat("output"), texts, seconds)))
+        texts = _shown_many([entry.log for entry in entries], redactor)
+        seconds = [entry.timestamp / 1000.0 if entry.timestamp else now for entry in entries]
+        lines = list(map(_new_line, zip(repeat(op_id), repeat("output"), texts, seconds)))
         for index, entry in enumerate(entries):
             if type(entry) is NodeLogEntry:  # a host's line, or one with a payload: rare
                 lines[index] = cls._of_entry(entry, texts[index], op_id)

@@ -492,6 +492,18 @@ class _Columns:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @classmethod
+    def joined(cls, runs: Sequence[_Columns]) -> _Columns:
+        if len(runs) == 1:
+            return runs[0]
+        joined = cls([], [], [], [])
+        for run in runs:
+            joined.stamps += run.stamps
+            joined.streams += run.streams
+            joined.ops += run.ops
+            joined.texts += run.texts
+        return joined
+
     def __add__(self, other: _Columns) -> _Columns:
         return _Columns(self.stamps + other.stamps, self.streams + other.streams,
                         self.ops + other.ops, self.texts + other.texts)
@@ -562,7 +574,10 @@ class JobRecorder:
         self.redactor = redactor
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}
-        self._lines: list[LineLike] = []
+        #: Lines waiting for the writer, as columns (one run per call): a running job's
+        #: lines are not held as objects the garbage collector must follow.
+        self._lines: list[_Columns] = []
+        self._pending = 0
         self._dropped = 0
         #: The pending lines replace the job's stored log from this index on
         #: (:meth:`replace_logs`), or None.
@@ -577,7 +592,7 @@ class JobRecorder:
     def _disown(self) -> None:
         with self._lock:
             self.disowned = True
-            self._fields, self._lines, self._dropped = {}, [], 0
+            self._fields, self._lines, self._pending, self._dropped = {}, [], 0, 0
 
     def _redact(self) -> Callable[[str], str] | None:
         redactor = self.redactor
@@ -611,31 +626,33 @@ class JobRecorder:
         return values
 
     def append_logs(self, lines: Iterable[LineLike]) -> None:
-        """Add log lines (immutable records: they are kept as they are until the writer
-        redacts, compresses and writes them)."""
+        """Add log lines (kept as columns until the writer redacts, compresses and writes
+        them)."""
+        columns = _Columns.of(lines if isinstance(lines, Sequence) else list(lines))
+        if not columns:
+            return
         with self._lock:
             if self.disowned:
                 return
-            before = len(self._lines)
-            if before >= MAX_PENDING_LINES:
-                added = len(lines) if isinstance(lines, Sequence) else sum(1 for _ in lines)
-                self._dropped += added
+            if self._pending >= MAX_PENDING_LINES:
+                self._dropped += len(columns)
                 return
-            self._lines.extend(lines)
-            pending = len(self._lines)
-        if pending > before:
-            self.store._writer.touch(self, pending)
+            self._lines.append(columns)
+            self._pending += len(columns)
+            pending = self._pending
+        self.store._writer.touch(self, pending)
 
     def replace_logs(self, lines: Iterable[LineLike], start: int = 0) -> None:
         """The job's log from line ``start`` on, made again (from a host's results): it
         replaces what was stored from the live stream, which could not tell every line's op
         and stream. Lines before ``start`` stay as they are."""
+        columns = _Columns.of(list(lines)[:MAX_PENDING_LINES])
         with self._lock:
             if self.disowned:
                 return
-            self._lines = list(lines)[:MAX_PENDING_LINES]
+            self._lines, self._pending = [columns], len(columns)
             self._dropped, self._replacing = 0, start
-            pending = len(self._lines)
+            pending = self._pending
         self.store._writer.touch(self, pending, urgent=True)
 
     def finish(self, **fields: Any) -> None:
@@ -645,20 +662,21 @@ class JobRecorder:
             self.finished = True
         self.store._writer.touch(self, urgent=True)
 
-    def _take(self) -> tuple[dict[str, Any], list[LineLike], int, bool, int | None]:
+    def _take(self) -> tuple[dict[str, Any], _Columns, int, bool, int | None]:
         with self._lock:
             fields, self._fields = self._fields, {}
-            lines, self._lines = self._lines, []
+            lines, self._lines, self._pending = _Columns.joined(self._lines), [], 0
             dropped, self._dropped = self._dropped, 0
             replacing, self._replacing = self._replacing, None
             return fields, lines, dropped, self.finished, replacing
 
-    def _give_back(self, fields: dict[str, Any], lines: list[LineLike], dropped: int,
+    def _give_back(self, fields: dict[str, Any], lines: _Columns, dropped: int,
                    replacing: int | None) -> None:
         """A batch that could not be committed goes back in front of what came since."""
         with self._lock:
             self._fields = {**fields, **self._fields}
-            self._lines = lines + self._lines
+            self._lines = [lines, *self._lines]
+            self._pending += len(lines)
             self._dropped += dropped
             if replacing is not None:
                 self._replacing = (replacing if self._replacing is None
@@ -696,7 +714,7 @@ class _Batch:
     inserts: list[dict[str, Any]]
     takeovers: list[str]
     sweeps: list[tuple[str, dict[str, Any]]]
-    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], list[LineLike], int, bool,
+    jobs: Mapping[str, tuple[JobRecorder, dict[str, Any], _Columns, int, bool,
                              int | None]]
 
 
@@ -978,7 +996,7 @@ class _Writer:
             _scrub(conn)
 
     def _write_job(self, conn: sqlite3.Connection, rec: JobRecorder, fields: dict[str, Any],
-                   lines: list[LineLike], dropped: int, finished: bool, stamp: float
+                   lines: _Columns, dropped: int, finished: bool, stamp: float
                    ) -> None:
         key = rec.key
         row = conn.execute("SELECT writer FROM jobs WHERE key = ?", (key,)).fetchone()
@@ -1036,11 +1054,10 @@ class _Writer:
         self._logs[key] = state
         return state
 
-    def _append(self, conn: sqlite3.Connection, key: str, given: list[LineLike], dropped: int,
+    def _append(self, conn: sqlite3.Connection, key: str, lines: _Columns, dropped: int,
                 redact: Callable[[str], str] | None) -> None:
         state = self._log_state(conn, key)
-        lines = _Columns.of(given)
-        if redact is not None and given:
+        if redact is not None and lines:
             lines = lines.redacted(redact)
         half = self._store.max_log_bytes // 2
         reopen, state.open = state.open, None

@@ -150,10 +150,10 @@ def test_a_readers_position_is_the_same_in_batches(
     from nosana_magic.hostlog import _LogPosition
 
     position = _LogPosition()
-    rest = [(OutputEntry("x", "log", stamp), key) for stamp, key in entries]
+    rest = list(entries)
     for size in [*cuts, len(rest)]:
         batch, rest = rest[:size], rest[size:]
-        position.add_many(batch)  # type: ignore[arg-type]
+        position.add_many([stamp for stamp, _ in batch], [key for _, key in batch])
     expected = reference_position(entries)
     assert (position.count, position.first, position.last_ts,
             dict(position.at_last)) == expected
