@@ -100,6 +100,30 @@ async def bare_reader(node_url: str, job: str, wallet: Wallet, expected: int) ->
     raise RuntimeError(f"the stream ended after {count} of {expected} entries")
 
 
+async def bare_reader_aiohttp(node_url: str, job: str, wallet: Wallet, expected: int) -> float:
+    """:func:`bare_reader` on aiohttp, the WebSocket library the client uses."""
+    import aiohttp
+
+    ws_url = "ws://" + node_url.removeprefix("http://")
+    count, first = 0, 0.0
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            ws_url, max_msg_size=2**24) as ws:
+        await ws.send_str(json.dumps({"path": "/log", "header": wallet.auth_header(job),
+                                      "body": {"jobAddress": job, "address": wallet.address}}))
+        async for message in ws:
+            frame = json.loads(message.data)
+            if frame.get("path") != "log":
+                continue
+            data = frame["data"]
+            json.loads(data) if isinstance(data, str) else data
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+            if count == expected:
+                return (expected - 1) / (time.perf_counter() - first)
+    raise RuntimeError(f"the stream ended after {count} of {expected} entries")
+
+
 def client_rate(address: str, net: ApiNetwork, expected: int, *, view: bool) -> tuple[float, int]:
     """Lines/s through ``ConfidentialJob.attach`` (optionally with a widget view attached),
     and the number of messages that view sent to the frontend."""
@@ -154,7 +178,7 @@ def replayed_job(net: ApiNetwork, lines: int) -> tuple[ConfidentialJob, int]:
 
 
 def log_rates(net: ApiNetwork, lines: int) -> dict[str, Any]:
-    bare, client, with_view, messages = [], [], [], []
+    bare, bare_aio, client, with_view, messages = [], [], [], [], []
     expected = 0
     for _ in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
         for view in (False, True):
@@ -163,15 +187,21 @@ def log_rates(net: ApiNetwork, lines: int) -> dict[str, Any]:
             bare.append(runner.run_sync(
                 bare_reader(net.node_url(job.node), job.address, net.wallet, expected),
                 timeout=120))
+            bare_aio.append(runner.run_sync(
+                bare_reader_aiohttp(net.node_url(job.node), job.address, net.wallet,
+                                    expected), timeout=120))
             rate, sent = client_rate(job.address, net, expected, view=view)
             (with_view if view else client).append(rate)
             if view:
                 messages.append(sent)
             job.wait(60)  # the attached handle stopped it
     pairs = list(zip(bare[0::2], bare[1::2], strict=True))
+    pairs_aio = list(zip(bare_aio[0::2], bare_aio[1::2], strict=True))
     return {
         "entries": expected,
         "bare": statistics.median(bare),
+        "bare_aio": statistics.median(bare_aio),
+        "client_aio_ratios": sorted(c / b for c, (b, _) in zip(client, pairs_aio, strict=True)),
         "client": statistics.median(client),
         "view": statistics.median(with_view),
         "client_ratios": sorted(c / b for c, (b, _) in zip(client, pairs, strict=True)),
@@ -217,6 +247,10 @@ def main() -> None:
     print(f"{'log stream, ' + format(rates['entries'], ',') + ' entries replayed':<42} "
           f"{'lines/s':>11} {'/ bare':>11} {'range':>11}")
     print(f"{'bare WebSocket reader (parse only)':<42} {rates['bare']:>11,.0f} {1:>11.2f}")
+    print(f"{'bare reader on aiohttp (parse only)':<42} {rates['bare_aio']:>11,.0f} "
+          f"{rates['bare_aio'] / rates['bare']:>11.2f}")
+    print(f"{'client / the aiohttp bare reader':<42} {'':>11} "
+          f"{rates['client'] / rates['bare_aio']:>11.2f} {spread(rates['client_aio_ratios']):>11}")
     print(f"{'client (ConfidentialJob.attach)':<42} {rates['client']:>11,.0f} "
           f"{rates['client'] / rates['bare']:>11.2f} {spread(rates['client_ratios']):>11}")
     print(f"{'client + widget JobView':<42} {rates['view']:>11,.0f} "

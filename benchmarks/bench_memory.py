@@ -72,7 +72,7 @@ def big(settings: Any, lines: int) -> None:
         raise SystemExit(f"the job failed: {job.status} {job.reason}")
     after = rss_mb()
     count = sum(1 for line in job.logs if line.container)
-    print(f"one job of {lines:,} lines ({count:,} stdout lines in the handle)")
+    print(f"one job of {lines:,} lines ({count:,} of its lines in the handle)")
     print(f"  RSS before {before:.1f} MB; once finished +{after - before:.1f} MB; "
           f"highest while it ran +{highest[0] - before:.1f} MB")
 

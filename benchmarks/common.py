@@ -90,12 +90,23 @@ def stop_default_network(settings: Any) -> None:
         stop(settings)
 
 
+def service_hosts() -> list[str]:
+    """The devnode arguments that give it as many hosts as the local network service has
+    (a yardstick with fewer hosts would queue the jobs the service runs at once)."""
+    from nosana_magic.network import local
+
+    per_market = getattr(local, "LOCAL_HOSTS_PER_MARKET", None)
+    return ["--hosts", str(2 * per_market)] if per_market else []
+
+
 @contextlib.contextmanager
 def network_settings(mode: str, data_dir: Path) -> Iterator[Any]:
     """Settings for the local network: ``process``, a devnode of this script's own in a
-    process; otherwise the user's local network service, stopped afterwards."""
+    process, with the service's hosts; otherwise the user's local network service,
+    stopped afterwards."""
     if mode == "process":
-        with tempfile.TemporaryDirectory() as workdir, devnode_process(Path(workdir)) as (url, _):
+        with tempfile.TemporaryDirectory() as workdir, devnode_process(
+                Path(workdir), *service_hosts()) as (url, _):
             yield default_settings(data_dir, devnode_url=url)
         return
     settings = default_settings(data_dir)

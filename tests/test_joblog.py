@@ -188,3 +188,17 @@ def test_the_end_made_whole_may_reach_back_into_the_store() -> None:
     log.replace_from(start, numbered(70, 30))
     assert "30 in memory" in repr(log) and log[70:] == numbered(70, 30)
     assert log[:70] == numbered(0, 70, op=None)
+
+
+def test_the_usual_case_the_results_are_the_last_lines_in_order() -> None:
+    # One op, nothing missed: its lines in the results are the last ones that arrived
+    # (repeated texts among the earlier ones are not taken for them).
+    lines = [node("start", 0), *[live(f"l{i % 3}", i, "a") for i in range(10)], node("end", 11)]
+    results = {"a": [out("a", f"l{i % 3}", i + 0.1, "stderr" if i == 9 else "stdout")
+                     for i in range(6, 10)]}
+    got = reconcile(lines, results)
+    assert shape(got.lines) == [
+        (None, "node", "start"), *[("a", "output", f"l{i % 3}") for i in range(6)],
+        ("a", "stdout", "l0"), ("a", "stdout", "l1"), ("a", "stdout", "l2"),
+        ("a", "stderr", "l0"), (None, "node", "end")]
+    assert (got.restored, got.not_in_results, got.missing) == (0, 6, [])
