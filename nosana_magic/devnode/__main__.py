@@ -16,6 +16,7 @@ from types import FrameType
 
 from .app import DevNode
 from .config import DevNodeConfig
+from .monitor import collect_less
 
 __all__ = ["main"]
 
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.credits < 0:
         print("--credits must be at least 0", file=sys.stderr)
         return 2
+    collect_less()  # this process is the devnode alone
     config = DevNodeConfig(
         hosts=args.hosts,
         results_window=args.results_window,

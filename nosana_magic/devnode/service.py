@@ -65,7 +65,9 @@ def serve(data_dir: Path, idle_timeout: float, ready: Callable[[str], None], *,
 
     from .app import DevNode
     from .config import DevNodeConfig
+    from .monitor import collect_less
 
+    collect_less()  # this process is the service alone
     token = secrets.token_urlsafe(32)
     config = DevNodeConfig(token=token, idle_timeout=idle_timeout or None)
     if hosts_per_market is not None:
