@@ -25,6 +25,7 @@ from typing import Any
 from common import (
     definition,
     network_settings,
+    printed_numbers,
     quiet_stdout,
     spread,
 )
@@ -51,8 +52,7 @@ def one_run(settings: Any, lines: int) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     if not job.ok:
         raise SystemExit(f"the job did not succeed: {job.status} {job.reason}")
-    numbers = [line.text for line in job.logs
-               if line.container and line.text.strip().isdigit()]
+    numbers = printed_numbers(job)
     if len(numbers) != lines or numbers[-1].strip() != str(lines):
         raise SystemExit(f"the handle holds {len(numbers):,} of {lines:,} lines")
     stream = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")

@@ -31,6 +31,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -79,49 +80,44 @@ def reaction_times(net: ApiNetwork, jobs: int) -> tuple[list[float], list[float]
     return to_definition, to_results
 
 
-async def bare_reader(node_url: str, job: str, wallet: Wallet, expected: int) -> float:
-    """Lines/s of a reader that subscribes to ``/log`` and parses each frame, nothing more."""
-    ws_url = "ws://" + node_url.removeprefix("http://")
+def _subscription(job: str, wallet: Wallet) -> str:
+    return json.dumps({"path": "/log", "header": wallet.auth_header(job),
+                       "body": {"jobAddress": job, "address": wallet.address}})
+
+
+async def _parse_rate(frames: AsyncIterator[Any], expected: int) -> float:
+    """Lines/s over ``expected`` log frames, each frame and its entry parsed, nothing more."""
     count, first = 0, 0.0
-    async with ws_connect(ws_url, max_size=2**24, proxy=None) as ws:
-        await ws.send(json.dumps({"path": "/log", "header": wallet.auth_header(job),
-                                  "body": {"jobAddress": job, "address": wallet.address}}))
-        async for raw in ws:
-            frame = json.loads(raw)
-            if frame.get("path") != "log":
-                continue
-            data = frame["data"]
-            json.loads(data) if isinstance(data, str) else data
-            count += 1
-            if count == 1:
-                first = time.perf_counter()
-            if count == expected:
-                return (expected - 1) / (time.perf_counter() - first)
+    async for raw in frames:
+        frame = json.loads(raw)
+        if frame.get("path") != "log":
+            continue
+        data = frame["data"]
+        json.loads(data) if isinstance(data, str) else data
+        count += 1
+        if count == 1:
+            first = time.perf_counter()
+        if count == expected:
+            return (expected - 1) / (time.perf_counter() - first)
     raise RuntimeError(f"the stream ended after {count} of {expected} entries")
+
+
+async def bare_reader(node_url: str, job: str, wallet: Wallet, expected: int) -> float:
+    """Lines/s of a reader on websockets that subscribes to ``/log`` and parses each frame."""
+    async with ws_connect("ws://" + node_url.removeprefix("http://"), max_size=2**24,
+                          proxy=None) as ws:
+        await ws.send(_subscription(job, wallet))
+        return await _parse_rate(ws, expected)
 
 
 async def bare_reader_aiohttp(node_url: str, job: str, wallet: Wallet, expected: int) -> float:
     """:func:`bare_reader` on aiohttp, the WebSocket library the client uses."""
     import aiohttp
 
-    ws_url = "ws://" + node_url.removeprefix("http://")
-    count, first = 0, 0.0
     async with aiohttp.ClientSession() as session, session.ws_connect(
-            ws_url, max_msg_size=2**24) as ws:
-        await ws.send_str(json.dumps({"path": "/log", "header": wallet.auth_header(job),
-                                      "body": {"jobAddress": job, "address": wallet.address}}))
-        async for message in ws:
-            frame = json.loads(message.data)
-            if frame.get("path") != "log":
-                continue
-            data = frame["data"]
-            json.loads(data) if isinstance(data, str) else data
-            count += 1
-            if count == 1:
-                first = time.perf_counter()
-            if count == expected:
-                return (expected - 1) / (time.perf_counter() - first)
-    raise RuntimeError(f"the stream ended after {count} of {expected} entries")
+            "ws://" + node_url.removeprefix("http://"), max_msg_size=2**24) as ws:
+        await ws.send_str(_subscription(job, wallet))
+        return await _parse_rate((message.data async for message in ws), expected)
 
 
 def client_rate(address: str, net: ApiNetwork, expected: int, *, view: bool) -> tuple[float, int]:

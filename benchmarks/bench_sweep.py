@@ -27,6 +27,7 @@ from common import (
     LoopLag,
     definition,
     network_settings,
+    printed_numbers,
 )
 
 from nosana_magic.job import run_confidential
@@ -47,11 +48,7 @@ def sweep(settings: Any, jobs: int, lines: int) -> dict[str, Any]:
     loop_lag = lag.result()
     failed = [job for job in handles if not job.ok]
     without = [job for job in handles if job.ok and job.results.get("done") != lines]
-    lost = 0
-    for job in handles:
-        numbers = [line for line in job.logs
-                   if line.container and line.text.strip().isdigit()]
-        lost += lines - len(numbers)
+    lost = sum(lines - len(printed_numbers(job)) for job in handles)
     return {"elapsed": elapsed, "failed": len(failed), "without_result": len(without),
             "lost": lost, "lag": loop_lag,
             "first_failure": f"{failed[0].status}: {failed[0].reason}" if failed else ""}

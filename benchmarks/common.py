@@ -41,6 +41,12 @@ def definition(cmd: str, *, results: dict[str, str] | None = None) -> str:
                        "ops": [op]})
 
 
+def printed_numbers(job: Any) -> list[str]:
+    """The numbers a ``seq`` job printed, as its handle holds them (live lines are of stream
+    ``output``, lines from the results ``stdout``)."""
+    return [line.text for line in job.logs if line.container and line.text.strip().isdigit()]
+
+
 @contextlib.contextmanager
 def devnode_process(workdir: Path, *args: str) -> Iterator[tuple[str, str]]:
     """A devnode in a process of its own (``python -m nosana_magic.devnode --port 0``), so

@@ -12,15 +12,13 @@ batch by whoever takes it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Literal, overload
+from typing import Literal
 
 from pydantic import ConfigDict, Json, TypeAdapter, ValidationError, with_config
 from pydantic_core import from_json
@@ -50,7 +48,6 @@ class _PlainEntry(TypedDict, total=False):
     job: str | None
 
 
-_PLAIN_ENTRY: TypeAdapter[_PlainEntry] = TypeAdapter(_PlainEntry)
 #: Reads the entries of frames that arrived together in one call, each on its own (one that
 #: is not a plain container line fails the call). The dicts it makes hold no container, so
 #: the garbage collector does not follow them (a log is many small objects).
@@ -71,19 +68,17 @@ def _log_data(raw: str | bytes) -> str:
 #: What tells two entries apart: a plain container line itself (or the plain tuple of its
 #: fields, equal to it), any other entry's text.
 Key = str | OutputEntry | tuple[str, str, int | None, str | None, str | None]
-#: A new OutputEntry from a tuple of its fields (without the named tuple's Python-level
-#: constructor: this runs for nearly every line).
-_new_entry = functools.partial(tuple.__new__, OutputEntry)
-
-
-def _output_entry(data: str) -> OutputEntry | None:
-    """A plain container line's entry, or None for any other entry."""
+def _plain_batch(frames: list[str | bytes]) -> OutputBatch | None:
+    """The entries of frames when every one is a plain container line (nearly always),
+    read in one call, without a model or an object each; None otherwise."""
     try:
-        fields = _PLAIN_ENTRY.validate_json(data)
-    except ValidationError:
+        plain = _PLAIN_ENTRIES.validate_python(list(map(_log_data, frames)))
+    except ValueError:  # (a ValidationError too): not all plain lines
         return None
-    return _new_entry((fields["log"], "log", fields.get("timestamp"), fields.get("method"),
-                       fields.get("job")))
+    return OutputBatch([fields["log"] for fields in plain],
+                       [fields.get("timestamp") for fields in plain],
+                       [fields.get("method") for fields in plain],
+                       [fields.get("job") for fields in plain])
 
 
 class LogReader:
@@ -159,7 +154,7 @@ class LogReader:
         plain = None
         if self._frames:
             frames, self._frames = self._frames, []
-            plain = self._read_plain(frames)
+            plain = _plain_batch(frames)
             found: list[tuple[LiveEntry, Key]] = []
             if plain is None:
                 found = [entry for raw in frames if (entry := self._read(raw)) is not None]
@@ -169,7 +164,7 @@ class LogReader:
             read += found
         if plain is not None:
             batch = plain
-            self._position.add_many(plain.stamps, _Keys(plain))
+            self._position.add_many(plain.stamps, plain.as_tuples())
         elif read:
             batch = [entry for entry, _key in read]
             self._position.add_many([entry.timestamp for entry in batch],
@@ -182,29 +177,12 @@ class LogReader:
         except Exception:
             log.exception("a /log listener failed (its entries are lost to it)")
 
-    def _read_plain(self, frames: list[str | bytes]) -> OutputBatch | None:
-        """The entries of frames that arrived together when every one is a plain container
-        line (nearly always): read in one call, without a model or an object each."""
-        try:
-            plain = _PLAIN_ENTRIES.validate_python(list(map(_log_data, frames)))
-        except ValueError:  # (a ValidationError too): not all plain lines
-            return None
-        return OutputBatch([fields["log"] for fields in plain],
-                           [fields.get("timestamp") for fields in plain],
-                           [fields.get("method") for fields in plain],
-                           [fields.get("job") for fields in plain])
-
     def _read(self, raw: str | bytes) -> tuple[LiveEntry, Key] | None:
         """One frame's entry and its key, or None for a frame of another path."""
-        if type(raw) is str:
-            try:
-                frame = from_json(raw)
-            except ValueError:
-                frame = None
-            if type(frame) is dict and frame.get("path") == "log":
-                data = frame.get("data")
-                if isinstance(data, str) and (plain := _output_entry(data)) is not None:
-                    return plain, plain
+        plain = _plain_batch([raw])
+        if plain is not None:
+            entry = plain[0]
+            return entry, entry
         return self._entry(raw)
 
     def _entry(self, raw: str | bytes) -> tuple[NodeLogEntry, str] | None:
@@ -235,36 +213,6 @@ class LogReader:
 
 def _ignore(_entries: Sequence[LiveEntry]) -> None:
     pass
-
-
-class _Keys(Sequence[Key]):
-    """The keys of an :class:`OutputBatch`'s entries (each entry is its own: here as the
-    plain tuple of its fields, equal to it), made when asked for: a burst's position
-    needs only the last millisecond's."""
-
-    def __init__(self, batch: OutputBatch) -> None:
-        self._batch = batch
-
-    def __len__(self) -> int:
-        return len(self._batch)
-
-    @overload
-    def __getitem__(self, index: int) -> Key: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Key]: ...
-
-    def __getitem__(self, index: int | slice) -> Key | list[Key]:
-        if isinstance(index, slice):
-            return list(self)[index]
-        batch = self._batch
-        return (batch.logs[index], "log", batch.stamps[index], batch.methods[index],
-                batch.jobs[index])
-
-    def __iter__(self) -> Iterator[Key]:
-        batch = self._batch
-        return zip(batch.logs, repeat("log"), batch.stamps, batch.methods, batch.jobs,
-                   strict=False)
 
 
 @dataclass

@@ -320,8 +320,13 @@ class OutputBatch(Sequence[OutputEntry]):
                            self.jobs[index])
 
     def __iter__(self) -> Iterator[OutputEntry]:
-        return map(_new_output, zip(self.logs, repeat("log"), self.stamps, self.methods,
-                                    self.jobs))
+        return map(_new_output, self.as_tuples())
+
+    def as_tuples(self) -> list[tuple[str, str, int | None, str | None, str | None]]:
+        """Each entry as the plain tuple of its fields (equal to the entry, and not an
+        object the garbage collector keeps following)."""
+        return list(zip(self.logs, repeat("log"), self.stamps, self.methods, self.jobs,
+                        strict=False))  # (repeat() is endless; the columns are as long)
 
 
 #: A new OutputEntry from a tuple of its fields.

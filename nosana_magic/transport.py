@@ -187,7 +187,10 @@ class WebSocket:
     """One open WebSocket: send text, read messages until it ends."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        from aiohttp import WSMsgType  # (imported already: ws is one of its sockets)
+
         self._ws = ws
+        self._kinds = WSMsgType
 
     async def send(self, text: str) -> None:
         try:
@@ -198,32 +201,32 @@ class WebSocket:
     async def messages(self) -> AsyncIterator[str | bytes]:
         """Every message as it comes (text as ``str``, binary as ``bytes``); raises
         :class:`WebSocketClosed` when the socket ends."""
-        queue: list[str | bytes] = []
-        while True:
-            await self.consume(queue.append, until_one=True)
-            yield queue.pop()
-
-    async def consume(self, take: Callable[[str | bytes], object], *,
-                      until_one: bool = False) -> None:
-        """Hand every message to ``take`` as it comes (text as ``str``, binary as
-        ``bytes``), until the socket ends: :class:`WebSocketClosed` (or, ``until_one``,
-        after one message). The loop for a stream of many small messages."""
-        from aiohttp import WSMsgType
-
         receive = self._ws.receive
-        text, binary, close = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
         while True:
-            message = await receive()
-            kind = message.type
-            if kind is text or kind is binary:
-                take(message.data)
-                if until_one:
-                    return
-            elif kind is close:
-                raise WebSocketClosed(message.data, message.extra or "")
-            elif kind is not WSMsgType.PING and kind is not WSMsgType.PONG:
-                raise WebSocketClosed(self._ws.close_code if kind is not WSMsgType.ERROR
-                                      else None)
+            data = self._data(await receive())
+            if data is not None:
+                yield data
+
+    async def consume(self, take: Callable[[str | bytes], object]) -> None:
+        """:meth:`messages`, each handed to ``take`` (no generator between: the loop for a
+        stream of many small messages)."""
+        receive, data_of = self._ws.receive, self._data
+        while True:
+            data = data_of(await receive())
+            if data is not None:
+                take(data)
+
+    def _data(self, message: Any) -> str | bytes | None:
+        """A message's data; None for a ping or a pong; WebSocketClosed when it ends."""
+        kind, kinds = message.type, self._kinds
+        if kind is kinds.TEXT or kind is kinds.BINARY:
+            data: str | bytes = message.data
+            return data
+        if kind is kinds.CLOSE:
+            raise WebSocketClosed(message.data, message.extra or "")
+        if kind is kinds.PING or kind is kinds.PONG:
+            return None
+        raise WebSocketClosed(self._ws.close_code if kind is not kinds.ERROR else None)
 
 
 @contextlib.asynccontextmanager
